@@ -1,0 +1,62 @@
+# Two commands matter: `make run` (the Docker-free local stack) and `make test` (everything CI runs).
+# Both create the virtual environments they need on first use.
+
+SHELL := /bin/bash
+PYENV_313 := $(shell command -v pyenv >/dev/null 2>&1 && echo "$$(pyenv root)/versions/3.13.0/bin/python")
+PYTHON ?= $(shell for p in "$(PYENV_313)" python3.13 python3.12 python3.11 python3; do \
+	[ -n "$$p" ] && command -v "$$p" >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
+VENV := .venv
+SAM_VENV := .tools/sam
+SAM_VERSION := 1.170.0
+PY := $(VENV)/bin/python
+SAM := $(SAM_VENV)/bin/sam
+export SAM_CLI_TELEMETRY := 0
+# sam build looks up python3.13 on PATH; the project venv provides it.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run test lint format typecheck validate build bench invoke clean
+
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt
+	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+# SAM CLI pins boto3 exactly, so it lives in an environment of its own.
+$(SAM_VENV)/.installed:
+	@[ -x $(SAM_VENV)/bin/python ] || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check aws-sam-cli==$(SAM_VERSION)
+	@touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m local.stack
+
+test: $(VENV)/.installed $(SAM_VENV)/.installed lint typecheck
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy layers/shared/preheat functions local
+
+validate: $(SAM_VENV)/.installed
+	$(SAM) validate --lint
+
+build: $(SAM_VENV)/.installed $(VENV)/.installed
+	$(SAM) build
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+invoke: $(VENV)/.installed
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=events/<file>.json"; exit 2; }
+	$(PY) -m local.invoke $(FUNCTION) $(EVENT)
+
+clean:
+	rm -rf .aws-sam .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,18 @@
+"""GET /api/check: whether the supernodes answer."""
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from preheat.entrypoints.api import build_resolver, check_router
+from preheat.entrypoints.observability import logger, metrics, tracer
+
+app = build_resolver(check_router)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,16 @@
+"""SQS dead-letter queue: end the task of every message the worker gave up on as FAIL."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from preheat.entrypoints.observability import logger, metrics, tracer
+from preheat.entrypoints.queue import handle_dead_letters
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return handle_dead_letters(event, context)

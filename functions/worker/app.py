@@ -1,0 +1,16 @@
+"""SQS: run each queued step of a preheat task (resolve, dispatch, check)."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from preheat.entrypoints.observability import logger, metrics, tracer
+from preheat.entrypoints.queue import handle_steps
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    return handle_steps(event, context)

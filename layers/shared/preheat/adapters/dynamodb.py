@@ -1,0 +1,167 @@
+"""Task store on DynamoDB: one item per task, written with conditions so racing deliveries cannot
+both win.
+
+Blob progress travels inside the task item as compressed JSON so that a task costs the same few
+requests whether its image has 1 layer or 1000 (a 1000-layer, 3-supernode task compresses to well
+under DynamoDB's 400 KB item limit).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from preheat.errors import DependencyFailure
+from preheat.models import (
+    BlobProgress,
+    BlobState,
+    PreheatType,
+    Task,
+    TaskStatus,
+    isoformat,
+    parse_isoformat,
+)
+from preheat.settings import Settings
+
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+
+
+def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
+    rows = [[b.label, b.target, b.state.value, b.digest, b.size, b.supernode_task_id, b.error] for b in blobs]
+    return zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), level=6)
+
+
+def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
+    if not data:
+        return ()
+    rows = json.loads(zlib.decompress(data))
+    return tuple(
+        BlobProgress(
+            label=label,
+            target=target,
+            state=BlobState(state),
+            digest=digest,
+            size=size,
+            supernode_task_id=task_id,
+            error=error,
+        )
+        for label, target, state, digest, size, task_id, error in rows
+    )
+
+
+class DynamoDBTaskStore:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self._settings = settings
+        self._table = settings.table_name
+        self._injected_client = client
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        # Built on first use, so a function that never touches the table never pays for the client.
+        return self._injected_client or boto3.client("dynamodb", config=_CLIENT_CONFIG)
+
+    def _expires_at(self, moment: datetime) -> int:
+        return int((moment + timedelta(days=self._settings.task_ttl_days)).timestamp())
+
+    def create(self, task: Task) -> None:
+        item: dict[str, Any] = {
+            "pk": {"S": task.task_id},
+            "type": {"S": task.type.value},
+            "url": {"S": task.url},
+            "status": {"S": task.status.value},
+            "createdAt": {"S": isoformat(task.created_at)},
+            "deadline": {"N": str(int(task.deadline.timestamp()))},
+            "dispatched": {"BOOL": task.dispatched},
+            "checkSeq": {"N": str(task.check_seq)},
+            "expiresAt": {"N": str(self._expires_at(task.deadline))},
+        }
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+
+    def get(self, task_id: str) -> Task | None:
+        try:
+            answer = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": task_id}}, ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+        item = answer.get("Item")
+        return None if item is None else _task_from_item(item)
+
+    def save(self, task: Task, expected_check_seq: int) -> bool:
+        names = {"#status": "status", "#msg": "msg"}
+        values: dict[str, Any] = {
+            ":status": {"S": task.status.value},
+            ":seq": {"N": str(task.check_seq)},
+            ":expected": {"N": str(expected_check_seq)},
+            ":running": {"S": TaskStatus.RUNNING.value},
+            ":dispatched": {"BOOL": task.dispatched},
+        }
+        sets = ["#status = :status", "checkSeq = :seq", "dispatched = :dispatched"]
+        removes = []
+        if task.blobs:
+            values[":blobs"] = {"B": _blobs_to_binary(task.blobs)}
+            sets.append("blobs = :blobs")
+        if task.message:
+            values[":msg"] = {"S": task.message}
+            sets.append("#msg = :msg")
+        else:
+            removes.append("#msg")
+        if task.finished_at is not None:
+            values[":finished"] = {"S": isoformat(task.finished_at)}
+            values[":expires"] = {"N": str(self._expires_at(task.finished_at))}
+            sets += ["finishedAt = :finished", "expiresAt = :expires"]
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"pk": {"S": task.task_id}},
+                UpdateExpression=expression,
+                ConditionExpression="checkSeq = :expected AND #status = :running",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
+        return True
+
+
+def _task_from_item(item: dict[str, Any]) -> Task:
+    blobs = item.get("blobs", {}).get("B")
+    created = parse_isoformat(item["createdAt"]["S"])
+    assert created is not None
+    return Task(
+        task_id=item["pk"]["S"],
+        type=PreheatType(item["type"]["S"]),
+        url=item["url"]["S"],
+        status=TaskStatus(item["status"]["S"]),
+        created_at=created,
+        deadline=datetime.fromtimestamp(int(item["deadline"]["N"]), UTC),
+        finished_at=parse_isoformat(item.get("finishedAt", {}).get("S")),
+        message=item.get("msg", {}).get("S"),
+        blobs=_blobs_from_binary(blobs),
+        dispatched=item.get("dispatched", {}).get("BOOL", False),
+        check_seq=int(item.get("checkSeq", {}).get("N", "0")),
+    )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+    return type(exc).__name__

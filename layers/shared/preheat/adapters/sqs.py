@@ -1,0 +1,47 @@
+"""Task queue on SQS: one message per step, delays for the checks that wait on supernodes."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from preheat.errors import DependencyFailure
+from preheat.models import WorkerMessage
+from preheat.settings import Settings
+
+_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
+
+
+class SqsTaskQueue:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self._queue_url = settings.queue_url
+        self._injected_client = client
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        return self._injected_client or boto3.client("sqs", config=_CLIENT_CONFIG)
+
+    def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None:
+        if not self._queue_url:
+            raise DependencyFailure("no queue configured: set PREHEAT_QUEUE_URL")
+        try:
+            # The task id and step go in attributes so operators can see them without the body,
+            # which may hold credentials and is never logged.
+            self._client.send_message(
+                QueueUrl=self._queue_url,
+                MessageBody=message.to_json(),
+                DelaySeconds=max(0, min(delay_seconds, 900)),
+                MessageAttributes={
+                    "taskId": {"DataType": "String", "StringValue": message.task_id},
+                    "step": {"DataType": "String", "StringValue": message.step.value},
+                },
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise DependencyFailure(f"could not queue the task: {error.get('Code', 'error')}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not queue the task: {type(exc).__name__}") from None

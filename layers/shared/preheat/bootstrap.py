@@ -1,0 +1,49 @@
+"""The composition root: real adapters wired to the domain, built once per Lambda environment.
+
+Nothing here runs at import time, so tests set the environment (or pass fakes) first.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from preheat.adapters.dragonfly1 import Dragonfly1Driver
+from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.adapters.registry import HttpRegistryClient
+from preheat.adapters.sqs import SqsTaskQueue
+from preheat.service import PreheatService
+from preheat.settings import get_settings
+from preheat.worker import Worker
+
+
+@functools.cache
+def task_store() -> DynamoDBTaskStore:
+    return DynamoDBTaskStore(get_settings())
+
+
+@functools.cache
+def task_queue() -> SqsTaskQueue:
+    return SqsTaskQueue(get_settings())
+
+
+@functools.cache
+def supernode_driver() -> Dragonfly1Driver:
+    return Dragonfly1Driver(get_settings())
+
+
+@functools.cache
+def preheat_service() -> PreheatService:
+    return PreheatService(task_store(), task_queue(), get_settings())
+
+
+@functools.cache
+def worker() -> Worker:
+    settings = get_settings()
+    return Worker(task_store(), task_queue(), HttpRegistryClient(settings), supernode_driver(), settings)
+
+
+def reset() -> None:
+    """Forget every built object (tests change the environment between cases)."""
+    get_settings.cache_clear()
+    for factory in (task_store, task_queue, supernode_driver, preheat_service, worker):
+        factory.cache_clear()

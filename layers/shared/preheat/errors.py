@@ -1,0 +1,30 @@
+"""Domain errors. Entry points map them to answers in one place; nothing matches on message text."""
+
+from __future__ import annotations
+
+
+class PreheatError(Exception):
+    """Base of every error this service raises on purpose."""
+
+
+class InvalidRequest(PreheatError):
+    """The caller sent something we cannot act on; the message says what and how to fix it."""
+
+
+class TaskNotFound(PreheatError):
+    """No task has the requested id (never existed, or expired)."""
+
+
+class DependencyFailure(PreheatError):
+    """A dependency (DynamoDB, SQS) failed while serving a request; answered as code 500."""
+
+
+class PermanentFailure(PreheatError):
+    """The task cannot succeed (image missing, credentials refused, supernode rejected the blob).
+
+    The worker ends the task FAIL with this message; retrying would not help.
+    """
+
+
+class TransientFailure(PreheatError):
+    """Worth another try later (timeouts, 5xx, throttling); the worker lets SQS redeliver."""

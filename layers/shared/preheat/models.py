@@ -1,0 +1,435 @@
+"""Domain models: what a caller asks for, what a task is, and what the worker moves between steps.
+
+API shapes (``to_api``) and storage shapes (in the DynamoDB adapter) are converted explicitly at each
+boundary so that the domain can change without breaking either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from preheat.errors import InvalidRequest
+
+MAX_URL_LENGTH = 2048
+MAX_HEADERS = 32
+
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_HUB_REGISTRY = "registry-1.docker.io"
+
+# From the distribution reference grammar (github.com/distribution/reference).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_HOST_RE = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:.]+\])(?::[0-9]{1,5})?$"
+)
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, the form the API answers with."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_isoformat(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class PreheatType(StrEnum):
+    IMAGE = "image"
+    FILE = "file"
+
+
+class TaskStatus(StrEnum):
+    """The three statuses the spec allows, nothing else ever reaches a caller."""
+
+    RUNNING = "RUNNING"
+    SUCCESS = "SUCCESS"
+    FAIL = "FAIL"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not TaskStatus.RUNNING
+
+
+class BlobState(StrEnum):
+    PENDING = "PENDING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+
+
+class Credentials(Mapping[str, str]):
+    """The request's ``header``: credentials for the remote server.
+
+    Its ``repr`` and ``str`` never show values, so it can pass through logs, tracebacks and
+    f-strings without leaking; code that must send the values calls :meth:`reveal`.
+    """
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Mapping[str, str] | None = None) -> None:
+        self._headers = dict(headers or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers)
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def __repr__(self) -> str:
+        return f"Credentials(names={sorted(self._headers)!r}, values=<redacted>)"
+
+    __str__ = __repr__
+
+    def reveal(self) -> dict[str, str]:
+        return dict(self._headers)
+
+    def get_ci(self, name: str) -> str | None:
+        """Header lookup ignoring case, as HTTP does."""
+        lowered = name.lower()
+        for key, value in self._headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """``registry/repository`` plus a tag or a digest (the digest wins when both are given)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        tail = f":{self.tag}" if self.tag else ""
+        if self.digest:
+            tail += f"@{self.digest}"
+        return f"{self.registry}/{self.repository}{tail}"
+
+    def base_url(self, insecure: bool) -> str:
+        return f"{'http' if insecure else 'https'}://{self.registry}/v2/{self.repository}"
+
+    def manifest_url(self, insecure: bool) -> str:
+        return f"{self.base_url(insecure)}/manifests/{self.reference}"
+
+    def blob_url(self, digest: str, insecure: bool) -> str:
+        return f"{self.base_url(insecure)}/blobs/{digest}"
+
+    @classmethod
+    def parse(cls, url: str) -> ImageReference:
+        """Parse the forms users and Harbor send.
+
+        ``host/name:tag``, ``host/name@sha256:...``, ``host/name:tag@sha256:...``,
+        ``http(s)://host/v2/name/manifests/<ref>``; a name without a registry is on Docker Hub,
+        and a missing tag means ``latest``.
+        """
+        text = url.strip()
+        if "://" in text:
+            return cls._parse_manifest_url(text)
+        if "/" in text and _looks_like_host(text.split("/", 1)[0]):
+            registry, remainder = text.split("/", 1)
+        else:
+            registry, remainder = "docker.io", text
+        name, tag, digest = _split_reference(remainder, url)
+        return cls._build(registry, name, tag, digest, url)
+
+    @classmethod
+    def _parse_manifest_url(cls, url: str) -> ImageReference:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidRequest(
+                f"image url {url!r} is not a registry manifest URL: use "
+                "'<registry_host>/<name>:<tag>' or 'https://<host>/v2/<name>/manifests/<reference>'"
+            )
+        if parts.username or parts.password:
+            raise InvalidRequest("image url must not carry credentials: send them in 'header'")
+        match = re.fullmatch(r"/v2/(.+)/manifests/([^/]+)", parts.path)
+        if not match:
+            raise InvalidRequest(
+                f"image url {url!r} has no '/v2/<name>/manifests/<reference>' path: use "
+                "'<registry_host>/<name>:<tag>' or the full manifest URL"
+            )
+        name, ref = match.groups()
+        if ref.startswith(("sha256:", "sha512:")):
+            return cls._build(parts.netloc, name, None, ref, url)
+        return cls._build(parts.netloc, name, ref, None, url)
+
+    @classmethod
+    def _build(
+        cls, registry: str, name: str, tag: str | None, digest: str | None, original: str
+    ) -> ImageReference:
+        if not _HOST_RE.match(registry):
+            raise InvalidRequest(f"image url {original!r} has an invalid registry host {registry!r}")
+        if registry.lower() in DOCKER_HUB_ALIASES:
+            registry = DOCKER_HUB_REGISTRY
+            if "/" not in name:
+                name = f"library/{name}"
+        if not _REPOSITORY_RE.match(name):
+            raise InvalidRequest(
+                f"image url {original!r} has an invalid repository name {name!r}: lowercase letters, "
+                "digits and separators (. _ -) in '/'-separated parts"
+            )
+        if tag is not None and not _TAG_RE.match(tag):
+            raise InvalidRequest(
+                f"image url {original!r} has an invalid tag {tag!r}: up to 128 letters, digits, "
+                "'_', '.' or '-', not starting with '.' or '-'"
+            )
+        if digest is not None and not _DIGEST_RE.match(digest):
+            raise InvalidRequest(
+                f"image url {original!r} has an invalid digest {digest!r}: expected "
+                "'sha256:' followed by 64 lowercase hex digits"
+            )
+        if tag is None and digest is None:
+            tag = "latest"
+        return cls(registry=registry.lower(), repository=name, tag=tag, digest=digest)
+
+
+def _looks_like_host(part: str) -> bool:
+    return "." in part or ":" in part or part == "localhost" or part.startswith("[")
+
+
+def _split_reference(remainder: str, original: str) -> tuple[str, str | None, str | None]:
+    digest = None
+    if "@" in remainder:
+        remainder, digest = remainder.split("@", 1)
+    tag = None
+    last = remainder.rsplit("/", 1)[-1]
+    if ":" in last:
+        remainder, tag = remainder.rsplit(":", 1)
+    if not remainder:
+        raise InvalidRequest(f"image url {original!r} names no image")
+    return remainder, tag, digest
+
+
+@dataclass(frozen=True)
+class PreheatRequest:
+    """A validated request to preheat an image or a file."""
+
+    type: PreheatType
+    url: str
+    headers: Credentials = field(default_factory=Credentials)
+    image: ImageReference | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> PreheatRequest:
+        """Validate a decoded JSON body; every problem is an :class:`InvalidRequest` saying how to fix it."""
+        if not isinstance(body, dict):
+            raise InvalidRequest(
+                'request body must be a JSON object like {"type":"image","url":"<host>/<name>:<tag>"}'
+            )
+        raw_type = body.get("type")
+        if raw_type not in (PreheatType.IMAGE.value, PreheatType.FILE.value):
+            raise InvalidRequest(f'\'type\' must be "image" or "file", got {_describe(raw_type)}')
+        preheat_type = PreheatType(raw_type)
+        url = body.get("url")
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidRequest(f"'url' must be a non-empty string, got {_describe(url)}")
+        url = url.strip()
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidRequest(f"'url' is {len(url)} characters long; at most {MAX_URL_LENGTH} are allowed")
+        if _CONTROL_RE.search(url) or " " in url:
+            raise InvalidRequest("'url' must not contain spaces or control characters")
+        headers = _parse_headers(body.get("header"))
+        if preheat_type is PreheatType.IMAGE:
+            return cls(preheat_type, url, headers, ImageReference.parse(url))
+        _check_file_url(url)
+        return cls(preheat_type, url, headers)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return repr(value[:64])
+    return f"a JSON {type(value).__name__.replace('dict', 'object').replace('list', 'array')}"
+
+
+def _parse_headers(raw: Any) -> Credentials:
+    if raw is None:
+        return Credentials()
+    if not isinstance(raw, dict):
+        raise InvalidRequest(
+            f"'header' must be a JSON object of header names to string values, got {_describe(raw)}"
+        )
+    if len(raw) > MAX_HEADERS:
+        raise InvalidRequest(f"'header' has {len(raw)} entries; at most {MAX_HEADERS} are allowed")
+    for name, value in raw.items():
+        if not _HEADER_NAME_RE.match(name):
+            raise InvalidRequest(f"'header' name {name[:64]!r} is not a valid HTTP header name")
+        # The value is a credential: the message names the header, never the value.
+        if not isinstance(value, str):
+            raise InvalidRequest(f"'header' value of {name!r} must be a string")
+        if _CONTROL_RE.search(value):
+            raise InvalidRequest(f"'header' value of {name!r} must not contain control characters")
+    return Credentials(raw)
+
+
+def _check_file_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"file url {url[:200]!r} must be an absolute http:// or https:// URL")
+    if parts.username or parts.password:
+        raise InvalidRequest("file url must not carry credentials: send them in 'header'")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One thing a supernode must download: an image layer or config, or a plain file.
+
+    ``headers`` are what the supernode must send to ``url`` (registry auth when the URL is the
+    registry itself); they are credentials and never stored.
+    """
+
+    url: str
+    digest: str | None = None
+    size: int | None = None
+    media_type: str | None = None
+    headers: Credentials = field(default_factory=Credentials)
+    filter: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """How messages name this blob: its digest, else its URL without the query string."""
+        return self.digest or self.url.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class BlobProgress:
+    """A blob on one supernode, as the task records it."""
+
+    label: str
+    target: str
+    state: BlobState = BlobState.PENDING
+    digest: str | None = None
+    size: int | None = None
+    supernode_task_id: str | None = None
+    error: str | None = None
+
+    def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
+        return replace(self, state=state, error=error)
+
+
+@dataclass(frozen=True)
+class LayerCounts:
+    total: int
+    succeeded: int
+    failed: int
+    pending: int
+
+    @classmethod
+    def of(cls, blobs: tuple[BlobProgress, ...]) -> LayerCounts:
+        """A layer counts as succeeded only when it is warm on every supernode it was sent to."""
+        by_label: dict[str, list[BlobState]] = {}
+        for blob in blobs:
+            by_label.setdefault(blob.label, []).append(blob.state)
+        succeeded = sum(all(s is BlobState.SUCCESS for s in states) for states in by_label.values())
+        failed = sum(any(s is BlobState.FAILED for s in states) for states in by_label.values())
+        total = len(by_label)
+        return cls(total, succeeded, failed, total - succeeded - failed)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A preheat task. ``check_seq`` orders the worker's check messages (see worker.py)."""
+
+    task_id: str
+    type: PreheatType
+    url: str
+    status: TaskStatus
+    created_at: datetime
+    deadline: datetime
+    finished_at: datetime | None = None
+    message: str | None = None
+    blobs: tuple[BlobProgress, ...] = ()
+    dispatched: bool = False
+    check_seq: int = 0
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.status is TaskStatus.RUNNING and now >= self.deadline
+
+    def to_api(self) -> dict[str, Any]:
+        """The status answer's ``data``: the spec's ``taskId`` and ``status``, then extras."""
+        data: dict[str, Any] = {
+            "taskId": self.task_id,
+            "status": self.status.value,
+            "type": self.type.value,
+            "url": self.url,
+            "startTime": isoformat(self.created_at),
+            "finishTime": isoformat(self.finished_at),
+        }
+        if self.dispatched:
+            counts = LayerCounts.of(self.blobs)
+            data["layers"] = {
+                "total": counts.total,
+                "succeeded": counts.succeeded,
+                "failed": counts.failed,
+                "pending": counts.pending,
+            }
+        if self.message:
+            data["msg"] = self.message
+        return data
+
+
+class Step(StrEnum):
+    START = "start"  # resolve the blobs, then dispatch them to the supernodes
+    CHECK = "check"  # poll the supernodes for the dispatched blobs
+
+
+@dataclass(frozen=True)
+class WorkerMessage:
+    """The SQS message body that carries a task from one step to the next.
+
+    Only ``start`` carries the caller's credentials (SQS encrypts bodies at rest); ``check``
+    messages need none, so credentials live no longer than the first step.
+    """
+
+    task_id: str
+    step: Step
+    seq: int = 0
+    headers: Credentials = field(default_factory=Credentials)
+
+    def to_json(self) -> str:
+        body: dict[str, Any] = {"v": 1, "taskId": self.task_id, "step": self.step.value, "seq": self.seq}
+        if self.headers:
+            body["header"] = self.headers.reveal()
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerMessage:
+        try:
+            body = json.loads(text)
+            return cls(
+                task_id=str(body["taskId"]),
+                step=Step(body["step"]),
+                seq=int(body.get("seq", 0)),
+                headers=Credentials(body.get("header") or {}),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            # Never echo the body: it may hold credentials.
+            raise ValueError(f"malformed worker message ({type(exc).__name__})") from None

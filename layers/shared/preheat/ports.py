@@ -1,0 +1,59 @@
+"""Ports: what the domain needs from the outside world. Each has one production adapter in
+``preheat.adapters`` and a fake in the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from preheat.models import Blob, BlobState, Credentials, ImageReference, Task, WorkerMessage
+
+
+class TaskStore(Protocol):
+    def create(self, task: Task) -> None:
+        """Write a new task; raises DependencyFailure if the store is unreachable."""
+
+    def get(self, task_id: str) -> Task | None: ...
+
+    def save(self, task: Task, expected_check_seq: int) -> bool:
+        """Replace the task's mutable state if its ``check_seq`` is still ``expected_check_seq``
+        and it is not terminal yet. Returns False when another delivery got there first."""
+
+
+class TaskQueue(Protocol):
+    def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None: ...
+
+
+class RegistryClient(Protocol):
+    def resolve_image(self, image: ImageReference, headers: Credentials) -> list[Blob]:
+        """Every blob of the image (config included), each with its real download URL.
+
+        Raises PermanentFailure (missing image, refused credentials, unsupported manifest) or
+        TransientFailure (timeouts, 5xx after retries)."""
+
+    def resolve_file(self, url: str, headers: Credentials) -> Blob:
+        """The file's real download URL after redirects."""
+
+
+@dataclass(frozen=True)
+class SupernodeTask:
+    """A supernode's answer about one preheat task."""
+
+    task_id: str
+    state: BlobState
+    error: str | None = None
+
+
+class SupernodeDriver(Protocol):
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The supernodes (base URLs) every blob is sent to."""
+
+    def ping(self) -> Mapping[str, str | None]:
+        """Each target mapped to None when it answers, else to why it did not."""
+
+    def create(self, target: str, blob: Blob) -> SupernodeTask:
+        """Ask ``target`` to preheat ``blob``; an "already exists" answer counts as warm."""
+
+    def status(self, target: str, supernode_task_id: str) -> SupernodeTask: ...

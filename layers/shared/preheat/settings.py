@@ -1,0 +1,98 @@
+"""One typed settings object, parsed once from the ``PREHEAT_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Deployment configuration. Every field maps to one ``PREHEAT_*`` variable (see README)."""
+
+    table_name: str = "preheat-tasks"
+    queue_url: str = ""
+    supernodes: tuple[str, ...] = ()
+    insecure_registries: frozenset[str] = field(default_factory=frozenset)
+    task_timeout_seconds: int = 1800
+    task_ttl_days: int = 7
+    poll_initial_delay_seconds: int = 1
+    poll_max_delay_seconds: int = 30
+    registry_timeout_seconds: float = 10.0
+    supernode_timeout_seconds: float = 5.0
+    check_timeout_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        supernodes = tuple(url.rstrip("/") for url in _split(env.get("PREHEAT_SUPERNODES", "")))
+        for url in supernodes:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {url!r}")
+        return cls(
+            table_name=env.get("PREHEAT_TABLE_NAME", cls.table_name),
+            queue_url=env.get("PREHEAT_QUEUE_URL", cls.queue_url),
+            supernodes=supernodes,
+            insecure_registries=frozenset(
+                host.lower() for host in _split(env.get("PREHEAT_INSECURE_REGISTRIES", ""))
+            ),
+            task_timeout_seconds=_positive_int(env, "PREHEAT_TASK_TIMEOUT", cls.task_timeout_seconds),
+            task_ttl_days=_positive_int(env, "PREHEAT_TASK_TTL_DAYS", cls.task_ttl_days),
+            poll_initial_delay_seconds=_positive_int(
+                env, "PREHEAT_POLL_INITIAL_DELAY", cls.poll_initial_delay_seconds
+            ),
+            poll_max_delay_seconds=min(
+                _positive_int(env, "PREHEAT_POLL_MAX_DELAY", cls.poll_max_delay_seconds),
+                900,  # SQS refuses a DelaySeconds above 15 minutes
+            ),
+            registry_timeout_seconds=_positive_float(
+                env, "PREHEAT_REGISTRY_TIMEOUT", cls.registry_timeout_seconds
+            ),
+            supernode_timeout_seconds=_positive_float(
+                env, "PREHEAT_SUPERNODE_TIMEOUT", cls.supernode_timeout_seconds
+            ),
+            check_timeout_seconds=_positive_float(env, "PREHEAT_CHECK_TIMEOUT", cls.check_timeout_seconds),
+        )
+
+    def is_insecure(self, host: str) -> bool:
+        """Whether ``host`` (``name`` or ``name:port``) is spoken to over plain http."""
+        host = host.lower()
+        return host in self.insecure_registries or host.rsplit(":", 1)[0] in self.insecure_registries
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, parsed on first use (not at import, so tests can set env first)."""
+    return Settings.from_env()

@@ -1,0 +1,235 @@
+"""The worker: drives a task through its steps, one SQS message at a time.
+
+Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die):
+
+- ``start`` resolves every blob from the registry, then dispatches each blob to each supernode.
+  Both are repeatable: registry reads have no effect, and a supernode derives its task id from the
+  URL, answering a repeat with the same id (or "already exists"). Its single write is conditional
+  on the task not being dispatched yet, and the first ``check`` message is sent *before* that
+  write, so a task is never marked dispatched without a check on its way.
+- ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number;
+  only the one equal to the task's ``check_seq`` is acted on, and its write moves ``check_seq``
+  on conditionally. A duplicate delivery, or the spare message of a worker that died between
+  sending and writing, finds the sequence moved and is dropped: there is one chain of checks.
+
+No Lambda waits on a supernode: each check that finds blobs pending re-queues itself with an SQS
+delay that doubles from ``poll_initial_delay_seconds`` up to ``poll_max_delay_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime
+
+from preheat.errors import PermanentFailure, TransientFailure
+from preheat.models import (
+    Blob,
+    BlobProgress,
+    BlobState,
+    Credentials,
+    ImageReference,
+    LayerCounts,
+    PreheatType,
+    Step,
+    Task,
+    TaskStatus,
+    WorkerMessage,
+    utcnow,
+)
+from preheat.ports import RegistryClient, SupernodeDriver, TaskQueue, TaskStore
+from preheat.service import timed_out_message
+from preheat.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_PARALLEL_SUPERNODE_CALLS = 16
+
+
+class Worker:
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue,
+        registry: RegistryClient,
+        supernodes: SupernodeDriver,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._registry = registry
+        self._supernodes = supernodes
+        self._settings = settings
+        self._clock = clock
+
+    def handle(self, message: WorkerMessage) -> Task | None:
+        """Run one step. Returns the task as this step left it (None if there is nothing to do).
+
+        Raises TransientFailure when the step should be retried by redelivery.
+        """
+        task = self._store.get(message.task_id)
+        if task is None:
+            logger.warning("task %s no longer exists; dropping its %s message", message.task_id, message.step)
+            return None
+        if task.status.terminal:
+            return task
+        if task.is_expired(self._clock()):
+            return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
+        if message.step is Step.START:
+            return self._start(task, message.headers)
+        return self._check(task, message.seq)
+
+    # -- start: resolve, then dispatch ------------------------------------------------------
+
+    def _start(self, task: Task, headers: Credentials) -> Task:
+        if task.dispatched:
+            return task  # a repeat delivery: the first one already set the check chain going
+        try:
+            blobs = self._resolve(task, headers)
+        except PermanentFailure as exc:
+            return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
+        except TransientFailure as exc:
+            # Leave a note for the caller and for the dead-letter consumer, then retry by redelivery.
+            self._store.save(
+                replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
+            )
+            raise
+        progress = self._dispatch(blobs)
+        dispatched = replace(task, blobs=progress, dispatched=True, message=None)
+        if not any(blob.state is BlobState.PENDING for blob in progress):
+            return self._conclude(dispatched)
+        next_seq = task.check_seq + 1
+        self._queue.send(
+            WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
+            delay_seconds=self._delay_for(dispatched, next_seq),
+        )
+        saved = replace(dispatched, check_seq=next_seq)
+        if not self._store.save(saved, expected_check_seq=task.check_seq):
+            logger.info("task %s was dispatched by another delivery", task.task_id)
+            return task
+        return saved
+
+    def _resolve(self, task: Task, headers: Credentials) -> list[Blob]:
+        if task.type is PreheatType.IMAGE:
+            return self._registry.resolve_image(ImageReference.parse(task.url), headers)
+        return [self._registry.resolve_file(task.url, headers)]
+
+    def _dispatch(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
+        pairs = [(blob, target) for blob in blobs for target in self._supernodes.targets]
+
+        def create(pair: tuple[Blob, str]) -> BlobProgress:
+            blob, target = pair
+            progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+            try:
+                answer = self._supernodes.create(target, blob)
+            except (PermanentFailure, TransientFailure) as exc:
+                return progress.with_state(BlobState.FAILED, str(exc))
+            return replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SUPERNODE_CALLS, len(pairs)))) as pool:
+            return tuple(pool.map(create, pairs))
+
+    # -- check: poll what is pending ----------------------------------------------------------
+
+    def _check(self, task: Task, seq: int) -> Task:
+        if seq != task.check_seq or not task.dispatched:
+            logger.info("dropping stale check %s of task %s (at %s)", seq, task.task_id, task.check_seq)
+            return task
+        polled = self._poll(task.blobs)
+        checked = replace(task, blobs=polled)
+        if not any(blob.state is BlobState.PENDING for blob in polled):
+            return self._conclude(checked)
+        next_seq = seq + 1
+        self._queue.send(
+            WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
+            delay_seconds=self._delay_for(checked, next_seq),
+        )
+        saved = replace(checked, check_seq=next_seq)
+        if not self._store.save(saved, expected_check_seq=seq):
+            logger.info("check %s of task %s was done by another delivery", seq, task.task_id)
+            return task
+        return saved
+
+    def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
+        def poll(blob: BlobProgress) -> BlobProgress:
+            if blob.state is not BlobState.PENDING or blob.supernode_task_id is None:
+                return blob
+            try:
+                answer = self._supernodes.status(blob.target, blob.supernode_task_id)
+            except TransientFailure as exc:
+                # One missed look is not a verdict; the deadline bounds how long we keep trying.
+                logger.warning("could not poll %s on %s: %s", blob.label, blob.target, exc)
+                return blob
+            except PermanentFailure as exc:
+                return blob.with_state(BlobState.FAILED, str(exc))
+            return blob.with_state(answer.state, answer.error)
+
+        pending = sum(blob.state is BlobState.PENDING for blob in blobs)
+        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SUPERNODE_CALLS, pending))) as pool:
+            return tuple(pool.map(poll, blobs))
+
+    def _delay_for(self, task: Task, seq: int) -> int:
+        delay = min(
+            self._settings.poll_initial_delay_seconds * (1 << max(0, seq - 1)),
+            self._settings.poll_max_delay_seconds,
+        )
+        # Never sleep far past the deadline: the next look is the one that declares the timeout.
+        until_deadline = int((task.deadline - self._clock()).total_seconds()) + 1
+        return max(0, min(delay, until_deadline))
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _conclude(self, task: Task) -> Task:
+        failed = [blob for blob in task.blobs if blob.state is BlobState.FAILED]
+        if not failed:
+            return self._finish(task, TaskStatus.SUCCESS, None, task.blobs)
+        counts = LayerCounts.of(task.blobs)
+        reasons = "; ".join(
+            f"{blob.label} on {blob.target}: {blob.error or 'failed'}" for blob in failed[:10]
+        )
+        more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
+        noun = "layer" if task.type is PreheatType.IMAGE else "file"
+        message = f"{counts.failed} of {counts.total} {noun}(s) failed to preheat: {reasons}{more}"
+        return self._finish(task, TaskStatus.FAIL, message, task.blobs)
+
+    def _finish(
+        self, task: Task, status: TaskStatus, message: str | None, blobs: tuple[BlobProgress, ...]
+    ) -> Task:
+        finished = replace(
+            task,
+            status=status,
+            message=message,
+            blobs=blobs,
+            finished_at=self._clock(),
+            check_seq=task.check_seq + 1,
+        )
+        if not self._store.save(finished, expected_check_seq=task.check_seq):
+            logger.info("task %s was concluded by another delivery", task.task_id)
+            return task
+        logger.info("task %s finished %s", task.task_id, status.value)
+        return finished
+
+
+def give_up(
+    store: TaskStore, message: WorkerMessage, receive_count: int, clock: Callable[[], datetime] = utcnow
+) -> Task | None:
+    """End the task of a message that exhausted its receives as FAIL, saying why.
+
+    Retries once on a conflicting write, since a late worker may have moved the task meanwhile.
+    """
+    for _ in range(2):
+        task = store.get(message.task_id)
+        if task is None or task.status.terminal:
+            return task
+        reason = f"the worker gave up on its '{message.step.value}' step after {receive_count} attempts"
+        if task.message:
+            reason += f"; last error: {task.message.removeprefix('retrying after: ')}"
+        failed = replace(
+            task, status=TaskStatus.FAIL, message=reason, finished_at=clock(), check_seq=task.check_seq + 1
+        )
+        if store.save(failed, expected_check_seq=task.check_seq):
+            return failed
+    return store.get(message.task_id)

@@ -1,0 +1,142 @@
+"""Fakes of the ports: they keep what they are given, so tests assert on state, not on calls."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from preheat.errors import DependencyFailure, PermanentFailure, TransientFailure
+from preheat.models import Blob, BlobState, Credentials, ImageReference, Task, TaskStatus, WorkerMessage
+from preheat.ports import SupernodeTask
+
+
+class FakeTaskStore:
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.fail_next: int = 0
+        self.writes = 0
+        self._lock = threading.Lock()
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise DependencyFailure("store down")
+
+    def create(self, task: Task) -> None:
+        self._maybe_fail()
+        with self._lock:
+            assert task.task_id not in self.tasks
+            self.tasks[task.task_id] = task
+            self.writes += 1
+
+    def get(self, task_id: str) -> Task | None:
+        self._maybe_fail()
+        return self.tasks.get(task_id)
+
+    def save(self, task: Task, expected_check_seq: int) -> bool:
+        self._maybe_fail()
+        with self._lock:
+            current = self.tasks[task.task_id]
+            if current.check_seq != expected_check_seq or current.status is not TaskStatus.RUNNING:
+                return False
+            self.tasks[task.task_id] = task
+            self.writes += 1
+            return True
+
+
+@dataclass
+class SentMessage:
+    message: WorkerMessage
+    delay_seconds: int
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.sent: list[SentMessage] = []
+        self.fail_next = 0
+
+    def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise DependencyFailure("queue down")
+        self.sent.append(SentMessage(message, delay_seconds))
+
+    def take(self) -> list[WorkerMessage]:
+        messages, self.sent = [s.message for s in self.sent], []
+        return messages
+
+
+@dataclass
+class FakeRegistry:
+    images: dict[str, list[Blob]] = field(default_factory=dict)
+    files: dict[str, Blob] = field(default_factory=dict)
+    errors: list[Exception] = field(default_factory=list)
+    seen_headers: list[Credentials] = field(default_factory=list)
+
+    def resolve_image(self, image: ImageReference, headers: Credentials) -> list[Blob]:
+        self.seen_headers.append(headers)
+        if self.errors:
+            raise self.errors.pop(0)
+        try:
+            return self.images[str(image)]
+        except KeyError:
+            raise PermanentFailure(f"manifest for {image} not found") from None
+
+    def resolve_file(self, url: str, headers: Credentials) -> Blob:
+        self.seen_headers.append(headers)
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.files.get(url, Blob(url=url))
+
+
+class FakeSupernodes:
+    """Supernodes whose blobs finish when the test says so (``finish``), or fail."""
+
+    def __init__(self, targets: tuple[str, ...] = ("http://sn1:8002",)) -> None:
+        self._targets = targets
+        self.states: dict[tuple[str, str], SupernodeTask] = {}
+        self.creates: list[tuple[str, Blob]] = []
+        self.down: set[str] = set()
+        self.warm: set[str] = set()  # labels already cached: create answers SUCCESS
+        self.polls = 0
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._targets
+
+    def ping(self) -> Mapping[str, str | None]:
+        return {t: ("connection refused" if t in self.down else None) for t in self._targets}
+
+    def create(self, target: str, blob: Blob) -> SupernodeTask:
+        if target in self.down:
+            raise TransientFailure(f"supernode {target} unreachable")
+        self.creates.append((target, blob))
+        task_id = f"id-{blob.label}"
+        state = BlobState.SUCCESS if blob.label in self.warm else BlobState.PENDING
+        return self.states.setdefault((target, task_id), SupernodeTask(task_id, state))
+
+    def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
+        self.polls += 1
+        if target in self.down:
+            raise TransientFailure(f"supernode {target} unreachable")
+        return self.states[(target, supernode_task_id)]
+
+    def finish(
+        self, label: str | None = None, state: BlobState = BlobState.SUCCESS, error: str | None = None
+    ) -> None:
+        for key, answer in self.states.items():
+            if label is None or key[1] == f"id-{label}":
+                self.states[key] = replace(answer, state=state, error=error)
+
+
+class Clock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

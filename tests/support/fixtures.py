@@ -1,0 +1,70 @@
+"""pytest fixtures for tests that need a real registry.
+
+Load them with ``pytest_plugins = ["tests.support.fixtures"]`` in the root conftest (or in a test
+module). CI installs docker-registry, skopeo and apache2-utils, so these fixtures skip only on a
+machine that lacks them, and say which.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import (
+    HTPASSWD_BINARY,
+    REGISTRY_BINARY,
+    SKOPEO_BINARY,
+    MotoS3Server,
+    OciImage,
+    RegistryServer,
+    make_oci_layout,
+    missing_tools,
+)
+
+
+def require_tools(*names: str) -> None:
+    """Skip the calling test when one of the executables is not installed."""
+    missing = missing_tools(*names)
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed (apt-get install docker-registry skopeo apache2-utils)"
+        )
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A running anonymous registry, shared by the session: push under names of your own."""
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY)
+    with RegistryServer(tmp_path_factory.mktemp("registry")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A running registry behind htpasswd Basic auth; ``.credentials`` is its one (user, password)."""
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY, HTPASSWD_BINARY)
+    users = {"preheat": secrets.token_urlsafe(12)}
+    with RegistryServer(tmp_path_factory.mktemp("auth-registry"), users=users) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A registry keeping blobs in S3 (moto) behind htpasswd auth: blob GETs answer 307 to
+    presigned URLs on another origin, as on registries backed by S3 or a CDN."""
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY, HTPASSWD_BINARY)
+    users = {"preheat": secrets.token_urlsafe(12)}
+    with MotoS3Server() as s3:
+        storage = s3.bucket("registry")
+        with RegistryServer(tmp_path_factory.mktemp("s3-registry"), users=users, s3=storage) as server:
+            yield server
+
+
+@pytest.fixture(scope="session")
+def oci_image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    """A small two-layer OCI layout on disk (not pushed anywhere)."""
+    path: Path = tmp_path_factory.mktemp("oci-image")
+    return make_oci_layout(path, [b"first layer\n", b"second layer\n"], config={"config": {"Cmd": ["true"]}})

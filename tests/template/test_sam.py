@@ -1,0 +1,118 @@
+"""The SAM template: it validates with lint, builds for arm64, and grants each function only what
+it uses."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SAM = ROOT / ".tools" / "sam" / "bin" / "sam"
+
+pytestmark = pytest.mark.skipif(not SAM.exists(), reason="SAM CLI not installed: run `make test`")
+
+
+def sam(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, SAM_CLI_TELEMETRY="0")
+    # sam build looks for python3.13 on PATH; the project's venv (Python 3.13 where pyenv has it) provides it.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run([str(SAM), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_template_validates_with_lint():
+    result = sam("validate", "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
+    if (
+        shutil.which("python3.13", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        is None
+    ):
+        pytest.skip("sam build for the python3.13 runtime needs python3.13 on PATH")
+    build_dir = tmp_path / "build"
+    result = sam("build", "--build-dir", str(build_dir), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    layer = build_dir / "SharedLayer" / "python"
+    assert (layer / "preheat" / "worker.py").exists()
+    assert (layer / "aws_lambda_powertools").is_dir()
+    assert (layer / "requests").is_dir()
+    native = list(layer.rglob("*.so"))
+    assert native, "expected compiled wheels in the layer"
+    assert all("aarch64" in path.name for path in native), [p.name for p in native if "aarch64" not in p.name]
+    for function in (
+        "CheckFunction",
+        "PreheatFunction",
+        "StatusFunction",
+        "WorkerFunction",
+        "DeadLetterFunction",
+    ):
+        assert (build_dir / function / "app.py").exists()
+    built = (build_dir / "template.yaml").read_text()
+    assert "python3.13" in built
+    assert "arm64" in built
+
+
+def _policy_actions(template: dict, function: str) -> set[str]:
+    actions: set[str] = set()
+    for policy in template["Resources"][function]["Properties"].get("Policies", []):
+        for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+            actions.update(statement["Action"])
+        if isinstance(policy, dict) and "SQSSendMessagePolicy" in policy:
+            actions.add("sqs:SendMessage")
+    return actions
+
+
+def test_each_function_is_granted_only_what_it_uses():
+    from local.template import load_template
+
+    template = load_template(ROOT / "template.yaml").raw
+    assert _policy_actions(template, "StatusFunction") == {"dynamodb:GetItem"}
+    assert _policy_actions(template, "CheckFunction") == set()
+    assert _policy_actions(template, "PreheatFunction") == {
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "sqs:SendMessage",
+    }
+    assert _policy_actions(template, "WorkerFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "sqs:SendMessage",
+    }
+    assert _policy_actions(template, "DeadLetterFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+
+
+def test_queue_and_table_are_configured_for_production():
+    from local.template import load_template
+
+    resources = load_template(ROOT / "template.yaml").raw["Resources"]
+    worker_timeout = resources["WorkerFunction"]["Properties"]["Timeout"]
+    queue = resources["PreheatQueue"]["Properties"]
+    assert queue["VisibilityTimeout"] >= 6 * worker_timeout
+    assert queue["SqsManagedSseEnabled"] is True
+    assert resources["PreheatDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 3
+    table = resources["TasksTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    worker_events = resources["WorkerFunction"]["Properties"]["Events"]["Steps"]["Properties"]
+    assert worker_events["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_samconfig_lints_on_validate_and_has_default_and_prod():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    for env in ("default", "prod"):
+        assert config[env]["validate"]["parameters"]["lint"] is True
+        assert config[env]["build"]["parameters"] == {"cached": True, "parallel": True}
+        assert config[env]["deploy"]["parameters"]["resolve_s3"] is True
+    json.dumps(config)  # plain data only

@@ -1,0 +1,854 @@
+"""HttpRegistryClient against stub registries: auth, manifests, limits, retries and redirects."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from preheat.adapters import registry as registry_module
+from preheat.adapters.registry import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_SCHEMA1_SIGNED,
+    MANIFEST_ACCEPT,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    HttpRegistryClient,
+    signature_params,
+)
+from preheat.errors import PermanentFailure, TransientFailure
+from preheat.models import Credentials, ImageReference
+from preheat.settings import Settings
+from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
+
+SETTINGS = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=1.0)
+CANARY = "canary-Zq8wX3secret"
+AMZ_QUERY = (
+    "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Date=20250101T000000Z&X-Amz-Expires=1200&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123"
+)
+
+Auth = Callable[[StubRequest], StubResponse | None]
+
+
+class StubRegistry:
+    """A Distribution registry in a few lines: manifests by reference, blobs by digest, pluggable
+    auth, a token endpoint at ``/token``, and scripted answers that come before everything else."""
+
+    def __init__(self, server: StubServer, repository: str = "app") -> None:
+        self.server = server
+        self.repository = repository
+        self.manifests: dict[str, tuple[str, bytes]] = {}
+        self.blobs: set[str] = set()
+        self.auth: Auth | None = None
+        self.token_answer: Callable[[StubRequest], StubResponse] = lambda request: StubResponse(404)
+        self.script: list[StubResponse] = []
+        self.blob_answer: Callable[[StubRequest, str], StubResponse] | None = None
+        server.handler = self.handle
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    def image(self, reference: str = "v1") -> ImageReference:
+        separator = "@" if reference.startswith("sha256:") else ":"
+        return ImageReference.parse(f"{self.host}/{self.repository}{separator}{reference}")
+
+    def handle(self, request: StubRequest) -> StubResponse:
+        if request.path == "/token":
+            return self.token_answer(request)
+        if self.script:
+            return self.script.pop(0)
+        denied = self.auth(request) if self.auth is not None else None
+        return denied or self.serve(request)
+
+    def serve(self, request: StubRequest) -> StubResponse:
+        match = re.fullmatch(r"/v2/(.+)/(manifests|blobs)/([^/]+)", request.path)
+        if not match or match.group(1) != self.repository:
+            return StubResponse.error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        kind, reference = match.group(2), match.group(3)
+        if kind == "manifests":
+            if reference not in self.manifests:
+                return StubResponse.error(404, "MANIFEST_UNKNOWN", "manifest unknown")
+            media_type, body = self.manifests[reference]
+            return StubResponse(
+                200, body, {"Content-Type": media_type, "Docker-Content-Digest": digest_of(body)}
+            )
+        if reference not in self.blobs:
+            return StubResponse.error(404, "BLOB_UNKNOWN", "blob unknown to registry")
+        if self.blob_answer is not None:
+            return self.blob_answer(request, reference)
+        return StubResponse(200, b"blob-bytes " * 100, {"Content-Type": "application/octet-stream"})
+
+    def add_manifest(self, document: dict[str, Any], media_type: str, tag: str | None = None) -> str:
+        body = json.dumps(document, indent=3).encode()
+        digest = digest_of(body)
+        self.manifests[digest] = (media_type, body)
+        if tag:
+            self.manifests[tag] = (media_type, body)
+        return digest
+
+    def add_image(
+        self, tag: str | None, layers: list[bytes], media_type: str = OCI_MANIFEST
+    ) -> tuple[str, list[str]]:
+        """An image manifest and its blobs; returns its digest and its blobs' (config first)."""
+        docker = media_type == DOCKER_MANIFEST
+        config = json.dumps({"architecture": "amd64", "os": "linux", "layers": len(layers)}).encode()
+        config_type = (
+            "application/vnd.docker.container.image.v1+json"
+            if docker
+            else "application/vnd.oci.image.config.v1+json"
+        )
+        layer_type = (
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            if docker
+            else "application/vnd.oci.image.layer.v1.tar+gzip"
+        )
+        document = {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {"mediaType": config_type, "digest": digest_of(config), "size": len(config)},
+            "layers": [
+                {"mediaType": layer_type, "digest": digest_of(layer), "size": len(layer)} for layer in layers
+            ],
+        }
+        blobs = [digest_of(config), *(digest_of(layer) for layer in layers)]
+        self.blobs.update(blobs)
+        return self.add_manifest(document, media_type, tag), blobs
+
+    def requests_to(self, kind: str) -> list[StubRequest]:
+        return [r for r in self.server.requests if f"/{kind}/" in r.path]
+
+
+def bearer_auth(registry: StubRegistry, token: str, scope: str | None = None) -> Auth:
+    scope = scope or f"repository:{registry.repository}:pull"
+
+    def check(request: StubRequest) -> StubResponse | None:
+        if request.header("Authorization") == f"Bearer {token}":
+            return None
+        challenge = f'Bearer realm="http://{registry.host}/token",service="stub-registry",scope="{scope}"'
+        return StubResponse.error(
+            401, "UNAUTHORIZED", "authentication required", **{"WWW-Authenticate": challenge}
+        )
+
+    return check
+
+
+def basic_auth(expected: str) -> Auth:
+    def check(request: StubRequest) -> StubResponse | None:
+        if request.header("Authorization") == expected:
+            return None
+        return StubResponse.error(
+            401, "UNAUTHORIZED", "authentication required", **{"WWW-Authenticate": 'Basic realm="stub"'}
+        )
+
+    return check
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def server() -> Iterator[StubServer]:
+    with StubServer() as stub:
+        yield stub
+        assert not stub.errors
+
+
+@pytest.fixture
+def storage() -> Iterator[StubServer]:
+    """Another origin, standing for S3 or a CDN."""
+    with StubServer(lambda request: StubResponse(200, b"blob-bytes")) as stub:
+        yield stub
+        assert not stub.errors
+
+
+@pytest.fixture
+def fake(server: StubServer) -> StubRegistry:
+    return StubRegistry(server)
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def client(sleeps: list[float]) -> HttpRegistryClient:
+    # Sleeps are recorded, not slept: the tests assert on the backoff without waiting for it.
+    return HttpRegistryClient(SETTINGS, backoff_seconds=0.05, sleep=sleeps.append)
+
+
+def digests(blobs: list[Any]) -> list[str]:
+    return [blob.digest for blob in blobs]
+
+
+# -- manifests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("media_type", [OCI_MANIFEST, DOCKER_MANIFEST])
+def test_image_manifest_resolves_config_and_layers(
+    fake: StubRegistry, client: HttpRegistryClient, media_type: str
+):
+    _, blobs = fake.add_image("v1", [b"layer-one", b"layer-two"], media_type)
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials())
+
+    assert digests(resolved) == blobs
+    layer = resolved[1]
+    assert layer.url == f"http://{fake.host}/v2/app/blobs/{blobs[1]}"
+    assert layer.size == len(b"layer-one")
+    assert layer.media_type is not None
+    assert layer.media_type.endswith("gzip")
+    assert layer.filter == ()
+    assert not layer.headers
+    manifest_request = fake.requests_to("manifests")[0]
+    assert manifest_request.header("Accept") == MANIFEST_ACCEPT
+    assert len(MANIFEST_ACCEPT.split(",")) == 5
+    assert {r.method for r in fake.requests_to("blobs")} == {"GET"}
+
+
+def test_repeated_layers_resolve_once(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [b"same", b"other", b"same"])
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials())
+
+    assert digests(resolved) == blobs[:3]
+    assert len(fake.requests_to("blobs")) == 3
+
+
+def test_schema1_repeated_blob_sums_resolve_once(fake: StubRegistry, client: HttpRegistryClient):
+    empty, layer = digest_of(b"empty"), digest_of(b"layer")
+    fake.blobs.update({empty, layer})
+    document = {
+        "schemaVersion": 1,
+        "name": "app",
+        "tag": "old",
+        "fsLayers": [{"blobSum": empty}, {"blobSum": layer}, {"blobSum": empty}, {"blobSum": empty}],
+        "history": [{"v1Compatibility": "{}"}] * 4,
+    }
+    fake.add_manifest(document, DOCKER_SCHEMA1_SIGNED, "old")
+
+    resolved = client.resolve_image(fake.image("old"), Credentials())
+
+    assert digests(resolved) == [empty, layer]
+    assert all(blob.size is None for blob in resolved)
+
+
+def test_signed_schema1_by_digest_is_verified_against_its_payload(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    layer = digest_of(b"layer")
+    fake.blobs.add(layer)
+    payload = json.dumps(
+        {"schemaVersion": 1, "name": "app", "tag": "old", "fsLayers": [{"blobSum": layer}], "history": []},
+        indent=3,
+    ).encode()
+    tail = b"\n}"
+    assert payload.endswith(tail)
+    protected = {
+        "formatLength": len(payload) - len(tail),
+        "formatTail": base64.urlsafe_b64encode(tail).decode(),
+    }
+    signature = {
+        "header": {"alg": "ES256"},
+        "signature": "c2ln",
+        "protected": base64.urlsafe_b64encode(json.dumps(protected).encode()).decode().rstrip("="),
+    }
+    signed = payload[: -len(tail)] + b',\n   "signatures": ' + json.dumps([signature]).encode() + tail
+    # The registry addresses a signed schema1 manifest by its payload's digest, not the body's.
+    digest = digest_of(payload)
+    fake.manifests[digest] = (DOCKER_SCHEMA1_SIGNED, signed)
+
+    resolved = client.resolve_image(fake.image(digest), Credentials())
+
+    assert digests(resolved) == [layer]
+
+
+def test_index_resolves_every_platform_and_skips_attestations(fake: StubRegistry, client: HttpRegistryClient):
+    amd64, amd64_blobs = fake.add_image(None, [b"shared", b"amd64"])
+    arm64, arm64_blobs = fake.add_image(None, [b"shared", b"arm64"])
+    attestation, attestation_blobs = fake.add_image(None, [b"in-toto statement"])
+    buildkit_attestation, _ = fake.add_image(None, [b"another statement"])
+    entry = {"mediaType": OCI_MANIFEST, "size": 1}
+    fake.add_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {**entry, "digest": amd64, "platform": {"architecture": "amd64", "os": "linux"}},
+                {**entry, "digest": arm64, "platform": {"architecture": "arm64", "os": "linux"}},
+                {**entry, "digest": attestation, "platform": {"architecture": "unknown", "os": "unknown"}},
+                {
+                    **entry,
+                    "digest": buildkit_attestation,
+                    "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+                },
+            ],
+        },
+        OCI_INDEX,
+        "multi",
+    )
+
+    resolved = client.resolve_image(fake.image("multi"), Credentials())
+
+    expected = list(dict.fromkeys(amd64_blobs + arm64_blobs))
+    assert sorted(digests(resolved)) == sorted(expected)
+    fetched = {r.path.rsplit("/", 1)[-1] for r in fake.requests_to("manifests")}
+    assert attestation not in fetched
+    assert buildkit_attestation not in fetched
+    assert not set(attestation_blobs[1:]) & set(digests(resolved))
+
+
+def test_docker_manifest_list_children_are_verified(fake: StubRegistry, client: HttpRegistryClient):
+    child, _ = fake.add_image(None, [b"layer"], DOCKER_MANIFEST)
+    fake.add_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST_LIST,
+            "manifests": [
+                {"mediaType": DOCKER_MANIFEST, "digest": child, "size": 1, "platform": {"os": "linux"}}
+            ],
+        },
+        DOCKER_MANIFEST_LIST,
+        "list",
+    )
+    # The registry answers the child's digest with other bytes.
+    media_type, body = fake.manifests[child]
+    fake.manifests[child] = (media_type, body + b" ")
+
+    with pytest.raises(PermanentFailure, match=rf"manifest {child} .*digest is sha256:[0-9a-f]{{64}}, not"):
+        client.resolve_image(fake.image("list"), Credentials())
+
+
+def test_index_with_more_than_64_platforms_fails(fake: StubRegistry, client: HttpRegistryClient):
+    entries = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": digest_of(str(n).encode()),
+            "size": 1,
+            "platform": {"os": "linux"},
+        }
+        for n in range(65)
+    ]
+    fake.add_manifest({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, OCI_INDEX, "huge")
+
+    with pytest.raises(PermanentFailure, match="more than 64 platform images"):
+        client.resolve_image(fake.image("huge"), Credentials())
+    assert len(fake.requests_to("manifests")) == 1
+
+
+def test_manifest_with_more_than_1000_layers_fails(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("deep", [str(n).encode() for n in range(1001)])
+
+    with pytest.raises(PermanentFailure, match="1001 layers; at most 1000"):
+        client.resolve_image(fake.image("deep"), Credentials())
+    assert not fake.requests_to("blobs")
+
+
+def test_unknown_media_type_is_named(fake: StubRegistry, client: HttpRegistryClient):
+    fake.manifests["odd"] = (
+        "application/vnd.example.thing+json",
+        b'{"mediaType": "application/vnd.example.thing+json"}',
+    )
+
+    with pytest.raises(
+        PermanentFailure, match=r"unsupported media type 'application/vnd\.example\.thing\+json'"
+    ):
+        client.resolve_image(fake.image("odd"), Credentials())
+
+
+def test_manifest_by_digest_is_verified(fake: StubRegistry, client: HttpRegistryClient):
+    digest, blobs = fake.add_image(None, [b"layer"])
+    assert digests(client.resolve_image(fake.image(digest), Credentials())) == blobs
+
+    media_type, body = fake.manifests[digest]
+    fake.manifests[digest] = (media_type, body.replace(b'"schemaVersion"', b'"schemaVersion" '))
+    with pytest.raises(
+        PermanentFailure, match=f"digest is sha256:[0-9a-f]{{64}}, not the requested {digest}"
+    ):
+        client.resolve_image(fake.image(digest), Credentials())
+
+
+def test_manifest_over_4_mib_is_cut_off_while_streaming(fake: StubRegistry, client: HttpRegistryClient):
+    sent = []
+
+    def endless() -> Iterator[bytes]:
+        chunk = b" " * 65536
+        for _ in range(1024):  # 64 MiB if nobody stops reading
+            sent.append(len(chunk))
+            yield chunk
+
+    fake.script.append(StubResponse(200, endless(), {"Content-Type": OCI_MANIFEST}))
+    started = time.monotonic()
+
+    with pytest.raises(PermanentFailure, match="larger than 4194304 bytes"):
+        client.resolve_image(fake.image("v1"), Credentials())
+    assert time.monotonic() - started < 5
+    assert sum(sent) < 32 * 1024 * 1024
+
+
+def test_manifest_declared_over_4_mib_is_not_read(fake: StubRegistry, client: HttpRegistryClient):
+    fake.script.append(
+        StubResponse(200, b"{" + b" " * (4 * 1024 * 1024) + b"}", {"Content-Type": OCI_MANIFEST})
+    )
+
+    with pytest.raises(PermanentFailure, match="4194306 bytes long; at most 4194304"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_missing_manifest_quotes_the_registry_error(fake: StubRegistry, client: HttpRegistryClient):
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("nope"), Credentials())
+
+    assert str(caught.value) == (
+        f"manifest for {fake.host}/app:nope not found on registry {fake.host} "
+        "(MANIFEST_UNKNOWN: manifest unknown)"
+    )
+    assert len(fake.requests_to("manifests")) == 1  # a 404 is not retried
+
+
+def test_missing_blob_fails_permanently(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.blobs.discard(blobs[1])
+
+    with pytest.raises(PermanentFailure, match=f"blob {blobs[1]} of .* not found on registry .*BLOB_UNKNOWN"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_blobs_are_resolved_concurrently(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [f"layer {n}".encode() for n in range(31)])
+    fake.blob_answer = lambda request, digest: StubResponse(200, b"x", delay=0.1)
+    started = time.monotonic()
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials())
+
+    assert digests(resolved) == blobs  # in manifest order, whatever order they finished in
+    assert time.monotonic() - started < 32 * 0.1 / 4
+
+
+# -- auth ----------------------------------------------------------------------------------------
+
+
+def test_anonymous_bearer_token(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "anon-token")
+    fake.token_answer = lambda request: StubResponse.json({"token": "anon-token", "expires_in": 300})
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials())
+
+    assert digests(resolved) == blobs
+    token_request = fake.server.requests_to("/token")[0]
+    assert token_request.header("Authorization") is None
+    assert token_request.query == {"service": ["stub-registry"], "scope": ["repository:app:pull"]}
+    # The supernode downloads from the registry itself, so it needs the token too.
+    assert resolved[0].headers.reveal() == {"Authorization": "Bearer anon-token"}
+
+
+def test_basic_credentials_are_exchanged_for_an_access_token(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    caller = basic("alice", "pw")
+    fake.auth = bearer_auth(fake, "alice-token", scope="repository:app:pull,push")
+
+    def token(request: StubRequest) -> StubResponse:
+        if request.header("Authorization") != caller:
+            return StubResponse(401)
+        return StubResponse.json({"access_token": "alice-token"})
+
+    fake.token_answer = token
+
+    resolved = client.resolve_image(
+        fake.image("v1"), Credentials({"Authorization": caller, "X-Tenant": "t1"})
+    )
+
+    assert resolved[0].headers.reveal() == {"Authorization": "Bearer alice-token", "X-Tenant": "t1"}
+    assert fake.server.requests_to("/token")[0].query["scope"] == ["repository:app:pull,push"]
+    registry_requests = [r for r in fake.server.requests if r.path.startswith("/v2/")]
+    assert all(r.header("X-Tenant") == "t1" for r in registry_requests)
+    assert [r.header("Authorization") for r in registry_requests][:2] == [caller, "Bearer alice-token"]
+
+
+def test_token_is_reused_until_it_expires(
+    fake: StubRegistry, client: HttpRegistryClient, monkeypatch: pytest.MonkeyPatch
+):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "t")
+    fake.token_answer = lambda request: StubResponse.json({"token": "t", "expires_in": 60})
+    now = [1000.0]
+    monkeypatch.setattr(registry_module, "_now", lambda: now[0])
+
+    client.resolve_image(fake.image("v1"), Credentials())
+    client.resolve_image(fake.image("v1"), Credentials())
+
+    assert len(fake.server.requests_to("/token")) == 1
+    unauthorized = [
+        r for r in fake.server.requests if r.path.startswith("/v2/") and not r.header("Authorization")
+    ]
+    assert len(unauthorized) == 1  # the second resolution started with the cached token
+
+    now[0] += 61
+    client.resolve_image(fake.image("v1"), Credentials())
+    assert len(fake.server.requests_to("/token")) == 2
+
+
+def test_token_is_not_shared_between_callers(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "alice-token")
+    caller = basic("alice", "pw")
+    fake.token_answer = lambda request: (
+        StubResponse.json({"token": "alice-token"})
+        if request.header("Authorization") == caller
+        else StubResponse.json({"token": "anonymous-token"})
+    )
+    client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller}))
+
+    with pytest.raises(PermanentFailure, match="requires credentials for repository app"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_basic_challenge_uses_the_callers_header(fake: StubRegistry, client: HttpRegistryClient):
+    caller = basic("bob", "pw")
+    fake.add_image("v1", [b"layer"])
+    fake.auth = basic_auth(caller)
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"authorization": caller}))
+
+    assert resolved[0].headers.reveal() == {"Authorization": caller}
+    assert not fake.server.requests_to("/token")
+
+
+def test_basic_challenge_without_credentials_fails(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = basic_auth(basic("bob", "pw"))
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("v1"), Credentials())
+
+    assert f"registry {fake.host} requires credentials for repository app" in str(caught.value)
+
+
+def test_callers_bearer_token_is_used_as_given(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "harbor-minted")
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": "Bearer harbor-minted"}))
+
+    assert resolved[0].headers.reveal() == {"Authorization": "Bearer harbor-minted"}
+    assert not fake.server.requests_to("/token")
+    assert all(r.header("Authorization") == "Bearer harbor-minted" for r in fake.server.requests)
+
+
+def test_a_refused_fresh_token_is_not_asked_for_again(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "the-only-good-token")
+    fake.token_answer = lambda request: StubResponse.json({"token": f"useless-{len(fake.server.requests)}"})
+
+    with pytest.raises(PermanentFailure, match="requires credentials for repository app"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+    assert len(fake.server.requests_to("/token")) == 1
+    assert len(fake.requests_to("manifests")) == 2
+
+
+def test_header_values_http_cannot_carry_fail_without_echoing_them(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    fake.add_image("v1", [b"layer"])
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("v1"), Credentials({"Authorization": f"Bearer {CANARY}\u20ac"}))
+
+    assert "must be printable Latin-1" in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__context__ is None
+    assert CANARY not in repr(caught.value)
+
+
+def test_foreign_layer_is_fetched_from_its_url_without_credentials(
+    fake: StubRegistry, storage: StubServer, client: HttpRegistryClient
+):
+    digest, _ = fake.add_image("v1", [b"layer"])
+    media_type, body = fake.manifests[digest]
+    document = json.loads(body)
+    foreign = digest_of(b"windows base layer")
+    document["layers"].append(
+        {
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": foreign,
+            "size": 18,
+            "urls": [f"http://{storage.host}/windows/base.tar.gz"],
+        }
+    )
+    fake.add_manifest(document, media_type, "v1")
+    caller = basic("alice", "pw")
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller}))
+
+    assert resolved[-1].digest == foreign
+    assert resolved[-1].url == f"http://{storage.host}/windows/base.tar.gz"
+    assert not resolved[-1].headers
+    assert storage.requests[0].header("Authorization") is None
+    assert resolved[0].headers.reveal() == {"Authorization": caller}
+
+
+@pytest.mark.parametrize("challenge", ["basic", "bearer-given", "bearer-exchanged"])
+def test_refused_credentials_never_show_the_secret(
+    fake: StubRegistry, client: HttpRegistryClient, caplog: pytest.LogCaptureFixture, challenge: str
+):
+    caplog.set_level(logging.DEBUG)
+    fake.add_image("v1", [b"layer"])
+    caller = basic("alice", CANARY) if challenge != "bearer-given" else f"Bearer {CANARY}"
+    if challenge == "basic":
+        fake.auth = basic_auth(basic("alice", "right"))
+    else:
+        fake.auth = bearer_auth(fake, "right-token")
+    # A registry that echoes what it was sent must not leak it through our message either.
+    fake.token_answer = lambda request: StubResponse.error(
+        401, "DENIED", f"bad credentials {request.header('Authorization')} for alice:{CANARY}"
+    )
+    original = fake.auth
+
+    def echoing(request: StubRequest) -> StubResponse | None:
+        denied = original(request)
+        if denied is None:
+            return None
+        echoed = StubResponse.error(401, "UNAUTHORIZED", f"you sent {request.header('Authorization')}")
+        echoed.headers.update({k: v for k, v in denied.headers.items() if k == "WWW-Authenticate"})
+        return echoed
+
+    fake.auth = echoing
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller, "X-Key": CANARY}))
+
+    text = f"{caught.value} {caught.value!r} {caught.value.args}"
+    assert f"registry {fake.host} refused the credentials for repository app" in str(caught.value)
+    assert CANARY not in text
+    assert base64.b64encode(f"alice:{CANARY}".encode()).decode() not in text
+    assert CANARY not in caplog.text
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+def test_throttling_honours_retry_after(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.script.append(StubResponse.error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": "3"}))
+
+    assert digests(client.resolve_image(fake.image("v1"), Credentials())) == blobs
+    assert sleeps == [3.0]
+
+
+def test_retry_after_is_capped(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
+    fake.add_image("v1", [b"layer"])
+    fake.script.append(StubResponse(503, b"", {"Retry-After": "3600"}))
+
+    client.resolve_image(fake.image("v1"), Credentials())
+
+    assert sleeps == [10.0]
+
+
+def test_server_error_then_success(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.script.append(StubResponse(500))
+
+    assert digests(client.resolve_image(fake.image("v1"), Credentials())) == blobs
+    assert len(sleeps) == 1
+    assert 0 <= sleeps[0] <= 0.05
+
+
+def test_server_error_forever_is_transient(
+    fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]
+):
+    fake.script.extend(StubResponse.error(502, "UNAVAILABLE", "upstream down") for _ in range(10))
+
+    with pytest.raises(TransientFailure) as caught:
+        client.resolve_image(fake.image("v1"), Credentials())
+
+    assert "HTTP 502: UNAVAILABLE: upstream down" in str(caught.value)
+    assert "gave up after 4 attempts" in str(caught.value)
+    assert len(fake.server.requests) == 4
+    # Exponential backoff with full jitter: each wait is at most twice the one before's bound.
+    assert len(sleeps) == 3
+    assert all(0 <= delay <= 0.05 * 2**n for n, delay in enumerate(sleeps))
+
+
+def test_slow_registry_times_out(fake: StubRegistry):
+    fake.add_image("v1", [b"layer"])
+    fake.script.extend(StubResponse(200, b"{}", delay=1.0) for _ in range(4))
+    settings = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1)
+    client = HttpRegistryClient(settings, sleep=lambda seconds: None)
+    started = time.monotonic()
+
+    with pytest.raises(TransientFailure, match=r"timed out after 0\.1s .*gave up after 4 attempts"):
+        client.resolve_image(fake.image("v1"), Credentials())
+    assert time.monotonic() - started < 2
+
+
+def test_unreachable_registry_is_transient(client: HttpRegistryClient):
+    with StubServer() as gone:
+        host = gone.host
+    with pytest.raises(TransientFailure, match="connection failed"):
+        client.resolve_image(ImageReference.parse(f"{host}/app:v1"), Credentials())
+
+
+# -- redirects -----------------------------------------------------------------------------------
+
+
+def test_redirect_to_storage_drops_credentials_and_lists_signature_params(
+    fake: StubRegistry, storage: StubServer, client: HttpRegistryClient
+):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    caller = basic("alice", "pw")
+    fake.auth = basic_auth(caller)
+    fake.blob_answer = lambda request, digest: StubResponse.redirect(
+        f"http://{storage.host}/bucket/{digest}?{AMZ_QUERY}&response-content-type=x"
+    )
+
+    resolved = client.resolve_image(
+        fake.image("v1"), Credentials({"Authorization": caller, "X-Tenant": "t1"})
+    )
+
+    for blob in resolved:
+        assert blob.url.startswith(f"http://{storage.host}/bucket/{blob.digest}?X-Amz-Algorithm=")
+        assert not blob.headers
+        assert blob.filter == (
+            "X-Amz-Algorithm",
+            "X-Amz-Credential",
+            "X-Amz-Date",
+            "X-Amz-Expires",
+            "X-Amz-SignedHeaders",
+            "X-Amz-Signature",
+        )
+    assert len(storage.requests) == len(blobs)
+    for request in storage.requests:
+        assert request.method == "GET"  # presigned for GET: the registry was asked with GET
+        assert request.header("Authorization") is None
+        assert request.header("X-Tenant") is None
+
+
+def test_redirect_on_the_registry_keeps_credentials(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    caller = basic("alice", "pw")
+    fake.auth = basic_auth(caller)
+    fake.blob_answer = lambda request, digest: (
+        StubResponse.redirect(f"/v2/app/blobs/{digest}?moved=1")
+        if "moved" not in request.query
+        else StubResponse(200, b"x")
+    )
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller}))
+
+    assert resolved[0].url.endswith("?moved=1")
+    assert resolved[0].headers.reveal() == {"Authorization": caller}
+
+
+def test_ten_redirects_are_followed_and_eleven_are_a_loop(storage: StubServer, client: HttpRegistryClient):
+    def hops(limit: int) -> Callable[[StubRequest], StubResponse]:
+        def answer(request: StubRequest) -> StubResponse:
+            hop = int(request.path.rsplit("/", 1)[-1])
+            return StubResponse.redirect(f"/hop/{hop + 1}") if hop < limit else StubResponse(200, b"file")
+
+        return answer
+
+    storage.handler = hops(10)
+    blob = client.resolve_file(f"http://{storage.host}/hop/0", Credentials())
+    assert blob.url == f"http://{storage.host}/hop/10"
+
+    storage.handler = hops(11)
+    with pytest.raises(PermanentFailure, match="redirects more than 10 times"):
+        client.resolve_file(f"http://{storage.host}/hop/0", Credentials())
+
+
+def test_storage_refusal_is_permanent(fake: StubRegistry, storage: StubServer, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
+    storage.handler = lambda request: StubResponse(
+        403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+    )
+
+    with pytest.raises(PermanentFailure, match=rf"storage {storage.host} answered HTTP 403 .*AccessDenied"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_file_redirect_to_another_host_drops_headers(
+    server: StubServer, storage: StubServer, client: HttpRegistryClient
+):
+    server.handler = lambda request: StubResponse.redirect(
+        f"http://{storage.host}/file.bin?Expires=1700000000&Signature=abc&Key-Pair-Id=K&v=2"
+    )
+    headers = Credentials({"Authorization": f"Bearer {CANARY}", "X-Custom": "1"})
+
+    blob = client.resolve_file(f"http://{server.host}/download/file.bin", headers)
+
+    assert blob.url.startswith(f"http://{storage.host}/file.bin?")
+    assert blob.digest is None
+    assert not blob.headers
+    assert blob.filter == ("Expires", "Signature", "Key-Pair-Id")
+    assert server.requests[0].header("Authorization") == f"Bearer {CANARY}"
+    assert server.requests[0].header("X-Custom") == "1"
+    assert storage.requests[0].header("Authorization") is None
+    assert storage.requests[0].header("X-Custom") is None
+
+
+def test_file_on_its_own_host_keeps_headers(server: StubServer, client: HttpRegistryClient):
+    server.handler = lambda request: StubResponse(200, b"content")
+
+    blob = client.resolve_file(f"http://{server.host}/file.bin", Credentials({"X-Custom": "1"}))
+
+    assert blob.url == f"http://{server.host}/file.bin"
+    assert blob.headers.reveal() == {"X-Custom": "1"}
+
+
+def test_missing_file_is_permanent(server: StubServer, client: HttpRegistryClient):
+    server.handler = lambda request: StubResponse(404)
+
+    with pytest.raises(PermanentFailure, match=rf"file http://{server.host}/file.bin not found on server"):
+        client.resolve_file(f"http://{server.host}/file.bin?token={CANARY}", Credentials())
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://s3.amazonaws.com/b/k?" + AMZ_QUERY + "&x-amz-security-token=t", 7),
+        ("https://d111.cloudfront.net/k?Expires=1&Signature=s&Key-Pair-Id=k&Policy=p&v=1", 4),
+        ("https://storage.googleapis.com/b/k?X-Goog-Algorithm=a&X-Goog-Signature=s&alt=media", 2),
+        ("https://storage.googleapis.com/b/k?GoogleAccessId=a&Expires=1&Signature=s", 3),
+        ("https://b.oss-cn-hangzhou.aliyuncs.com/k?OSSAccessKeyId=a&Expires=1&Signature=s", 3),
+        (
+            "https://pkg-containers.githubusercontent.com/ghcr1/blobs/sha256:1?se=1&sig=s&sp=r&spr=https&sr=b&sv=2",
+            6,
+        ),
+        ("https://production.cloudflare.docker.com/registry-v2/blobs/data?verify=1700000000-abc", 1),
+        ("https://example.com/file?sp=1&se=2&version=3", 0),
+    ],
+)
+def test_signature_params(url: str, expected: int):
+    found = signature_params(url)
+    assert len(found) == expected
+    assert all(name in url for name in found)
+
+
+def test_threads_share_one_session_pool(fake: StubRegistry):
+    """A pool of 16 workers over the default adapter must not warn about a full connection pool."""
+    fake.add_image("v1", [f"layer {n}".encode() for n in range(40)])
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("urllib3.connectionpool").addHandler(handler)
+    try:
+        client = HttpRegistryClient(SETTINGS)
+        assert len(client.resolve_image(fake.image("v1"), Credentials())) == 41
+    finally:
+        logging.getLogger("urllib3.connectionpool").removeHandler(handler)
+    assert not [w for w in warnings if "pool is full" in w]
+    assert threading.active_count() < 40  # the pool's threads are gone once the call returns

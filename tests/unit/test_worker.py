@@ -1,0 +1,250 @@
+"""The worker's steps over fakes: the happy path, failures, and every step run twice."""
+
+import pytest
+
+from preheat.errors import PermanentFailure, TransientFailure
+from preheat.models import Blob, BlobState, Credentials, PreheatRequest, Step, TaskStatus
+from preheat.service import PreheatService
+from preheat.settings import Settings
+from preheat.worker import Worker, give_up
+from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
+
+SETTINGS = Settings(task_timeout_seconds=600, poll_initial_delay_seconds=1, poll_max_delay_seconds=8)
+IMAGE = "h.io/app:v1"
+LAYERS = [Blob(url=f"https://h.io/v2/app/blobs/sha256:{c * 64}", digest=f"sha256:{c * 64}") for c in "abc"]
+TWO_NODES = ("http://sn1:8002", "http://sn2:8002")
+
+
+class World:
+    def __init__(self, targets=TWO_NODES):
+        self.store, self.queue, self.clock = FakeTaskStore(), FakeQueue(), Clock()
+        self.registry = FakeRegistry(images={IMAGE: LAYERS})
+        self.nodes = FakeSupernodes(targets)
+        self.service = PreheatService(self.store, self.queue, SETTINGS, clock=self.clock)
+        self.worker = Worker(self.store, self.queue, self.registry, self.nodes, SETTINGS, clock=self.clock)
+
+    def submit(self, body=None):
+        body = body or {"type": "image", "url": IMAGE, "header": {"Authorization": "Basic czNjcjN0"}}
+        return self.service.submit(PreheatRequest.parse(body)).task_id
+
+    def deliver_all(self):
+        """Deliver what is queued, once each, in order; returns what was delivered."""
+        messages = self.queue.take()
+        for message in messages:
+            self.worker.handle(message)
+        return messages
+
+    def task(self, task_id):
+        return self.store.tasks[task_id]
+
+
+@pytest.fixture
+def world():
+    return World()
+
+
+def test_an_image_goes_running_then_success_when_every_layer_is_warm_on_every_supernode(world):
+    task_id = world.submit()
+    world.deliver_all()  # start: resolve + dispatch
+    task = world.task(task_id)
+    assert task.status is TaskStatus.RUNNING
+    assert task.dispatched
+    assert len(world.nodes.creates) == 6  # 3 layers x 2 supernodes
+    assert world.registry.seen_headers[0].reveal() == {"Authorization": "Basic czNjcjN0"}
+    [check] = world.queue.sent
+    assert (check.message.step, check.message.seq, check.delay_seconds) == (Step.CHECK, 1, 1)
+    assert not check.message.headers  # credentials live no longer than the first step
+
+    world.nodes.finish(LAYERS[0].label)
+    world.deliver_all()
+    assert world.task(task_id).to_api()["layers"] == {"total": 3, "succeeded": 1, "failed": 0, "pending": 2}
+    assert world.queue.sent[0].delay_seconds == 2  # the delay grows
+
+    world.nodes.finish()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.SUCCESS
+    assert task.finished_at is not None
+    assert world.queue.sent == []
+
+
+def test_the_check_delay_doubles_up_to_its_cap(world):
+    world.submit()
+    world.deliver_all()
+    delays = []
+    for _ in range(6):
+        delays.append(world.queue.sent[0].delay_seconds)
+        world.deliver_all()
+    assert delays == [1, 2, 4, 8, 8, 8]
+
+
+def test_a_layer_failed_on_a_supernode_fails_the_task_naming_the_layer_and_reason(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish()
+    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "digest mismatch")
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert LAYERS[1].digest in (task.message or "")
+    assert "digest mismatch" in (task.message or "")
+    assert task.to_api()["layers"] == {"total": 3, "succeeded": 2, "failed": 1, "pending": 0}
+
+
+def test_layers_already_warm_finish_at_once_without_a_check(world):
+    world.nodes.warm = {blob.label for blob in LAYERS}
+    task_id = world.submit()
+    world.deliver_all()
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+    assert world.queue.sent == []
+
+
+def test_a_missing_image_fails_with_the_registry_reason(world):
+    task_id = world.submit({"type": "image", "url": "h.io/app:missing"})
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "not found" in (task.message or "")
+    assert world.nodes.creates == []
+
+
+def test_a_file_is_resolved_and_preheated_like_a_layer(world):
+    url = "https://files.example.com/big.iso?X-Amz-Signature=abc"
+    world.registry.files[url] = Blob(url=url, filter=("X-Amz-Signature",))
+    task_id = world.submit({"type": "file", "url": url})
+    world.deliver_all()
+    world.nodes.finish()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.SUCCESS
+    assert task.blobs[0].label == "https://files.example.com/big.iso"
+    assert world.nodes.creates[0][1].filter == ("X-Amz-Signature",)
+
+
+def test_an_unreachable_supernode_fails_the_task_naming_it():
+    world = World()
+    world.nodes.down.add("http://sn2:8002")
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "http://sn2:8002" in (task.message or "")
+
+
+def test_a_transient_registry_failure_is_retried_by_redelivery_and_noted(world):
+    world.registry.errors.append(TransientFailure("registry answered 503"))
+    task_id = world.submit()
+    [start] = world.queue.take()
+    with pytest.raises(TransientFailure):
+        world.worker.handle(start)
+    assert world.task(task_id).status is TaskStatus.RUNNING
+    assert "503" in (world.task(task_id).message or "")
+    world.worker.handle(start)  # redelivery
+    assert world.task(task_id).dispatched
+    assert world.task(task_id).message is None
+
+
+def test_the_dead_letter_consumer_fails_the_task_with_the_last_error(world):
+    world.registry.errors.append(TransientFailure("registry answered 503"))
+    world.submit()
+    [start] = world.queue.take()
+    with pytest.raises(TransientFailure):
+        world.worker.handle(start)
+    task = give_up(world.store, start, receive_count=5, clock=world.clock)
+    assert task is not None
+    assert task.status is TaskStatus.FAIL
+    assert "after 5 attempts" in (task.message or "")
+    assert "503" in (task.message or "")
+
+
+def test_a_duplicate_start_dispatches_nothing_more_and_starts_no_second_chain(world):
+    world.submit()
+    [start] = world.queue.take()
+    world.worker.handle(start)
+    world.worker.handle(start)
+    assert len(world.nodes.creates) == 6
+    assert len(world.queue.sent) == 1
+
+
+def test_a_duplicate_check_is_dropped(world):
+    task_id = world.submit()
+    world.deliver_all()
+    [check] = world.queue.take()
+    world.worker.handle(check)
+    world.worker.handle(check)
+    assert len(world.queue.sent) == 1
+    assert world.task(task_id).check_seq == 2
+
+
+def test_a_worker_dying_between_send_and_write_still_leaves_one_chain(world):
+    task_id = world.submit()
+    world.deliver_all()
+    [check] = world.queue.take()
+    world.store.fail_next = 0
+    original_save = world.store.save
+    world.store.save = lambda task, expected_check_seq: (_ for _ in ()).throw(RuntimeError("killed"))
+    with pytest.raises(RuntimeError):
+        world.worker.handle(check)  # sent check 2, then died before writing
+    world.store.save = original_save
+    orphan = world.queue.take()
+    assert [m.seq for m in orphan] == [2]
+    world.worker.handle(orphan[0])  # arrives first: the task is still at 1, so it is dropped
+    assert world.queue.sent == []
+    world.worker.handle(check)  # the redelivery of check 1 carries on
+    assert [s.message.seq for s in world.queue.sent] == [2]
+    world.nodes.finish()
+    world.deliver_all()
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+
+
+def test_a_task_past_its_deadline_fails_timed_out_naming_what_is_pending(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.clock.advance(601)
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert (task.message or "").startswith("timed out")
+    assert LAYERS[0].digest in (task.message or "")
+
+
+def test_the_last_check_is_not_scheduled_past_the_deadline():
+    world = World()
+    world.submit()
+    world.deliver_all()
+    world.clock.advance(599)
+    world.deliver_all()
+    assert world.queue.sent[0].delay_seconds <= 2
+
+
+def test_messages_for_finished_or_vanished_tasks_are_dropped(world):
+    task_id = world.submit()
+    [start] = world.queue.take()
+    del world.store.tasks[task_id]
+    assert world.worker.handle(start) is None
+    assert world.nodes.creates == []
+
+
+def test_a_supernode_rejecting_a_blob_marks_it_failed():
+    world = World(targets=("http://sn1:8002",))
+
+    def reject(target, blob):
+        raise PermanentFailure(f"supernode {target} refused {blob.label}: bad url")
+
+    world.nodes.create = reject
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "refused" in (task.message or "")
+
+
+def test_credentials_are_not_stored_with_the_task(world):
+    task_id = world.submit({"type": "image", "url": IMAGE, "header": {"Authorization": "Bearer CANARY-1"}})
+    world.deliver_all()
+    world.nodes.finish()
+    world.deliver_all()
+    assert "CANARY-1" not in repr(world.task(task_id))
+    assert isinstance(world.registry.seen_headers[0], Credentials)
