@@ -20,7 +20,9 @@ def sam(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SAM_CLI_TELEMETRY="0")
     # sam build looks for python3.13 on PATH; the project's venv (Python 3.13 where pyenv has it) provides it.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run([str(SAM), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(SAM), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_template_validates_with_lint():

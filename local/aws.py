@@ -1,0 +1,259 @@
+"""A moto server on 127.0.0.1 holding the template's DynamoDB tables and SQS queues.
+
+The tables and queues are created from their own ``Properties`` in ``template.yaml`` (through
+:mod:`local.template`), so a change to the template is a change to the local stack.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import boto3
+import requests
+from botocore.config import Config
+
+from local.template import PhysicalResource, QueueSpec, Resolver, TableSpec, Template, TemplateError
+
+log = logging.getLogger("local.aws")
+
+LOCAL_REGION = "us-east-1"
+LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
+DEFAULT_NAME_PREFIX = "preheat-local"
+
+# Dummy credentials: moto accepts anything, and real ones must never be needed (or leaked) locally.
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+
+# CloudFormation's SSESpecification speaks SSEEnabled, the DynamoDB API speaks Enabled.
+_SSE_KEYS = {"SSEEnabled": "Enabled", "SSEType": "SSEType", "KMSMasterKeyId": "KMSMasterKeyId"}
+# Table properties CreateTable takes under the same name as CloudFormation.
+_CREATE_TABLE_KEYS = (
+    "AttributeDefinitions",
+    "KeySchema",
+    "BillingMode",
+    "ProvisionedThroughput",
+    "GlobalSecondaryIndexes",
+    "LocalSecondaryIndexes",
+    "StreamSpecification",
+    "TableClass",
+    "DeletionProtectionEnabled",
+)
+# Queue properties that are not queue attributes.
+_NOT_QUEUE_ATTRIBUTES = frozenset({"QueueName", "Tags"})
+
+
+class MotoServer:
+    """moto in server mode on a background thread; ``port=0`` binds a free port (read it from ``url``).
+
+    moto keeps its state per process, not per server, so ``start()`` empties it: every server starts
+    blank, and two servers must not run at once in one process.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        # Imported here: moto loads every backend, which `python -m local.invoke` does not need.
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
+        self._address = (host, port)
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._started = False
+
+    def start(self) -> Self:
+        if not self._started:
+            if self._address[1]:
+                # ThreadedMotoServer binds on its own thread and waits forever if that fails: find out here.
+                with socket.socket() as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(self._address)
+            self._server.start()
+            self._started = True
+            requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
+            log.info("moto listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._started:
+            self._server.stop()
+            self._started = False
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def client(service: str, endpoint_url: str) -> Any:
+    """A boto3 client for the local endpoint that reads nothing from the environment or ~/.aws."""
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=endpoint_url,
+        region_name=LOCAL_REGION,
+        config=Config(retries={"max_attempts": 2, "mode": "standard"}),
+        **LOCAL_CREDENTIALS,
+    )
+
+
+def physical_name(prefix: str, logical_id: str) -> str:
+    return f"{prefix}-{logical_id}"
+
+
+def _flag(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _queue_order(queues: Mapping[str, QueueSpec]) -> list[QueueSpec]:
+    """Dead-letter targets before the queues that redrive to them (their ARN goes in the policy)."""
+    ordered: list[QueueSpec] = []
+    visiting: set[str] = set()
+
+    def visit(queue: QueueSpec) -> None:
+        if any(done.logical_id == queue.logical_id for done in ordered):
+            return
+        if queue.logical_id in visiting:
+            raise TemplateError(f"redrive cycle through {queue.logical_id}")
+        visiting.add(queue.logical_id)
+        target = queue.dead_letter_queue
+        if target is not None and target in queues:
+            visit(queues[target])
+        ordered.append(queue)
+
+    for queue in queues.values():
+        visit(queue)
+    return ordered
+
+
+def _create_table(dynamodb: Any, spec: TableSpec, name: str, props: Mapping[str, Any]) -> PhysicalResource:
+    request: dict[str, Any] = {key: props[key] for key in _CREATE_TABLE_KEYS if key in props}
+    sse = props.get("SSESpecification")
+    if sse:
+        request["SSESpecification"] = {_SSE_KEYS[k]: v for k, v in sse.items() if k in _SSE_KEYS}
+    if props.get("Tags"):
+        request["Tags"] = props["Tags"]
+    try:
+        dynamodb.create_table(TableName=name, **request)
+    except dynamodb.exceptions.ResourceInUseException:
+        raise RuntimeError(
+            f"table {name} already exists in this moto: one moto per process holds one state, "
+            "so give each local stack in a process its own name prefix"
+        ) from None
+    dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 0.2})
+    ttl = props.get("TimeToLiveSpecification")
+    if ttl and ttl.get("Enabled"):
+        dynamodb.update_time_to_live(
+            TableName=name,
+            TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True},
+        )
+    pitr = props.get("PointInTimeRecoverySpecification")
+    if pitr and pitr.get("PointInTimeRecoveryEnabled"):
+        dynamodb.update_continuous_backups(
+            TableName=name,
+            PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+        )
+    log.info("created table %s for %s", name, spec.logical_id)
+    return _table_resource(dynamodb, spec.logical_id, name)
+
+
+def _table_resource(dynamodb: Any, logical_id: str, name: str) -> PhysicalResource:
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    attributes = {"Arn": table["TableArn"]}
+    if table.get("LatestStreamArn"):
+        attributes["StreamArn"] = table["LatestStreamArn"]
+    return PhysicalResource(logical_id, name, attributes)
+
+
+def _queue_name(prefix: str, spec: QueueSpec, props: Mapping[str, Any]) -> str:
+    name = physical_name(prefix, spec.logical_id)
+    return name + ".fifo" if _flag(props.get("FifoQueue", False)) == "true" else name
+
+
+def _queue_resource(sqs: Any, logical_id: str, name: str, url: str) -> PhysicalResource:
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return PhysicalResource(logical_id, url, {"Arn": arn, "QueueName": name, "QueueUrl": url})
+
+
+def _queue_attributes(props: Mapping[str, Any], visibility_timeout: int | None) -> dict[str, str]:
+    attributes: dict[str, str] = {}
+    for key, value in props.items():
+        if key in _NOT_QUEUE_ATTRIBUTES:
+            continue
+        attributes[key] = json.dumps(value) if isinstance(value, dict) else _flag(value)
+    if visibility_timeout is not None:
+        attributes["VisibilityTimeout"] = str(visibility_timeout)
+    return attributes
+
+
+def _create_queue(
+    sqs: Any, spec: QueueSpec, name: str, props: Mapping[str, Any], visibility_timeout: int | None
+) -> PhysicalResource:
+    tags = {tag["Key"]: tag["Value"] for tag in props.get("Tags") or ()}
+    existing = sqs.list_queues(QueueNamePrefix=name).get("QueueUrls", [])
+    if any(url.rsplit("/", 1)[-1] == name for url in existing):
+        raise RuntimeError(
+            f"queue {name} already exists in this moto: one moto per process holds one state, "
+            "so give each local stack in a process its own name prefix"
+        )
+    url = sqs.create_queue(
+        QueueName=name, Attributes=_queue_attributes(props, visibility_timeout), tags=tags
+    )["QueueUrl"]
+    log.info("created queue %s for %s", name, spec.logical_id)
+    return _queue_resource(sqs, spec.logical_id, name, url)
+
+
+def provision(
+    template: Template,
+    endpoint_url: str,
+    parameters: Mapping[str, str],
+    *,
+    name_prefix: str = DEFAULT_NAME_PREFIX,
+    visibility_timeout: int | None = None,
+) -> dict[str, PhysicalResource]:
+    """Create every table and queue of ``template`` at ``endpoint_url``; logical id -> local resource.
+
+    ``visibility_timeout`` replaces every queue's VisibilityTimeout (tests want redelivery in seconds,
+    not the template's minutes); None keeps the template's values.
+    """
+    resources: dict[str, PhysicalResource] = {}
+    # Property values may themselves reference parameters or resources created just before.
+    resolver = Resolver(template, parameters, resources, LOCAL_REGION, LOCAL_ACCOUNT_ID, name_prefix)
+    dynamodb = client("dynamodb", endpoint_url)
+    for table in template.tables.values():
+        props = resolver.resolve(dict(table.properties))
+        resources[table.logical_id] = _create_table(
+            dynamodb, table, physical_name(name_prefix, table.logical_id), props
+        )
+    sqs = client("sqs", endpoint_url)
+    for spec in _queue_order(template.queues):
+        props = resolver.resolve(dict(spec.properties))
+        resources[spec.logical_id] = _create_queue(
+            sqs, spec, _queue_name(name_prefix, spec, props), props, visibility_timeout
+        )
+    return resources
+
+
+def lookup(
+    template: Template, endpoint_url: str, *, name_prefix: str = DEFAULT_NAME_PREFIX
+) -> dict[str, PhysicalResource]:
+    """The resources a running stack provisioned at ``endpoint_url`` (found by their deterministic names)."""
+    resources: dict[str, PhysicalResource] = {}
+    dynamodb = client("dynamodb", endpoint_url)
+    for logical_id in template.tables:
+        resources[logical_id] = _table_resource(dynamodb, logical_id, physical_name(name_prefix, logical_id))
+    sqs = client("sqs", endpoint_url)
+    for logical_id, spec in template.queues.items():
+        # Unresolved properties: FifoQueue is a literal in any template that uses it.
+        name = _queue_name(name_prefix, spec, spec.properties)
+        resources[logical_id] = _queue_resource(
+            sqs, logical_id, name, sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        )
+    return resources

@@ -1,0 +1,326 @@
+"""Runs the template's Lambda handlers in this Python process: the Docker-free stand-in for ``sam local``.
+
+Environment: every function runs in this one process, so they share one ``os.environ``. It holds the
+union of the functions' template variables (Globals merged with each function's own, ``!Ref``/``!GetAtt``
+resolved to local parameter values and moto resources) plus the local AWS values below. Two functions
+that need different values for one variable cannot share a process, so that fails loudly
+(:class:`EnvConflictError`) instead of one silently seeing the other's value.
+
+A new :class:`LambdaRuntime` forgets the layer's modules, so its environments import the layer afresh
+(as new Lambda environments would) instead of reusing caches an earlier stack in this process built.
+
+Execution environments: like Lambda, one environment runs one invocation at a time, and a busy
+function gets another environment (a cold start: its ``app.py`` loaded again under a new module name),
+so module globals (a powertools resolver, a boto3 resource) are never shared between concurrent
+invocations. The layer's modules (``preheat``) are imported once and shared by a runtime's environments.
+"""
+
+from __future__ import annotations
+
+import decimal
+import importlib.util
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local.aws import DEFAULT_NAME_PREFIX, LOCAL_ACCOUNT_ID, LOCAL_REGION, physical_name
+from local.template import FunctionSpec, PhysicalResource, Resolver, Template, TemplateError
+
+log = logging.getLogger("local.lambda")
+
+# Variables that could send a handler's AWS calls anywhere but the local moto, or make boto3 read
+# ~/.aws: removed while the local stack runs.
+_UNSAFE_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+_UNSAFE_AWS_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints beat AWS_ENDPOINT_URL
+
+
+class EnvConflictError(RuntimeError):
+    """Two functions need different values for one variable, which one shared process cannot give."""
+
+
+class HandlerLoadError(RuntimeError):
+    """The function's handler file or handler function is missing, or its module failed to import."""
+
+
+class InvocationTimeout(RuntimeError):
+    """The handler ran past its template ``Timeout``: Lambda would have stopped it and failed the call."""
+
+
+class MarshalError(TypeError):
+    """The handler returned something Lambda could not serialize to JSON (``Runtime.MarshalError``)."""
+
+
+def local_aws_environment(endpoint_url: str) -> dict[str, str]:
+    """What every function sees locally besides its template variables."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_DEFAULT_REGION": LOCAL_REGION,
+        "AWS_REGION": LOCAL_REGION,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        # Nothing from ~/.aws (profiles, per-service endpoint_url) may redirect or authenticate calls.
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        # No X-Ray daemon here; metrics would only print EMF blobs among the logs (powertools >= 3.x
+        # honours POWERTOOLS_METRICS_DISABLED).
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+
+
+def function_environment(
+    spec: FunctionSpec, resolver: Resolver, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """One function's template variables as strings; an override skips resolving that variable."""
+    overrides = overrides or {}
+    env: dict[str, str] = {}
+    for name, value in spec.environment.items():
+        if name in overrides:
+            env[name] = overrides[name]
+            continue
+        try:
+            resolved = resolver.resolve_str(value)
+        except TemplateError as exc:
+            raise TemplateError(f"{spec.logical_id}: {name}: {exc}") from None
+        if resolved is not None:
+            env[name] = resolved
+    return env
+
+
+def union_environment(
+    template: Template, resolver: Resolver, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Every function's variables in one mapping, plus ``overrides`` (which win everywhere)."""
+    union: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    for spec in template.functions.values():
+        for name, value in function_environment(spec, resolver, overrides).items():
+            if name in union and union[name] != value:
+                raise EnvConflictError(
+                    f"{name} is {union[name]!r} for {owners[name]} but {value!r} for {spec.logical_id}; "
+                    "all functions share one process locally, so they must agree"
+                )
+            union[name] = value
+            owners.setdefault(name, spec.logical_id)
+    return {**union, **(overrides or {})}
+
+
+def template_variable_names(template: Template) -> set[str]:
+    return {name for spec in template.functions.values() for name in spec.environment}
+
+
+class EnvironmentPatch:
+    """Applies variables to ``os.environ`` (dropping the unsafe AWS ones) and puts everything back."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = dict(env)
+        self._saved: dict[str, str | None] | None = None
+
+    def apply(self) -> None:
+        if self._saved is not None:
+            return
+        unsafe = [
+            name
+            for name in os.environ
+            if name in _UNSAFE_AWS_VARIABLES or name.startswith(_UNSAFE_AWS_PREFIXES)
+        ]
+        self._saved = {name: os.environ.get(name) for name in [*self._env, *unsafe]}
+        for name in unsafe:
+            del os.environ[name]
+        os.environ.update(self._env)
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        for name, value in self._saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved = None
+
+
+@dataclass
+class LambdaContext:
+    """The handler's ``context``, with the attributes of the Python runtime's own object."""
+
+    function_name: str
+    memory_limit_in_mb: str  # a string in the real runtime too (read from AWS_LAMBDA_FUNCTION_MEMORY_SIZE)
+    invoked_function_arn: str
+    timeout_seconds: float
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    identity: Any = None
+    client_context: Any = None
+    _deadline: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._deadline = time.monotonic() + self.timeout_seconds
+        self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = self.log_stream_name or f"local/[$LATEST]{uuid.uuid4().hex}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _lambda_json_default(value: Any) -> Any:
+    # The Python runtime's marshaller turns Decimal (what DynamoDB numbers come back as) into float.
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+Handler = Callable[[Any, Any], Any]
+_module_counter = itertools.count(1)
+
+
+def forget_modules_under(directories: Iterable[Path]) -> list[str]:
+    """Drop modules loaded from ``directories`` from ``sys.modules``, so the next import runs them afresh."""
+    roots = [d.resolve() for d in directories]
+    dropped = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and any(Path(file).resolve().is_relative_to(root) for root in roots):
+            del sys.modules[name]
+            dropped.append(name)
+    return dropped
+
+
+def load_handler(spec: FunctionSpec, layer_dirs: Iterable[Path]) -> Handler:
+    """Import the function's handler module afresh, under a name no other function or environment uses
+    (every function's module is ``app.py``, so its own name would collide in ``sys.modules``)."""
+    path = spec.handler_file
+    if not path.is_file():
+        raise HandlerLoadError(f"{spec.logical_id}: handler file {path} does not exist")
+    for layer_dir in layer_dirs:
+        # The layer's content is what Lambda puts on the path (/opt/python) for every function.
+        if str(layer_dir) not in sys.path:
+            sys.path.insert(0, str(layer_dir))
+    module_name = f"_local_lambda_{spec.logical_id}_{next(_module_counter)}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise HandlerLoadError(f"{spec.logical_id}: cannot load {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    # Registered before running it, as a normal import would be (dataclasses and pickling look it up).
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise HandlerLoadError(f"{spec.logical_id}: importing {path} failed: {exc!r}") from exc
+    handler = getattr(module, spec.handler_name, None)
+    if not callable(handler):
+        raise HandlerLoadError(f"{spec.logical_id}: {path} has no callable {spec.handler_name}")
+    log.info("cold start %s (%s)", spec.logical_id, module_name)
+    return handler  # type: ignore[no-any-return]
+
+
+class _FunctionPool:
+    """Idle execution environments (loaded handlers) of one function."""
+
+    def __init__(self, spec: FunctionSpec, layer_dirs: tuple[Path, ...]) -> None:
+        self._spec = spec
+        self._layer_dirs = layer_dirs
+        self._idle: list[Handler] = []
+        self._lock = threading.Lock()
+
+    def acquire(self) -> Handler:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return load_handler(self._spec, self._layer_dirs)
+
+    def release(self, handler: Handler) -> None:
+        with self._lock:
+            self._idle.append(handler)
+
+
+class LambdaRuntime:
+    """Invokes the template's functions by logical id. The environment must already be applied."""
+
+    def __init__(
+        self,
+        template: Template,
+        *,
+        name_prefix: str = DEFAULT_NAME_PREFIX,
+        region: str = LOCAL_REGION,
+        account_id: str = LOCAL_ACCOUNT_ID,
+    ) -> None:
+        self.template = template
+        self._name_prefix = name_prefix
+        self._region = region
+        self._account_id = account_id
+        self._pools = {
+            logical_id: _FunctionPool(spec, template.layer_dirs(spec))
+            for logical_id, spec in template.functions.items()
+        }
+        # New execution environments import the layer afresh: its module-level caches (settings, clients
+        # built from AWS_ENDPOINT_URL) must not carry over from an earlier stack in this process.
+        forget_modules_under({d for spec in template.functions.values() for d in template.layer_dirs(spec)})
+
+    def function_name(self, logical_id: str) -> str:
+        return physical_name(self._name_prefix, logical_id)
+
+    def function_resources(self) -> dict[str, PhysicalResource]:
+        """What ``!Ref``/``!GetAtt`` of the functions give locally."""
+        return {
+            logical_id: PhysicalResource(
+                logical_id, self.function_name(logical_id), {"Arn": self._arn(logical_id)}
+            )
+            for logical_id in self.template.functions
+        }
+
+    def _arn(self, logical_id: str) -> str:
+        return f"arn:aws:lambda:{self._region}:{self._account_id}:function:{self.function_name(logical_id)}"
+
+    def missing_handlers(self) -> list[str]:
+        return [
+            f"{logical_id}: {spec.handler_file}"
+            for logical_id, spec in self.template.functions.items()
+            if not spec.handler_file.is_file()
+        ]
+
+    def invoke(self, logical_id: str, event: Mapping[str, Any]) -> Any:
+        """Call the function like Lambda does: JSON in, JSON out, a fresh context per call.
+
+        The handler's exception propagates as is (the caller decides what Lambda's caller would do).
+        """
+        spec = self.template.functions.get(logical_id)
+        if spec is None:
+            raise KeyError(f"no function {logical_id!r} in {self.template.path}")
+        payload = json.loads(json.dumps(event))  # the handler gets its own copy, as over the wire
+        context = LambdaContext(
+            function_name=self.function_name(logical_id),
+            memory_limit_in_mb=str(spec.memory_size),
+            invoked_function_arn=self._arn(logical_id),
+            timeout_seconds=spec.timeout,
+        )
+        pool = self._pools[logical_id]
+        handler = pool.acquire()
+        started = time.monotonic()
+        try:
+            result = handler(payload, context)
+        finally:
+            pool.release(handler)
+            elapsed = time.monotonic() - started
+            log.debug("invoked %s requestId=%s ms=%.1f", logical_id, context.aws_request_id, elapsed * 1000)
+        if elapsed > spec.timeout:
+            # Threads cannot be stopped, so the limit is checked after the fact; the result is dropped
+            # as Lambda would drop it, so a too-slow handler fails locally as it would when deployed.
+            raise InvocationTimeout(f"{logical_id} ran {elapsed:.1f}s, over its Timeout of {spec.timeout}s")
+        try:
+            return json.loads(json.dumps(result, default=_lambda_json_default))
+        except (TypeError, ValueError) as exc:
+            raise MarshalError(f"{logical_id} returned a value that is not JSON: {exc}") from exc

@@ -1,0 +1,360 @@
+"""The whole service on 127.0.0.1, without Docker or AWS: ``python -m local.stack`` (``make run``).
+
+One process runs moto (the template's tables and queues), the reference Dragonfly supernode (unless
+``PREHEAT_SUPERNODES`` names real ones), the REST API in front of the ``Api`` functions, and one SQS
+poller per ``SQS`` event. Everything is read from ``template.yaml``.
+
+Variables (all optional):
+
+* ``PREHEAT_API_PORT`` (3000), ``PREHEAT_MOTO_PORT`` (5000), ``PREHEAT_SUPERNODE_PORT`` (8002): 0 picks
+  a free port.
+* ``PREHEAT_SUPERNODES``: comma-separated supernode URLs to use instead of the reference supernode.
+* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json`` and the supernode cache go.
+* ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
+* Any variable a function declares in the template (``PREHEAT_INSECURE_REGISTRIES``,
+  ``POWERTOOLS_LOG_LEVEL``...) set in the shell wins over the template's value, like
+  ``sam local --env-vars``; other ``PREHEAT_*`` settings simply pass through to the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from local.apigateway import ApiGateway, routes_from_template
+from local.aws import DEFAULT_NAME_PREFIX, LOCAL_ACCOUNT_ID, LOCAL_REGION, MotoServer, provision
+from local.lambda_runtime import (
+    EnvironmentPatch,
+    LambdaRuntime,
+    local_aws_environment,
+    template_variable_names,
+    union_environment,
+)
+from local.poller import SqsPoller
+from local.supernode import ReferenceSupernode
+from local.template import PhysicalResource, Resolver, Template
+
+log = logging.getLogger("local.stack")
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
+DEFAULT_LOCAL_DIR = PROJECT_ROOT / ".local"
+STATE_FILE_NAME = "stack.json"
+
+# Template parameters the local stack gives values of its own (when the template declares them).
+SUPERNODES_PARAMETER = "Supernodes"
+INSECURE_REGISTRIES_PARAMETER = "InsecureRegistries"
+DEFAULT_INSECURE_REGISTRIES = "localhost,127.0.0.1"  # the local registries the demo uses speak http
+
+
+class LocalStack:
+    """Starts (``start()`` or ``with``) and stops every part; ports 0 pick free ones.
+
+    ``supernodes`` replaces the reference supernode (None starts one, when the template has a
+    ``Supernodes`` parameter); ``parameters`` overrides template parameters; ``extra_env`` overrides or
+    adds function variables; ``visibility_timeout`` replaces every queue's.
+
+    One stack at a time per process: ``os.environ`` and moto's state belong to the whole process, so a
+    second ``start()`` while one runs raises instead of letting the two corrupt each other.
+    """
+
+    _active: LocalStack | None = None
+    _active_lock = threading.Lock()
+
+    def __init__(
+        self,
+        template: str | Path | Template = DEFAULT_TEMPLATE,
+        *,
+        api_port: int = 0,
+        moto_port: int = 0,
+        supernode_port: int = 0,
+        supernodes: Sequence[str] | None = None,
+        parameters: Mapping[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        visibility_timeout: int | None = None,
+        cache_dir: str | Path | None = None,
+        state_file: str | Path | None = None,
+        name_prefix: str = DEFAULT_NAME_PREFIX,
+        poller_concurrency: int = 2,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.template = template if isinstance(template, Template) else Template.load(template)
+        self._api_port = api_port
+        self._moto_port = moto_port
+        self._supernode_port = supernode_port
+        self._supernode_override = None if supernodes is None else list(supernodes)
+        self._parameter_overrides = dict(parameters or {})
+        self._extra_env = dict(extra_env or {})
+        self._visibility_timeout = visibility_timeout
+        self._cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._state_file = None if state_file is None else Path(state_file)
+        self._name_prefix = name_prefix
+        self._poller_concurrency = poller_concurrency
+        self._host = host
+
+        self._moto: MotoServer | None = None
+        self.supernode: ReferenceSupernode | None = None
+        self._temp_cache: Path | None = None
+        self._wrote_state = False
+        self._env_patch: EnvironmentPatch | None = None
+        self._api: ApiGateway | None = None
+        self._pollers: list[SqsPoller] = []
+        self.runtime: LambdaRuntime | None = None
+        self.resources: dict[str, PhysicalResource] = {}
+        self.environment: dict[str, str] = {}
+        self.supernodes: list[str] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        with LocalStack._active_lock:
+            if LocalStack._active is self:
+                return self
+            if LocalStack._active is not None:
+                raise RuntimeError("another LocalStack is running in this process; stop it first")
+            LocalStack._active = self
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        runtime = self.runtime = LambdaRuntime(self.template, name_prefix=self._name_prefix)
+        for missing in runtime.missing_handlers():
+            log.warning("no handler yet for %s (its calls will fail)", missing)
+        self._moto = MotoServer(self._host, self._moto_port).start()
+        self.supernodes = self._start_supernode()
+        parameters = self.template.parameter_values(self._local_parameters())
+        self.resources = {
+            **provision(
+                self.template,
+                self.moto_url,
+                parameters,
+                name_prefix=self._name_prefix,
+                visibility_timeout=self._visibility_timeout,
+            ),
+            **runtime.function_resources(),
+        }
+        resolver = Resolver(
+            self.template, parameters, self.resources, LOCAL_REGION, LOCAL_ACCOUNT_ID, self._name_prefix
+        )
+        self.environment = {
+            **local_aws_environment(self.moto_url),
+            **union_environment(self.template, resolver, self._extra_env),
+        }
+        self._env_patch = EnvironmentPatch(self.environment)
+        self._env_patch.apply()
+        self._api = ApiGateway(
+            routes_from_template(self.template, resolver), runtime.invoke, self._host, self._api_port
+        ).start()
+        for spec in self.template.functions.values():
+            for event in spec.sqs_events:
+                queue = self.resources[event.queue]
+                poller = SqsPoller(
+                    spec.logical_id,
+                    event,
+                    queue_url=queue.ref,
+                    queue_arn=queue.attributes["Arn"],
+                    invoke=runtime.invoke,
+                    endpoint_url=self.moto_url,
+                    concurrency=self._poller_concurrency,
+                )
+                self._pollers.append(poller.start())
+        if self._state_file is not None:
+            self._write_state(self._state_file)
+
+    def _start_supernode(self) -> list[str]:
+        if self._supernode_override is not None:
+            return self._supernode_override
+        if SUPERNODES_PARAMETER not in self.template.parameters:
+            return []
+        cache_dir = self._cache_dir
+        if cache_dir is None:
+            cache_dir = self._temp_cache = Path(tempfile.mkdtemp(prefix="preheat-supernode-"))
+        self.supernode = ReferenceSupernode(cache_dir, host=self._host, port=self._supernode_port).start()
+        return [self.supernode.url]
+
+    def _local_parameters(self) -> dict[str, str]:
+        local = {
+            SUPERNODES_PARAMETER: ",".join(self.supernodes),
+            INSECURE_REGISTRIES_PARAMETER: DEFAULT_INSECURE_REGISTRIES,
+        }
+        chosen = {k: v for k, v in local.items() if k in self.template.parameters and v}
+        return {**chosen, **self._parameter_overrides}
+
+    def stop(self) -> None:
+        """Stops everything started, newest first; safe to call more than once."""
+        for poller in self._pollers:
+            poller.request_stop()
+        for poller in self._pollers:
+            poller.stop()
+        self._pollers = []
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
+        if self._env_patch is not None:
+            self._env_patch.restore()
+            self._env_patch = None
+        if self.supernode is not None:
+            self.supernode.stop()
+            self.supernode = None
+        if self._temp_cache is not None:
+            shutil.rmtree(self._temp_cache, ignore_errors=True)
+            self._temp_cache = None
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+        if self._state_file is not None and self._wrote_state:
+            # Only our own: a stack that failed to start must not remove a running one's state.
+            self._state_file.unlink(missing_ok=True)
+            self._wrote_state = False
+        with LocalStack._active_lock:
+            if LocalStack._active is self:
+                LocalStack._active = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- what tests and tools read -------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        if self._api is None:
+            raise RuntimeError("the stack is not started")
+        return self._api.url
+
+    @property
+    def moto_url(self) -> str:
+        if self._moto is None:
+            raise RuntimeError("the stack is not started")
+        return self._moto.url
+
+    def queue_url(self, logical_id: str) -> str:
+        if logical_id not in self.template.queues:
+            raise KeyError(f"{logical_id} is not a queue of the template")
+        return self.resources[logical_id].ref
+
+    def table_name(self, logical_id: str) -> str:
+        if logical_id not in self.template.tables:
+            raise KeyError(f"{logical_id} is not a table of the template")
+        return self.resources[logical_id].ref
+
+    def invoke(self, function_logical_id: str, event: Mapping[str, Any]) -> Any:
+        """``sam local invoke`` against this stack's resources."""
+        if self.runtime is None:
+            raise RuntimeError("the stack is not started")
+        return self.runtime.invoke(function_logical_id, event)
+
+    def state(self) -> dict[str, Any]:
+        """What ``stack.json`` holds: enough for ``python -m local.invoke`` to join this stack."""
+        return {
+            "pid": os.getpid(),
+            "template": str(self.template.path),
+            "name_prefix": self._name_prefix,
+            "api_url": self.api_url,
+            "moto_url": self.moto_url,
+            "supernodes": self.supernodes,
+            "reference_supernode": None if self.supernode is None else self.supernode.url,
+            "resources": {
+                logical_id: {"ref": r.ref, "attributes": dict(r.attributes)}
+                for logical_id, r in self.resources.items()
+            },
+            "environment": self.environment,
+        }
+
+    def _write_state(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(self.state(), indent=2) + "\n", encoding="utf-8")
+        partial.replace(path)  # readers never see half a file
+        self._wrote_state = True
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # moto's werkzeug logs every long poll at INFO, botocore where it found the dummy credentials.
+    for noisy in ("werkzeug", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name} must be a port number, got {raw!r}") from None
+
+
+def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT_TEMPLATE) -> LocalStack:
+    local_dir = Path(environ.get("PREHEAT_LOCAL_DIR") or DEFAULT_LOCAL_DIR)
+    template = Template.load(template_path)
+    supernodes = [u.strip() for u in environ.get("PREHEAT_SUPERNODES", "").split(",") if u.strip()]
+    visibility = environ.get("PREHEAT_LOCAL_VISIBILITY_TIMEOUT", "").strip()
+    return LocalStack(
+        template,
+        api_port=_port(environ, "PREHEAT_API_PORT", 3000),
+        moto_port=_port(environ, "PREHEAT_MOTO_PORT", 5000),
+        supernode_port=_port(environ, "PREHEAT_SUPERNODE_PORT", 8002),
+        supernodes=supernodes or None,
+        extra_env={k: environ[k] for k in sorted(template_variable_names(template)) if k in environ},
+        visibility_timeout=int(visibility) if visibility else None,
+        cache_dir=local_dir / "supernode-cache",
+        state_file=local_dir / STATE_FILE_NAME,
+    )
+
+
+def main() -> int:
+    configure_logging(os.environ.get("PREHEAT_LOCAL_LOG_LEVEL", "INFO").upper())
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    # Installed before anything starts, so a signal during start-up still ends in a clean stop.
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    stack = stack_from_environ(os.environ)
+    try:
+        stack.start()
+    except Exception as exc:
+        log.error("the local stack could not start: %s", exc, exc_info=True)
+        return 1
+    try:
+        url = stack.api_url
+        print(f"Preheat API: {url}  (moto {stack.moto_url}, supernodes {','.join(stack.supernodes)})")
+        body = '{"type":"image","url":"127.0.0.1:5001/demo:latest"}'
+        print(f"  curl -s -XPOST {url}/api/preheat -d '{body}'", flush=True)
+        # A short wait in a loop, so the signal handler runs promptly.
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stack.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
