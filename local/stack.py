@@ -2,14 +2,18 @@
 
 One process runs moto (the template's tables and queues), the reference Dragonfly supernode (unless
 ``PREHEAT_SUPERNODES`` names real ones), the REST API in front of the ``Api`` functions, and one SQS
-poller per ``SQS`` event. Everything is read from ``template.yaml``.
+poller per ``SQS`` event. Everything is read from ``template.yaml``. Beside them, when ``docker-registry``
+and ``skopeo`` are installed, a CNCF Distribution registry holding a demo image to preheat
+(``127.0.0.1:5001/demo/app:v1``).
 
 Variables (all optional):
 
 * ``PREHEAT_API_PORT`` (3000), ``PREHEAT_MOTO_PORT`` (5000), ``PREHEAT_SUPERNODE_PORT`` (8002): 0 picks
   a free port.
 * ``PREHEAT_SUPERNODES``: comma-separated supernode URLs to use instead of the reference supernode.
-* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json`` and the supernode cache go.
+* ``PREHEAT_DEMO_REGISTRY_PORT`` (5001, 0 picks a free port): the demo registry's; ``PREHEAT_DEMO_REGISTRY=0``
+  turns the demo registry off.
+* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, the supernode cache and the registry's data go.
 * ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
 * Any variable a function declares in the template (``PREHEAT_INSECURE_REGISTRIES``,
   ``POWERTOOLS_LOG_LEVEL``...) set in the shell wins over the template's value, like
@@ -41,6 +45,7 @@ from local.lambda_runtime import (
     union_environment,
 )
 from local.poller import SqsPoller
+from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, missing_tools, push_demo_image
 from local.supernode import ReferenceSupernode
 from local.template import PhysicalResource, Resolver, Template
 
@@ -55,6 +60,8 @@ STATE_FILE_NAME = "stack.json"
 SUPERNODES_PARAMETER = "Supernodes"
 INSECURE_REGISTRIES_PARAMETER = "InsecureRegistries"
 DEFAULT_INSECURE_REGISTRIES = "localhost,127.0.0.1"  # the local registries the demo uses speak http
+DEFAULT_DEMO_REGISTRY_PORT = 5001
+DEMO_REGISTRY_INSTALL_HINT = "apt-get install docker-registry skopeo"
 
 
 class LocalStack:
@@ -63,6 +70,11 @@ class LocalStack:
     ``supernodes`` replaces the reference supernode (None starts one, when the template has a
     ``Supernodes`` parameter); ``parameters`` overrides template parameters; ``extra_env`` overrides or
     adds function variables; ``visibility_timeout`` replaces every queue's.
+
+    ``demo_registry_port`` starts a Distribution registry on that port of 127.0.0.1 holding the demo
+    image (:attr:`demo_image`); None (the default) starts none, which keeps stacks that do not need one
+    fast. Without ``docker-registry`` or ``skopeo`` on PATH the stack logs how to install them and runs
+    without it. Its data goes in ``registry_dir`` (kept), or in a temporary directory removed on stop.
 
     One stack at a time per process: ``os.environ`` and moto's state belong to the whole process, so a
     second ``start()`` while one runs raises instead of letting the two corrupt each other.
@@ -84,6 +96,8 @@ class LocalStack:
         visibility_timeout: int | None = None,
         cache_dir: str | Path | None = None,
         state_file: str | Path | None = None,
+        demo_registry_port: int | None = None,
+        registry_dir: str | Path | None = None,
         name_prefix: str = DEFAULT_NAME_PREFIX,
         poller_concurrency: int = 2,
         host: str = "127.0.0.1",
@@ -98,6 +112,8 @@ class LocalStack:
         self._visibility_timeout = visibility_timeout
         self._cache_dir = None if cache_dir is None else Path(cache_dir)
         self._state_file = None if state_file is None else Path(state_file)
+        self._demo_registry_port = demo_registry_port
+        self._registry_dir = None if registry_dir is None else Path(registry_dir)
         self._name_prefix = name_prefix
         self._poller_concurrency = poller_concurrency
         self._host = host
@@ -105,6 +121,8 @@ class LocalStack:
         self._moto: MotoServer | None = None
         self.supernode: ReferenceSupernode | None = None
         self._temp_cache: Path | None = None
+        self.registry: RegistryServer | None = None
+        self.demo_image: str | None = None
         self._wrote_state = False
         self._env_patch: EnvironmentPatch | None = None
         self._api: ApiGateway | None = None
@@ -135,6 +153,8 @@ class LocalStack:
         for missing in runtime.missing_handlers():
             log.warning("no handler yet for %s (its calls will fail)", missing)
         self._moto = MotoServer(self._host, self._moto_port).start()
+        # Before the supernode: stopped after it, so no download is cut off by its source going away.
+        self._start_demo_registry()
         self.supernodes = self._start_supernode()
         parameters = self.template.parameter_values(self._local_parameters())
         self.resources = {
@@ -186,6 +206,22 @@ class LocalStack:
         self.supernode = ReferenceSupernode(cache_dir, host=self._host, port=self._supernode_port).start()
         return [self.supernode.url]
 
+    def _start_demo_registry(self) -> None:
+        if self._demo_registry_port is None:
+            return
+        missing = missing_tools(REGISTRY_BINARY, SKOPEO_BINARY)
+        if missing:
+            # The demo is a convenience: the service itself needs neither tool, so the stack carries on.
+            log.warning(
+                "no demo registry: %s not installed (%s)", " and ".join(missing), DEMO_REGISTRY_INSTALL_HINT
+            )
+            return
+        # Assigned before start(): stop() must reach a registry whose start or push failed half way.
+        self.registry = RegistryServer(self._registry_dir, port=self._demo_registry_port)
+        self.registry.start()
+        self.demo_image = push_demo_image(self.registry)
+        log.info("demo registry on %s holding %s", self.registry.url, self.demo_image)
+
     def _local_parameters(self) -> dict[str, str]:
         local = {
             SUPERNODES_PARAMETER: ",".join(self.supernodes),
@@ -213,6 +249,10 @@ class LocalStack:
         if self._temp_cache is not None:
             shutil.rmtree(self._temp_cache, ignore_errors=True)
             self._temp_cache = None
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
+            self.demo_image = None
         if self._moto is not None:
             self._moto.stop()
             self._moto = None
@@ -272,6 +312,8 @@ class LocalStack:
             "moto_url": self.moto_url,
             "supernodes": self.supernodes,
             "reference_supernode": None if self.supernode is None else self.supernode.url,
+            "demo_registry": None if self.registry is None else self.registry.host,
+            "demo_image": self.demo_image,
             "resources": {
                 logical_id: {"ref": r.ref, "attributes": dict(r.attributes)}
                 for logical_id, r in self.resources.items()
@@ -307,11 +349,20 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be a port number, got {raw!r}") from None
 
 
+def _enabled(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() not in {"0", "false", "no", "off"}
+
+
 def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT_TEMPLATE) -> LocalStack:
     local_dir = Path(environ.get("PREHEAT_LOCAL_DIR") or DEFAULT_LOCAL_DIR)
     template = Template.load(template_path)
     supernodes = [u.strip() for u in environ.get("PREHEAT_SUPERNODES", "").split(",") if u.strip()]
     visibility = environ.get("PREHEAT_LOCAL_VISIBILITY_TIMEOUT", "").strip()
+    demo_registry_port = (
+        _port(environ, "PREHEAT_DEMO_REGISTRY_PORT", DEFAULT_DEMO_REGISTRY_PORT)
+        if _enabled(environ, "PREHEAT_DEMO_REGISTRY")
+        else None
+    )
     return LocalStack(
         template,
         api_port=_port(environ, "PREHEAT_API_PORT", 3000),
@@ -322,7 +373,27 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         visibility_timeout=int(visibility) if visibility else None,
         cache_dir=local_dir / "supernode-cache",
         state_file=local_dir / STATE_FILE_NAME,
+        demo_registry_port=demo_registry_port,
+        registry_dir=local_dir / "registry",
     )
+
+
+def banner(stack: LocalStack) -> str:
+    """What ``make run`` prints once everything is up: where things are, and how to preheat something."""
+    url = stack.api_url
+    lines = [f"Preheat API: {url}  (moto {stack.moto_url}, supernodes {','.join(stack.supernodes)})"]
+    if stack.registry is not None and stack.demo_image is not None:
+        where = f"registry {stack.registry.url}, data in {stack.registry.root}"
+        lines.append(f"Demo image: {stack.demo_image}  ({where})")
+        image = stack.demo_image
+    else:
+        image = "<registry>/<name>:<tag>"
+    body = json.dumps({"type": "image", "url": image}, separators=(",", ":"))
+    lines += [
+        f"  curl -s -XPOST {url}/api/preheat -d '{body}'",
+        f"  curl -s {url}/api/preheat/<taskId>",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -343,10 +414,7 @@ def main() -> int:
         log.error("the local stack could not start: %s", exc, exc_info=True)
         return 1
     try:
-        url = stack.api_url
-        print(f"Preheat API: {url}  (moto {stack.moto_url}, supernodes {','.join(stack.supernodes)})")
-        body = '{"type":"image","url":"127.0.0.1:5001/demo:latest"}'
-        print(f"  curl -s -XPOST {url}/api/preheat -d '{body}'", flush=True)
+        print(banner(stack), flush=True)
         # A short wait in a loop, so the signal handler runs promptly.
         while not stop.wait(0.5):
             pass

@@ -9,7 +9,7 @@ from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.entrypoints.queue import handle_steps
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:

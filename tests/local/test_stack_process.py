@@ -1,4 +1,5 @@
-"""``python -m local.stack`` as ``make run`` starts it: comes up on free ports, stops cleanly on a signal."""
+"""``python -m local.stack`` as ``make run`` starts it: comes up on free ports (the demo registry too),
+stops cleanly on a signal."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ import pytest
 import requests
 
 from local.aws import client
+from local.registry import OCI_MANIFEST, REGISTRY_BINARY, SKOPEO_BINARY
 from tests.local.support import wait_for
+from tests.support.fixtures import require_tools
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +49,8 @@ def _environment(local_dir: Path) -> dict[str, str]:
         PREHEAT_API_PORT="0",
         PREHEAT_MOTO_PORT="0",
         PREHEAT_SUPERNODE_PORT="0",
+        # The demo registry on a free port too (where its tools are installed): never 5001 in tests.
+        PREHEAT_DEMO_REGISTRY_PORT="0",
         PREHEAT_LOCAL_DIR=str(local_dir),
     )
     return env
@@ -63,13 +69,34 @@ def _group_members(group: int) -> list[int]:
     return members
 
 
+def _registry_processes(local_dir: Path) -> list[int]:
+    """Live docker-registry processes whose config is under ``local_dir``, in any process group."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        program = command.split(b"\0", 1)[0]
+        if state != "Z" and program.endswith(REGISTRY_BINARY.encode()) and str(local_dir).encode() in command:
+            found.append(int(proc.name))
+    return found
+
+
 @pytest.fixture
 def stack_process(tmp_path: Path) -> Iterator[StackProcess]:
+    with _run_stack(tmp_path, _environment(tmp_path)) as running:
+        yield running
+
+
+@contextmanager
+def _run_stack(tmp_path: Path, env: dict[str, str]) -> Iterator[StackProcess]:
     with (tmp_path / "stdout.log").open("wb") as out, (tmp_path / "stderr.log").open("wb") as err:
         process = subprocess.Popen(
             [sys.executable, "-m", "local.stack"],
             cwd=PROJECT_ROOT,
-            env=_environment(tmp_path),
+            env=env,
             stdout=out,
             stderr=err,
             start_new_session=True,
@@ -161,3 +188,50 @@ def test_a_port_in_use_fails_fast_with_exit_1(tmp_path: Path) -> None:
     assert finished.returncode == 1
     assert b"could not start" in finished.stderr
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_it_serves_the_demo_image_and_stops_the_registry_with_it(stack_process: StackProcess) -> None:
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY)
+    state, local_dir = stack_process.state, stack_process.local_dir
+    registry = state["demo_registry"]
+    image = state["demo_image"]
+    assert registry.startswith("127.0.0.1:")
+    assert not registry.endswith(":5001")  # PREHEAT_DEMO_REGISTRY_PORT=0 picked a free port
+    assert image == f"{registry}/demo/app:v1"
+    assert f"Demo image: {image}" in stack_process.stdout
+    body = json.dumps({"type": "image", "url": image}, separators=(",", ":"))
+    assert f"curl -s -XPOST {state['api_url']}/api/preheat -d '{body}'" in stack_process.stdout
+    assert f"curl -s {state['api_url']}/api/preheat/<taskId>" in stack_process.stdout
+    manifest = requests.get(
+        f"http://{registry}/v2/demo/app/manifests/v1", headers={"Accept": OCI_MANIFEST}, timeout=5
+    )
+    assert manifest.status_code == 200
+    assert (local_dir / "registry" / "data").is_dir()  # PREHEAT_LOCAL_DIR/registry
+    registry_pids = _registry_processes(local_dir)
+    assert len(registry_pids) == 1
+
+    process = stack_process.process
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, stack_process.stderr
+    assert _registry_processes(local_dir) == []
+    assert _group_members(process.pid) == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://{registry}/v2/", timeout=2)
+
+
+def test_without_the_registry_tools_it_says_how_to_install_them_and_carries_on(tmp_path: Path) -> None:
+    env = _environment(tmp_path)
+    (tmp_path / "empty-bin").mkdir()
+    env["PATH"] = str(tmp_path / "empty-bin")  # neither docker-registry nor skopeo to be found
+    with _run_stack(tmp_path, env) as running:
+        assert running.state["demo_registry"] is None
+        assert running.state["demo_image"] is None
+        hints = [line for line in running.stderr.splitlines() if "docker-registry" in line]
+        assert len(hints) == 1, running.stderr
+        assert "apt-get install docker-registry skopeo" in hints[0]
+        assert "Demo image" not in running.stdout
+        check = requests.get(f"{running.state['api_url']}/api/check", timeout=10)
+        assert (check.status_code, check.json()) == (200, {"code": 200})
+
+        running.process.send_signal(signal.SIGINT)
+        assert running.process.wait(timeout=30) == 0, running.stderr

@@ -55,7 +55,7 @@ class PreheatService:
         task = Task(
             task_id=self._new_id(),
             type=request.type,
-            url=str(request.image) if request.image else request.url,
+            url=request.url,
             status=TaskStatus.RUNNING,
             created_at=now,
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),

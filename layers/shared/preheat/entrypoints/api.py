@@ -51,7 +51,7 @@ def check() -> Response[str]:
 @preheat_router.post("/api/preheat")
 @tracer.capture_method(capture_response=False)
 def preheat() -> Response[str]:
-    request = PreheatRequest.parse(_json_body(preheat_router.current_event.body))
+    request = PreheatRequest.parse(_json_body(preheat_router.current_event.decoded_body))
     task = bootstrap.preheat_service().submit(request)
     logger.append_keys(task_id=task.task_id)
     logger.info("preheat task submitted", extra={"type": task.type.value, "url": task.url})

@@ -17,8 +17,6 @@ from preheat.errors import DependencyFailure, TransientFailure
 from preheat.models import WorkerMessage
 from preheat.worker import give_up
 
-_processor = BatchProcessor(event_type=EventType.SQS)
-
 
 @tracer.capture_method(capture_response=False)
 def run_step(record: SQSRecord) -> None:
@@ -36,8 +34,10 @@ def run_step(record: SQSRecord) -> None:
 
 
 def handle_steps(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    # A processor per batch: it holds the batch's state, and nothing may outlive one invocation.
+    processor = BatchProcessor(event_type=EventType.SQS)
     return process_partial_response(
-        event=event, record_handler=run_step, processor=_processor, context=context
+        event=event, record_handler=run_step, processor=processor, context=context
     )
 
 
@@ -65,6 +65,7 @@ def fail_dead_letter(record: SQSRecord) -> None:
 
 
 def handle_dead_letters(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    processor = BatchProcessor(event_type=EventType.SQS)
     return process_partial_response(
-        event=event, record_handler=fail_dead_letter, processor=_processor, context=context
+        event=event, record_handler=fail_dead_letter, processor=processor, context=context
     )

@@ -1,0 +1,164 @@
+"""Every function invoked with every sample in events/, the way `sam local invoke` would: the
+function is the one the template routes the event to, and its resources are the local stack's."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from local.stack import LocalStack
+from local.supernode import ReferenceSupernode
+from local.template import Template
+from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.models import PreheatType, Task, TaskStatus
+from preheat.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = Template.load(ROOT / "template.yaml")
+EVENTS = sorted((ROOT / "events").glob("*.json"))
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+
+def target_function(event: dict[str, Any]) -> str:
+    """The logical id of the function the template sends ``event`` to."""
+    if "httpMethod" in event:
+        for function in TEMPLATE.functions.values():
+            for api in function.api_events:
+                if api.path == event["resource"] and api.method in (event["httpMethod"], "ANY"):
+                    return function.logical_id
+    elif event.get("Records") and event["Records"][0].get("eventSource") == "aws:sqs":
+        queue_name = event["Records"][0]["eventSourceARN"].rsplit(":", 1)[-1]
+        for function in TEMPLATE.functions.values():
+            for sqs in function.sqs_events:
+                # CloudFormation names a queue <stack>-<LogicalId>-<suffix>.
+                if f"-{sqs.queue}-" in queue_name:
+                    return function.logical_id
+    raise AssertionError(f"no function of the template takes {event.get('resource') or 'this event'}")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    with (
+        ReferenceSupernode(tmp_path_factory.mktemp("cache")).start() as supernode,
+        LocalStack(supernodes=[supernode.url], cache_dir=tmp_path_factory.mktemp("unused")) as running,
+    ):
+        yield running
+
+
+@pytest.fixture
+def store(stack: LocalStack) -> DynamoDBTaskStore:
+    client = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    return DynamoDBTaskStore(Settings(table_name=stack.table_name("TasksTable")), client=client)
+
+
+def api_body(answer: dict[str, Any]) -> dict[str, Any]:
+    assert answer["statusCode"] == 200
+    headers = {
+        **answer.get("headers", {}),
+        **{k: v[-1] for k, v in answer.get("multiValueHeaders", {}).items()},
+    }
+    assert headers["Content-Type"] == "application/json"
+    return json.loads(answer["body"])
+
+
+def running_task(task_id: str, *, dispatched: bool = False, check_seq: int = 0) -> Task:
+    now = datetime.now(UTC)
+    return Task(
+        task_id=task_id,
+        type=PreheatType.IMAGE,
+        url="127.0.0.1:5001/demo/app:v1",
+        status=TaskStatus.RUNNING,
+        created_at=now,
+        deadline=now + timedelta(minutes=30),
+        dispatched=dispatched,
+        check_seq=check_seq,
+    )
+
+
+def test_every_function_has_a_sample_event_and_every_sample_a_function():
+    targets = {path.name: target_function(load(path)) for path in EVENTS}
+    assert set(targets.values()) == set(TEMPLATE.functions), targets
+
+
+@pytest.mark.parametrize("path", EVENTS, ids=lambda p: p.name)
+def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskStore, path: Path):
+    event = load(path)
+    function = target_function(event)
+    answer = stack.invoke(function, event)
+    if function == "CheckFunction":
+        assert api_body(answer) == {"code": 200}
+    elif function == "PreheatFunction":
+        body = api_body(answer)
+        if path.name == "preheat-invalid.json":
+            assert body["code"] == 400
+            assert "'type' must be" in body["msg"]
+        else:
+            assert body["code"] == 200, body
+            task = store.get(body["data"]["taskId"])
+            assert task is not None
+            assert task.url == json.loads(event["body"])["url"]
+    elif function == "StatusFunction":
+        body = api_body(answer)
+        assert body["code"] in (200, 404)
+    else:  # the SQS consumers
+        assert answer == {"batchItemFailures": []}
+
+
+def test_status_sample_reads_the_task_it_names(stack: LocalStack, store: DynamoDBTaskStore):
+    event = load(ROOT / "events" / "status.json")
+    task_id = event["pathParameters"]["taskId"]
+    if store.get(task_id) is None:
+        assert api_body(stack.invoke("StatusFunction", event))["code"] == 404
+        store.create(running_task(task_id))
+    body = api_body(stack.invoke("StatusFunction", event))
+    assert body["code"] == 200
+    assert body["data"]["taskId"] == task_id
+    assert body["data"]["status"] in ("RUNNING", "FAIL")
+
+
+def test_dead_letter_sample_ends_its_task_as_fail_with_the_reason(
+    stack: LocalStack, store: DynamoDBTaskStore
+):
+    event = load(ROOT / "events" / "deadletter-sqs.json")
+    task_id = json.loads(event["Records"][0]["body"])["taskId"]
+    fresh = running_task(task_id)
+    if store.get(task_id) is None:
+        store.create(fresh)
+    else:
+        current = store.get(task_id)
+        assert current is not None
+        store.save(fresh, expected_check_seq=current.check_seq)
+    assert stack.invoke("DeadLetterFunction", event) == {"batchItemFailures": []}
+    task = store.get(task_id)
+    assert task is not None
+    if task.status is TaskStatus.FAIL:
+        assert "gave up on its 'start' step after 5 attempts" in (task.message or "")
+
+
+def test_worker_reports_a_malformed_message_as_a_batch_item_failure(stack: LocalStack):
+    event = load(ROOT / "events" / "worker-sqs.json")
+    event["Records"][0]["body"] = "not json"
+    answer = stack.invoke("WorkerFunction", event)
+    assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+
+
+def test_invalid_preheat_writes_nothing(stack: LocalStack):
+    client = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    table = stack.table_name("TasksTable")
+    before = client.scan(TableName=table, Select="COUNT")["Count"]
+    event = load(ROOT / "events" / "preheat-invalid.json")
+    for body in ("not json", "[]", '{"type":"image"}', '{"type":"image","url":"h.io/a","header":[]}'):
+        answer = api_body(stack.invoke("PreheatFunction", dict(event, body=body)))
+        assert answer["code"] == 400
+        assert answer["msg"]
+    assert client.scan(TableName=table, Select="COUNT")["Count"] == before

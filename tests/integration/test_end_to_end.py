@@ -1,0 +1,230 @@
+"""The whole slice through the local stack's HTTP API: a real Distribution registry holding images
+pushed with skopeo, the real handlers, moto in server mode, the SQS poller and the reference
+supernode, which really downloads every blob and checks its digest."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from local.stack import LocalStack
+from tests.support.registry import OciImage, RegistryServer, make_oci_layout
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+MANIFEST_ACCEPT = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(
+        cache_dir=tmp_path_factory.mktemp("supernode-cache"),
+        visibility_timeout=5,
+        extra_env={"PREHEAT_POLL_MAX_DELAY": "1"},
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def three_layers(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    layers = [f"layer {n}\n".encode() * (1000 * (n + 1)) for n in range(3)]
+    return make_oci_layout(tmp_path_factory.mktemp("three"), layers, config={"config": {"Cmd": ["sh"]}})
+
+
+@pytest.fixture(scope="module")
+def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
+    root = tmp_path_factory.mktemp("files")
+    payload = b"model weights " * 50_000
+    (root / "model.bin").write_bytes(payload)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    # The worker resolves a file with a GET it closes unread (see registries.md): not an error here.
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", payload
+    server.shutdown()
+    server.server_close()
+
+
+def api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = requests.request(method, f"{stack.api_url}{path}", timeout=10, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def preheat(stack: LocalStack, body: dict[str, Any]) -> str:
+    answer = api(stack, "POST", "/api/preheat", json=body)
+    assert answer["code"] == 200, answer
+    task_id: str = answer["data"]["taskId"]
+    return task_id
+
+
+def wait_until_done(stack: LocalStack, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        answer = api(stack, "GET", f"/api/preheat/{task_id}")
+        assert answer["code"] == 200, answer
+        data: dict[str, Any] = answer["data"]
+        seen.append(data["status"])
+        if data["status"] != "RUNNING":
+            assert seen[0] == "RUNNING" or len(seen) == 1
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} still RUNNING after {timeout}s")
+
+
+def manifest_blobs(registry: RegistryServer, name: str, tag: str) -> set[str]:
+    """What the registry itself says the image is made of: config and layers."""
+    response = requests.get(
+        f"{registry.url}/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}, timeout=5
+    )
+    response.raise_for_status()
+    manifest = response.json()
+    return {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
+
+
+def cached_digests(stack: LocalStack) -> set[str]:
+    assert stack.supernode is not None
+    return stack.supernode.cached_digests()
+
+
+def test_check_answers_200_while_the_supernode_answers(stack: LocalStack):
+    assert api(stack, "GET", "/api/check") == {"code": 200}
+
+
+@pytest.mark.parametrize("fmt", ["oci", "v2s2"])
+def test_an_image_is_preheated_to_success_and_every_blob_lands_in_the_cache(
+    stack: LocalStack, registry: RegistryServer, three_layers: OciImage, fmt: str
+):
+    registry.push(three_layers, f"e2e/{fmt}:v1", fmt=fmt)
+    expected = manifest_blobs(registry, f"e2e/{fmt}", "v1")
+    assert len(expected) == 4
+
+    started = time.monotonic()
+    task_id = preheat(stack, {"type": "image", "url": f"{registry.host}/e2e/{fmt}:v1"})
+    data = wait_until_done(stack, task_id)
+    elapsed = time.monotonic() - started
+
+    assert data["status"] == "SUCCESS", data
+    assert data["layers"] == {"total": 4, "succeeded": 4, "failed": 0, "pending": 0}
+    assert data["startTime"] <= data["finishTime"]
+    assert expected <= cached_digests(stack)
+    print(f"\n{fmt} 3-layer image: POST to SUCCESS in {elapsed:.2f}s")
+
+
+def test_the_harbor_manifest_url_and_digest_forms_preheat_the_same_image(
+    stack: LocalStack, registry: RegistryServer, three_layers: OciImage
+):
+    digest = registry.push(three_layers, "e2e/harbor:v1", fmt="oci")
+    for url in (
+        f"http://{registry.host}/v2/e2e/harbor/manifests/v1",
+        f"{registry.host}/e2e/harbor@{digest}",
+    ):
+        data = wait_until_done(stack, preheat(stack, {"type": "image", "url": url, "header": {}}))
+        assert data["status"] == "SUCCESS", data
+        assert data["url"] == url
+        assert data["layers"]["total"] == 4
+
+
+def test_a_file_is_preheated_into_the_cache(stack: LocalStack, file_server: tuple[str, bytes]):
+    base, payload = file_server
+    data = wait_until_done(stack, preheat(stack, {"type": "file", "url": f"{base}/model.bin"}))
+    assert data["status"] == "SUCCESS", data
+    assert data["layers"] == {"total": 1, "succeeded": 1, "failed": 0, "pending": 0}
+    assert f"sha256:{hashlib.sha256(payload).hexdigest()}" in cached_digests(stack)
+
+
+def test_a_missing_tag_ends_fail_with_a_clear_message(stack: LocalStack, registry: RegistryServer):
+    data = wait_until_done(
+        stack, preheat(stack, {"type": "image", "url": f"{registry.host}/e2e/nothing:here"})
+    )
+    assert data["status"] == "FAIL"
+    assert "not found" in data["msg"]
+    assert "e2e/nothing" in data["msg"]
+    assert data["finishTime"]
+
+
+def test_a_missing_file_ends_fail_naming_it(stack: LocalStack, file_server: tuple[str, bytes]):
+    base, _ = file_server
+    data = wait_until_done(stack, preheat(stack, {"type": "file", "url": f"{base}/absent.bin"}))
+    assert data["status"] == "FAIL"
+    assert "absent.bin" in data["msg"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"type": "image"}', "'url' must be a non-empty string"),
+        (b'{"type": "image", "url": ""}', "'url' must be a non-empty string"),
+        (b'{"type": "tarball", "url": "x.io/a:b"}', "'type' must be"),
+        (b'{"type": "image", "url": "x.io/a:b", "header": ["x"]}', "'header' must be a JSON object"),
+        (b'{"type": "image", "url": "x.io/a:b", "header": {"A": 1}}', "must be a string"),
+        (b'{"type": "image", "url": "x.io/NOPE:b"}', "invalid repository name"),
+        (b'{"type": "file", "url": "ftp://x.io/f"}', "http:// or https://"),
+        (b"", "request body is empty"),
+    ],
+)
+def test_bad_input_answers_code_400_and_writes_nothing(stack: LocalStack, body: bytes, fragment: str):
+    import boto3
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    table = stack.table_name("TasksTable")
+    before = dynamodb.scan(TableName=table, Select="COUNT")["Count"]
+    answer = api(stack, "POST", "/api/preheat", data=body, headers={"Content-Type": "application/json"})
+    assert answer["code"] == 400
+    assert fragment in answer["msg"]
+    assert "data" not in answer
+    assert dynamodb.scan(TableName=table, Select="COUNT")["Count"] == before
+
+
+def test_status_of_an_unknown_or_malformed_task_id(stack: LocalStack):
+    unknown = api(stack, "GET", "/api/preheat/0f8fad5b-d9cb-469f-a165-70867728950e")
+    assert unknown["code"] == 404
+    assert "no preheat task" in unknown["msg"]
+    malformed = api(stack, "GET", "/api/preheat/not-a-task")
+    assert malformed["code"] == 400
+    assert "not a task id" in malformed["msg"]
+
+
+def test_credentials_sent_in_header_reach_the_registry_but_no_answer(
+    stack: LocalStack, registry: RegistryServer, three_layers: OciImage
+):
+    registry.push(three_layers, "e2e/secret:v1", fmt="oci")
+    canary = "Bearer canary-e2e-0123456789"
+    task_id = preheat(
+        stack, {"type": "image", "url": f"{registry.host}/e2e/secret:v1", "header": {"X-Trace": canary}}
+    )
+    data = wait_until_done(stack, task_id)
+    assert data["status"] == "SUCCESS"
+    import boto3
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    item = dynamodb.get_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})["Item"]
+    assert "canary-e2e" not in repr(item)
+    assert "canary-e2e" not in repr(data)
+    assert stack.supernode is not None
+    assert "canary-e2e" not in repr(stack.supernode.requests_seen)

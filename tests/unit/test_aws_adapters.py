@@ -1,0 +1,185 @@
+"""The DynamoDB and SQS adapters against a moto server holding the template's own table and queues."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from local.aws import MotoServer, provision
+from local.template import Template
+from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.adapters.sqs import SqsTaskQueue
+from preheat.errors import DependencyFailure
+from preheat.models import (
+    BlobProgress,
+    BlobState,
+    Credentials,
+    PreheatType,
+    Step,
+    Task,
+    TaskStatus,
+    WorkerMessage,
+)
+from preheat.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.xdist_group("moto")
+
+
+@pytest.fixture(scope="module")
+def aws(monkeypatch_module):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(name, value)
+    with MotoServer() as server:
+        template = Template.load(ROOT / "template.yaml")
+        resources = provision(template, server.url, {"Supernodes": "http://127.0.0.1:8002"})
+        yield server.url, resources
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture
+def store(aws) -> DynamoDBTaskStore:
+    url, resources = aws
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    return DynamoDBTaskStore(Settings(table_name=resources["TasksTable"].ref, task_ttl_days=7), client=client)
+
+
+def new_task(task_id: str) -> Task:
+    now = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    return Task(
+        task_id=task_id,
+        type=PreheatType.IMAGE,
+        url="127.0.0.1:5001/demo/app:v1",
+        status=TaskStatus.RUNNING,
+        created_at=now,
+        deadline=now + timedelta(minutes=30),
+    )
+
+
+def test_a_task_round_trips_with_its_blob_progress(store):
+    task = new_task("00000000-0000-4000-8000-000000000001")
+    store.create(task)
+    assert store.get(task.task_id) == task
+    blobs = (
+        BlobProgress(
+            "sha256:" + "a" * 64, "http://sn1:8002", BlobState.SUCCESS, "sha256:" + "a" * 64, 12, "id1"
+        ),
+        BlobProgress("sha256:" + "b" * 64, "http://sn1:8002", BlobState.FAILED, None, None, "id2", "boom"),
+    )
+    moved = replace(task, blobs=blobs, dispatched=True, check_seq=1, message="note")
+    assert store.save(moved, expected_check_seq=0)
+    assert store.get(task.task_id) == moved
+    cleared = replace(moved, message=None)
+    assert store.save(cleared, expected_check_seq=1)
+    assert store.get(task.task_id) == cleared
+
+
+def test_creating_the_same_task_twice_is_refused(store):
+    task = new_task("00000000-0000-4000-8000-000000000002")
+    store.create(task)
+    with pytest.raises(DependencyFailure, match="ConditionalCheckFailed"):
+        store.create(task)
+
+
+def test_a_stale_or_finished_task_is_not_overwritten(store):
+    task = new_task("00000000-0000-4000-8000-000000000003")
+    store.create(task)
+    assert store.save(replace(task, check_seq=1), expected_check_seq=0)
+    assert not store.save(replace(task, check_seq=2, message="stale"), expected_check_seq=0)
+    done = replace(task, status=TaskStatus.SUCCESS, check_seq=2, finished_at=task.created_at)
+    assert store.save(done, expected_check_seq=1)
+    assert not store.save(replace(done, status=TaskStatus.FAIL, check_seq=3), expected_check_seq=2)
+    assert store.get(task.task_id) == done
+
+
+def test_finished_tasks_expire_after_the_retention(store, aws):
+    url, resources = aws
+    task = new_task("00000000-0000-4000-8000-000000000004")
+    store.create(task)
+    finished_at = task.created_at + timedelta(minutes=3)
+    store.save(replace(task, status=TaskStatus.SUCCESS, finished_at=finished_at, check_seq=1), 0)
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    item = client.get_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})["Item"]
+    assert int(item["expiresAt"]["N"]) == int((finished_at + timedelta(days=7)).timestamp())
+
+
+def test_a_thousand_layers_on_three_supernodes_fit_in_one_item(store):
+    rng = random.Random(7)
+    blobs = tuple(
+        BlobProgress(
+            label=(digest := "sha256:" + "".join(rng.choices("0123456789abcdef", k=64))),
+            target=f"http://supernode-{n}.example.internal:8002",
+            state=BlobState.PENDING,
+            digest=digest,
+            size=rng.randrange(1, 1 << 30),
+            supernode_task_id="".join(rng.choices("0123456789abcdef", k=64)),
+        )
+        for _ in range(1000)
+        for n in range(3)
+    )
+    task = new_task("00000000-0000-4000-8000-000000000005")
+    store.create(task)
+    assert store.save(replace(task, blobs=blobs, dispatched=True, check_seq=1), expected_check_seq=0)
+    stored = store.get(task.task_id)
+    assert stored is not None
+    assert stored.blobs == blobs
+
+
+def test_an_unreachable_table_is_a_dependency_failure():
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=0.5),
+    )
+    store = DynamoDBTaskStore(Settings(), client=client)
+    with pytest.raises(DependencyFailure, match="could not record the task"):
+        store.create(new_task("00000000-0000-4000-8000-000000000006"))
+
+
+def test_queue_messages_carry_the_step_delay_and_attributes_but_credentials_only_in_the_body(aws):
+    url, resources = aws
+    queue_url = resources["PreheatQueue"].ref
+    sqs = boto3.client("sqs", endpoint_url=url, region_name="us-east-1")
+    queue = SqsTaskQueue(Settings(queue_url=queue_url), client=sqs)
+    queue.send(WorkerMessage("t-1", Step.START, headers=Credentials({"Authorization": "Bearer CANARY"})))
+    queue.send(WorkerMessage("t-1", Step.CHECK, seq=3), delay_seconds=2)
+    [first] = sqs.receive_message(QueueUrl=queue_url, MessageAttributeNames=["All"], MaxNumberOfMessages=10)[
+        "Messages"
+    ]
+    assert WorkerMessage.from_json(first["Body"]).headers.reveal() == {"Authorization": "Bearer CANARY"}
+    attributes = {k: v["StringValue"] for k, v in first["MessageAttributes"].items()}
+    assert attributes == {"taskId": "t-1", "step": "start"}
+    assert "CANARY" not in json.dumps(first["MessageAttributes"])
+    # The delayed check is not visible yet.
+    assert "Messages" not in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+
+
+def test_a_queue_failure_is_a_dependency_failure_without_the_body():
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=0.5),
+    )
+    queue = SqsTaskQueue(Settings(queue_url="http://127.0.0.1:9/123/q"), client=sqs)
+    with pytest.raises(DependencyFailure) as caught:
+        queue.send(WorkerMessage("t-1", Step.START, headers=Credentials({"Authorization": "Bearer CANARY"})))
+    assert "CANARY" not in str(caught.value)
