@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from preheat.errors import DependencyFailure, PermanentFailure, TransientFailure
-from preheat.models import Blob, BlobState, Credentials, ImageReference, Task, TaskStatus, WorkerMessage
+from preheat.models import (
+    Blob,
+    BlobState,
+    Credentials,
+    ImageReference,
+    ImageResolution,
+    Platform,
+    Task,
+    TaskStatus,
+    WorkerMessage,
+)
 from preheat.ports import SupernodeTask
 
 
@@ -75,14 +85,20 @@ class FakeRegistry:
     errors: list[Exception] = field(default_factory=list)
     seen_headers: list[Credentials] = field(default_factory=list)
 
-    def resolve_image(self, image: ImageReference, headers: Credentials) -> list[Blob]:
+    seen_platforms: list[tuple[Platform, ...]] = field(default_factory=list)
+
+    def resolve_image(
+        self, image: ImageReference, headers: Credentials, platforms: Sequence[Platform] = ()
+    ) -> ImageResolution:
         self.seen_headers.append(headers)
+        self.seen_platforms.append(tuple(platforms))
         if self.errors:
             raise self.errors.pop(0)
         try:
-            return self.images[str(image)]
+            blobs = self.images[str(image)]
         except KeyError:
             raise PermanentFailure(f"manifest for {image} not found") from None
+        return ImageResolution(blobs, tuple(str(p) for p in platforms))
 
     def resolve_file(self, url: str, headers: Credentials) -> Blob:
         self.seen_headers.append(headers)
@@ -101,6 +117,8 @@ class FakeSupernodes:
         self.down: set[str] = set()
         self.warm: set[str] = set()  # labels already cached: create answers SUCCESS
         self.polls = 0
+        self.finish_after_polls: int | None = None  # each blob turns SUCCESS on its n-th poll
+        self._polls_of: dict[tuple[str, str], int] = {}
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -121,7 +139,11 @@ class FakeSupernodes:
         self.polls += 1
         if target in self.down:
             raise TransientFailure(f"supernode {target} unreachable")
-        return self.states[(target, supernode_task_id)]
+        key = (target, supernode_task_id)
+        self._polls_of[key] = self._polls_of.get(key, 0) + 1
+        if self.finish_after_polls is not None and self._polls_of[key] >= self.finish_after_polls:
+            self.states[key] = replace(self.states[key], state=BlobState.SUCCESS)
+        return self.states[key]
 
     def finish(
         self, label: str | None = None, state: BlobState = BlobState.SUCCESS, error: str | None = None

@@ -92,3 +92,68 @@ def test_credentials_never_show_in_repr_or_str():
     assert request.headers.reveal() == {"Authorization": "Bearer s3cr3t"}
     for text in (repr(request), str(request), repr(request.headers), f"{request.headers}"):
         assert "s3cr3t" not in text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("linux/arm64", ["linux/arm64"]),
+        ("linux/amd64,linux/arm64/v8", ["linux/amd64", "linux/arm64/v8"]),
+        (["linux/amd64", "LINUX/AMD64"], ["linux/amd64"]),
+        (None, []),
+        ([], []),
+    ],
+)
+def test_platform_may_be_one_a_comma_list_or_an_array(raw, expected):
+    request = PreheatRequest.parse({"type": "image", "url": "h.io/a:b", "platform": raw})
+    assert [str(p) for p in request.platforms] == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ("linux", "is not 'os/architecture'"),
+        ("linux/arm64/v8/x", "is not 'os/architecture'"),
+        (5, "must be a string"),
+        ([5], "entries must be strings"),
+        (["linux/amd64"] * 65, "at most 64"),
+    ],
+)
+def test_a_bad_platform_is_refused(raw, fragment):
+    with pytest.raises(InvalidRequest, match=fragment):
+        PreheatRequest.parse({"type": "image", "url": "h.io/a:b", "platform": raw})
+
+
+def test_platform_is_refused_for_a_file():
+    with pytest.raises(InvalidRequest, match="applies to images only"):
+        PreheatRequest.parse({"type": "file", "url": "https://h.io/f", "platform": "linux/amd64"})
+
+
+@pytest.mark.parametrize(
+    ("requested", "offered", "matches"),
+    [
+        ("linux/arm64", "linux/arm64/v8", True),
+        ("linux/arm64", "linux/arm64", True),
+        ("linux/arm64/v8", "linux/arm64", True),
+        ("linux/arm64/v8", "linux/arm64/v8", True),
+        ("linux/arm/v7", "linux/arm", True),
+        ("linux/arm/v6", "linux/arm/v7", False),
+        ("linux/amd64", "linux/arm64", False),
+        ("linux/amd64", "windows/amd64", False),
+    ],
+)
+def test_platform_variant_matching(requested, offered, matches):
+    from preheat.models import Platform
+
+    assert Platform.parse(requested).matches(Platform.parse(offered)) is matches
+
+
+def test_deployment_default_platforms_come_from_the_environment():
+    from preheat.settings import Settings
+
+    assert Settings.from_env({"PREHEAT_PLATFORMS": "linux/amd64, linux/arm64"}).platforms == (
+        "linux/amd64",
+        "linux/arm64",
+    )
+    with pytest.raises(ValueError, match="PREHEAT_PLATFORMS"):
+        Settings.from_env({"PREHEAT_PLATFORMS": "amd64"})

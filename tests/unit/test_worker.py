@@ -9,7 +9,9 @@ from preheat.settings import Settings
 from preheat.worker import Worker, give_up
 from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
 
-SETTINGS = Settings(task_timeout_seconds=600, poll_initial_delay_seconds=1, poll_max_delay_seconds=8)
+SETTINGS = Settings(
+    task_timeout_seconds=600, poll_initial_delay_seconds=1, poll_max_delay_seconds=8, check_window_seconds=0
+)
 IMAGE = "h.io/app:v1"
 LAYERS = [Blob(url=f"https://h.io/v2/app/blobs/sha256:{c * 64}", digest=f"sha256:{c * 64}") for c in "abc"]
 TWO_NODES = ("http://sn1:8002", "http://sn2:8002")
@@ -248,3 +250,136 @@ def test_credentials_are_not_stored_with_the_task(world):
     world.deliver_all()
     assert "CANARY-1" not in repr(world.task(task_id))
     assert isinstance(world.registry.seen_headers[0], Credentials)
+
+
+def test_requested_platforms_reach_the_registry_and_the_status(world):
+    task_id = world.submit({"type": "image", "url": IMAGE, "platform": ["linux/arm64"]})
+    world.deliver_all()
+    assert [str(p) for p in world.registry.seen_platforms[0]] == ["linux/arm64"]
+    data = world.task(task_id).to_api()
+    assert data["platform"] == ["linux/arm64"]
+    assert data["platforms"] == ["linux/arm64"]
+
+
+def test_the_deployment_default_platforms_apply_when_the_request_names_none():
+    world = World()
+    world.service = PreheatService(
+        world.store, world.queue, Settings(platforms=("linux/amd64",)), clock=world.clock
+    )
+    world.submit()
+    world.deliver_all()
+    assert [str(p) for p in world.registry.seen_platforms[0]] == ["linux/amd64"]
+
+
+class SleepingClock(Clock):
+    """A clock whose sleep advances it, so a watch window costs no real time."""
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+
+def watching_world(window: float = 5.0, **settings):
+    world = World()
+    clock = SleepingClock()
+    config = Settings(
+        task_timeout_seconds=600, check_window_seconds=window, check_interval_seconds=0.25, **settings
+    )
+    world.clock = clock
+    world.service = PreheatService(world.store, world.queue, config, clock=clock)
+    world.worker = Worker(
+        world.store, world.queue, world.registry, world.nodes, config, clock=clock, sleep=clock.sleep
+    )
+    return world
+
+
+def test_blobs_finishing_within_the_window_conclude_in_the_start_step_with_three_writes():
+    world = watching_world()
+    world.nodes.finish_after_polls = 4  # about 0.75 s after dispatch
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.SUCCESS
+    assert world.queue.sent == []  # no check message was needed
+    assert world.store.writes == 3  # created, progress, finished
+    assert (task.finished_at - task.created_at).total_seconds() == pytest.approx(0.75)
+
+
+def test_the_window_never_outlasts_the_invocation_budget():
+    world = watching_world()
+    world.nodes.finish_after_polls = 100
+    world.submit()
+    [start] = world.queue.take()
+    world.worker.handle(start, time_budget_seconds=1.0)
+    assert world.clock.now.timestamp() - Clock().now.timestamp() <= 1.0
+    assert [s.message.step for s in world.queue.sent] == [Step.CHECK]
+
+
+def test_a_check_watches_its_window_and_notices_completion_within_one_interval():
+    world = watching_world(window=2.0)
+    world.nodes.finish_after_polls = 50
+    task_id = world.submit()
+    world.deliver_all()  # the start step watched 2 s, then handed over
+    assert world.task(task_id).dispatched
+    world.nodes.finish_after_polls = None
+    world.nodes.finish()
+    world.deliver_all()
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+
+
+def test_scope_one_spreads_blobs_evenly_and_stably_over_the_supernodes():
+    nodes = ("http://sn1:8002", "http://sn2:8002", "http://sn3:8002")
+    blobs = [
+        Blob(url=f"https://h.io/v2/app/blobs/sha256:{n:064x}", digest=f"sha256:{n:064x}") for n in range(100)
+    ]
+    world = World(targets=nodes)
+    world.registry.images[IMAGE] = blobs
+    settings = Settings(task_timeout_seconds=600, check_window_seconds=0, supernode_scope="one")
+    world.worker = Worker(world.store, world.queue, world.registry, world.nodes, settings, clock=world.clock)
+    task_id = world.submit()
+    world.deliver_all()
+    per_node = dict.fromkeys(nodes, 0)
+    for target, _ in world.nodes.creates:
+        per_node[target] += 1
+    assert sum(per_node.values()) == 100  # each blob to exactly one supernode
+    assert all(abs(count - 100 / 3) <= 0.2 * 100 / 3 for count in per_node.values()), per_node
+    first = {blob.label: blob.target for blob in world.task(task_id).blobs}
+    again = World(targets=nodes)
+    again.registry.images[IMAGE] = blobs
+    again.worker = Worker(again.store, again.queue, again.registry, again.nodes, settings, clock=again.clock)
+    again_id = again.submit()
+    again.deliver_all()
+    assert {blob.label: blob.target for blob in again.task(again_id).blobs} == first
+
+
+def test_a_worker_dying_after_recording_progress_redoes_the_start_without_double_counting(world):
+    task_id = world.submit()
+    [start] = world.queue.take()
+    original_send = world.queue.send
+    world.queue.send = lambda message, delay_seconds=0: (_ for _ in ()).throw(RuntimeError("killed"))
+    with pytest.raises(RuntimeError):
+        world.worker.handle(start)  # progress recorded, died before the first check was queued
+    assert world.task(task_id).to_api()["layers"]["pending"] == 3
+    assert not world.task(task_id).dispatched
+    world.queue.send = original_send
+    world.worker.handle(start)  # redelivery
+    assert world.task(task_id).dispatched
+    assert len(world.task(task_id).blobs) == 6
+    assert len({(t, b.label) for t, b in world.nodes.creates}) == 6
+    assert len(world.queue.sent) == 1
+    world.nodes.finish()
+    world.deliver_all()
+    assert world.task(task_id).to_api()["layers"] == {"total": 3, "succeeded": 3, "failed": 0, "pending": 0}
+
+
+def test_detail_lists_every_blob_on_every_supernode_without_credentials():
+    world = World(targets=("http://user:pw@sn1:8002",))
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish(LAYERS[0].label)
+    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "disk full")
+    world.deliver_all()
+    detail = world.task(task_id).to_api(detail=True)["blobs"]
+    assert detail[0] == {"digest": LAYERS[0].digest, "supernode": "http://sn1:8002", "state": "SUCCESS"}
+    assert detail[1]["error"] == "disk full"
+    assert detail[2]["state"] == "PENDING"
+    assert "blobs" not in world.task(task_id).to_api()

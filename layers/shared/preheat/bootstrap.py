@@ -11,6 +11,7 @@ from preheat.adapters.dragonfly1 import Dragonfly1Driver
 from preheat.adapters.dynamodb import DynamoDBTaskStore
 from preheat.adapters.registry import HttpRegistryClient
 from preheat.adapters.sqs import SqsTaskQueue
+from preheat.ports import SupernodeDriver
 from preheat.service import PreheatService
 from preheat.settings import get_settings
 from preheat.worker import Worker
@@ -27,8 +28,14 @@ def task_queue() -> SqsTaskQueue:
 
 
 @functools.cache
-def supernode_driver() -> Dragonfly1Driver:
-    return Dragonfly1Driver(get_settings())
+def supernode_driver() -> SupernodeDriver:
+    settings = get_settings()
+    if settings.supernode_api == "dragonfly2":
+        # Imported on demand: a Dragonfly 1 deployment never pays for it at cold start.
+        from preheat.adapters.dragonfly2 import Dragonfly2Driver  # noqa: PLC0415
+
+        return Dragonfly2Driver(settings)
+    return Dragonfly1Driver(settings)
 
 
 @functools.cache

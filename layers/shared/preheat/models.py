@@ -19,6 +19,7 @@ from preheat.errors import InvalidRequest
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
+MAX_REQUESTED_PLATFORMS = 64
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
@@ -33,6 +34,9 @@ _HOST_RE = re.compile(
 )
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_PLATFORM_PART_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
+# What a platform means when it names no variant (as containerd normalises them).
+_DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 
 
 def utcnow() -> datetime:
@@ -111,6 +115,76 @@ class Credentials(Mapping[str, str]):
             if key.lower() == lowered:
                 return value
         return None
+
+
+@dataclass(frozen=True, order=True)
+class Platform:
+    """``os/architecture[/variant]`` as image indexes describe their entries."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(part for part in (self.os, self.architecture, self.variant) if part)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.strip().lower().split("/")
+        if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART_RE.match(part) for part in parts):
+            raise InvalidRequest(
+                f"platform {text[:64]!r} is not 'os/architecture' or 'os/architecture/variant', "
+                "e.g. 'linux/amd64' or 'linux/arm64/v8'"
+            )
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def of_index_entry(cls, platform: Mapping[str, Any]) -> Platform:
+        variant = platform.get("variant")
+        return cls(
+            str(platform.get("os", "")).lower(),
+            str(platform.get("architecture", "")).lower(),
+            str(variant).lower() if variant else None,
+        )
+
+    def matches(self, offered: Platform) -> bool:
+        """Whether an index entry ``offered`` is what this requested platform asks for.
+
+        A request without a variant takes every variant of its architecture; with one, the
+        architecture's default variant and an entry without a variant are the same thing
+        (``linux/arm64/v8`` matches an entry that says only ``linux/arm64``).
+        """
+        if (self.os, self.architecture) != (offered.os, offered.architecture):
+            return False
+        if self.variant is None:
+            return True
+        default = _DEFAULT_VARIANTS.get(self.architecture)
+        return (self.variant or default) == (offered.variant or default)
+
+
+def parse_platforms(raw: Any, source: str = "'platform'") -> tuple[Platform, ...]:
+    """A platform string, a comma list, or a JSON array of them."""
+    if raw is None or raw in ("", []):
+        return ()
+    items: list[Any]
+    if isinstance(raw, str):
+        items = [item for item in raw.split(",") if item.strip()]
+    elif isinstance(raw, list):
+        items = raw
+    else:
+        raise InvalidRequest(f'{source} must be a string like "linux/amd64" or an array of them')
+    if len(items) > MAX_REQUESTED_PLATFORMS:
+        raise InvalidRequest(
+            f"{source} names {len(items)} platforms; at most {MAX_REQUESTED_PLATFORMS} are allowed"
+        )
+    platforms: list[Platform] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InvalidRequest(f'{source} entries must be strings like "linux/arm64"')
+        platform = Platform.parse(item)
+        if platform not in platforms:
+            platforms.append(platform)
+    return tuple(platforms)
 
 
 @dataclass(frozen=True)
@@ -235,6 +309,7 @@ class PreheatRequest:
     url: str
     headers: Credentials = field(default_factory=Credentials)
     image: ImageReference | None = None
+    platforms: tuple[Platform, ...] = ()
 
     @classmethod
     def parse(cls, body: Any) -> PreheatRequest:
@@ -256,8 +331,11 @@ class PreheatRequest:
         if _CONTROL_RE.search(url) or " " in url:
             raise InvalidRequest("'url' must not contain spaces or control characters")
         headers = _parse_headers(body.get("header"))
+        platforms = parse_platforms(body.get("platform"))
         if preheat_type is PreheatType.IMAGE:
-            return cls(preheat_type, url, headers, ImageReference.parse(url))
+            return cls(preheat_type, url, headers, ImageReference.parse(url), platforms)
+        if platforms:
+            raise InvalidRequest("'platform' applies to images only; leave it out for a file")
         _check_file_url(url)
         return cls(preheat_type, url, headers)
 
@@ -320,6 +398,15 @@ class Blob:
 
 
 @dataclass(frozen=True)
+class ImageResolution:
+    """What the registry said an image is: its blobs, and which platform images they came from."""
+
+    blobs: list[Blob]
+    platforms: tuple[str, ...] = ()  # the platform images taken from an index (empty for one manifest)
+    skipped_attestations: int = 0
+
+
+@dataclass(frozen=True)
 class BlobProgress:
     """A blob on one supernode, as the task records it."""
 
@@ -333,6 +420,23 @@ class BlobProgress:
 
     def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
         return replace(self, state=state, error=error)
+
+    def to_api(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"digest": self.digest} if self.digest else {"url": self.label}
+        if self.size is not None:
+            data["size"] = self.size
+        data["supernode"] = _without_userinfo(self.target)
+        data["state"] = self.state.value
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 @dataclass(frozen=True)
@@ -369,12 +473,16 @@ class Task:
     blobs: tuple[BlobProgress, ...] = ()
     dispatched: bool = False
     check_seq: int = 0
+    platforms: tuple[str, ...] = ()  # requested; empty means every platform of an index
+    resolved_platforms: tuple[str, ...] = ()
+    skipped_attestations: int = 0
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is TaskStatus.RUNNING and now >= self.deadline
 
-    def to_api(self) -> dict[str, Any]:
-        """The status answer's ``data``: the spec's ``taskId`` and ``status``, then extras."""
+    def to_api(self, detail: bool = False) -> dict[str, Any]:
+        """The status answer's ``data``: the spec's ``taskId`` and ``status``, then extras
+        (``detail`` lists every blob on every supernode)."""
         data: dict[str, Any] = {
             "taskId": self.task_id,
             "status": self.status.value,
@@ -383,7 +491,13 @@ class Task:
             "startTime": isoformat(self.created_at),
             "finishTime": isoformat(self.finished_at),
         }
-        if self.dispatched:
+        if self.platforms:
+            data["platform"] = list(self.platforms)
+        if self.resolved_platforms:
+            data["platforms"] = list(self.resolved_platforms)
+        if self.skipped_attestations:
+            data["skippedAttestations"] = self.skipped_attestations
+        if self.blobs:
             counts = LayerCounts.of(self.blobs)
             data["layers"] = {
                 "total": counts.total,
@@ -393,6 +507,8 @@ class Task:
             }
         if self.message:
             data["msg"] = self.message
+        if detail:
+            data["blobs"] = [blob.to_api() for blob in self.blobs]
         return data
 
 

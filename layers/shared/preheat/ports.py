@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from preheat.models import Blob, BlobState, Credentials, ImageReference, Task, WorkerMessage
+from preheat.models import (
+    Blob,
+    BlobState,
+    Credentials,
+    ImageReference,
+    ImageResolution,
+    Platform,
+    Task,
+    WorkerMessage,
+)
 
 
 class TaskStore(Protocol):
@@ -26,8 +35,13 @@ class TaskQueue(Protocol):
 
 
 class RegistryClient(Protocol):
-    def resolve_image(self, image: ImageReference, headers: Credentials) -> list[Blob]:
+    def resolve_image(
+        self, image: ImageReference, headers: Credentials, platforms: Sequence[Platform] = ()
+    ) -> ImageResolution:
         """Every blob of the image (config included), each with its real download URL.
+
+        An index or manifest list is narrowed to ``platforms`` when given (PermanentFailure naming
+        the platforms it has when one is missing), else every platform image except attestations.
 
         Raises PermanentFailure (missing image, refused credentials, unsupported manifest) or
         TransientFailure (timeouts, 5xx after retries)."""

@@ -10,7 +10,16 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
-from preheat.models import BlobState, PreheatRequest, Step, Task, TaskStatus, WorkerMessage, utcnow
+from preheat.models import (
+    BlobState,
+    PreheatRequest,
+    PreheatType,
+    Step,
+    Task,
+    TaskStatus,
+    WorkerMessage,
+    utcnow,
+)
 from preheat.ports import SupernodeDriver, TaskQueue, TaskStore
 from preheat.settings import Settings
 
@@ -59,6 +68,7 @@ class PreheatService:
             status=TaskStatus.RUNNING,
             created_at=now,
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
+            platforms=self._platforms_for(request),
         )
         self._store.create(task)
         try:
@@ -72,6 +82,13 @@ class PreheatService:
                 self._store.save(failed, expected_check_seq=task.check_seq)
             raise
         return task
+
+    def _platforms_for(self, request: PreheatRequest) -> tuple[str, ...]:
+        if request.type is not PreheatType.IMAGE:
+            return ()
+        if request.platforms:
+            return tuple(str(platform) for platform in request.platforms)
+        return self._settings.platforms
 
     def get(self, task_id: str) -> Task:
         if not TASK_ID_RE.match(task_id):

@@ -7,6 +7,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from preheat.errors import InvalidRequest
+from preheat.models import parse_platforms
+
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -38,6 +41,39 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw in ("0", "0.0"):
+        return 0.0
+    return _positive_float(env, name, default)
+
+
+def _platforms(raw: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(platform) for platform in parse_platforms(raw, "PREHEAT_PLATFORMS"))
+    except InvalidRequest as exc:
+        raise ValueError(f"PREHEAT_PLATFORMS: {exc}") from None
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    """The variable's value if it is one of ``allowed`` (the first is the default)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return allowed[0]
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
+def _cluster_ids(raw: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _split(raw))
+    except ValueError:
+        raise ValueError(
+            f"PREHEAT_DRAGONFLY2_CLUSTERS must be comma-separated numbers, got {raw!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Deployment configuration. Every field maps to one ``PREHEAT_*`` variable (see README)."""
@@ -53,6 +89,15 @@ class Settings:
     registry_timeout_seconds: float = 10.0
     supernode_timeout_seconds: float = 5.0
     check_timeout_seconds: float = 2.0
+    check_window_seconds: float = 5.0  # how long one worker step watches the supernodes
+    check_interval_seconds: float = 0.25  # between looks within that window
+    platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
+    supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
+    supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
+    dragonfly2_token: str = field(default="", repr=False)
+    dragonfly2_token_secret: str = ""
+    dragonfly2_clusters: tuple[int, ...] = ()
+    dragonfly2_scope: str = "single_seed_peer"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +129,17 @@ class Settings:
                 env, "PREHEAT_SUPERNODE_TIMEOUT", cls.supernode_timeout_seconds
             ),
             check_timeout_seconds=_positive_float(env, "PREHEAT_CHECK_TIMEOUT", cls.check_timeout_seconds),
+            check_window_seconds=_non_negative_float(env, "PREHEAT_CHECK_WINDOW", cls.check_window_seconds),
+            check_interval_seconds=_positive_float(env, "PREHEAT_CHECK_INTERVAL", cls.check_interval_seconds),
+            platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
+            supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
+            supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
+            dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),
+            dragonfly2_token_secret=env.get("PREHEAT_DRAGONFLY2_TOKEN_SECRET", "").strip(),
+            dragonfly2_clusters=_cluster_ids(env.get("PREHEAT_DRAGONFLY2_CLUSTERS", "")),
+            dragonfly2_scope=_choice(
+                env, "PREHEAT_DRAGONFLY2_SCOPE", ("single_seed_peer", "all_seed_peers", "all_peers")
+            ),
         )
 
     def is_insecure(self, host: str) -> bool:

@@ -2,23 +2,27 @@
 
 Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die):
 
-- ``start`` resolves every blob from the registry, then dispatches each blob to each supernode.
-  Both are repeatable: registry reads have no effect, and a supernode derives its task id from the
-  URL, answering a repeat with the same id (or "already exists"). Its single write is conditional
-  on the task not being dispatched yet, and the first ``check`` message is sent *before* that
-  write, so a task is never marked dispatched without a check on its way.
+- ``start`` resolves every blob from the registry, dispatches each blob to its supernodes, records
+  that progress, and watches the supernodes for a short window. Resolving has no effect, and a
+  supernode derives its task id from the URL, answering a repeat with the same id (or "already
+  exists"), so a redelivered ``start`` redoes the same work. Its progress write leaves the check
+  sequence alone; the write that marks the task dispatched is conditional on it, and comes after
+  the first ``check`` message was sent, so a task is never dispatched without a check on its way.
 - ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number;
   only the one equal to the task's ``check_seq`` is acted on, and its write moves ``check_seq``
   on conditionally. A duplicate delivery, or the spare message of a worker that died between
   sending and writing, finds the sequence moved and is dropped: there is one chain of checks.
 
-No Lambda waits on a supernode: each check that finds blobs pending re-queues itself with an SQS
-delay that doubles from ``poll_initial_delay_seconds`` up to ``poll_max_delay_seconds``.
+Each step watches for at most ``check_window_seconds`` (polling every ``check_interval_seconds``),
+so a blob that finishes within seconds is noticed within a fraction of a second. Past the window
+no Lambda waits on a supernode: the check re-queues itself with an SQS delay that doubles from
+``poll_initial_delay_seconds`` up to ``poll_max_delay_seconds``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -31,7 +35,9 @@ from preheat.models import (
     BlobState,
     Credentials,
     ImageReference,
+    ImageResolution,
     LayerCounts,
+    Platform,
     PreheatType,
     Step,
     Task,
@@ -39,6 +45,7 @@ from preheat.models import (
     WorkerMessage,
     utcnow,
 )
+from preheat.placement import targets_for
 from preheat.ports import RegistryClient, SupernodeDriver, TaskQueue, TaskStore
 from preheat.service import timed_out_message
 from preheat.settings import Settings
@@ -46,6 +53,10 @@ from preheat.settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_PARALLEL_SUPERNODE_CALLS = 16
+
+
+def _pending(blobs: Sequence[BlobProgress]) -> bool:
+    return any(blob.state is BlobState.PENDING for blob in blobs)
 
 
 class Worker:
@@ -57,6 +68,7 @@ class Worker:
         supernodes: SupernodeDriver,
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -64,11 +76,13 @@ class Worker:
         self._supernodes = supernodes
         self._settings = settings
         self._clock = clock
+        self._sleep = sleep
 
-    def handle(self, message: WorkerMessage) -> Task | None:
+    def handle(self, message: WorkerMessage, time_budget_seconds: float | None = None) -> Task | None:
         """Run one step. Returns the task as this step left it (None if there is nothing to do).
 
-        Raises TransientFailure when the step should be retried by redelivery.
+        ``time_budget_seconds`` bounds how long the step may watch the supernodes (what is left of
+        the invocation). Raises TransientFailure when the step should be retried by redelivery.
         """
         task = self._store.get(message.task_id)
         if task is None:
@@ -78,17 +92,20 @@ class Worker:
             return task
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
+        window = self._settings.check_window_seconds
+        if time_budget_seconds is not None:
+            window = max(0.0, min(window, time_budget_seconds))
         if message.step is Step.START:
-            return self._start(task, message.headers)
-        return self._check(task, message.seq)
+            return self._start(task, message.headers, window)
+        return self._check(task, message.seq, window)
 
-    # -- start: resolve, then dispatch ------------------------------------------------------
+    # -- start: resolve, dispatch, watch ----------------------------------------------------
 
-    def _start(self, task: Task, headers: Credentials) -> Task:
+    def _start(self, task: Task, headers: Credentials, window: float) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
         try:
-            blobs = self._resolve(task, headers)
+            resolution = self._resolve(task, headers)
         except PermanentFailure as exc:
             return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
         except TransientFailure as exc:
@@ -97,28 +114,30 @@ class Worker:
                 replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
             )
             raise
-        progress = self._dispatch(blobs)
-        dispatched = replace(task, blobs=progress, dispatched=True, message=None)
-        if not any(blob.state is BlobState.PENDING for blob in progress):
-            return self._conclude(dispatched)
-        next_seq = task.check_seq + 1
-        self._queue.send(
-            WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
-            delay_seconds=self._delay_for(dispatched, next_seq),
+        progress = self._dispatch(resolution.blobs)
+        task = replace(
+            task,
+            blobs=progress,
+            message=None,
+            resolved_platforms=resolution.platforms,
+            skipped_attestations=resolution.skipped_attestations,
         )
-        saved = replace(dispatched, check_seq=next_seq)
-        if not self._store.save(saved, expected_check_seq=task.check_seq):
-            logger.info("task %s was dispatched by another delivery", task.task_id)
+        if not _pending(progress):
+            return self._conclude(task)
+        # Callers see the layer counts from here on; the check sequence is left alone on purpose.
+        if not self._store.save(task, expected_check_seq=task.check_seq):
             return task
-        return saved
+        return self._watch_then_requeue(task, window, dispatching=True)
 
-    def _resolve(self, task: Task, headers: Credentials) -> list[Blob]:
+    def _resolve(self, task: Task, headers: Credentials) -> ImageResolution:
         if task.type is PreheatType.IMAGE:
-            return self._registry.resolve_image(ImageReference.parse(task.url), headers)
-        return [self._registry.resolve_file(task.url, headers)]
+            platforms = [Platform.parse(platform) for platform in task.platforms]
+            return self._registry.resolve_image(ImageReference.parse(task.url), headers, platforms)
+        return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers)])
 
     def _dispatch(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
-        pairs = [(blob, target) for blob in blobs for target in self._supernodes.targets]
+        targets, scope = self._supernodes.targets, self._settings.supernode_scope
+        pairs = [(blob, target) for blob in blobs for target in targets_for(blob, targets, scope)]
 
         def create(pair: tuple[Blob, str]) -> BlobProgress:
             blob, target = pair
@@ -134,22 +153,35 @@ class Worker:
 
     # -- check: poll what is pending ----------------------------------------------------------
 
-    def _check(self, task: Task, seq: int) -> Task:
+    def _check(self, task: Task, seq: int, window: float) -> Task:
         if seq != task.check_seq or not task.dispatched:
             logger.info("dropping stale check %s of task %s (at %s)", seq, task.task_id, task.check_seq)
             return task
-        polled = self._poll(task.blobs)
-        checked = replace(task, blobs=polled)
-        if not any(blob.state is BlobState.PENDING for blob in polled):
-            return self._conclude(checked)
-        next_seq = seq + 1
+        return self._watch_then_requeue(task, window, dispatching=False)
+
+    def _watch_then_requeue(self, task: Task, window: float, *, dispatching: bool) -> Task:
+        """Poll until nothing is pending or the window closes; then conclude, or hand over to the
+        next check message."""
+        started = self._clock()
+        interval = self._settings.check_interval_seconds
+        blobs = self._poll(task.blobs)
+        while _pending(blobs) and (self._clock() - started).total_seconds() + interval < window:
+            self._sleep(interval)
+            blobs = self._poll(blobs)
+        task = replace(task, blobs=blobs)
+        if not _pending(blobs):
+            return self._conclude(task)
+        if self._clock() >= task.deadline:
+            return self._finish(task, TaskStatus.FAIL, timed_out_message(task), blobs)
+        next_seq = task.check_seq + 1
         self._queue.send(
             WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
-            delay_seconds=self._delay_for(checked, next_seq),
+            delay_seconds=self._delay_for(task, next_seq),
         )
-        saved = replace(checked, check_seq=next_seq)
-        if not self._store.save(saved, expected_check_seq=seq):
-            logger.info("check %s of task %s was done by another delivery", seq, task.task_id)
+        saved = replace(task, check_seq=next_seq, dispatched=True)
+        if not self._store.save(saved, expected_check_seq=task.check_seq):
+            what = "dispatched" if dispatching else f"checked at {task.check_seq}"
+            logger.info("task %s was %s by another delivery", task.task_id, what)
             return task
         return saved
 
@@ -168,7 +200,9 @@ class Worker:
             return blob.with_state(answer.state, answer.error)
 
         pending = sum(blob.state is BlobState.PENDING for blob in blobs)
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SUPERNODE_CALLS, pending))) as pool:
+        if not pending:
+            return blobs
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, pending)) as pool:
             return tuple(pool.map(poll, blobs))
 
     def _delay_for(self, task: Task, seq: int) -> int:

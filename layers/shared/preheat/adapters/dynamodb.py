@@ -82,6 +82,8 @@ class DynamoDBTaskStore:
             "checkSeq": {"N": str(task.check_seq)},
             "expiresAt": {"N": str(self._expires_at(task.deadline))},
         }
+        if task.platforms:
+            item["platforms"] = {"L": [{"S": platform} for platform in task.platforms]}
         try:
             self._client.put_item(
                 TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
@@ -118,6 +120,12 @@ class DynamoDBTaskStore:
             sets.append("#msg = :msg")
         else:
             removes.append("#msg")
+        if task.resolved_platforms:
+            values[":resolved"] = {"L": [{"S": platform} for platform in task.resolved_platforms]}
+            sets.append("resolvedPlatforms = :resolved")
+        if task.skipped_attestations:
+            values[":skipped"] = {"N": str(task.skipped_attestations)}
+            sets.append("skippedAttestations = :skipped")
         if task.finished_at is not None:
             values[":finished"] = {"S": isoformat(task.finished_at)}
             values[":expires"] = {"N": str(self._expires_at(task.finished_at))}
@@ -157,7 +165,14 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         blobs=_blobs_from_binary(blobs),
         dispatched=item.get("dispatched", {}).get("BOOL", False),
         check_seq=int(item.get("checkSeq", {}).get("N", "0")),
+        platforms=_strings(item.get("platforms")),
+        resolved_platforms=_strings(item.get("resolvedPlatforms")),
+        skipped_attestations=int(item.get("skippedAttestations", {}).get("N", "0")),
     )
+
+
+def _strings(attribute: dict[str, Any] | None) -> tuple[str, ...]:
+    return tuple(value["S"] for value in (attribute or {}).get("L", []))
 
 
 def _reason(exc: Exception) -> str:

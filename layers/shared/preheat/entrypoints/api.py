@@ -63,7 +63,8 @@ def preheat() -> Response[str]:
 @tracer.capture_method(capture_response=False)
 def status(task_id: str) -> Response[str]:
     task = bootstrap.preheat_service().get(task_id)
-    return envelope(200, data=task.to_api())
+    detail = status_router.current_event.get_query_string_value("detail", "false") or "false"
+    return envelope(200, data=task.to_api(detail=detail.lower() in ("true", "1", "yes")))
 
 
 def _json_body(raw: str | None) -> Any:

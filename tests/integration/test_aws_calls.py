@@ -1,0 +1,88 @@
+"""AWS calls per task do not grow with the number of layers: counted with botocore's event hooks
+on the clients the project's own code builds (the local SQS poller, standing in for Lambda's event
+source mapping, uses clients of its own and is not counted)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from local.aws import client as local_client
+from local.stack import LocalStack
+from tests.support.registry import RegistryServer, make_oci_layout
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+
+class CallCounter:
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls[f"{model.service_model.service_name}:{model.name}"] += 1
+
+    def take(self) -> collections.Counter[str]:
+        with self._lock:
+            taken, self.calls = self.calls, collections.Counter()
+        return taken
+
+
+@pytest.fixture(scope="module")
+def counted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, CallCounter]]:
+    counter = CallCounter()
+    boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    boto3.DEFAULT_SESSION.events.register("before-call", counter)
+    try:
+        with LocalStack(cache_dir=tmp_path_factory.mktemp("cache")) as stack:
+            yield stack, counter
+    finally:
+        boto3.DEFAULT_SESSION.events.unregister("before-call", counter)
+
+
+def preheat_and_wait(stack: LocalStack, url: str) -> str:
+    answer = requests.post(
+        f"{stack.api_url}/api/preheat", json={"type": "image", "url": url}, timeout=10
+    ).json()
+    task_id: str = answer["data"]["taskId"]
+    # Read the outcome straight from the table: status reads are the caller's, not the task's.
+    dynamodb = local_client("dynamodb", stack.moto_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        item = dynamodb.get_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})["Item"]
+        if item["status"]["S"] != "RUNNING":
+            status: str = item["status"]["S"]
+            return status
+        time.sleep(0.05)
+    raise AssertionError("still RUNNING after 60 s")
+
+
+def test_a_100_layer_image_costs_the_same_aws_calls_as_a_1_layer_image(
+    counted_stack: tuple[LocalStack, CallCounter],
+    registry: RegistryServer,
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    stack, counter = counted_stack
+    small = make_oci_layout(tmp_path_factory.mktemp("one"), [b"only layer\n"])
+    big = make_oci_layout(tmp_path_factory.mktemp("hundred"), [f"layer {n}\n".encode() for n in range(100)])
+    registry.push(small, "calls/one:v1")
+    registry.push(big, "calls/hundred:v1")
+
+    counts = {}
+    for name in ("one", "hundred"):
+        counter.take()
+        assert preheat_and_wait(stack, f"{registry.host}/calls/{name}:v1") == "SUCCESS"
+        time.sleep(0.3)  # let the worker's last write land in the count
+        counts[name] = counter.take()
+    print(f"\nAWS calls per task: 1 layer {dict(counts['one'])}, 100 layers {dict(counts['hundred'])}")
+    assert counts["one"] == counts["hundred"]
+    assert sum(counts["hundred"].values()) <= 10
