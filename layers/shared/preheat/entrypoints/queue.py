@@ -3,10 +3,17 @@ failures so one bad message never makes its neighbours run again."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    BatchProcessor,
+    EventType,
+    async_process_partial_response,
+    process_partial_response,
+)
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -18,12 +25,19 @@ from preheat.models import WorkerMessage
 from preheat.worker import give_up
 
 
-@tracer.capture_method(capture_response=False)
-def run_step(record: SQSRecord) -> None:
+# Seconds kept back from the invocation's remaining time when a step watches the supernodes: room
+# for the writes and the message that hand the task over.
+_HANDOVER_MARGIN_SECONDS = 15.0
+
+
+def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> None:
     message = WorkerMessage.from_json(record.body)
-    logger.append_keys(task_id=message.task_id, step=message.step.value, message_id=record.message_id)
+    # Records of a batch run on threads side by side: their log keys must not mix.
+    logger.thread_safe_append_keys(
+        task_id=message.task_id, step=message.step.value, message_id=record.message_id
+    )
     try:
-        task = bootstrap.worker().handle(message)
+        task = bootstrap.worker().handle(message, time_budget_seconds)
     except (TransientFailure, DependencyFailure) as exc:
         # Reported as a batch item failure: SQS redelivers it, then the dead-letter queue takes over.
         logger.warning("step failed, will be retried", extra={"reason": str(exc)})
@@ -34,10 +48,17 @@ def run_step(record: SQSRecord) -> None:
 
 
 def handle_steps(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    """Run the batch's steps concurrently: each may watch the supernodes for seconds, and one
+    record's wait must not delay the others' completion."""
+    budget = context.get_remaining_time_in_millis() / 1000 - _HANDOVER_MARGIN_SECONDS
+
+    async def run_in_thread(record: SQSRecord) -> None:
+        await asyncio.to_thread(run_step, record, budget)
+
     # A processor per batch: it holds the batch's state, and nothing may outlive one invocation.
-    processor = BatchProcessor(event_type=EventType.SQS)
-    return process_partial_response(
-        event=event, record_handler=run_step, processor=processor, context=context
+    processor = AsyncBatchProcessor(event_type=EventType.SQS)
+    return async_process_partial_response(
+        event=event, record_handler=run_in_thread, processor=processor, context=context
     )
 
 

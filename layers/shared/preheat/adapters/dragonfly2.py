@@ -1,0 +1,507 @@
+"""The Dragonfly 2 driver: a manager's open API (``GET /healthy``, ``POST /oapi/v1/jobs``,
+``GET /oapi/v1/jobs/{id}``), authenticated with a personal access token.
+
+The worker has already resolved every blob to its real download URL, so each blob becomes one
+``file`` preheat job. The job's ``state`` alone is not the truth: the manager reports SUCCESS when
+every scheduler task returned, even if the seed peers failed the download (``all_seed_peers`` and
+``all_peers`` list those in ``failure_tasks``; ``single_seed_peer`` with the ``urls`` form drops a
+failed URL from the result altogether). So a SUCCESS job counts as warm only when every scheduler
+cluster's result has a success task for the blob's URL and no result has a failure task for it.
+
+``scheduler_cluster_ids`` is left out of the create body when ``PREHEAT_DRAGONFLY2_CLUSTERS`` is
+empty: the manager then preheats in every scheduler cluster that has an active scheduler (an empty
+list means the same to it; Harbor sends ``null``). ``filtered_query_params`` is left out when the
+blob has no filter, so that the manager applies its default list (the S3/GCS/OSS/OBS/COS signature
+parameters and ``ns``), the same one Dragonfly peers use to compute task ids.
+
+The token, blob headers and the ``headers``/``password`` a manager echoes back in a job's ``args`` are
+credentials: no message this module builds quotes them, and text from a manager is scrubbed of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from aws_lambda_powertools.utilities.parameters import get_secret
+
+from preheat.errors import PermanentFailure, TransientFailure
+from preheat.models import Blob, BlobState
+from preheat.ports import SupernodeTask
+from preheat.settings import Settings
+
+DEFAULT_ATTEMPTS = 3
+DEFAULT_BACKOFF_SECONDS = 0.2
+SECRET_MAX_AGE_SECONDS = 300
+MAX_PING_THREADS = 16
+MAX_QUOTED_CHARS = 400
+MAX_NAMED_HOSTS = 5
+MIN_SCRUBBED_CHARS = 4
+
+JOBS_PATH = "/oapi/v1/jobs"
+UNCONFIGURED_MESSAGE = (
+    "no Dragonfly 2 manager token is configured: set PREHEAT_DRAGONFLY2_TOKEN or "
+    "PREHEAT_DRAGONFLY2_TOKEN_SECRET (a Secrets Manager secret holding the token, bare or as "
+    '{"token": "..."})'
+)
+
+# Machinery task states (github.com/dragonflyoss/machinery): every one but the last two is "not yet".
+_PENDING = frozenset({"PENDING", "RECEIVED", "STARTED", "RETRY"})
+_SUCCESS = "SUCCESS"
+_FAILURE = "FAILURE"
+# Secrets Manager error codes that another try will not fix.
+_PERMANENT_SECRET_ERRORS = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "AccessDenied",
+        "DecryptionFailure",
+        "InvalidRequestException",
+        "InvalidParameterException",
+        "UnrecognizedClientException",
+    }
+)
+_ERROR_CODE_RE = re.compile(r"An error occurred \((\w+)\)")
+_REDACTED = "<redacted>"
+
+SecretReader = Callable[[str], str | bytes]
+
+
+def read_secret(name: str) -> str | bytes:
+    """The secret's value through powertools parameters, cached for five minutes per container."""
+    value: str | bytes = get_secret(name, max_age=SECRET_MAX_AGE_SECONDS)
+    return value
+
+
+class Dragonfly2Driver:
+    """The ``SupernodeDriver`` for Dragonfly 2 managers (``settings.supernodes`` are their base URLs).
+
+    ``create`` answers the job id (as a string) and its mapped state; ``status`` maps the job's
+    ``state`` and reads its ``result`` (see the module notes). A job the manager no longer knows
+    (404: finished jobs are removed after 6 h) is FAILED. 401/403 and other 4xx are PermanentFailure;
+    connection errors, timeouts, 429 and 5xx are retried ``attempts`` times, ``backoff_seconds``
+    doubling between tries, then raised as TransientFailure. Retrying a create is safe: a duplicate
+    job for the same URL joins the seed peer's task for it rather than downloading twice.
+
+    The token is ``settings.dragonfly2_token``, else the Secrets Manager secret named by
+    ``settings.dragonfly2_token_secret``, read on first use through ``secret_reader`` (powertools
+    caches it for five minutes, so a rotated token is picked up without a redeploy).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+        secret_reader: SecretReader | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._settings = settings
+        self._session = session if session is not None else requests.Session()
+        self._attempts = attempts
+        self._backoff_seconds = backoff_seconds
+        self._sleep = sleep
+        self._secret_reader = secret_reader if secret_reader is not None else read_secret
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._settings.supernodes
+
+    # -- health ------------------------------------------------------------------------------------
+
+    def ping(self) -> Mapping[str, str | None]:
+        targets = self.targets
+        if not targets:
+            return {}
+        # In parallel so that one dead manager costs the health check one timeout, not one each.
+        with ThreadPoolExecutor(min(len(targets), MAX_PING_THREADS), thread_name_prefix="df2-ping") as pool:
+            return dict(zip(targets, pool.map(self._ping_one, targets), strict=True))
+
+    def _ping_one(self, target: str) -> str | None:
+        timeout = self._settings.check_timeout_seconds
+        try:
+            # /healthy needs no token, so a health check never reads the secret.
+            response = self._session.get(f"{target}/healthy", timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return _failure_reason(exc, timeout)
+        with response:
+            return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def create(self, target: str, blob: Blob) -> SupernodeTask:
+        args: dict[str, Any] = {"type": "file", "url": blob.url}
+        if blob.headers:
+            args["headers"] = blob.headers.reveal()
+        if blob.filter:
+            args["filtered_query_params"] = "&".join(blob.filter)
+        args["scope"] = self._settings.dragonfly2_scope
+        body: dict[str, Any] = {"type": "preheat", "args": args}
+        if self._settings.dragonfly2_clusters:
+            body["scheduler_cluster_ids"] = list(self._settings.dragonfly2_clusters)
+        token = self._token()
+        secrets = (token, *blob.headers.values())
+        response = self._send(
+            "POST", target, JOBS_PATH, f"accept the preheat of {blob.label}", token, json=body
+        )
+        with response:
+            code = response.status_code
+            answer = _json(response)
+            if code in (401, 403):
+                raise PermanentFailure(_refused(target, code, _message(answer, response, secrets)))
+            if code not in (200, 201):
+                raise PermanentFailure(
+                    f"Dragonfly 2 manager {_display(target)} refused the preheat of {blob.label}: "
+                    f"HTTP {code}: {_message(answer, response, secrets)}"
+                )
+        job_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 0:
+            raise PermanentFailure(
+                f"Dragonfly 2 manager {_display(target)} answered HTTP {code} to the preheat of "
+                f"{blob.label} without a job id: {_message(answer, response, secrets)}"
+            )
+        # A new job is PENDING; should a manager answer with one already finished, read it as status does.
+        return _interpret(target, str(job_id), answer, secrets)
+
+    def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
+        if not (supernode_task_id.isascii() and supernode_task_id.isdigit()):
+            # Say so rather than ask: e.g. a Dragonfly 1 task id left over from before a switch of API.
+            return SupernodeTask(
+                supernode_task_id,
+                BlobState.FAILED,
+                f"{supernode_task_id!r:.80} is not a Dragonfly 2 job id (PREHEAT_SUPERNODE_API changed?)",
+            )
+        token = self._token()
+        response = self._send(
+            "GET",
+            target,
+            f"{JOBS_PATH}/{supernode_task_id}",
+            f"answer the status of job {supernode_task_id}",
+            token,
+        )
+        with response:
+            code = response.status_code
+            answer = _json(response)
+            if code == 404:
+                return SupernodeTask(
+                    supernode_task_id,
+                    BlobState.FAILED,
+                    f"Dragonfly 2 manager {_display(target)} no longer knows job {supernode_task_id} "
+                    "(finished jobs are removed after 6 h)",
+                )
+            if code in (401, 403):
+                raise PermanentFailure(_refused(target, code, _message(answer, response, (token,))))
+            if code != 200 or not isinstance(answer, dict):
+                raise PermanentFailure(
+                    f"Dragonfly 2 manager {_display(target)} answered HTTP {code} to the status of job "
+                    f"{supernode_task_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
+                )
+        return _interpret(target, supernode_task_id, answer, (token,))
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def _token(self) -> str:
+        if self._settings.dragonfly2_token:
+            return self._settings.dragonfly2_token
+        name = self._settings.dragonfly2_token_secret
+        if not name:
+            raise PermanentFailure(UNCONFIGURED_MESSAGE)
+        try:
+            value = self._secret_reader(name)
+        except Exception as exc:
+            code = _secret_error_code(exc)
+            message = f"cannot read the Dragonfly 2 manager token from secret {name!r}: {code}"
+            if code in _PERMANENT_SECRET_ERRORS:
+                raise PermanentFailure(message) from None
+            # Throttling, a network error, a Secrets Manager 5xx: the next delivery may fare better.
+            raise TransientFailure(message) from None
+        token = _token_from_secret(value)
+        if not token:
+            raise PermanentFailure(
+                f"secret {name!r} holds no Dragonfly 2 manager token: store the bare token or "
+                '{"token": "<personal access token>"}'
+            )
+        return token
+
+    def _send(
+        self, method: str, target: str, path: str, what: str, token: str, **kwargs: Any
+    ) -> requests.Response:
+        """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
+        retried with backoff, then raised as TransientFailure so that the worker tries again later."""
+        timeout = self._settings.supernode_timeout_seconds
+        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        reason = ""
+        for attempt in range(1, self._attempts + 1):
+            if attempt > 1:
+                self._sleep(self._backoff_seconds * 2 ** (attempt - 2))
+            try:
+                # Redirects are not followed: the token must not be replayed to wherever a Location points.
+                response = self._session.request(
+                    method,
+                    f"{target}{path}",
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    **kwargs,
+                )
+            except requests.RequestException as exc:
+                reason = _failure_reason(exc, timeout)
+                continue
+            if response.status_code < 500 and response.status_code != 429:
+                return response
+            with response:
+                reason = f"HTTP {response.status_code}"
+        raise TransientFailure(
+            f"Dragonfly 2 manager {_display(target)} did not {what} after {self._attempts} attempts: {reason}"
+        )
+
+
+# -- reading a job ---------------------------------------------------------------------------------
+
+
+def _interpret(target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[str, ...]) -> SupernodeTask:
+    """Map a job object to the blob's state, reading its result rather than trusting its state."""
+    secrets = (*secrets, *_echoed_secrets(job))
+    state = str(job.get("state") or "").strip().upper()
+    if state in _PENDING:
+        return SupernodeTask(job_id, BlobState.PENDING)
+    args = job.get("args")
+    url = args.get("url") if isinstance(args, dict) else None
+    url = url if isinstance(url, str) else ""
+    job_states = _job_states(job)
+    where = f"Dragonfly 2 job {job_id} on {_display(target)}"
+    if state == _FAILURE:
+        errors = _unique(
+            _quote(error, secrets, url) for s in job_states if (error := str(s.get("error") or "").strip())
+        )
+        failures = _describe_failures(_tasks(job_states, "failure_tasks", url), secrets, url)
+        reason = "; ".join([*errors, failures] if failures else errors) or "no reason given"
+        return SupernodeTask(job_id, BlobState.FAILED, f"{where} failed: {reason}")
+    if state == _SUCCESS:
+        failed = _tasks(job_states, "failure_tasks", url)
+        if failed:
+            return SupernodeTask(
+                job_id,
+                BlobState.FAILED,
+                f"{where} reported SUCCESS but the download failed on "
+                f"{_describe_failures(failed, secrets, url)}",
+            )
+        missing = _clusters_without_success(job_states, url)
+        if missing is not None:
+            scope = args.get("scope") if isinstance(args, dict) else None
+            hint = (
+                " (a single_seed_peer preheat leaves a failed download out of the result: the scheduler's "
+                "log says why)"
+                if scope in (None, "", "single_seed_peer")
+                else ""
+            )
+            return SupernodeTask(
+                job_id,
+                BlobState.FAILED,
+                f"{where} reported SUCCESS but {missing} lists no seed peer that downloaded the file{hint}",
+            )
+        return SupernodeTask(job_id, BlobState.SUCCESS)
+    # An unknown state would otherwise be polled until the task deadline; fail it now, loudly.
+    return SupernodeTask(job_id, BlobState.FAILED, f"{where} is in an unknown state {_truncate(state)!r}")
+
+
+def _job_states(job: Mapping[str, Any]) -> list[dict[str, Any]]:
+    result = job.get("result")
+    states = result.get("job_states") if isinstance(result, dict) else None
+    return [state for state in states if isinstance(state, dict)] if isinstance(states, list) else []
+
+
+def _results(job_state: Mapping[str, Any]) -> list[dict[str, Any]]:
+    results = job_state.get("results")
+    return [result for result in results if isinstance(result, dict)] if isinstance(results, list) else []
+
+
+def _tasks(job_states: list[dict[str, Any]], key: str, url: str) -> list[dict[str, Any]]:
+    """The ``key`` tasks of every result that are about ``url`` (a task naming no URL counts: the job
+    holds one URL only)."""
+    found = []
+    for job_state in job_states:
+        for result in _results(job_state):
+            tasks = result.get(key)
+            for task in tasks if isinstance(tasks, list) else []:
+                if isinstance(task, dict) and _same_url(task.get("url"), url):
+                    found.append(task)
+    return found
+
+
+def _clusters_without_success(job_states: list[dict[str, Any]], url: str) -> str | None:
+    """What lacks a success task for ``url`` (each scheduler cluster of the job must have one), or None."""
+    if not job_states:
+        return "its result"
+    lacking: list[str] = []
+    for index, job_state in enumerate(job_states, start=1):
+        if _tasks([job_state], "success_tasks", url):
+            continue
+        clusters = [r["scheduler_cluster_id"] for r in _results(job_state) if "scheduler_cluster_id" in r]
+        lacking.append(f"scheduler cluster {clusters[0]}" if clusters else f"job state {index}")
+    if not lacking:
+        return None
+    return ", ".join(lacking[:MAX_NAMED_HOSTS]) + (" and more" if len(lacking) > MAX_NAMED_HOSTS else "")
+
+
+def _same_url(candidate: Any, url: str) -> bool:
+    return not candidate or not url or candidate == url
+
+
+def _describe_failures(tasks: list[dict[str, Any]], secrets: tuple[str, ...], url: str) -> str:
+    """``host (ip): description`` for the first few failure tasks."""
+    if not tasks:
+        return ""
+    parts: list[str] = []
+    for task in tasks[:MAX_NAMED_HOSTS]:
+        hostname = str(task.get("hostname") or "").strip() or "an unnamed host"
+        ip = str(task.get("ip") or "").strip()
+        description = str(task.get("description") or "").strip() or "no description"
+        host = f"{hostname} ({ip})" if ip and ip != hostname else hostname
+        parts.append(f"{_quote(host, secrets, url)}: {_quote(description, secrets, url)}")
+    more = len(tasks) - MAX_NAMED_HOSTS
+    return "; ".join(parts) + (f"; and {more} more host(s)" if more > 0 else "")
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _echoed_secrets(job: Any) -> tuple[str, ...]:
+    """Credentials a manager echoes back in a job's ``args`` (it stores them with the job)."""
+    args = job.get("args") if isinstance(job, dict) else None
+    if not isinstance(args, dict):
+        return ()
+    found: list[str] = []
+    headers = args.get("headers")
+    if isinstance(headers, dict):
+        found.extend(value for value in headers.values() if isinstance(value, str))
+    password = args.get("password")
+    if isinstance(password, str):
+        found.append(password)
+    return tuple(found)
+
+
+def _quote(text: str, secrets: tuple[str, ...], url: str = "") -> str:
+    """Text from a manager, fit to be quoted: scrubbed, then cut."""
+    return _truncate(_scrub(text, secrets, url))
+
+
+def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
+    """``text`` without credentials, and with the job's URL shown without its query (which may hold a
+    signature). Replacing happens before any cut, which could leave half a secret that no longer matches."""
+    if url and "?" in url:
+        text = text.replace(url, url.split("?", 1)[0])
+    for secret in sorted(secrets, key=len, reverse=True):
+        # A value of a character or three is no credential, and replacing it would garble the text.
+        if len(secret) >= MIN_SCRUBBED_CHARS:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+# -- reading answers -------------------------------------------------------------------------------
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...]) -> str:
+    """What the manager said: ``message`` (errors), ``errors`` (validation), else the start of the body."""
+    text = ""
+    if isinstance(answer, dict):
+        for key in ("message", "errors", "error", "msg"):
+            value = answer.get(key)
+            if isinstance(value, str) and value.strip():
+                text = value.strip()
+                break
+            if value:
+                text = json.dumps(value)
+                break
+    text = text or response.text.strip()
+    text = _scrub(text, (*secrets, *_echoed_secrets(answer)))
+    return _truncate(text) if text else "(empty body)"
+
+
+def _refused(target: str, code: int, message: str) -> str:
+    return (
+        f"Dragonfly 2 manager {_display(target)} refused the token (HTTP {code}: {message}): check that "
+        "the personal access token is active, unexpired and has the 'job' scope"
+    )
+
+
+def _token_from_secret(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            decoded = json.loads(text)
+        except ValueError:
+            return ""
+        token = decoded.get("token") if isinstance(decoded, dict) else None
+        return token.strip() if isinstance(token, str) else ""
+    return text
+
+
+def _secret_error_code(exc: BaseException) -> str:
+    """The AWS error code behind a failed secret read (powertools wraps it in GetParameterError,
+    chained implicitly), or the exception's type: never its text, which a caller may not expect."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            if isinstance(code, str) and code:
+                return code
+        seen = seen.__cause__ or seen.__context__
+    match = _ERROR_CODE_RE.search(str(exc))
+    return match.group(1) if match else type(exc).__name__
+
+
+def _failure_reason(exc: requests.RequestException, timeout: float) -> str:
+    """A short reason built from the exception's type, never its text (which quotes the request)."""
+    if isinstance(exc, requests.Timeout):
+        return f"timed out after {timeout}s"
+    if isinstance(exc, requests.ConnectionError):
+        cause = repr(exc).lower()
+        if "refused" in cause:
+            return "connection refused"
+        if "name or service not known" in cause or "nodename nor servname" in cause or "resolution" in cause:
+            return "host not found"
+        return "connection failed"
+    return f"request failed ({type(exc).__name__})"
+
+
+def _truncate(text: str) -> str:
+    """At most about MAX_QUOTED_CHARS, cut in the middle: Go errors wrap their root cause at the end."""
+    if len(text) <= MAX_QUOTED_CHARS:
+        return text
+    head = MAX_QUOTED_CHARS // 4
+    return f"{text[:head]}...{text[-(MAX_QUOTED_CHARS - head) :]}"
+
+
+def _display(target: str) -> str:
+    """The target without user:password, should the configured base URL carry them."""
+    parts = urlsplit(target)
+    if parts.username is None and parts.password is None:
+        return target
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,810 @@
+"""A fake Dragonfly 2 manager: the open API's preheat jobs, backed by a real download cache.
+
+A tool for the Preheat service's tests and for trying ``PREHEAT_SUPERNODE_API=dragonfly2`` without a
+Dragonfly cluster; NOT a manager: no schedulers, no P2P, no database, jobs kept in memory. What it
+does follow is the part of ``manager/handlers/job.go`` and ``internal/job`` the Preheat service
+depends on:
+
+* ``GET /healthy`` answers 200 ``OK`` without a token.
+* ``POST /oapi/v1/jobs`` and ``GET``/``DELETE /oapi/v1/jobs/{id}`` need ``Authorization: Bearer
+  <token>`` (or ``?access_token=``): 401 ``{"message":"Unauthorized"}`` without the configured
+  token, 403 ``{"message":"Token is inactive"}`` for one of ``inactive_tokens``.
+* A create is validated the way the manager binds it: 422 ``{"errors": "..."}`` for a missing
+  ``type``, an ``args.type`` other than ``image``/``file``, no ``url``/``urls``, ill-typed fields;
+  404 ``{"message":"scheduler cluster id N: record not found"}`` for an unknown cluster id. Only
+  ``file`` preheats are carried out (the Preheat service resolves images itself); an ``image`` one
+  is answered 422 saying so. Defaults are filled into the stored ``args`` as the manager does
+  (``scope``, ``concurrent_count``, ``timeout`` in nanoseconds, the default ``filtered_query_params``).
+* The answer is 200 with the job object: ``id`` (int), ``created_at``/``updated_at`` (RFC 3339),
+  ``task_id`` (``group_<uuid>``), ``type``, ``state``, ``args`` (headers echoed back, as the manager
+  does), ``result`` (null until the first look), ``scheduler_clusters``.
+* ``GET /oapi/v1/jobs/{id}``: ``state`` is PENDING, SUCCESS or FAILURE, derived from one job state per
+  scheduler cluster as ``GetGroupJobState`` does (any FAILURE fails the job, any unfinished keeps it
+  PENDING); ``result`` is ``{group_uuid, state, created_at, updated_at, job_states: [{task_uuid,
+  task_name, state, results: [{success_tasks: [{url, hostname, ip}], failure_tasks: [{url, hostname,
+  ip, description}], scheduler_cluster_id}], error, created_at, ttl}]}``. A finished job is removed
+  ``job_ttl`` seconds after it finished (6 h by default), then answers 404 ``record not found``.
+
+Each URL is really downloaded by a :class:`local.supernode.ReferenceSupernode` standing in for the
+seed peers (with the job's headers; sha256 checked when the URL names a ``.../blobs/sha256:<hex>``
+digest; ``filtered_query_params`` as its filter, so signed URLs of one object are one download), and
+``cached_digests()`` lists what it holds. A failed download is reported the way the scheduler
+reports it: with ``single_seed_peer`` (the default scope) the URL is only left out of a SUCCESS
+result; with ``all_seed_peers``/``all_peers`` it is a failure task, and the job is FAILURE ("all
+peers preheat failed: ...") when nothing succeeded.
+
+Test knobs reproduce what real managers answer when seed peers fail:
+
+* ``fail_urls`` (url -> description): the job is SUCCESS but lists a failure task for the URL on every
+  cluster's seed peer, and no success task (``all_seed_peers``/``all_peers`` partial failures).
+* ``drop_urls``: the job is SUCCESS with no task at all for the URL (``single_seed_peer`` with ``urls``
+  logs a failed URL and leaves it out of the result).
+* ``error_urls`` (url -> error): the job is FAILURE with that ``job_states[].error``.
+* ``finish_delay``: seconds before a job can finish; ``inject_errors(method, count, status)``: the next
+  ``count`` job API requests of ``method`` answer ``status`` (500 by default) before doing anything.
+* ``requests_seen``: every job API request (method, path, Authorization with its token replaced by
+  ``<redacted>``, body with header values and password redacted).
+
+Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir DIR`` and the token in
+``PREHEAT_DRAGONFLY2_TOKEN``; tests use :class:`FakeDragonfly2Manager` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from time import monotonic
+from types import FrameType, TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
+
+log = logging.getLogger("local.dragonfly2_manager")
+
+# Machinery task states, as the manager reports them.
+PENDING = "PENDING"
+STARTED = "STARTED"
+JOB_SUCCESS = "SUCCESS"
+JOB_FAILURE = "FAILURE"
+
+SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
+DEFAULT_SCOPE = SCOPES[0]
+DEFAULT_CONCURRENT_COUNT = 50
+DEFAULT_TIMEOUT_NS = 30 * 60 * 1_000_000_000
+DEFAULT_JOB_TTL = 6 * 3600.0
+# internal pkg/net/http RawDefaultFilteredQueryParams: S3, GCS, OSS, OBS, COS signature params and "ns".
+DEFAULT_FILTERED_QUERY_PARAMS = "&".join(
+    (
+        "X-Amz-Algorithm",
+        "X-Amz-Credential",
+        "X-Amz-Date",
+        "X-Amz-Expires",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Signature",
+        "X-Amz-Security-Token",
+        "X-Amz-User-Agent",
+        "X-Goog-Algorithm",
+        "X-Goog-Credential",
+        "X-Goog-Date",
+        "X-Goog-Expires",
+        "X-Goog-SignedHeaders",
+        "X-Goog-Signature",
+        "OSSAccessKeyId",
+        "Expires",
+        "Signature",
+        "SecurityToken",
+        "AccessKeyId",
+        "Signature",
+        "Expires",
+        "X-Obs-Date",
+        "X-Obs-Security-Token",
+        "q-sign-algorithm",
+        "q-ak",
+        "q-sign-time",
+        "q-key-time",
+        "q-header-list",
+        "q-url-param-list",
+        "q-signature",
+        "x-cos-security-token",
+        "ns",
+    )
+)
+
+REDACTED = "<redacted>"
+MAX_BODY_BYTES = 1 << 20
+JOBS_PATH = "/oapi/v1/jobs"
+_JOB_PATH_RE = re.compile(r"^/oapi/v1/jobs/([^/]+)$")
+_BEARER_RE = re.compile(r"^bearer\s+(\S+)$", re.IGNORECASE)
+
+
+class _Invalid(Exception):
+    """A body the manager's binding rejects: 422 ``{"errors": ...}``."""
+
+
+class _NotFound(Exception):
+    """404 ``{"message": ...}``, as the manager answers a wrapped gorm ErrRecordNotFound."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+def _field_error(struct_field: str, tag: str) -> str:
+    """The text gin's validator gives a binding failure."""
+    name = struct_field.rsplit(".", 1)[-1]
+    return f"Key: '{struct_field}' Error:Field validation for '{name}' failed on the '{tag}' tag"
+
+
+def redact_body(body: Any) -> Any:
+    """A create body with header values and the registry password replaced by ``<redacted>``."""
+    if not isinstance(body, dict) or not isinstance(body.get("args"), dict):
+        return body
+    args = dict(body["args"])
+    if isinstance(args.get("headers"), dict):
+        args["headers"] = dict.fromkeys(args["headers"], REDACTED)
+    elif args.get("headers") is not None:
+        args["headers"] = REDACTED
+    if args.get("password"):
+        args["password"] = REDACTED
+    return {**body, "args": args}
+
+
+@dataclass(frozen=True)
+class PreheatJobRequest:
+    urls: tuple[str, ...]
+    headers: dict[str, str]
+    filters: tuple[str, ...]
+    cluster_ids: tuple[int, ...]  # empty: every cluster
+    args: dict[str, Any]  # as stored and answered, defaults filled in
+
+
+def parse_create(body: Any, known_clusters: Iterable[int]) -> PreheatJobRequest:
+    """Validate a create body as the manager binds ``CreatePreheatJobRequest``."""
+    if not isinstance(body, dict):
+        raise _Invalid("json: cannot unmarshal the body into Go value of type types.CreateJobRequest")
+    job_type = body.get("type")
+    if not isinstance(job_type, str) or not job_type:
+        raise _Invalid(_field_error("CreateJobRequest.Type", "required"))
+    if job_type != "preheat":
+        raise _Invalid(f"this fake manager runs preheat jobs only, not {job_type!r:.40}")
+    args = _args(body.get("args"))
+    urls = _urls(args)
+    headers = _headers(args.get("headers"))
+    filters = tuple(name for name in str(args["filtered_query_params"]).split("&") if name)
+    return PreheatJobRequest(
+        urls=urls,
+        headers=headers,
+        filters=filters,
+        cluster_ids=_cluster_ids(body.get("scheduler_cluster_ids"), known_clusters),
+        args=args,
+    )
+
+
+def _args(raw: Any) -> dict[str, Any]:
+    """``args`` checked, with the manager's defaults filled in."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _Invalid("json: cannot unmarshal args into Go struct field of type types.PreheatArgs")
+    args = dict(raw)
+    preheat_type = args.get("type")
+    if not isinstance(preheat_type, str) or not preheat_type:
+        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Type", "required"))
+    if preheat_type not in ("image", "file"):
+        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Type", "oneof"))
+    if preheat_type == "image":
+        raise _Invalid(
+            "image preheat isn't supported by this fake manager: send one 'file' job per blob "
+            "(the Preheat service resolves images itself)"
+        )
+    for key in ("filtered_query_params", "scope", "tag", "application", "username", "password", "platform"):
+        if args.get(key) is not None and not isinstance(args[key], str):
+            raise _Invalid(f"json: cannot unmarshal {key} into Go struct field of type string")
+    defaults: dict[str, Any] = {
+        "scope": DEFAULT_SCOPE,
+        "concurrent_count": DEFAULT_CONCURRENT_COUNT,
+        "timeout": DEFAULT_TIMEOUT_NS,
+        "filtered_query_params": DEFAULT_FILTERED_QUERY_PARAMS,
+    }
+    for key, value in defaults.items():
+        if not args.get(key):
+            args[key] = value
+    return args
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise _Invalid("json: cannot unmarshal headers into Go struct field of type map[string]string")
+    return dict(raw)
+
+
+def _cluster_ids(raw: Any, known_clusters: Iterable[int]) -> tuple[int, ...]:
+    """The requested scheduler cluster ids (empty: every cluster); an unknown one is a 404."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw
+    ):
+        raise _Invalid("json: cannot unmarshal scheduler_cluster_ids into Go struct field of type []uint")
+    known = set(known_clusters)
+    for cluster_id in raw:
+        if cluster_id not in known:
+            raise _NotFound(f"scheduler cluster id {cluster_id}: record not found")
+    return tuple(dict.fromkeys(raw))
+
+
+def _urls(args: dict[str, Any]) -> tuple[str, ...]:
+    """``url`` and ``urls`` combined, as the manager does for file preheats."""
+    urls: list[str] = []
+    url = args.get("url")
+    if url is not None and not isinstance(url, str):
+        raise _Invalid("json: cannot unmarshal url into Go struct field of type string")
+    raw_urls = args.get("urls")
+    if raw_urls is not None and (
+        not isinstance(raw_urls, list) or not all(isinstance(u, str) for u in raw_urls)
+    ):
+        raise _Invalid("json: cannot unmarshal urls into Go struct field of type []string")
+    for raw in [*(raw_urls or []), *([url] if url else [])]:
+        candidate = raw.strip()
+        parts = urlsplit(candidate)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _Invalid(_field_error("PreheatRequest.URL", "url"))
+        if candidate not in urls:
+            urls.append(candidate)
+    if not urls:
+        raise _Invalid("invalid params: url or urls is required")
+    return tuple(urls)
+
+
+@dataclass
+class _Job:
+    id: int
+    group_uuid: str
+    request: PreheatJobRequest
+    clusters: tuple[int, ...]
+    task_uuids: tuple[str, ...]
+    created_at: datetime
+    ready_at: float  # monotonic: no knob outcome shows before this
+    seed_tasks: dict[str, str]  # url -> seed (reference supernode) task id, for downloaded URLs
+    updated_at: datetime = field(default_factory=_utcnow)
+    finished_at: float | None = None  # monotonic
+    looked: bool = False
+
+
+class FakeDragonfly2Manager:
+    """An in-process fake Dragonfly 2 manager on ``host:port`` (0 picks a free port)."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        token: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clusters: Mapping[int, str] | None = None,
+        inactive_tokens: Iterable[str] = (),
+        fail_urls: Mapping[str, str] | None = None,
+        drop_urls: Iterable[str] = (),
+        error_urls: Mapping[str, str] | None = None,
+        finish_delay: float = 0.0,
+        job_ttl: float = DEFAULT_JOB_TTL,
+        max_concurrent_downloads: int = 4,
+        download_timeout: float = 30.0,
+    ) -> None:
+        if not token:
+            raise ValueError("the fake manager needs a token to check")
+        self._token = token
+        self._inactive_tokens = frozenset(inactive_tokens)
+        self._host = host
+        self._port = port
+        self.clusters: dict[int, str] = dict(clusters) if clusters else {1: "cluster-1"}
+        self.fail_urls: dict[str, str] = dict(fail_urls or {})
+        self.drop_urls: set[str] = set(drop_urls)
+        self.error_urls: dict[str, str] = dict(error_urls or {})
+        self.healthy = True
+        self._finish_delay = finish_delay
+        self._job_ttl = job_ttl
+        # The seed peers: a reference supernode does the downloads (its own port goes unused).
+        self.seed = ReferenceSupernode(
+            cache_dir,
+            host=host,
+            max_concurrent_downloads=max_concurrent_downloads,
+            finish_delay=finish_delay,
+            download_timeout=download_timeout,
+        )
+        self._lock = threading.Lock()
+        self._jobs: dict[int, _Job] = {}
+        self._next_id = 1
+        self._requests_seen: list[dict[str, Any]] = []
+        self._injected: dict[str, list[int]] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self._server is not None:
+            return self
+        self.seed.start()
+        self._server = _Server((self._host, self._port), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="df2-manager-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("fake Dragonfly 2 manager listening on %s, cache %s", self.url, self.seed.cache_dir)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.seed.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the fake manager is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # -- knobs and inspection for tests ----------------------------------------------------------
+
+    def inject_errors(self, method: str, count: int, status: int = 500) -> None:
+        """The next ``count`` job API requests of ``method`` (POST: create, GET: status) answer
+        ``status`` without doing anything."""
+        with self._lock:
+            self._injected.setdefault(method.upper(), []).extend([status] * count)
+
+    @property
+    def requests_seen(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._requests_seen)
+
+    def cached_digests(self) -> set[str]:
+        """``sha256:<hex>`` of every file the seed peers hold."""
+        return self.seed.cached_digests()
+
+    def job(self, job_id: int) -> dict[str, Any] | None:
+        """The job as ``GET /oapi/v1/jobs/{id}`` would answer it (without counting as a request)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else self._render(job)
+
+    def forget(self, job_id: int) -> bool:
+        """Remove a job, as the manager does 6 h after it finished."""
+        with self._lock:
+            return self._jobs.pop(job_id, None) is not None
+
+    # -- the API ---------------------------------------------------------------------------------
+
+    def authorize(self, authorization: str | None, query_token: str | None) -> tuple[int, Any] | None:
+        """None when the token is good, else the answer (401 or 403)."""
+        token = query_token
+        if token is None and authorization:
+            match = _BEARER_RE.match(authorization.strip())
+            token = match.group(1) if match else None
+        if token is not None and token in self._inactive_tokens:
+            return HTTPStatus.FORBIDDEN, {"message": "Token is inactive"}
+        if token != self._token:
+            return HTTPStatus.UNAUTHORIZED, {"message": "Unauthorized"}
+        return None
+
+    def record(self, method: str, path: str, authorization: str | None, body: Any) -> None:
+        shown = authorization
+        if shown:
+            shown = f"{shown.split(' ', 1)[0]} {REDACTED}" if " " in shown else REDACTED
+        with self._lock:
+            self._requests_seen.append(
+                {"method": method, "path": path, "authorization": shown, "body": redact_body(body)}
+            )
+
+    def injected(self, method: str) -> int | None:
+        with self._lock:
+            pending = self._injected.get(method)
+            return pending.pop(0) if pending else None
+
+    def create(self, body: Any) -> tuple[int, Any]:
+        try:
+            request = parse_create(body, self.clusters)
+        except _Invalid as exc:
+            return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": str(exc)}
+        except _NotFound as exc:
+            return HTTPStatus.NOT_FOUND, {"message": str(exc)}
+        cluster_ids = request.cluster_ids or tuple(sorted(self.clusters))
+        if not cluster_ids:
+            return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "candidate schedulers not found"}
+        seed_tasks: dict[str, str] = {}
+        for url in request.urls:
+            if self._knob(url) is not None:
+                continue
+            status, answer = self.seed.create(
+                {"type": "file", "url": url, "headers": request.headers, "filter": "&".join(request.filters)}
+            )
+            if status not in (HTTPStatus.CREATED, HTTPStatus.ALREADY_REPORTED):
+                message = answer.get("message") if isinstance(answer, dict) else None
+                return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": str(message or "seed peer refused")}
+            # 201 (new or running) and 208 (finished) both name the task of the filtered URL.
+            seed_tasks[url] = task_id_for(url, request.filters, "", request.headers)
+        with self._lock:
+            job_id = self._next_id
+            self._next_id += 1
+            job = _Job(
+                id=job_id,
+                group_uuid=f"group_{uuid.uuid4()}",
+                request=request,
+                clusters=cluster_ids,
+                task_uuids=tuple(f"task_{uuid.uuid4()}" for _ in cluster_ids),
+                created_at=_utcnow(),
+                ready_at=monotonic() + self._finish_delay,
+                seed_tasks=seed_tasks,
+            )
+            self._jobs[job_id] = job
+            answer = self._render(job, with_result=False)
+        log.info(
+            "preheat job %s created for %s in scheduler clusters %s (header names: %s)",
+            job_id,
+            ", ".join(_without_query(url) for url in request.urls),
+            list(cluster_ids),
+            sorted(request.headers),
+        )
+        return HTTPStatus.OK, answer
+
+    def get(self, raw_id: str) -> tuple[int, Any]:
+        if not raw_id.isdigit():
+            return HTTPStatus.UNPROCESSABLE_ENTITY, {
+                "errors": f'strconv.ParseUint: parsing "{raw_id:.40}": invalid syntax'
+            }
+        with self._lock:
+            job = self._jobs.get(int(raw_id))
+            if job is not None and self._expired(job):
+                del self._jobs[job.id]
+                job = None
+            if job is None:
+                return HTTPStatus.NOT_FOUND, {"message": "record not found"}
+            return HTTPStatus.OK, self._render(job)
+
+    def delete(self, raw_id: str) -> tuple[int, Any]:
+        if not raw_id.isdigit():
+            return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": "invalid job id"}
+        if not self.forget(int(raw_id)):
+            return HTTPStatus.NOT_FOUND, {"message": "record not found"}
+        return HTTPStatus.OK, None
+
+    # -- job state -------------------------------------------------------------------------------
+
+    def _knob(self, url: str) -> tuple[str, str] | None:
+        """The test override for ``url`` (matched with or without its query), if any."""
+        for candidate in (url, _without_query(url)):
+            if candidate in self.error_urls:
+                return "error", self.error_urls[candidate]
+            if candidate in self.fail_urls:
+                return "fail", self.fail_urls[candidate]
+            if candidate in self.drop_urls:
+                return "drop", ""
+        return None
+
+    def _outcome(
+        self, job: _Job, url: str, seed_tasks: Mapping[str, TaskRecord], ready: bool
+    ) -> tuple[str, str]:
+        """What became of ``url``: pending, success, download failed, fail, error or drop, and why."""
+        knob = self._knob(url)
+        if knob is not None:
+            return knob if ready else ("pending", "")
+        seed_id = job.seed_tasks.get(url, "")
+        seed_task = seed_tasks.get(seed_id)
+        if seed_task is None:
+            return "error", f"the seed peer lost task {seed_id}"
+        if seed_task.status in (WAITING, RUNNING):
+            return "pending", ""
+        if seed_task.status == SUCCESS:
+            return "success", ""
+        return "download failed", f"task {seed_id} failed: {seed_task.error_msg}"
+
+    def _expired(self, job: _Job) -> bool:
+        return job.finished_at is not None and monotonic() - job.finished_at >= self._job_ttl
+
+    def _render(self, job: _Job, with_result: bool = True) -> dict[str, Any]:
+        """The job object; called with the lock held."""
+        result: dict[str, Any] | None = None
+        state = PENDING
+        if with_result:
+            job_states = [self._job_state(job, index, cluster) for index, cluster in enumerate(job.clusters)]
+            states = [s["state"] for s in job_states]
+            if JOB_FAILURE in states:
+                state = JOB_FAILURE
+            elif all(s == JOB_SUCCESS for s in states):
+                state = JOB_SUCCESS
+            if state != PENDING and job.finished_at is None:
+                job.finished_at = monotonic()
+                job.updated_at = _utcnow()
+            result = {
+                "group_uuid": job.group_uuid,
+                "state": state,
+                "created_at": _rfc3339(job.created_at),
+                "updated_at": _rfc3339(job.updated_at),
+                "job_states": job_states,
+            }
+        return {
+            "id": job.id,
+            "created_at": _rfc3339(job.created_at),
+            "updated_at": _rfc3339(job.updated_at),
+            "is_del": 0,
+            "task_id": job.group_uuid,
+            "bio": "",
+            "type": "preheat",
+            "state": state,
+            "args": dict(job.request.args),
+            "result": result,
+            "user_id": 0,
+            "seed_peer_clusters": [],
+            "scheduler_clusters": [
+                {
+                    "id": cluster,
+                    "created_at": _rfc3339(job.created_at),
+                    "updated_at": _rfc3339(job.created_at),
+                    "is_del": 0,
+                    "name": self.clusters.get(cluster, f"cluster-{cluster}"),
+                }
+                for cluster in job.clusters
+            ],
+        }
+
+    def _job_state(self, job: _Job, index: int, cluster: int) -> dict[str, Any]:
+        """One scheduler cluster's machinery task: its state, its result, its error.
+
+        As the scheduler does: with ``single_seed_peer`` a URL whose download failed is only logged
+        and left out of the result; with ``all_seed_peers``/``all_peers`` it is a failure task, and
+        the task fails ("all peers preheat failed") only when no URL succeeded anywhere."""
+        hostname, ip = f"seed-peer-{cluster}", "127.0.0.1"
+        task_uuid = job.task_uuids[index]
+        single = job.request.args.get("scope") not in SCOPES[1:]
+        ready = monotonic() >= job.ready_at
+        success: list[dict[str, str]] = []
+        failure: list[dict[str, str]] = []
+        errors: list[str] = []
+        download_failed = False
+        pending = False
+        seed_tasks = self.seed.tasks() if job.seed_tasks else {}
+        for url in job.request.urls:
+            outcome, text = self._outcome(job, url, seed_tasks, ready)
+            pending = pending or outcome == "pending"
+            if outcome == "success":
+                success.append({"url": url, "hostname": hostname, "ip": ip})
+            elif outcome == "error":
+                errors.append(text)
+            elif outcome == "fail" or (outcome == "download failed" and not single):
+                failure.append({"url": url, "hostname": hostname, "ip": ip, "description": text})
+            if outcome == "download failed":
+                download_failed = True
+                log.warning("[preheat]: preheat failed for %s: %s", _without_query(url), text)
+            # "drop": the URL is left out of the result altogether.
+        if not single and download_failed and not success and not errors:
+            first = failure[0]
+            errors.append(
+                f"all peers preheat failed: {job.group_uuid} {task_uuid} {first['ip']} {first['hostname']} "
+                f"{first['description']}"
+            )
+        results: list[dict[str, Any]] | None = None
+        if pending:
+            state = STARTED if ready else PENDING
+        elif errors:
+            state = JOB_FAILURE
+        else:
+            state = JOB_SUCCESS
+            # The single seed peer path leaves its lists nil (JSON null); the others make empty ones.
+            empty: list[dict[str, str]] | None = None if single else []
+            results = [
+                {
+                    "success_tasks": success or empty,
+                    "failure_tasks": failure or empty,
+                    "scheduler_cluster_id": cluster,
+                }
+            ]
+        return {
+            "task_uuid": task_uuid,
+            "task_name": "preheat",
+            "state": state,
+            "results": results,
+            "error": "; ".join(errors) if state == JOB_FAILURE else "",
+            "created_at": _rfc3339(job.created_at),
+            "ttl": 0,
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        manager: FakeDragonfly2Manager,
+    ) -> None:
+        self.manager = manager
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "FakeDragonfly2Manager/1"
+    timeout = 30
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The request line may carry ?access_token=: log the path only.
+        log.debug("%s %s %s", self.address_string(), self.command, urlsplit(self.path).path)
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/") or "/"
+        manager = self.server.manager
+        if path == "/healthy":
+            if manager.healthy:
+                self._send(HTTPStatus.OK, b"OK", "text/plain; charset=utf-8")
+            else:
+                self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"message": "Service Unavailable"})
+            return
+        match = _JOB_PATH_RE.match(path)
+        if match is None:
+            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
+            return
+        if self._refused("GET", path, None):
+            return
+        self._send_json(*manager.get(match.group(1)))
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        body = self._read_json()
+        if path != JOBS_PATH:
+            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
+            return
+        if self._refused("POST", path, body):
+            return
+        if body is _UNREADABLE:
+            self._send_json(HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": "invalid character in JSON body"})
+            return
+        self._send_json(*self.server.manager.create(body))
+
+    def do_DELETE(self) -> None:
+        path = urlsplit(self.path).path.rstrip("/")
+        match = _JOB_PATH_RE.match(path)
+        if match is None:
+            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
+            return
+        if self._refused("DELETE", path, None):
+            return
+        self._send_json(*self.server.manager.delete(match.group(1)))
+
+    def _refused(self, method: str, path: str, body: Any) -> bool:
+        """Record the request, then answer an injected error or a refused token; True if answered."""
+        manager = self.server.manager
+        authorization = self.headers.get("Authorization")
+        manager.record(method, path, authorization, None if body is _UNREADABLE else body)
+        injected = manager.injected(method)
+        if injected is not None:
+            phrase = HTTPStatus(injected).phrase if injected in HTTPStatus._value2member_map_ else "injected"
+            self._send_json(injected, {"message": phrase})
+            return True
+        query_token = parse_qs(urlsplit(self.path).query).get("access_token", [None])[0]
+        refusal = manager.authorize(authorization, query_token)
+        if refusal is not None:
+            self._send_json(*refusal)
+            return True
+        return False
+
+    def _read_json(self) -> Any:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return _UNREADABLE
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return _UNREADABLE
+
+    def _send_json(self, status: int, body: Any) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8")
+
+    def _send(self, status: int, payload: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+_UNREADABLE: Any = object()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.dragonfly2_manager",
+        description="Run a fake Dragonfly 2 manager (a local tool, not for production). "
+        "The token it accepts is read from PREHEAT_DRAGONFLY2_TOKEN.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8003)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".dragonfly2-cache"))
+    parser.add_argument("--clusters", default="1", help="scheduler cluster ids, comma-separated")
+    parser.add_argument("--finish-delay", type=float, default=0.0)
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    token = os.environ.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip()
+    if not token:
+        parser.error("set PREHEAT_DRAGONFLY2_TOKEN to the token the fake manager should accept")
+    try:
+        cluster_ids = [int(part) for part in args.clusters.split(",") if part.strip()]
+    except ValueError:
+        parser.error("--clusters must be comma-separated numbers")
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    with FakeDragonfly2Manager(
+        args.cache_dir,
+        token,
+        host=args.host,
+        port=args.port,
+        clusters={cluster_id: f"cluster-{cluster_id}" for cluster_id in cluster_ids},
+        finish_delay=args.finish_delay,
+    ):
+        while not stop.wait(0.5):
+            pass
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
