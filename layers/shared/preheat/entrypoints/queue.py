@@ -24,7 +24,6 @@ from preheat.errors import DependencyFailure, TransientFailure
 from preheat.models import WorkerMessage
 from preheat.worker import give_up
 
-
 # Seconds kept back from the invocation's remaining time when a step watches the supernodes: room
 # for the writes and the message that hand the task over.
 _HANDOVER_MARGIN_SECONDS = 15.0
