@@ -1,13 +1,15 @@
-"""A moto server on 127.0.0.1 holding the template's DynamoDB tables and SQS queues.
+"""A moto server on 127.0.0.1 holding the template's DynamoDB tables, SQS queues and Secrets
+Manager secrets.
 
-The tables and queues are created from their own ``Properties`` in ``template.yaml`` (through
-:mod:`local.template`), so a change to the template is a change to the local stack.
+They are created from their own ``Properties`` in ``template.yaml`` (through :mod:`local.template`),
+so a change to the template is a change to the local stack.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import socket
 from collections.abc import Mapping
 from types import TracebackType
@@ -21,6 +23,7 @@ from local.template import PhysicalResource, QueueSpec, Resolver, TableSpec, Tem
 
 log = logging.getLogger("local.aws")
 
+SECRET_TYPE = "AWS::SecretsManager::Secret"  # noqa: S105  (a resource type, not a secret)
 LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 DEFAULT_NAME_PREFIX = "preheat-local"
@@ -238,7 +241,31 @@ def provision(
         resources[spec.logical_id] = _create_queue(
             sqs, spec, _queue_name(name_prefix, spec, props), props, visibility_timeout
         )
+    secretsmanager = client("secretsmanager", endpoint_url)
+    for logical_id in _secret_ids(template):
+        props = resolver.resolve(dict(template.resources[logical_id].get("Properties") or {}))
+        resources[logical_id] = _create_secret(
+            secretsmanager, logical_id, physical_name(name_prefix, logical_id), props
+        )
     return resources
+
+
+def _secret_ids(template: Template) -> list[str]:
+    return [lid for lid in template.resources if template.resource_type(lid) == SECRET_TYPE]
+
+
+def _create_secret(
+    secretsmanager: Any, logical_id: str, name: str, props: Mapping[str, Any]
+) -> PhysicalResource:
+    if "SecretString" in props:
+        value = str(props["SecretString"])
+    else:
+        # GenerateSecretString: a fresh random value, as CloudFormation would make one.
+        length = int((props.get("GenerateSecretString") or {}).get("PasswordLength", 32))
+        value = secrets.token_urlsafe(length)[:length]
+    arn = secretsmanager.create_secret(Name=name, SecretString=value)["ARN"]
+    log.info("created secret %s for %s", name, logical_id)
+    return PhysicalResource(logical_id, arn, {"Id": arn})
 
 
 def lookup(
@@ -256,4 +283,8 @@ def lookup(
         resources[logical_id] = _queue_resource(
             sqs, logical_id, name, sqs.get_queue_url(QueueName=name)["QueueUrl"]
         )
+    secretsmanager = client("secretsmanager", endpoint_url)
+    for logical_id in _secret_ids(template):
+        arn = secretsmanager.describe_secret(SecretId=physical_name(name_prefix, logical_id))["ARN"]
+        resources[logical_id] = PhysicalResource(logical_id, arn, {"Id": arn})
     return resources

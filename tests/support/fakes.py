@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from preheat.errors import DependencyFailure, PermanentFailure, TransientFailure
+from preheat.errors import ClaimHeld, DependencyFailure, PermanentFailure, TransientFailure
 from preheat.models import (
     Blob,
     BlobState,
@@ -25,6 +25,7 @@ from preheat.ports import SupernodeTask
 class FakeTaskStore:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
+        self.claims: dict[str, str] = {}
         self.fail_next: int = 0
         self.writes = 0
         self._lock = threading.Lock()
@@ -34,10 +35,15 @@ class FakeTaskStore:
             self.fail_next -= 1
             raise DependencyFailure("store down")
 
-    def create(self, task: Task) -> None:
+    def create(self, task: Task, claim: str | None = None, replaces: str | None = None) -> None:
         self._maybe_fail()
         with self._lock:
             assert task.task_id not in self.tasks
+            if claim is not None:
+                holder = self.claims.get(claim)
+                if holder is not None and holder != replaces:
+                    raise ClaimHeld(holder)
+                self.claims[claim] = task.task_id
             self.tasks[task.task_id] = task
             self.writes += 1
 

@@ -183,3 +183,46 @@ def test_a_queue_failure_is_a_dependency_failure_without_the_body():
     with pytest.raises(DependencyFailure) as caught:
         queue.send(WorkerMessage("t-1", Step.START, headers=Credentials({"Authorization": "Bearer CANARY"})))
     assert "CANARY" not in str(caught.value)
+
+
+def test_concurrent_identical_requests_start_exactly_one_task(aws):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from preheat.models import PreheatRequest
+    from preheat.service import PreheatService
+    from tests.support.fakes import FakeQueue
+
+    url, resources = aws
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    store = DynamoDBTaskStore(Settings(table_name=resources["TasksTable"].ref), client=client)
+    queue = FakeQueue()
+    service = PreheatService(store, queue, Settings(), dedup_key=lambda: b"key")
+    request = PreheatRequest.parse(
+        {"type": "image", "url": "race.io/app:v1", "header": {"Authorization": "Basic x"}}
+    )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = set(pool.map(lambda _: service.submit(request).task_id, range(16)))
+    assert len(ids) == 1
+    assert len(queue.sent) == 1
+    [task_id] = ids
+    task = store.get(task_id)
+    assert task is not None
+    store.save(replace(task, status=TaskStatus.SUCCESS, finished_at=task.created_at, check_seq=1), 0)
+    assert service.submit(request).task_id != task_id
+
+
+def test_claim_items_hold_no_credentials(aws):
+    from preheat.models import PreheatRequest
+    from preheat.service import PreheatService
+    from tests.support.fakes import FakeQueue
+
+    url, resources = aws
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    store = DynamoDBTaskStore(Settings(table_name=resources["TasksTable"].ref), client=client)
+    service = PreheatService(store, FakeQueue(), Settings(), dedup_key=lambda: b"key")
+    service.submit(
+        PreheatRequest.parse({"type": "file", "url": "https://f.io/x", "header": {"X-Token": "CANARY-CLAIM"}})
+    )
+    items = client.scan(TableName=resources["TasksTable"].ref)["Items"]
+    assert "CANARY-CLAIM" not in repr(items)
+    assert any(item["pk"]["S"].startswith("claim#") for item in items)

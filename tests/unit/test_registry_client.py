@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,11 +23,12 @@ from preheat.adapters.registry import (
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
+    PROBE_RANGE,
     HttpRegistryClient,
     signature_params,
 )
 from preheat.errors import PermanentFailure, TransientFailure
-from preheat.models import Credentials, ImageReference
+from preheat.models import Credentials, ImageReference, Platform
 from preheat.settings import Settings
 from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
 
@@ -41,7 +44,8 @@ Auth = Callable[[StubRequest], StubResponse | None]
 
 class StubRegistry:
     """A Distribution registry in a few lines: manifests by reference, blobs by digest, pluggable
-    auth, a token endpoint at ``/token``, and scripted answers that come before everything else."""
+    auth, a token endpoint at ``/token``, scripted answers that come before everything else, and
+    scripted answers for the first requests to a path (``on_path``)."""
 
     def __init__(self, server: StubServer, repository: str = "app") -> None:
         self.server = server
@@ -52,6 +56,9 @@ class StubRegistry:
         self.token_answer: Callable[[StubRequest], StubResponse] = lambda request: StubResponse(404)
         self.script: list[StubResponse] = []
         self.blob_answer: Callable[[StubRequest, str], StubResponse] | None = None
+        self.on_path: dict[str, list[StubResponse]] = {}
+        self.manifest_delay = 0.0
+        self._lock = threading.Lock()
         server.handler = self.handle
 
     @property
@@ -65,8 +72,12 @@ class StubRegistry:
     def handle(self, request: StubRequest) -> StubResponse:
         if request.path == "/token":
             return self.token_answer(request)
-        if self.script:
-            return self.script.pop(0)
+        with self._lock:
+            if self.script:
+                return self.script.pop(0)
+            scripted = self.on_path.get(request.path)
+            if scripted:
+                return scripted.pop(0)
         denied = self.auth(request) if self.auth is not None else None
         return denied or self.serve(request)
 
@@ -80,7 +91,10 @@ class StubRegistry:
                 return StubResponse.error(404, "MANIFEST_UNKNOWN", "manifest unknown")
             media_type, body = self.manifests[reference]
             return StubResponse(
-                200, body, {"Content-Type": media_type, "Docker-Content-Digest": digest_of(body)}
+                200,
+                body,
+                {"Content-Type": media_type, "Docker-Content-Digest": digest_of(body)},
+                delay=self.manifest_delay,
             )
         if reference not in self.blobs:
             return StubResponse.error(404, "BLOB_UNKNOWN", "blob unknown to registry")
@@ -124,8 +138,48 @@ class StubRegistry:
         self.blobs.update(blobs)
         return self.add_manifest(document, media_type, tag), blobs
 
+    def add_index(
+        self,
+        tag: str | None,
+        entries: list[tuple[str, dict[str, str] | None]],
+        media_type: str = OCI_INDEX,
+        attestations: int = 0,
+    ) -> str:
+        """An index of (manifest digest, platform) entries, plus BuildKit attestation entries."""
+        child_type = DOCKER_MANIFEST if media_type == DOCKER_MANIFEST_LIST else OCI_MANIFEST
+        manifests: list[dict[str, Any]] = []
+        for digest, platform in entries:
+            entry: dict[str, Any] = {
+                "mediaType": self.manifests[digest][0] if digest in self.manifests else child_type,
+                "digest": digest,
+                "size": len(self.manifests[digest][1]) if digest in self.manifests else 1,
+            }
+            if platform is not None:
+                entry["platform"] = platform
+            manifests.append(entry)
+        for number in range(attestations):
+            statement, _ = self.add_image(None, [f"in-toto statement {number}".encode()])
+            manifests.append(
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": statement,
+                    "size": 1,
+                    "annotations": {
+                        "vnd.docker.reference.digest": entries[number % len(entries)][0],
+                        "vnd.docker.reference.type": "attestation-manifest",
+                    },
+                    "platform": {"architecture": "unknown", "os": "unknown"},
+                }
+            )
+        return self.add_manifest(
+            {"schemaVersion": 2, "mediaType": media_type, "manifests": manifests}, media_type, tag
+        )
+
     def requests_to(self, kind: str) -> list[StubRequest]:
         return [r for r in self.server.requests if f"/{kind}/" in r.path]
+
+    def fetched_manifests(self) -> list[str]:
+        return [r.path.rsplit("/", 1)[-1] for r in self.requests_to("manifests")]
 
 
 def bearer_auth(registry: StubRegistry, token: str, scope: str | None = None) -> Auth:
@@ -201,7 +255,7 @@ def test_image_manifest_resolves_config_and_layers(
 ):
     _, blobs = fake.add_image("v1", [b"layer-one", b"layer-two"], media_type)
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials())
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
 
     assert digests(resolved) == blobs
     layer = resolved[1]
@@ -220,7 +274,7 @@ def test_image_manifest_resolves_config_and_layers(
 def test_repeated_layers_resolve_once(fake: StubRegistry, client: HttpRegistryClient):
     _, blobs = fake.add_image("v1", [b"same", b"other", b"same"])
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials())
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
 
     assert digests(resolved) == blobs[:3]
     assert len(fake.requests_to("blobs")) == 3
@@ -238,7 +292,7 @@ def test_schema1_repeated_blob_sums_resolve_once(fake: StubRegistry, client: Htt
     }
     fake.add_manifest(document, DOCKER_SCHEMA1_SIGNED, "old")
 
-    resolved = client.resolve_image(fake.image("old"), Credentials())
+    resolved = client.resolve_image(fake.image("old"), Credentials()).blobs
 
     assert digests(resolved) == [empty, layer]
     assert all(blob.size is None for blob in resolved)
@@ -269,7 +323,7 @@ def test_signed_schema1_by_digest_is_verified_against_its_payload(
     digest = digest_of(payload)
     fake.manifests[digest] = (DOCKER_SCHEMA1_SIGNED, signed)
 
-    resolved = client.resolve_image(fake.image(digest), Credentials())
+    resolved = client.resolve_image(fake.image(digest), Credentials()).blobs
 
     assert digests(resolved) == [layer]
 
@@ -299,14 +353,17 @@ def test_index_resolves_every_platform_and_skips_attestations(fake: StubRegistry
         "multi",
     )
 
-    resolved = client.resolve_image(fake.image("multi"), Credentials())
+    resolution = client.resolve_image(fake.image("multi"), Credentials())
 
+    resolved = resolution.blobs
     expected = list(dict.fromkeys(amd64_blobs + arm64_blobs))
     assert sorted(digests(resolved)) == sorted(expected)
-    fetched = {r.path.rsplit("/", 1)[-1] for r in fake.requests_to("manifests")}
+    fetched = set(fake.fetched_manifests())
     assert attestation not in fetched
     assert buildkit_attestation not in fetched
     assert not set(attestation_blobs[1:]) & set(digests(resolved))
+    assert resolution.platforms == ("linux/amd64", "linux/arm64")
+    assert resolution.skipped_attestations == 2
 
 
 def test_docker_manifest_list_children_are_verified(fake: StubRegistry, client: HttpRegistryClient):
@@ -328,6 +385,223 @@ def test_docker_manifest_list_children_are_verified(fake: StubRegistry, client: 
 
     with pytest.raises(PermanentFailure, match=rf"manifest {child} .*digest is sha256:[0-9a-f]{{64}}, not"):
         client.resolve_image(fake.image("list"), Credentials())
+
+
+# -- platforms -----------------------------------------------------------------------------------
+
+AMD64 = {"architecture": "amd64", "os": "linux"}
+ARM64_V8 = {"architecture": "arm64", "os": "linux", "variant": "v8"}
+S390X = {"architecture": "s390x", "os": "linux"}
+
+
+@pytest.fixture
+def multi(fake: StubRegistry) -> dict[str, tuple[str, list[str]]]:
+    """``multi:v1``: linux/amd64, linux/arm64/v8 and linux/s390x images, and one attestation."""
+    images = {
+        "linux/amd64": fake.add_image(None, [b"shared", b"amd64"]),
+        "linux/arm64/v8": fake.add_image(None, [b"shared", b"arm64"]),
+        "linux/s390x": fake.add_image(None, [b"shared", b"s390x"]),
+    }
+    fake.add_index(
+        "multi",
+        [
+            (images["linux/amd64"][0], AMD64),
+            (images["linux/arm64/v8"][0], ARM64_V8),
+            (images["linux/s390x"][0], S390X),
+        ],
+        attestations=1,
+    )
+    return images
+
+
+@pytest.mark.parametrize("requested", ["linux/arm64", "linux/arm64/v8", "LINUX/ARM64/V8"])
+def test_requested_platform_narrows_the_index(
+    fake: StubRegistry, client: HttpRegistryClient, multi: dict[str, tuple[str, list[str]]], requested: str
+):
+    arm64, arm64_blobs = multi["linux/arm64/v8"]
+
+    resolution = client.resolve_image(fake.image("multi"), Credentials(), [Platform.parse(requested)])
+
+    assert digests(resolution.blobs) == arm64_blobs
+    assert resolution.platforms == ("linux/arm64/v8",)
+    assert resolution.skipped_attestations == 1
+    # Only the platform image asked for is fetched.
+    assert fake.fetched_manifests() == ["multi", arm64]
+
+
+def test_several_requested_platforms_take_each(
+    fake: StubRegistry, client: HttpRegistryClient, multi: dict[str, tuple[str, list[str]]]
+):
+    requested = [Platform.parse("linux/s390x"), Platform.parse("linux/amd64")]
+
+    resolution = client.resolve_image(fake.image("multi"), Credentials(), requested)
+
+    expected = dict.fromkeys(multi["linux/amd64"][1] + multi["linux/s390x"][1])
+    assert sorted(digests(resolution.blobs)) == sorted(expected)
+    assert resolution.platforms == ("linux/amd64", "linux/s390x")
+
+
+@pytest.mark.parametrize(
+    ("offered", "requested", "matches"),
+    [
+        ({"architecture": "arm64", "os": "linux"}, "linux/arm64/v8", True),  # v8 is arm64's default
+        ({"architecture": "arm64", "os": "linux", "variant": "v8"}, "linux/arm64", True),
+        ({"architecture": "arm", "os": "linux", "variant": "v7"}, "linux/arm", True),
+        ({"architecture": "arm", "os": "linux"}, "linux/arm/v7", True),  # v7 is arm's default
+        ({"architecture": "arm", "os": "linux", "variant": "v6"}, "linux/arm/v7", False),
+        ({"architecture": "amd64", "os": "windows"}, "linux/amd64", False),
+    ],
+)
+def test_variant_matching(
+    fake: StubRegistry,
+    client: HttpRegistryClient,
+    offered: dict[str, str],
+    requested: str,
+    matches: bool,
+):
+    image, blobs = fake.add_image(None, [b"layer"])
+    fake.add_index("v1", [(image, offered)])
+
+    if matches:
+        resolution = client.resolve_image(fake.image("v1"), Credentials(), [Platform.parse(requested)])
+        assert digests(resolution.blobs) == blobs
+        assert resolution.platforms == (str(Platform.of_index_entry(offered)),)
+    else:
+        with pytest.raises(PermanentFailure, match=f"platform {requested} is not in the index"):
+            client.resolve_image(fake.image("v1"), Credentials(), [Platform.parse(requested)])
+
+
+def test_missing_platform_fails_naming_the_platforms_the_index_has(
+    fake: StubRegistry, client: HttpRegistryClient, multi: dict[str, tuple[str, list[str]]]
+):
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("multi"), Credentials(), [Platform.parse("windows/amd64")])
+
+    assert str(caught.value) == (
+        f"platform windows/amd64 is not in the index of {fake.host}/app:multi; "
+        "it has linux/amd64, linux/arm64/v8, linux/s390x"
+    )
+    assert fake.fetched_manifests() == ["multi"]  # failed before fetching any platform image
+    assert not fake.requests_to("blobs")
+
+
+def test_every_missing_platform_is_named(
+    fake: StubRegistry, client: HttpRegistryClient, multi: dict[str, tuple[str, list[str]]]
+):
+    requested = [Platform.parse(p) for p in ("linux/amd64", "linux/ppc64le", "linux/riscv64")]
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("multi"), Credentials(), requested)
+
+    assert str(caught.value).startswith(
+        f"platforms linux/ppc64le, linux/riscv64 are not in the index of {fake.host}/app:multi; it has "
+    )
+    assert not fake.requests_to("blobs")
+
+
+def test_platform_names_the_registry_wrote_are_cut_short(fake: StubRegistry, client: HttpRegistryClient):
+    image, _ = fake.add_image(None, [b"layer"])
+    fake.add_index("odd", [(image, {"architecture": "amd64", "os": "x" * 500})])
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(fake.image("odd"), Credentials(), [Platform.parse("linux/amd64")])
+
+    assert str(caught.value).endswith(f"; it has {'x' * 64}...")
+
+
+def test_a_single_image_ignores_requested_platforms(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [b"layer"])
+
+    resolution = client.resolve_image(fake.image("v1"), Credentials(), [Platform.parse("linux/s390x")])
+
+    assert digests(resolution.blobs) == blobs
+    assert resolution.platforms == ()
+    assert resolution.skipped_attestations == 0
+
+
+def test_docker_manifest_list_is_narrowed_like_an_index(fake: StubRegistry, client: HttpRegistryClient):
+    amd64, _ = fake.add_image(None, [b"amd64"], DOCKER_MANIFEST)
+    arm64, arm64_blobs = fake.add_image(None, [b"arm64"], DOCKER_MANIFEST)
+    fake.add_index(
+        "list", [(amd64, AMD64), (arm64, {"architecture": "arm64", "os": "linux"})], DOCKER_MANIFEST_LIST
+    )
+
+    resolution = client.resolve_image(fake.image("list"), Credentials(), [Platform.parse("linux/arm64/v8")])
+
+    assert digests(resolution.blobs) == arm64_blobs
+    assert resolution.platforms == ("linux/arm64",)
+
+
+def test_nested_index_is_narrowed_at_the_level_of_its_images(fake: StubRegistry, client: HttpRegistryClient):
+    amd64, _ = fake.add_image(None, [b"amd64"])
+    arm64, arm64_blobs = fake.add_image(None, [b"arm64"])
+    inner = fake.add_index(None, [(amd64, AMD64), (arm64, ARM64_V8)], attestations=2)
+    fake.add_index("nested", [(inner, None)])
+
+    resolution = client.resolve_image(fake.image("nested"), Credentials(), [Platform.parse("linux/arm64")])
+
+    assert digests(resolution.blobs) == arm64_blobs
+    assert resolution.platforms == ("linux/arm64/v8",)
+    assert resolution.skipped_attestations == 2
+    assert fake.fetched_manifests() == ["nested", inner, arm64]
+
+    with pytest.raises(
+        PermanentFailure,
+        match=r"platform linux/s390x is not in the index .* it has linux/amd64, linux/arm64/v8",
+    ):
+        client.resolve_image(fake.image("nested"), Credentials(), [Platform.parse("linux/s390x")])
+
+
+def test_one_manifest_listed_under_two_platforms_is_fetched_once(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    image, blobs = fake.add_image(None, [b"portable"])
+    fake.add_index("v1", [(image, AMD64), (image, {"architecture": "amd64", "os": "linux", "variant": "v2"})])
+
+    resolution = client.resolve_image(fake.image("v1"), Credentials())
+
+    assert digests(resolution.blobs) == blobs
+    assert resolution.platforms == ("linux/amd64", "linux/amd64/v2")
+    assert fake.fetched_manifests() == ["v1", image]
+
+
+def test_an_index_of_attestations_only_fails(fake: StubRegistry, client: HttpRegistryClient):
+    statement, _ = fake.add_image(None, [b"in-toto"])
+    fake.add_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": statement,
+                    "size": 1,
+                    "platform": {"architecture": "unknown", "os": "unknown"},
+                }
+            ],
+        },
+        OCI_INDEX,
+        "attestations",
+    )
+
+    with pytest.raises(PermanentFailure, match="is an index that lists no platform image"):
+        client.resolve_image(fake.image("attestations"), Credentials())
+
+
+def test_platform_manifests_are_fetched_concurrently(fake: StubRegistry, client: HttpRegistryClient):
+    entries = []
+    for number in range(8):
+        image, _ = fake.add_image(None, [f"layer {number}".encode()])
+        entries.append((image, {"architecture": f"arch{number}", "os": "linux"}))
+    fake.add_index("wide", entries)
+    fake.manifest_delay = 0.2
+    started = time.monotonic()
+
+    resolution = client.resolve_image(fake.image("wide"), Credentials())
+
+    # The index, then its 8 images at once: 2 x 0.2 s, not 9 x 0.2 s.
+    assert time.monotonic() - started < 4 * 0.2
+    assert len(resolution.platforms) == 8
 
 
 def test_index_with_more_than_64_platforms_fails(fake: StubRegistry, client: HttpRegistryClient):
@@ -369,7 +643,7 @@ def test_unknown_media_type_is_named(fake: StubRegistry, client: HttpRegistryCli
 
 def test_manifest_by_digest_is_verified(fake: StubRegistry, client: HttpRegistryClient):
     digest, blobs = fake.add_image(None, [b"layer"])
-    assert digests(client.resolve_image(fake.image(digest), Credentials())) == blobs
+    assert digests(client.resolve_image(fake.image(digest), Credentials()).blobs) == blobs
 
     media_type, body = fake.manifests[digest]
     fake.manifests[digest] = (media_type, body.replace(b'"schemaVersion"', b'"schemaVersion" '))
@@ -430,10 +704,37 @@ def test_blobs_are_resolved_concurrently(fake: StubRegistry, client: HttpRegistr
     fake.blob_answer = lambda request, digest: StubResponse(200, b"x", delay=0.1)
     started = time.monotonic()
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials())
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
 
     assert digests(resolved) == blobs  # in manifest order, whatever order they finished in
     assert time.monotonic() - started < 32 * 0.1 / 4
+
+
+def test_blobs_are_probed_for_one_byte_and_connections_reused(fake: StubRegistry):
+    """A ranged GET lets the registry answer one byte: the connection goes back to the pool instead
+    of being dropped with a whole blob unread."""
+    _, blobs = fake.add_image("v1", [f"layer {n}".encode() for n in range(79)])
+    big = b"x" * (1024 * 1024)
+    fake.blob_answer = lambda request, digest: (
+        StubResponse(206, big[:1], {"Content-Range": f"bytes 0-0/{len(big)}"})
+        if request.header("Range") == PROBE_RANGE
+        else StubResponse(200, big)
+    )
+    client = HttpRegistryClient(SETTINGS, max_workers=8)
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
+
+    assert digests(resolved) == blobs
+    assert {r.header("Range") for r in fake.requests_to("blobs")} == {PROBE_RANGE}
+    assert fake.requests_to("manifests")[0].header("Range") is None
+    assert fake.server.connections <= 8  # 81 requests over at most one connection per worker
+
+
+def test_empty_blob_answering_416_is_resolved(fake: StubRegistry, client: HttpRegistryClient):
+    _, blobs = fake.add_image("v1", [b""])
+    fake.blob_answer = lambda request, digest: StubResponse(416, b"", {"Content-Range": "bytes */0"})
+
+    assert digests(client.resolve_image(fake.image("v1"), Credentials()).blobs) == blobs
 
 
 # -- auth ----------------------------------------------------------------------------------------
@@ -444,7 +745,7 @@ def test_anonymous_bearer_token(fake: StubRegistry, client: HttpRegistryClient):
     fake.auth = bearer_auth(fake, "anon-token")
     fake.token_answer = lambda request: StubResponse.json({"token": "anon-token", "expires_in": 300})
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials())
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
 
     assert digests(resolved) == blobs
     token_request = fake.server.requests_to("/token")[0]
@@ -468,7 +769,7 @@ def test_basic_credentials_are_exchanged_for_an_access_token(fake: StubRegistry,
 
     resolved = client.resolve_image(
         fake.image("v1"), Credentials({"Authorization": caller, "X-Tenant": "t1"})
-    )
+    ).blobs
 
     assert resolved[0].headers.reveal() == {"Authorization": "Bearer alice-token", "X-Tenant": "t1"}
     assert fake.server.requests_to("/token")[0].query["scope"] == ["repository:app:pull,push"]
@@ -520,7 +821,7 @@ def test_basic_challenge_uses_the_callers_header(fake: StubRegistry, client: Htt
     fake.add_image("v1", [b"layer"])
     fake.auth = basic_auth(caller)
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials({"authorization": caller}))
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"authorization": caller})).blobs
 
     assert resolved[0].headers.reveal() == {"Authorization": caller}
     assert not fake.server.requests_to("/token")
@@ -540,7 +841,9 @@ def test_callers_bearer_token_is_used_as_given(fake: StubRegistry, client: HttpR
     fake.add_image("v1", [b"layer"])
     fake.auth = bearer_auth(fake, "harbor-minted")
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": "Bearer harbor-minted"}))
+    resolved = client.resolve_image(
+        fake.image("v1"), Credentials({"Authorization": "Bearer harbor-minted"})
+    ).blobs
 
     assert resolved[0].headers.reveal() == {"Authorization": "Bearer harbor-minted"}
     assert not fake.server.requests_to("/token")
@@ -557,6 +860,45 @@ def test_a_refused_fresh_token_is_not_asked_for_again(fake: StubRegistry, client
 
     assert len(fake.server.requests_to("/token")) == 1
     assert len(fake.requests_to("manifests")) == 2
+
+
+def test_blobs_meeting_the_challenge_together_fetch_one_token(fake: StubRegistry, client: HttpRegistryClient):
+    """Manifests are public here, blobs are not: 20 blob requests answered 401 at once share a token."""
+    _, blobs = fake.add_image("v1", [f"layer {n}".encode() for n in range(19)])
+    blob_auth = bearer_auth(fake, "blob-token")
+    fake.auth = lambda request: blob_auth(request) if "/blobs/" in request.path else None
+
+    def token(request: StubRequest) -> StubResponse:
+        time.sleep(0.05)  # long enough for every blob request to meet the challenge meanwhile
+        return StubResponse.json({"token": "blob-token"})
+
+    fake.token_answer = token
+
+    resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
+
+    assert digests(resolved) == blobs
+    assert len(fake.server.requests_to("/token")) == 1
+    assert all(blob.headers.reveal() == {"Authorization": "Bearer blob-token"} for blob in resolved)
+
+
+def test_our_accept_and_range_replace_the_callers(fake: StubRegistry, client: HttpRegistryClient):
+    fake.add_image("v1", [b"layer"])
+    headers = Credentials(
+        {"accept": "text/html", "RANGE": "bytes=5-", "If-None-Match": '"x"', "X-Tenant": "t"}
+    )
+
+    resolved = client.resolve_image(fake.image("v1"), headers).blobs
+
+    # A range or a condition would cut the answer short, here and at the supernode.
+    assert {name.lower() for name in resolved[0].headers.reveal()} == {"accept", "x-tenant"}
+
+    manifest = fake.requests_to("manifests")[0]
+    assert manifest.headers.get_all("Accept") == [MANIFEST_ACCEPT]
+    assert manifest.headers.get_all("Range") is None
+    assert manifest.headers.get_all("If-None-Match") is None
+    for blob in fake.requests_to("blobs"):
+        assert blob.headers.get_all("Range") == [PROBE_RANGE]
+        assert blob.header("X-Tenant") == "t"
 
 
 def test_header_values_http_cannot_carry_fail_without_echoing_them(
@@ -591,7 +933,7 @@ def test_foreign_layer_is_fetched_from_its_url_without_credentials(
     fake.add_manifest(document, media_type, "v1")
     caller = basic("alice", "pw")
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller}))
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller})).blobs
 
     assert resolved[-1].digest == foreign
     assert resolved[-1].url == f"http://{storage.host}/windows/base.tar.gz"
@@ -644,7 +986,7 @@ def test_throttling_honours_retry_after(fake: StubRegistry, client: HttpRegistry
     _, blobs = fake.add_image("v1", [b"layer"])
     fake.script.append(StubResponse.error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": "3"}))
 
-    assert digests(client.resolve_image(fake.image("v1"), Credentials())) == blobs
+    assert digests(client.resolve_image(fake.image("v1"), Credentials()).blobs) == blobs
     assert sleeps == [3.0]
 
 
@@ -657,11 +999,58 @@ def test_retry_after_is_capped(fake: StubRegistry, client: HttpRegistryClient, s
     assert sleeps == [10.0]
 
 
+def test_retry_after_as_an_http_date(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
+    fake.add_image("v1", [b"layer"])
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
+    fake.script.append(StubResponse.error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": later}))
+
+    client.resolve_image(fake.image("v1"), Credentials())
+
+    assert len(sleeps) == 1
+    assert 3 <= sleeps[0] <= 5
+
+
+def test_throttled_blob_is_retried_alone(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
+    _, blobs = fake.add_image("v1", [b"one", b"two"])
+    path = f"/v2/app/blobs/{blobs[2]}"
+    fake.on_path[path] = [StubResponse.error(429, "TOOMANYREQUESTS", "slow down", **{"Retry-After": "2"})]
+
+    assert digests(client.resolve_image(fake.image("v1"), Credentials()).blobs) == blobs
+    assert sleeps == [2.0]
+    assert len(fake.server.requests_to(path)) == 2
+    assert len(fake.requests_to("manifests")) == 1  # the rest is not resolved again
+
+
+def test_server_error_on_a_platform_manifest_then_success(
+    fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]
+):
+    amd64, amd64_blobs = fake.add_image(None, [b"amd64"])
+    arm64, arm64_blobs = fake.add_image(None, [b"arm64"])
+    fake.add_index("multi", [(amd64, AMD64), (arm64, ARM64_V8)])
+    fake.on_path[f"/v2/app/manifests/{arm64}"] = [StubResponse.error(503, "UNAVAILABLE", "try again")]
+
+    resolution = client.resolve_image(fake.image("multi"), Credentials())
+
+    assert sorted(digests(resolution.blobs)) == sorted(set(amd64_blobs + arm64_blobs))
+    assert len(sleeps) == 1
+    assert fake.fetched_manifests().count(arm64) == 2
+
+
+def test_server_errors_on_one_blob_fail_the_image_as_transient(
+    fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]
+):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.on_path[f"/v2/app/blobs/{blobs[1]}"] = [StubResponse(500) for _ in range(4)]
+
+    with pytest.raises(TransientFailure, match=rf"could not resolve the blob {blobs[1]} .*HTTP 500"):
+        client.resolve_image(fake.image("v1"), Credentials())
+
+
 def test_server_error_then_success(fake: StubRegistry, client: HttpRegistryClient, sleeps: list[float]):
     _, blobs = fake.add_image("v1", [b"layer"])
     fake.script.append(StubResponse(500))
 
-    assert digests(client.resolve_image(fake.image("v1"), Credentials())) == blobs
+    assert digests(client.resolve_image(fake.image("v1"), Credentials()).blobs) == blobs
     assert len(sleeps) == 1
     assert 0 <= sleeps[0] <= 0.05
 
@@ -694,6 +1083,19 @@ def test_slow_registry_times_out(fake: StubRegistry):
     assert time.monotonic() - started < 2
 
 
+def test_slow_storage_times_out(fake: StubRegistry, storage: StubServer):
+    fake.add_image("v1", [b"layer"])
+    fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
+    storage.handler = lambda request: StubResponse(200, b"late", delay=1.0)
+    settings = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1)
+    client = HttpRegistryClient(settings, attempts=2, sleep=lambda seconds: None)
+    started = time.monotonic()
+
+    with pytest.raises(TransientFailure, match=r"could not resolve the blob .*timed out after 0\.1s"):
+        client.resolve_image(fake.image("v1"), Credentials())
+    assert time.monotonic() - started < 2
+
+
 def test_unreachable_registry_is_transient(client: HttpRegistryClient):
     with StubServer() as gone:
         host = gone.host
@@ -716,7 +1118,7 @@ def test_redirect_to_storage_drops_credentials_and_lists_signature_params(
 
     resolved = client.resolve_image(
         fake.image("v1"), Credentials({"Authorization": caller, "X-Tenant": "t1"})
-    )
+    ).blobs
 
     for blob in resolved:
         assert blob.url.startswith(f"http://{storage.host}/bucket/{blob.digest}?X-Amz-Algorithm=")
@@ -746,7 +1148,7 @@ def test_redirect_on_the_registry_keeps_credentials(fake: StubRegistry, client: 
         else StubResponse(200, b"x")
     )
 
-    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller}))
+    resolved = client.resolve_image(fake.image("v1"), Credentials({"Authorization": caller})).blobs
 
     assert resolved[0].url.endswith("?moved=1")
     assert resolved[0].headers.reveal() == {"Authorization": caller}
@@ -767,6 +1169,19 @@ def test_ten_redirects_are_followed_and_eleven_are_a_loop(storage: StubServer, c
     storage.handler = hops(11)
     with pytest.raises(PermanentFailure, match="redirects more than 10 times"):
         client.resolve_file(f"http://{storage.host}/hop/0", Credentials())
+
+
+def test_blob_redirect_loop_between_registry_and_storage(
+    fake: StubRegistry, storage: StubServer, client: HttpRegistryClient
+):
+    _, blobs = fake.add_image("v1", [b"layer"])
+    fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
+    storage.handler = lambda request: StubResponse.redirect(f"http://{fake.host}/v2/app/blobs{request.path}")
+
+    with pytest.raises(PermanentFailure, match=r"the blob sha256:\w+ of .* redirects more than 10 times"):
+        client.resolve_image(fake.image("v1"), Credentials())
+    # 11 hops per blob at most, each blob given up on at once (a loop is not worth a retry).
+    assert len(storage.requests) <= len(blobs) * 6
 
 
 def test_storage_refusal_is_permanent(fake: StubRegistry, storage: StubServer, client: HttpRegistryClient):
@@ -839,16 +1254,35 @@ def test_signature_params(url: str, expected: int):
 
 
 def test_threads_share_one_session_pool(fake: StubRegistry):
-    """A pool of 16 workers over the default adapter must not warn about a full connection pool."""
-    fake.add_image("v1", [f"layer {n}".encode() for n in range(40)])
+    """The default pool of workers over the default adapter must not warn about a full connection pool,
+    and really runs that many requests at once."""
+    assert registry_module.DEFAULT_MAX_WORKERS >= 16
+    fake.add_image("v1", [f"layer {n}".encode() for n in range(2 * registry_module.DEFAULT_MAX_WORKERS)])
+    in_flight = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    def slow(request: StubRequest, digest: str) -> StubResponse:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return StubResponse(200, b"x")
+
+    fake.blob_answer = slow
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
     logging.getLogger("urllib3.connectionpool").addHandler(handler)
     try:
         client = HttpRegistryClient(SETTINGS)
-        assert len(client.resolve_image(fake.image("v1"), Credentials())) == 41
+        resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
     finally:
         logging.getLogger("urllib3.connectionpool").removeHandler(handler)
+    assert len(resolved) == 2 * registry_module.DEFAULT_MAX_WORKERS + 1
+    assert in_flight[1] == registry_module.DEFAULT_MAX_WORKERS
+    assert fake.server.connections <= registry_module.DEFAULT_MAX_WORKERS + 1
     assert not [w for w in warnings if "pool is full" in w]
-    assert threading.active_count() < 40  # the pool's threads are gone once the call returns
+    # The pool's threads are gone once the call returns.
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("registry")]

@@ -1,5 +1,7 @@
 """The domain service: submit and read tasks, over fakes of the store and the queue."""
 
+from dataclasses import replace
+
 import pytest
 
 from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
@@ -82,3 +84,84 @@ def test_check_names_each_unreachable_supernode():
     nodes.down.add("http://b:8002")
     assert unreachable_supernodes(nodes) == {"http://b:8002": "connection refused"}
     assert "PREHEAT_SUPERNODES" in unreachable_supernodes(FakeSupernodes(()))["(none)"]
+
+
+def dedup_service(store=None, queue=None, clock=None, key=b"k" * 32):
+    return PreheatService(
+        store or FakeTaskStore(),
+        queue or FakeQueue(),
+        SETTINGS,
+        clock=clock or Clock(),
+        dedup_key=lambda: key,
+    )
+
+
+def test_an_identical_request_while_running_answers_the_same_task():
+    store, queue = FakeTaskStore(), FakeQueue()
+    service = dedup_service(store, queue)
+    first = service.submit(image_request(Authorization="Basic a"))
+    again = service.submit(
+        PreheatRequest.parse(
+            {
+                "type": "image",
+                "url": "https://h.io/v2/app/manifests/v1",
+                "header": {"authorization": "Basic a"},
+            }
+        )
+    )
+    assert again.task_id == first.task_id  # the Harbor URL form names the same image
+    assert len(store.tasks) == 1
+    assert len(queue.sent) == 1
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"type": "image", "url": "h.io/app:v2"},
+        {"type": "image", "url": "h.io/app:v1", "platform": "linux/arm64"},
+        {"type": "image", "url": "h.io/app:v1", "header": {"Authorization": "Basic b"}},
+    ],
+)
+def test_a_different_image_platform_or_credential_starts_another_task(other):
+    store = FakeTaskStore()
+    service = dedup_service(store)
+    first = service.submit(image_request())
+    assert service.submit(PreheatRequest.parse(other)).task_id != first.task_id
+    assert len(store.tasks) == 2
+
+
+def test_once_finished_the_same_request_starts_a_fresh_task():
+    store, clock = FakeTaskStore(), Clock()
+    service = dedup_service(store, clock=clock)
+    first = service.submit(image_request())
+    store.save(replace(first, status=TaskStatus.SUCCESS, finished_at=clock(), check_seq=1), 0)
+    second = service.submit(image_request())
+    assert second.task_id != first.task_id
+    assert set(store.claims.values()) == {second.task_id}
+
+
+def test_a_task_past_its_deadline_does_not_hold_its_request():
+    store, clock = FakeTaskStore(), Clock()
+    service = dedup_service(store, clock=clock)
+    first = service.submit(image_request())
+    clock.advance(61)
+    assert service.submit(image_request()).task_id != first.task_id
+
+
+def test_the_claim_never_holds_the_credentials():
+    store = FakeTaskStore()
+    dedup_service(store).submit(image_request(Authorization="Bearer CANARY-DEDUP"))
+    assert "CANARY" not in repr(store.claims)
+    # A different key gives a different claim: the hash is keyed, not a plain digest.
+    other = FakeTaskStore()
+    dedup_service(other, key=b"x" * 32).submit(image_request(Authorization="Bearer CANARY-DEDUP"))
+    assert set(store.claims) != set(other.claims)
+
+
+def test_reading_an_expired_task_writes_fail_back(parts):
+    store, _, clock, service = parts
+    task = service.submit(image_request())
+    clock.advance(61)
+    service.get(task.task_id)
+    assert store.tasks[task.task_id].status is TaskStatus.FAIL
+    assert (store.tasks[task.task_id].message or "").startswith("timed out")

@@ -38,9 +38,24 @@ def supernode_driver() -> SupernodeDriver:
     return Dragonfly1Driver(settings)
 
 
+def dedup_key() -> bytes:
+    """The key of the hash that lets identical requests share a task without storing credentials."""
+    settings = get_settings()
+    if settings.dedup_key_secret:
+        # Imported on demand: only the functions that submit tasks read it (cached for an hour).
+        from aws_lambda_powertools.utilities.parameters import get_secret  # noqa: PLC0415
+
+        value = get_secret(settings.dedup_key_secret, max_age=3600)
+        return value.encode() if isinstance(value, str) else bytes(value)
+    if settings.dedup_key:
+        return settings.dedup_key.encode()
+    # Without a key the claims still work; they are merely no stronger than a plain hash.
+    return f"preheat-unkeyed:{settings.table_name}".encode()
+
+
 @functools.cache
 def preheat_service() -> PreheatService:
-    return PreheatService(task_store(), task_queue(), get_settings())
+    return PreheatService(task_store(), task_queue(), get_settings(), dedup_key=dedup_key)
 
 
 @functools.cache

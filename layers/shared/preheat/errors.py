@@ -28,3 +28,11 @@ class PermanentFailure(PreheatError):
 
 class TransientFailure(PreheatError):
     """Worth another try later (timeouts, 5xx, throttling); the worker lets SQS redeliver."""
+
+
+class ClaimHeld(PreheatError):
+    """Another task holds the claim on an identical request (see PreheatService.submit)."""
+
+    def __init__(self, task_id: str | None) -> None:
+        super().__init__(f"an identical request is held by task {task_id}")
+        self.task_id = task_id

@@ -20,8 +20,10 @@ from preheat.models import (
 
 
 class TaskStore(Protocol):
-    def create(self, task: Task) -> None:
-        """Write a new task; raises DependencyFailure if the store is unreachable."""
+    def create(self, task: Task, claim: str | None = None, replaces: str | None = None) -> None:
+        """Write a new task, atomically with a claim on ``claim`` (the request's dedup key) if
+        given: the claim must be free, or still held by task ``replaces``. Raises ClaimHeld (naming
+        the holder) when it is not, DependencyFailure if the store is unreachable."""
 
     def get(self, task_id: str) -> Task | None: ...
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
 import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
+from preheat.errors import ClaimHeld, DependencyFailure, InvalidRequest, TaskNotFound
 from preheat.models import (
     BlobState,
     PreheatRequest,
@@ -23,6 +26,7 @@ from preheat.models import (
 from preheat.ports import SupernodeDriver, TaskQueue, TaskStore
 from preheat.settings import Settings
 
+MAX_CLAIM_ATTEMPTS = 3
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -47,20 +51,30 @@ class PreheatService:
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
         id_factory: Callable[[], str] = new_task_id,
+        dedup_key: Callable[[], bytes] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._settings = settings
         self._clock = clock
         self._new_id = id_factory
+        self._dedup_key = dedup_key
 
     def submit(self, request: PreheatRequest) -> Task:
-        """Record the task as RUNNING and queue its first step.
+        """Record the task as RUNNING and queue its first step; or, when an identical request is
+        still RUNNING, answer that task instead of starting another.
+
+        Identical means the same type, normalised URL, platforms and credentials (compared by a
+        keyed hash, never stored). The task and its claim on the request are written in one
+        conditional transaction, so concurrent arrivals cannot both start a task; a claim whose
+        task has finished (or died) is taken over, conditionally on its holder, so tags that move
+        are preheated again.
 
         If the queue refuses the message the task is marked FAIL at once: a RUNNING task that no
         worker will ever pick up would otherwise sit there until its deadline.
         """
         now = self._clock()
+        platforms = self._platforms_for(request)
         task = Task(
             task_id=self._new_id(),
             type=request.type,
@@ -68,9 +82,11 @@ class PreheatService:
             status=TaskStatus.RUNNING,
             created_at=now,
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
-            platforms=self._platforms_for(request),
+            platforms=platforms,
         )
-        self._store.create(task)
+        existing = self._create_unless_running(task, self._claim_for(request, platforms))
+        if existing is not None:
+            return existing
         try:
             self._queue.send(WorkerMessage(task.task_id, Step.START, headers=request.headers))
         except DependencyFailure as exc:
@@ -82,6 +98,38 @@ class PreheatService:
                 self._store.save(failed, expected_check_seq=task.check_seq)
             raise
         return task
+
+    def _create_unless_running(self, task: Task, claim: str | None) -> Task | None:
+        """Create ``task``; or return the RUNNING task that holds ``claim``."""
+        replaces: str | None = None
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            try:
+                self._store.create(task, claim=claim, replaces=replaces)
+                return None
+            except ClaimHeld as held:
+                holder = self._store.get(held.task_id) if held.task_id else None
+                if (
+                    holder is not None
+                    and holder.status is TaskStatus.RUNNING
+                    and not holder.is_expired(self._clock())
+                ):
+                    return holder
+                replaces = held.task_id  # finished, expired or vanished: take the claim over
+        raise DependencyFailure("could not claim the request: it changed hands too often, try again")
+
+    def _claim_for(self, request: PreheatRequest, platforms: tuple[str, ...]) -> str | None:
+        if self._dedup_key is None:
+            return None
+        url = str(request.image) if request.image is not None else request.url
+        # A keyed hash: equal credentials give equal claims, yet the table never holds anything a
+        # reader could test guesses of the credentials against.
+        credentials = hmac.new(
+            self._dedup_key(),
+            json.dumps(sorted((name.lower(), value) for name, value in request.headers.items())).encode(),
+            hashlib.sha256,
+        ).hexdigest()
+        identity = json.dumps([request.type.value, url, sorted(platforms), credentials])
+        return hashlib.sha256(identity.encode()).hexdigest()
 
     def _platforms_for(self, request: PreheatRequest) -> tuple[str, ...]:
         if request.type is not PreheatType.IMAGE:
@@ -99,10 +147,18 @@ class PreheatService:
         if task is None:
             raise TaskNotFound(f"no preheat task with id {task_id} (unknown, or expired after its retention)")
         if task.is_expired(self._clock()):
-            # The answer must not say RUNNING past the deadline even if no worker is left to notice.
-            return replace(
-                task, status=TaskStatus.FAIL, finished_at=task.deadline, message=timed_out_message(task)
+            # The answer must not say RUNNING past the deadline even if no worker is left to notice;
+            # the write is conditional, so a worker concluding at this moment keeps its verdict.
+            expired = replace(
+                task,
+                status=TaskStatus.FAIL,
+                finished_at=task.deadline,
+                message=timed_out_message(task),
+                check_seq=task.check_seq + 1,
             )
+            if self._store.save(expired, expected_check_seq=task.check_seq):
+                return expired
+            return self._store.get(task_id) or expired
         return task
 
 

@@ -94,6 +94,8 @@ class Settings:
     platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
     supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
     supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
+    dedup_key: str = field(default="", repr=False)  # keys the hash of credentials in dedup claims
+    dedup_key_secret: str = ""  # or the Secrets Manager secret holding that key
     dragonfly2_token: str = field(default="", repr=False)
     dragonfly2_token_secret: str = ""
     dragonfly2_clusters: tuple[int, ...] = ()
@@ -134,6 +136,8 @@ class Settings:
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
             supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
+            dedup_key=env.get("PREHEAT_DEDUP_KEY", "").strip(),
+            dedup_key_secret=env.get("PREHEAT_DEDUP_KEY_SECRET", "").strip(),
             dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),
             dragonfly2_token_secret=env.get("PREHEAT_DRAGONFLY2_TOKEN_SECRET", "").strip(),
             dragonfly2_clusters=_cluster_ids(env.get("PREHEAT_DRAGONFLY2_CLUSTERS", "")),

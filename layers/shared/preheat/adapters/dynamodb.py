@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from preheat.errors import DependencyFailure
+from preheat.errors import ClaimHeld, DependencyFailure
 from preheat.models import (
     BlobProgress,
     BlobState,
@@ -29,6 +29,9 @@ from preheat.models import (
     parse_isoformat,
 )
 from preheat.settings import Settings
+
+# Claims share the table with tasks; task ids are UUIDs, so the prefix cannot collide.
+CLAIM_PREFIX = "claim#"
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
 
@@ -70,7 +73,7 @@ class DynamoDBTaskStore:
     def _expires_at(self, moment: datetime) -> int:
         return int((moment + timedelta(days=self._settings.task_ttl_days)).timestamp())
 
-    def create(self, task: Task) -> None:
+    def create(self, task: Task, claim: str | None = None, replaces: str | None = None) -> None:
         item: dict[str, Any] = {
             "pk": {"S": task.task_id},
             "type": {"S": task.type.value},
@@ -84,12 +87,48 @@ class DynamoDBTaskStore:
         }
         if task.platforms:
             item["platforms"] = {"L": [{"S": platform} for platform in task.platforms]}
+        put_task = {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
         try:
-            self._client.put_item(
-                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            if claim is None:
+                self._client.put_item(**put_task)
+                return
+            # One atomic write: the task and the claim on its request exist together or not at all.
+            self._client.transact_write_items(
+                TransactItems=[{"Put": put_task}, {"Put": self._claim_put(task, claim, replaces)}]
+            )
+        except ClientError as exc:
+            if claim is not None and _claim_refused(exc):
+                raise ClaimHeld(self._claim_holder(claim)) from None
+            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+
+    def _claim_put(self, task: Task, claim: str, replaces: str | None) -> dict[str, Any]:
+        put: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": {
+                "pk": {"S": f"{CLAIM_PREFIX}{claim}"},
+                "taskId": {"S": task.task_id},
+                # A claim outlives its task's deadline only briefly; a stale one is replaced anyway.
+                "expiresAt": {"N": str(int(task.deadline.timestamp()) + 3600)},
+            },
+        }
+        if replaces is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "attribute_not_exists(pk) OR taskId = :holder"
+            put["ExpressionAttributeValues"] = {":holder": {"S": replaces}}
+        return put
+
+    def _claim_holder(self, claim: str) -> str | None:
+        try:
+            answer = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": f"{CLAIM_PREFIX}{claim}"}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+        holder: str | None = answer.get("Item", {}).get("taskId", {}).get("S")
+        return holder
 
     def get(self, task_id: str) -> Task | None:
         try:
@@ -173,6 +212,16 @@ def _task_from_item(item: dict[str, Any]) -> Task:
 
 def _strings(attribute: dict[str, Any] | None) -> tuple[str, ...]:
     return tuple(value["S"] for value in (attribute or {}).get("L", []))
+
+
+def _claim_refused(exc: ClientError) -> bool:
+    """Whether a transaction was cancelled because the claim (its second item) is held."""
+    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+        return False
+    reasons = exc.response.get("CancellationReasons") or []
+    if len(reasons) >= 2:
+        return bool(reasons[1].get("Code") == "ConditionalCheckFailed")
+    return "ConditionalCheckFailed" in str(exc.response.get("Error", {}).get("Message", ""))
 
 
 def _reason(exc: Exception) -> str:
