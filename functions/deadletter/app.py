@@ -9,7 +9,9 @@ from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.entrypoints.queue import handle_dead_letters
 
 
-@logger.inject_lambda_context(clear_state=True)
+# Events carry credentials (the worker's message body): never logged, whatever
+# POWERTOOLS_LOGGER_LOG_EVENT says.
+@logger.inject_lambda_context(clear_state=True, log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:

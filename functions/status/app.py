@@ -11,7 +11,11 @@ from preheat.entrypoints.observability import logger, metrics, tracer
 app = build_resolver(status_router)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
+# Events carry credentials (the body's header, the worker's message): never logged, whatever
+# POWERTOOLS_LOGGER_LOG_EVENT says.
+@logger.inject_lambda_context(
+    correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True, log_event=False
+)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

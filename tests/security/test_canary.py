@@ -1,0 +1,218 @@
+"""A canary credential sent in `header` appears nowhere but in the requests made to the registry
+(and to the supernode where the download URL is the registry itself).
+
+Every sink is searched for it: everything the handlers print (logs at DEBUG, EMF metrics) and every
+log record of every logger, the DynamoDB items, the SQS messages' attributes, the status answers
+(with detail), the failure messages, and the dead-letter consumer's output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from local.aws import client as local_client
+from local.stack import LocalStack
+from tests.support.registry import OciImage, RegistryServer, make_oci_layout, missing_tools
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+CANARY_PASSWORD = "canary-pw-7f3a9c1e5b"
+CANARY_TOKEN = "canary-token-2d8e4f6a0c"
+CANARIES = (CANARY_PASSWORD, CANARY_TOKEN)
+
+
+class Everything(logging.Handler):
+    """Keeps every record of every logger, formatted with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.getMessage()} {record.__dict__!r}")
+
+
+@pytest.fixture(scope="module")
+def secured_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    if missing_tools("docker-registry", "skopeo", "htpasswd"):
+        pytest.skip(
+            "docker-registry, skopeo and htpasswd are needed "
+            "(apt-get install docker-registry skopeo apache2-utils)"
+        )
+    with RegistryServer(tmp_path_factory.mktemp("registry"), users={"preheat": CANARY_PASSWORD}) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def image(secured_registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    layout = make_oci_layout(tmp_path_factory.mktemp("image"), [b"one\n", b"two\n"])
+    secured_registry.push(layout, "canary/app:v1")
+    return layout
+
+
+@pytest.fixture(scope="module")
+def records() -> Iterator[Everything]:
+    handler = Everything()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, records: Everything) -> Iterator[LocalStack]:
+    with LocalStack(
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        visibility_timeout=1,
+        parameters={"LogLevel": "DEBUG"},
+        extra_env={"PREHEAT_POLL_MAX_DELAY": "1", "POWERTOOLS_LOGGER_LOG_EVENT": "true"},
+    ) as running:
+        yield running
+
+
+def wait(stack: LocalStack, task_id: str, detail: bool = True) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer: dict[str, Any] = requests.get(
+            f"{stack.api_url}/api/preheat/{task_id}", params={"detail": str(detail).lower()}, timeout=10
+        ).json()
+        if answer["data"]["status"] != "RUNNING":
+            return answer
+        time.sleep(0.1)
+    raise AssertionError("still RUNNING")
+
+
+def submit(stack: LocalStack, body: dict[str, Any]) -> str:
+    answer = requests.post(f"{stack.api_url}/api/preheat", json=body, timeout=10).json()
+    assert answer["code"] == 200, answer
+    task_id: str = answer["data"]["taskId"]
+    return task_id
+
+
+def assert_clean(where: str, text: str) -> None:
+    for canary in CANARIES:
+        assert canary not in text, f"the canary leaked into {where}"
+
+
+def test_the_canary_reaches_only_the_registry_and_the_supernode(
+    stack: LocalStack,
+    secured_registry: RegistryServer,
+    image: OciImage,
+    records: Everything,
+    capfd: pytest.CaptureFixture[str],
+):
+    answers = []
+    good = secured_registry.basic_auth("preheat", CANARY_PASSWORD)
+    # Success with the canary as the registry password.
+    answers.append(
+        wait(
+            stack,
+            submit(
+                stack,
+                {
+                    "type": "image",
+                    "url": f"{secured_registry.host}/canary/app:v1",
+                    "header": {"Authorization": good, "X-Extra": CANARY_TOKEN},
+                },
+            ),
+        )
+    )
+    assert answers[-1]["data"]["status"] == "SUCCESS", answers[-1]
+    # Refused credentials: the failure message must say so without repeating them.
+    wrong = secured_registry.basic_auth("preheat", CANARY_TOKEN)
+    answers.append(
+        wait(
+            stack,
+            submit(
+                stack,
+                {
+                    "type": "image",
+                    "url": f"{secured_registry.host}/canary/app:v1",
+                    "header": {"Authorization": wrong},
+                },
+            ),
+        )
+    )
+    assert answers[-1]["data"]["status"] == "FAIL"
+    assert "refused" in answers[-1]["data"]["msg"] or "credentials" in answers[-1]["data"]["msg"]
+    # An unreachable file server with a bearer canary: retried, then failed.
+    answers.append(
+        wait(
+            stack,
+            submit(
+                stack,
+                {
+                    "type": "file",
+                    "url": "http://127.0.0.1:9/never.bin",
+                    "header": {"Authorization": f"Bearer {CANARY_TOKEN}"},
+                },
+            ),
+        )
+    )
+    # Bad input carrying the canary.
+    bad = requests.post(
+        f"{stack.api_url}/api/preheat",
+        timeout=10,
+        json={"type": "image", "url": "bad url", "header": {"Authorization": CANARY_TOKEN}},
+    ).json()
+    assert bad["code"] == 400
+    answers.append(bad)
+    # A message that lands in the dead-letter queue with the canary in its body.
+    sqs = local_client("sqs", stack.moto_url)
+    sqs.send_message(
+        QueueUrl=stack.queue_url("PreheatDeadLetterQueue"),
+        MessageBody=json.dumps(
+            {
+                "v": 1,
+                "taskId": "0f8fad5b-d9cb-469f-a165-70867728950e",
+                "step": "start",
+                "seq": 0,
+                "header": {"Authorization": f"Bearer {CANARY_TOKEN}"},
+            }
+        ),
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.queue_url("PreheatDeadLetterQueue"), AttributeNames=["All"]
+        )["Attributes"]
+        if (
+            attributes["ApproximateNumberOfMessages"] == "0"
+            and attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+        ):
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+
+    # The sinks.
+    for answer in answers:
+        assert_clean("a status answer", json.dumps(answer))
+    dynamodb = local_client("dynamodb", stack.moto_url)
+    assert_clean("DynamoDB", repr(dynamodb.scan(TableName=stack.table_name("TasksTable"))["Items"]))
+    for queue in ("PreheatQueue", "PreheatDeadLetterQueue"):
+        peek = sqs.receive_message(
+            QueueUrl=stack.queue_url(queue),
+            MessageAttributeNames=["All"],
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=0,
+        )
+        for message in peek.get("Messages", []):
+            assert_clean("SQS message attributes", json.dumps(message.get("MessageAttributes", {})))
+    printed = capfd.readouterr()
+    assert "preheat task submitted" in printed.out  # the handlers' own logs were captured
+    assert_clean("what the handlers printed (logs and metrics)", printed.out + printed.err)
+    assert_clean("log records", "\n".join(records.lines))
+    # The one place it may go besides the registry: the supernode, told to fetch from the registry.
+    assert stack.supernode is not None
+    assert_clean(
+        "the supernode's request log (values are redacted there)", repr(stack.supernode.requests_seen)
+    )
