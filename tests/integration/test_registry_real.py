@@ -9,11 +9,17 @@ from pathlib import Path
 import pytest
 import requests
 
-from preheat.adapters.registry import HttpRegistryClient
+from preheat.adapters.registry import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_SCHEMA1_SIGNED,
+    MANIFEST_ACCEPT,
+    HttpRegistryClient,
+)
 from preheat.errors import PermanentFailure
-from preheat.models import Blob, Credentials, ImageReference
+from preheat.models import Blob, Credentials, ImageReference, Platform
 from preheat.settings import Settings
-from tests.support.registry import OciImage, RegistryServer, make_oci_index_layout
+from tests.support.registry import OciImage, OciIndex, RegistryServer, make_oci_index_layout, make_oci_layout
 
 pytest_plugins = ["tests.support.fixtures"]
 # One worker owns the session's registries instead of every xdist worker starting its own.
@@ -65,7 +71,7 @@ def test_pushed_image_resolves_to_its_config_and_layers(
 ):
     url = URL_FORMS[form](registry.host, f"formats/{fmt}", "1.0", pushed[fmt])
 
-    blobs = client.resolve_image(ImageReference.parse(url), Credentials())
+    blobs = client.resolve_image(ImageReference.parse(url), Credentials()).blobs
 
     assert [blob.digest for blob in blobs] == list(oci_image.blob_digests)
     for blob in blobs:
@@ -91,22 +97,128 @@ def test_oci_push_keeps_the_layout_digest(pushed: dict[str, str], oci_image: Oci
     assert pushed["v2s2"] != oci_image.manifest_digest
 
 
-def test_multi_platform_index_resolves_every_platform_but_not_attestations(
-    registry: RegistryServer, tmp_path: Path, client: HttpRegistryClient
-):
+@pytest.fixture(scope="module")
+def multi(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> OciIndex:
+    """``multi/app:1.0``: an OCI index of linux/amd64 and linux/arm64/v8 images (sharing a layer) and
+    a BuildKit attestation manifest, pushed with every image it lists."""
     index = make_oci_index_layout(
-        tmp_path / "index",
-        {"linux/amd64": [b"shared\n", b"amd64\n"], "linux/arm64": [b"shared\n", b"arm64\n"]},
+        tmp_path_factory.mktemp("multi") / "index",
+        {"linux/amd64": [b"shared\n", b"amd64\n"], "linux/arm64/v8": [b"shared\n", b"arm64\n"]},
         attestation=True,
     )
-    digest = registry.push(index, "multi/app:1.0")
-    assert digest == index.index_digest
+    assert registry.push(index, "multi/app:1.0") == index.index_digest
+    return index
 
-    blobs = client.resolve_image(ImageReference.parse(registry.image("multi/app:1.0")), Credentials())
 
-    assert sorted(blob.digest or "" for blob in blobs) == sorted(index.blob_digests)
+def image_of(index: OciIndex, platform: str) -> OciImage:
+    return next(image for image in index.images if image.platform == platform)
+
+
+def test_multi_platform_index_resolves_every_platform_but_not_attestations(
+    registry: RegistryServer, multi: OciIndex, client: HttpRegistryClient
+):
+    resolution = client.resolve_image(ImageReference.parse(registry.image("multi/app:1.0")), Credentials())
+
+    blobs = resolution.blobs
+    assert sorted(blob.digest or "" for blob in blobs) == sorted(multi.blob_digests)
     assert len(blobs) == 5  # two configs, the shared layer once, one layer per platform
-    assert not set(index.attestation_blob_digests) & {blob.digest for blob in blobs}
+    assert not set(multi.attestation_blob_digests) & {blob.digest for blob in blobs}
+    assert resolution.platforms == ("linux/amd64", "linux/arm64/v8")
+    assert resolution.skipped_attestations == 1
+    assert_downloadable(blobs[-1])
+
+
+@pytest.mark.parametrize("requested", ["linux/arm64", "linux/arm64/v8"])
+def test_requested_platform_narrows_the_index(
+    registry: RegistryServer, multi: OciIndex, client: HttpRegistryClient, requested: str
+):
+    url = f"{registry.host}/multi/app@{multi.index_digest}"
+
+    resolution = client.resolve_image(ImageReference.parse(url), Credentials(), [Platform.parse(requested)])
+
+    assert [blob.digest for blob in resolution.blobs] == list(image_of(multi, "linux/arm64/v8").blob_digests)
+    assert resolution.platforms == ("linux/arm64/v8",)
+    assert resolution.skipped_attestations == 1
+
+
+def test_platform_missing_from_the_index_fails_naming_those_it_has(
+    registry: RegistryServer, multi: OciIndex, client: HttpRegistryClient
+):
+    image = ImageReference.parse(registry.image("multi/app:1.0"))
+
+    with pytest.raises(PermanentFailure) as caught:
+        client.resolve_image(image, Credentials(), [Platform.parse("linux/s390x")])
+
+    assert str(caught.value) == (
+        f"platform linux/s390x is not in the index of {registry.host}/multi/app:1.0; "
+        "it has linux/amd64, linux/arm64/v8"
+    )
+
+
+def test_docker_manifest_list_pushed_by_skopeo(
+    registry: RegistryServer, tmp_path: Path, client: HttpRegistryClient
+):
+    # skopeo converts an OCI index to a Docker manifest list with --format v2s2 --all; it cannot
+    # convert an attestation (an in-toto layer has no Docker type), and BuildKit never puts one in a
+    # Docker list anyway.
+    index = make_oci_index_layout(
+        tmp_path / "index", {"linux/amd64": [b"amd64 list\n"], "linux/arm64": [b"arm64 list\n"]}
+    )
+    digest = registry.push(index, "list/app:1.0", fmt="v2s2")
+    served = requests.get(
+        f"{registry.url}/v2/list/app/manifests/{digest}", headers={"Accept": MANIFEST_ACCEPT}, timeout=5
+    )
+    assert served.headers["Content-Type"] == DOCKER_MANIFEST_LIST
+    assert {entry["mediaType"] for entry in served.json()["manifests"]} == {DOCKER_MANIFEST}
+    image = ImageReference.parse(registry.image("list/app:1.0"))
+
+    every = client.resolve_image(image, Credentials())
+    # An arm64 entry without a variant is what linux/arm64/v8 asks for (v8 is arm64's default).
+    arm64 = client.resolve_image(image, Credentials(), [Platform.parse("linux/arm64/v8")])
+
+    # Converted manifests get new digests; the config and the gzip layers keep theirs.
+    assert sorted(blob.digest or "" for blob in every.blobs) == sorted(index.blob_digests)
+    assert every.platforms == ("linux/amd64", "linux/arm64")
+    assert every.skipped_attestations == 0
+    assert [blob.digest for blob in arm64.blobs] == list(image_of(index, "linux/arm64").blob_digests)
+    assert arm64.platforms == ("linux/arm64",)
+    assert {blob.media_type for blob in arm64.blobs} == {
+        "application/vnd.docker.container.image.v1+json",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    }
+
+
+def test_hundred_layer_image(registry: RegistryServer, tmp_path: Path, client: HttpRegistryClient):
+    layers = [f"layer {number}\n".encode() for number in range(100)]
+    image = make_oci_layout(tmp_path / "deep", layers)
+    digest = registry.push(image, "deep/app:1.0")
+
+    for reference in ("deep/app:1.0", f"deep/app@{digest}"):
+        blobs = client.resolve_image(ImageReference.parse(registry.image(reference)), Credentials()).blobs
+        assert [blob.digest for blob in blobs] == list(image.blob_digests)
+        assert len(blobs) == 101
+    assert_downloadable(blobs[100])
+
+
+def test_schema1_image_pushed_as_such(
+    registry: RegistryServer, oci_image: OciImage, client: HttpRegistryClient
+):
+    digest = registry.push(oci_image, "formats/v2s1:1.0", fmt="v2s1")
+    served = requests.get(
+        f"{registry.url}/v2/formats/v2s1/manifests/1.0", headers={"Accept": MANIFEST_ACCEPT}, timeout=5
+    )
+    assert served.headers["Content-Type"] == DOCKER_SCHEMA1_SIGNED
+    assert "signatures" in served.json()
+
+    for reference in ("formats/v2s1:1.0", f"formats/v2s1@{digest}"):
+        resolution = client.resolve_image(ImageReference.parse(registry.image(reference)), Credentials())
+        # Schema1 has no config blob; its fsLayers list the layers top first.
+        assert sorted(blob.digest or "" for blob in resolution.blobs) == sorted(oci_image.layer_digests)
+        assert all(blob.size is None and blob.media_type is None for blob in resolution.blobs)
+        assert resolution.platforms == ()
+    for blob in resolution.blobs:
+        response = requests.get(blob.url, timeout=5)
+        assert blob.digest == f"sha256:{hashlib.sha256(response.content).hexdigest()}"
 
 
 def test_missing_tag_is_a_clear_permanent_failure(
@@ -142,7 +254,7 @@ def test_basic_auth_registry_accepts_the_callers_credentials(
     blobs = client.resolve_image(
         ImageReference.parse(auth_registry.image("private/app:1.0")),
         Credentials({"Authorization": authorization}),
-    )
+    ).blobs
 
     assert [blob.digest for blob in blobs] == list(oci_image.blob_digests)
     assert all(blob.headers.reveal() == {"Authorization": authorization} for blob in blobs)
@@ -179,7 +291,7 @@ def test_registry_on_s3_redirects_blobs_to_presigned_urls_without_credentials(
     blobs = client.resolve_image(
         ImageReference.parse(s3_registry.image("s3/app:1.0")),
         Credentials({"Authorization": s3_registry.basic_auth()}),
-    )
+    ).blobs
 
     assert [blob.digest for blob in blobs] == list(oci_image.blob_digests)
     for blob in blobs:

@@ -36,9 +36,10 @@ def require_tools(*names: str) -> None:
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    """A running anonymous registry, shared by the session: push under names of your own."""
+    """A running anonymous registry, shared by the session: push under names of your own. It accepts
+    Docker schema1 pushes too (``push(..., fmt="v2s1")``)."""
     require_tools(REGISTRY_BINARY, SKOPEO_BINARY)
-    with RegistryServer(tmp_path_factory.mktemp("registry")) as server:
+    with RegistryServer(tmp_path_factory.mktemp("registry"), schema1=True) as server:
         yield server
 
 

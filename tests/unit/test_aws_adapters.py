@@ -185,6 +185,27 @@ def test_a_queue_failure_is_a_dependency_failure_without_the_body():
     assert "CANARY" not in str(caught.value)
 
 
+@pytest.fixture
+def serializable_moto(monkeypatch):
+    """DynamoDB isolates a transaction from every other request (serializable isolation); moto
+    does not, so concurrent transactions against it can interleave. Restore the guarantee the
+    service relies on by running moto's DynamoDB operations one at a time."""
+    import threading
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("transact_write_items", "put_item", "get_item", "update_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        def serialized(self, *args, __original=original, **kwargs):
+            with lock:
+                return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, serialized)
+
+
+@pytest.mark.usefixtures("serializable_moto")
 def test_concurrent_identical_requests_start_exactly_one_task(aws):
     from concurrent.futures import ThreadPoolExecutor
 
