@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,18 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
+def _networks(raw: str) -> tuple[str, ...]:
+    networks = []
+    for part in _split(raw):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"PREHEAT_ALLOWED_NETWORKS entries must be CIDRs like 10.0.0.0/8, got {part!r}"
+            ) from None
+    return tuple(networks)
+
+
 def _cluster_ids(raw: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in _split(raw))
@@ -94,6 +107,10 @@ class Settings:
     platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
     supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
     supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
+    # Outbound requests to registries and file servers (never to the configured supernodes):
+    # private, loopback, link-local, multicast and reserved addresses are refused unless listed.
+    allowed_networks: tuple[str, ...] = ()  # CIDRs, e.g. 10.0.0.0/8 for an in-VPC registry
+    allowed_registries: tuple[str, ...] = ()  # host globs; empty allows every host
     dedup_key: str = field(default="", repr=False)  # keys the hash of credentials in dedup claims
     dedup_key_secret: str = ""  # or the Secrets Manager secret holding that key
     dragonfly2_token: str = field(default="", repr=False)
@@ -136,6 +153,10 @@ class Settings:
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
             supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
+            allowed_networks=_networks(env.get("PREHEAT_ALLOWED_NETWORKS", "")),
+            allowed_registries=tuple(
+                glob.lower() for glob in _split(env.get("PREHEAT_ALLOWED_REGISTRIES", ""))
+            ),
             dedup_key=env.get("PREHEAT_DEDUP_KEY", "").strip(),
             dedup_key_secret=env.get("PREHEAT_DEDUP_KEY_SECRET", "").strip(),
             dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),
