@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 
+from preheat.adapters.credentials import AwsCredentialStore
 from preheat.adapters.dragonfly1 import Dragonfly1Driver
 from preheat.adapters.dynamodb import DynamoDBTaskStore
 from preheat.adapters.registry import HttpRegistryClient
@@ -61,7 +62,14 @@ def preheat_service() -> PreheatService:
 @functools.cache
 def worker() -> Worker:
     settings = get_settings()
-    return Worker(task_store(), task_queue(), HttpRegistryClient(settings), supernode_driver(), settings)
+    return Worker(
+        task_store(),
+        task_queue(),
+        HttpRegistryClient(settings),
+        supernode_driver(),
+        settings,
+        credentials=AwsCredentialStore(settings),
+    )
 
 
 def reset() -> None:

@@ -73,3 +73,9 @@ class SupernodeDriver(Protocol):
         """Ask ``target`` to preheat ``blob``; an "already exists" answer counts as warm."""
 
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask: ...
+
+
+class CredentialStore(Protocol):
+    def for_registry(self, registry: str) -> Credentials | None:
+        """Headers that authenticate to ``registry`` (``host`` or ``host:port``) when the request
+        brought none: ECR tokens, or credentials an operator stored for that host."""

@@ -111,6 +111,7 @@ class Settings:
     # private, loopback, link-local, multicast and reserved addresses are refused unless listed.
     allowed_networks: tuple[str, ...] = ()  # CIDRs, e.g. 10.0.0.0/8 for an in-VPC registry
     allowed_registries: tuple[str, ...] = ()  # host globs; empty allows every host
+    registry_credentials_secret: str = ""  # Secrets Manager secret: registry host -> credentials
     dedup_key: str = field(default="", repr=False)  # keys the hash of credentials in dedup claims
     dedup_key_secret: str = ""  # or the Secrets Manager secret holding that key
     dragonfly2_token: str = field(default="", repr=False)
@@ -157,6 +158,7 @@ class Settings:
             allowed_registries=tuple(
                 glob.lower() for glob in _split(env.get("PREHEAT_ALLOWED_REGISTRIES", ""))
             ),
+            registry_credentials_secret=env.get("PREHEAT_REGISTRY_CREDENTIALS_SECRET", "").strip(),
             dedup_key=env.get("PREHEAT_DEDUP_KEY", "").strip(),
             dedup_key_secret=env.get("PREHEAT_DEDUP_KEY_SECRET", "").strip(),
             dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),

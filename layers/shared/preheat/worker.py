@@ -46,7 +46,7 @@ from preheat.models import (
     utcnow,
 )
 from preheat.placement import targets_for
-from preheat.ports import RegistryClient, SupernodeDriver, TaskQueue, TaskStore
+from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
 from preheat.service import timed_out_message
 from preheat.settings import Settings
 
@@ -69,7 +69,9 @@ class Worker:
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        credentials: CredentialStore | None = None,
     ) -> None:
+        self._credentials = credentials
         self._store = store
         self._queue = queue
         self._registry = registry
@@ -131,9 +133,20 @@ class Worker:
 
     def _resolve(self, task: Task, headers: Credentials) -> ImageResolution:
         if task.type is PreheatType.IMAGE:
+            image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
-            return self._registry.resolve_image(ImageReference.parse(task.url), headers, platforms)
+            return self._registry.resolve_image(image, self._authenticated(image, headers), platforms)
         return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers)])
+
+    def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
+        """The request's headers, plus stored credentials for the registry when it brought none
+        (the request's own Authorization always wins)."""
+        if self._credentials is None or headers.get_ci("Authorization") is not None:
+            return headers
+        stored = self._credentials.for_registry(image.registry)
+        if stored is None:
+            return headers
+        return Credentials({**headers.reveal(), **stored.reveal()})
 
     def _dispatch(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
