@@ -15,6 +15,11 @@ Variables (all optional):
   turns the demo registry off.
 * ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, the supernode cache and the registry's data go.
 * ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
+* ``PREHEAT_LOCAL_PARAMETERS``: a JSON object of template parameter values, like
+  ``sam deploy --parameter-overrides`` (e.g. ``{"ScheduledPreheats": "[...]", "PreheatSchedule":
+  "rate(1 minute)"}``).
+* ``PREHEAT_LOCAL_SCHEDULES=1``: fire the template's schedules (``ScheduleV2`` events and
+  ``AWS::Scheduler::Schedule`` resources that exist with these parameters) at their functions.
 * Any variable a function declares in the template (``PREHEAT_INSECURE_REGISTRIES``,
   ``POWERTOOLS_LOG_LEVEL``...) set in the shell wins over the template's value, like
   ``sam local --env-vars``; other ``PREHEAT_*`` settings simply pass through to the handlers.
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -46,6 +52,7 @@ from local.lambda_runtime import (
 )
 from local.poller import SqsPoller
 from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, missing_tools, push_demo_image
+from local.schedules import Clock, LocalScheduler, schedules_from_template, utc_now
 from local.supernode import ReferenceSupernode
 from local.template import PhysicalResource, Resolver, Template
 
@@ -60,6 +67,8 @@ STATE_FILE_NAME = "stack.json"
 SUPERNODES_PARAMETER = "Supernodes"
 INSECURE_REGISTRIES_PARAMETER = "InsecureRegistries"
 DEFAULT_INSECURE_REGISTRIES = "localhost,127.0.0.1"  # the local registries the demo uses speak http
+ALLOWED_NETWORKS_PARAMETER = "AllowedNetworks"
+DEFAULT_ALLOWED_NETWORKS = "127.0.0.0/8,::1/128"
 DEFAULT_DEMO_REGISTRY_PORT = 5001
 DEMO_REGISTRY_INSTALL_HINT = "apt-get install docker-registry skopeo"
 
@@ -70,6 +79,9 @@ class LocalStack:
     ``supernodes`` replaces the reference supernode (None starts one, when the template has a
     ``Supernodes`` parameter); ``parameters`` overrides template parameters; ``extra_env`` overrides or
     adds function variables; ``visibility_timeout`` replaces every queue's.
+
+    ``schedules`` fires the template's schedules (see :mod:`local.schedules`) on a background thread, by
+    ``schedule_clock`` (tests pass one they advance, or call ``scheduler.run_due`` / ``scheduler.fire``).
 
     ``demo_registry_port`` starts a Distribution registry on that port of 127.0.0.1 holding the demo
     image (:attr:`demo_image`); None (the default) starts none, which keeps stacks that do not need one
@@ -101,6 +113,8 @@ class LocalStack:
         name_prefix: str = DEFAULT_NAME_PREFIX,
         poller_concurrency: int = 2,
         host: str = "127.0.0.1",
+        schedules: bool = False,
+        schedule_clock: Clock = utc_now,
     ) -> None:
         self.template = template if isinstance(template, Template) else Template.load(template)
         self._api_port = api_port
@@ -117,6 +131,8 @@ class LocalStack:
         self._name_prefix = name_prefix
         self._poller_concurrency = poller_concurrency
         self._host = host
+        self._schedules = schedules
+        self._schedule_clock = schedule_clock
 
         self._moto: MotoServer | None = None
         self.supernode: ReferenceSupernode | None = None
@@ -127,6 +143,7 @@ class LocalStack:
         self._env_patch: EnvironmentPatch | None = None
         self._api: ApiGateway | None = None
         self._pollers: list[SqsPoller] = []
+        self.scheduler: LocalScheduler | None = None
         self.runtime: LambdaRuntime | None = None
         self.resources: dict[str, PhysicalResource] = {}
         self.environment: dict[str, str] = {}
@@ -192,8 +209,16 @@ class LocalStack:
                     concurrency=self._poller_concurrency,
                 )
                 self._pollers.append(poller.start())
+        if self._schedules:
+            self._start_scheduler(runtime, resolver)
         if self._state_file is not None:
             self._write_state(self._state_file)
+
+    def _start_scheduler(self, runtime: LambdaRuntime, resolver: Resolver) -> None:
+        schedules = schedules_from_template(self.template, resolver)
+        if not schedules:
+            log.info("local schedules are on, but no schedule exists with these parameter values")
+        self.scheduler = LocalScheduler(schedules, runtime.invoke, clock=self._schedule_clock).start()
 
     def _start_supernode(self) -> list[str]:
         if self._supernode_override is not None:
@@ -226,12 +251,17 @@ class LocalStack:
         local = {
             SUPERNODES_PARAMETER: ",".join(self.supernodes),
             INSECURE_REGISTRIES_PARAMETER: DEFAULT_INSECURE_REGISTRIES,
+            # Everything local listens on loopback, which the service refuses by default in AWS.
+            ALLOWED_NETWORKS_PARAMETER: DEFAULT_ALLOWED_NETWORKS,
         }
         chosen = {k: v for k, v in local.items() if k in self.template.parameters and v}
         return {**chosen, **self._parameter_overrides}
 
     def stop(self) -> None:
         """Stops everything started, newest first; safe to call more than once."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         for poller in self._pollers:
             poller.request_stop()
         for poller in self._pollers:
@@ -319,6 +349,11 @@ class LocalStack:
                 for logical_id, r in self.resources.items()
             },
             "environment": self.environment,
+            "schedules": (
+                {}
+                if self.scheduler is None
+                else {name: s.describe() for name, s in self.scheduler.schedules.items()}
+            ),
         }
 
     def _write_state(self, path: Path) -> None:
@@ -353,6 +388,20 @@ def _enabled(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() not in {"0", "false", "no", "off"}
 
 
+def _parameters(environ: Mapping[str, str]) -> dict[str, str]:
+    raw = environ.get("PREHEAT_LOCAL_PARAMETERS", "").strip()
+    if not raw:
+        return {}
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"PREHEAT_LOCAL_PARAMETERS is not JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise SystemExit('PREHEAT_LOCAL_PARAMETERS must be a JSON object, e.g. {"PreheatOnEcrPush": "true"}')
+    # CloudFormation parameter values are strings; a JSON list given as is becomes its JSON text.
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
+
+
 def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT_TEMPLATE) -> LocalStack:
     local_dir = Path(environ.get("PREHEAT_LOCAL_DIR") or DEFAULT_LOCAL_DIR)
     template = Template.load(template_path)
@@ -375,6 +424,8 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         state_file=local_dir / STATE_FILE_NAME,
         demo_registry_port=demo_registry_port,
         registry_dir=local_dir / "registry",
+        parameters=_parameters(environ) or None,
+        schedules=environ.get("PREHEAT_LOCAL_SCHEDULES", "").strip().lower() in {"1", "true", "yes", "on"},
     )
 
 
@@ -393,7 +444,14 @@ def banner(stack: LocalStack) -> str:
         f"  curl -s -XPOST {url}/api/preheat -d '{body}'",
         f"  curl -s {url}/api/preheat/<taskId>",
     ]
+    if stack.scheduler is not None:
+        for name, schedule in stack.scheduler.schedules.items():
+            lines.append(f"Schedule {schedule.describe()} (next {_iso(stack.scheduler.next_due(name))})")
     return "\n".join(lines)
+
+
+def _iso(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.isoformat(timespec="seconds")
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
-from local.template import Template
+from local.template import GetAtt, Resolver, Template
 from preheat.adapters.dynamodb import DynamoDBTaskStore
 from preheat.models import PreheatType, Task, TaskStatus
 from preheat.settings import Settings
@@ -23,6 +23,66 @@ TEMPLATE = Template.load(ROOT / "template.yaml")
 EVENTS = sorted((ROOT / "events").glob("*.json"))
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+# Parameter values under which every trigger of the template exists (conditions are not evaluated when
+# routing: the question is where the template can send an event, not whether the defaults do).
+ROUTING = Resolver(
+    TEMPLATE,
+    TEMPLATE.parameter_values({"Supernodes": "http://supernode:8002", "ScheduledPreheats": "[]"}),
+    {},
+    "us-east-1",
+    "123456789012",
+)
+
+
+def _target(arn: Any) -> str | None:
+    if isinstance(arn, GetAtt) and arn.attribute == "Arn" and arn.resource in TEMPLATE.functions:
+        return arn.resource
+    return None
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    """EventBridge pattern matching, as far as the template's rules use it."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_matches(p, value.get(key)) for key, p in pattern.items())
+    return any(
+        value.startswith(option["prefix"]) if isinstance(option, dict) else value == option
+        for option in pattern
+    )
+
+
+def _eventbridge_targets(event: dict[str, Any]) -> set[str]:
+    """Functions an EventBridge rule of the template sends ``event`` to."""
+    targets = set()
+    for logical_id, resource in TEMPLATE.resources.items():
+        props = resource.get("Properties") or {}
+        if resource.get("Type") == "AWS::Events::Rule" and _matches(
+            ROUTING.resolve(props["EventPattern"]), event
+        ):
+            targets |= {_target(target["Arn"]) for target in props.get("Targets") or ()} - {None}
+        for event_source in (props.get("Events") or {}).values():
+            if event_source.get("Type") == "EventBridgeRule":
+                source_props = event_source["Properties"]
+                if _matches(ROUTING.resolve(source_props["Pattern"]), event):
+                    targets.add(logical_id)
+    return {target for target in targets if target in TEMPLATE.functions}
+
+
+def _schedule_targets(event: dict[str, Any]) -> set[str]:
+    """Functions a schedule of the template invokes with input shaped like ``event``."""
+    targets = set()
+    for logical_id, resource in TEMPLATE.resources.items():
+        props = resource.get("Properties") or {}
+        if resource.get("Type") == "AWS::Scheduler::Schedule":
+            target = props["Target"]
+            if set(json.loads(ROUTING.resolve(target["Input"]))) == set(event):
+                targets.add(_target(target["Arn"]))
+        for event_source in (props.get("Events") or {}).values():
+            if event_source.get("Type") == "ScheduleV2":
+                schedule_input = ROUTING.resolve(event_source["Properties"].get("Input", "{}"))
+                if set(json.loads(schedule_input)) == set(event):
+                    targets.add(logical_id)
+    return {target for target in targets if target is not None}
 
 
 def target_function(event: dict[str, Any]) -> str:
@@ -39,6 +99,10 @@ def target_function(event: dict[str, Any]) -> str:
                 # CloudFormation names a queue <stack>-<LogicalId>-<suffix>.
                 if f"-{sqs.queue}-" in queue_name:
                     return function.logical_id
+    else:
+        targets = _eventbridge_targets(event) if "detail-type" in event else _schedule_targets(event)
+        if len(targets) == 1:
+            return targets.pop()
     raise AssertionError(f"no function of the template takes {event.get('resource') or 'this event'}")
 
 
@@ -110,6 +174,19 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
     elif function == "StatusFunction":
         body = api_body(answer)
         assert body["code"] in (200, 404)
+    elif function == "ScheduledPreheatFunction":
+        assert answer["rejected"] == []
+        assert answer["failed"] == []
+        tasks = [store.get(task_id) for task_id in answer["taskIds"]]
+        urls = [task.url if task else None for task in tasks]
+        if path.name == "ecr-push.json":
+            detail = event["detail"]
+            assert urls == [
+                f"{event['account']}.dkr.ecr.{event['region']}.amazonaws.com/"
+                f"{detail['repository-name']}@{detail['image-digest']}"
+            ]
+        else:
+            assert urls == [entry["url"] for entry in event["preheats"]]
     else:  # the SQS consumers
         assert answer == {"batchItemFailures": []}
 

@@ -54,6 +54,7 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
         "StatusFunction",
         "WorkerFunction",
         "DeadLetterFunction",
+        "ScheduledPreheatFunction",
     ):
         assert (build_dir / function / "app.py").exists()
     built = (build_dir / "template.yaml").read_text()
@@ -61,12 +62,25 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
     assert "arm64" in built
 
 
+def _policies(template: dict, function: str) -> list[dict]:
+    """The function's policies, the granting branch of each conditional one (``!If [cond, policy,
+    AWS::NoValue]``) included: a grant under a condition is still a grant."""
+    from local.template import Fn
+
+    policies = []
+    for written in template["Resources"][function]["Properties"].get("Policies", []):
+        policy = written.args[1] if isinstance(written, Fn) and written.name == "Fn::If" else written
+        assert isinstance(policy, dict), policy
+        policies.append(policy)
+    return policies
+
+
 def _policy_actions(template: dict, function: str) -> set[str]:
     actions: set[str] = set()
-    for policy in template["Resources"][function]["Properties"].get("Policies", []):
-        for statement in policy.get("Statement", []) if isinstance(policy, dict) else []:
+    for policy in _policies(template, function):
+        for statement in policy.get("Statement", []):
             actions.update(statement["Action"])
-        if isinstance(policy, dict) and "SQSSendMessagePolicy" in policy:
+        if "SQSSendMessagePolicy" in policy:
             actions.add("sqs:SendMessage")
     return actions
 
@@ -75,19 +89,72 @@ def test_each_function_is_granted_only_what_it_uses():
     from local.template import load_template
 
     template = load_template(ROOT / "template.yaml").raw
-    assert _policy_actions(template, "StatusFunction") == {"dynamodb:GetItem"}
+    # Reads, and writes back FAIL "timed out" for a task read past its deadline.
+    assert _policy_actions(template, "StatusFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
     assert _policy_actions(template, "CheckFunction") == set()
     assert _policy_actions(template, "PreheatFunction") == {
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
+        "dynamodb:GetItem",  # the task holding an identical request's claim
+        "secretsmanager:GetSecretValue",  # the dedup key
         "sqs:SendMessage",
     }
     assert _policy_actions(template, "WorkerFunction") == {
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "sqs:SendMessage",
+        # Pulls from ECR with a token of its own, and registry credentials (or the Dragonfly 2 token)
+        # from Secrets Manager when a secret is named.
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "secretsmanager:GetSecretValue",
     }
     assert _policy_actions(template, "DeadLetterFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    # Scheduled and ECR-push preheats submit through the same service as POST /api/preheat.
+    assert _policy_actions(template, "ScheduledPreheatFunction") == _policy_actions(
+        template, "PreheatFunction"
+    )
+
+
+def test_only_get_authorization_token_is_granted_on_every_resource():
+    from local.template import load_template
+
+    loaded = load_template(ROOT / "template.yaml")
+    template = loaded.raw
+    for function in loaded.functions:
+        for policy in _policies(template, function):
+            for statement in policy.get("Statement", []):
+                if statement["Resource"] == "*":
+                    # That API has no resource-level permissions; everything else names its resources.
+                    assert statement["Action"] == ["ecr:GetAuthorizationToken"], statement
+
+
+def test_secrets_are_granted_only_when_named_and_only_that_secret():
+    from local.template import Fn, load_template
+
+    template = load_template(ROOT / "template.yaml").raw
+    worker = template["Resources"]["WorkerFunction"]["Properties"]
+    grants = {}
+    for policy in worker["Policies"]:
+        if isinstance(policy, Fn):
+            condition, granted, otherwise = policy.args
+            assert otherwise.name == "AWS::NoValue"
+            (statement,) = granted["Statement"]
+            grants[condition] = statement
+    expected = {
+        "HasDragonfly2TokenSecret": ("Dragonfly2TokenSecretName", "PREHEAT_DRAGONFLY2_TOKEN_SECRET"),
+        "HasRegistryCredentialsSecret": (
+            "RegistryCredentialsSecretName",
+            "PREHEAT_REGISTRY_CREDENTIALS_SECRET",
+        ),
+    }
+    assert set(grants) == set(expected)
+    for condition, (parameter, variable) in expected.items():
+        assert grants[condition]["Action"] == ["secretsmanager:GetSecretValue"]
+        assert grants[condition]["Resource"].args.endswith(f":secret:${{{parameter}}}-*")
+        assert worker["Environment"]["Variables"][variable].name == parameter
+        assert template["Parameters"][parameter]["Default"] == ""
 
 
 def test_queue_and_table_are_configured_for_production():

@@ -1,0 +1,227 @@
+"""The ``preheat`` command's parts that need no service: where the endpoint comes from, how ``--wait``
+polls (timeouts, blips), argument checks, and the progress views."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from preheat_cli.client import ClientError, Envelope, display_url
+from preheat_cli.endpoint import DEFAULT_ENDPOINT, default_endpoint
+from preheat_cli.main import header_argument, main
+from preheat_cli.progress import BarView, PlainView, describe
+from preheat_cli.waiting import MAX_CONSECUTIVE_FAILURES, WaitTimeout, wait_for_task
+
+TASK = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def running(succeeded: int = 0, total: int = 4) -> Envelope:
+    layers = {"total": total, "succeeded": succeeded, "failed": 0, "pending": total - succeeded}
+    return Envelope({"code": 200, "data": {"taskId": TASK, "status": "RUNNING", "layers": layers}})
+
+
+def ended(status: str, **extra: Any) -> Envelope:
+    data = {
+        "taskId": TASK,
+        "status": status,
+        "layers": {"total": 4, "succeeded": 4, "failed": 0, "pending": 0},
+    }
+    return Envelope({"code": 200, "data": {**data, **extra}})
+
+
+class ScriptedApi:
+    """Answers status polls from a script; a ClientError in it is raised instead."""
+
+    def __init__(self, *answers: Envelope | ClientError) -> None:
+        self.answers = list(answers)
+        self.polls = 0
+
+    def status(self, task_id: str, detail: bool = False) -> Envelope:
+        self.polls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, ClientError):
+            raise answer
+        return answer
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        pass
+
+    def update(self, data: Any) -> None:
+        self.seen.append(dict(data))
+
+    def stop(self) -> None:
+        pass
+
+
+def wait(api: ScriptedApi, timeout: float = 60) -> tuple[Envelope, Recorder, FakeTime]:
+    view, time = Recorder(), FakeTime()
+    final = wait_for_task(api, TASK, view, timeout=timeout, interval=1, clock=time.clock, sleep=time.sleep)
+    return final, view, time
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+def test_wait_follows_the_task_until_it_ends():
+    final, view, _ = wait(ScriptedApi(running(0), running(2), ended("SUCCESS")))
+    assert final.data["status"] == "SUCCESS"
+    assert [d["layers"]["succeeded"] for d in view.seen] == [0, 2, 4]
+
+
+def test_wait_gives_up_at_the_deadline_with_the_last_answer():
+    with pytest.raises(WaitTimeout) as caught:
+        wait(ScriptedApi(running(1)), timeout=5)
+    assert caught.value.last is not None
+    assert caught.value.last.data["status"] == "RUNNING"
+    assert f"preheat status {TASK} --wait" in str(caught.value)
+
+
+def test_wait_outlives_a_few_failed_polls():
+    blip = ClientError("connection reset")
+    busy = Envelope({"code": 500, "msg": "service unavailable, try again"})
+    final, _, _ = wait(ScriptedApi(running(), blip, busy, blip, running(3), ended("SUCCESS")))
+    assert final.data["status"] == "SUCCESS"
+
+
+def test_wait_stops_when_the_api_keeps_failing():
+    with pytest.raises(ClientError):
+        wait(ScriptedApi(ClientError("refused")))
+    busy = Envelope({"code": 500, "msg": "service unavailable, try again"})
+    api = ScriptedApi(busy)
+    final, _, _ = wait(api)
+    assert final.code == 500
+    assert api.polls == MAX_CONSECUTIVE_FAILURES
+
+
+def test_wait_returns_a_4xx_answer_at_once():
+    api = ScriptedApi(Envelope({"code": 404, "msg": "no preheat task"}))
+    final, _, _ = wait(api)
+    assert final.code == 404
+    assert api.polls == 1
+
+
+# -- where the endpoint comes from ---------------------------------------------------------------
+
+
+def write_state(directory: Path, pid: int, url: str = "http://127.0.0.1:4321") -> None:
+    (directory / ".local").mkdir(parents=True)
+    (directory / ".local" / "stack.json").write_text(json.dumps({"pid": pid, "api_url": url}))
+
+
+def test_the_endpoint_comes_from_the_variable_then_a_running_local_stack(tmp_path: Path):
+    write_state(tmp_path, os.getpid())
+    below = tmp_path / "some" / "subdir"
+    below.mkdir(parents=True)
+    assert default_endpoint({}, below) == "http://127.0.0.1:4321"
+    assert default_endpoint({"PREHEAT_ENDPOINT": "https://x.example/Prod"}, below) == "https://x.example/Prod"
+
+
+def test_a_stale_stack_file_is_ignored(tmp_path: Path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: no process has this pid now (until the system reuses it)
+    write_state(tmp_path, gone.pid)
+    assert default_endpoint({}, tmp_path) == DEFAULT_ENDPOINT
+
+
+def test_the_local_dir_variable_points_at_the_stack_file(tmp_path: Path):
+    write_state(tmp_path / "custom", os.getpid(), "http://127.0.0.1:5555")
+    assert default_endpoint({"PREHEAT_LOCAL_DIR": "custom/.local"}, tmp_path) == "http://127.0.0.1:5555"
+
+
+# -- arguments -----------------------------------------------------------------------------------
+
+
+def test_header_arguments():
+    assert header_argument("Authorization=Basic YTpi==") == ("Authorization", "Basic YTpi==")
+    assert header_argument("X-Empty=") == ("X-Empty", "")
+    for bad in ("Authorization", "=value", "Authorization: Bearer abc=="):
+        with pytest.raises(argparse.ArgumentTypeError) as caught:
+            header_argument(bad)
+        assert "abc" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["image", "x.io/a:b", "--timeout", "0"],
+        ["image", "x.io/a:b", "--interval", "soon"],
+        ["--progress", "fancy", "check"],
+        ["--endpoint", "ftp://x", "check"],
+        ["launch"],
+    ],
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]):
+    assert main(argv) == 2
+    assert capsys.readouterr().err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]):
+    assert main(["--help"]) == 0
+    assert "exit codes" in capsys.readouterr().out
+
+
+def test_an_endpoints_credentials_are_not_shown():
+    assert display_url("https://user:pw@api.example/Prod") == "https://api.example/Prod"
+
+
+# -- progress views ------------------------------------------------------------------------------
+
+
+def test_success_is_100_percent_even_without_layer_counts():
+    assert describe({"status": "SUCCESS"}) == "1/1 blobs warmed (100%)"
+    assert describe({"status": "RUNNING"}) == "resolving blobs"
+    assert describe(running(1).data) == "1/4 blobs warmed (25%)"
+
+
+def test_the_bar_ends_at_100_percent_on_success():
+    out = io.StringIO()
+    bar = BarView(Console(file=out, force_terminal=True, width=100))
+    bar.start()
+    bar.update({"status": "RUNNING"})
+    bar.update(running(2).data)
+    bar.update(ended("SUCCESS").data)
+    bar.stop()
+    # Frames are separated by carriage returns; the escape codes colour and hide the cursor.
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).rstrip().splitlines()[-1]
+    assert "SUCCESS" in last
+    assert "4/4" in last
+    assert "100%" in last
+
+
+def test_plain_lines_only_when_something_changed():
+    out = io.StringIO()
+    view = PlainView(out, clock=lambda: 0.0)
+    for answer in (running(0), running(0), running(3), ended("SUCCESS")):
+        view.update(answer.data)
+    assert out.getvalue().splitlines() == [
+        "[   0.0s] RUNNING 0/4 blobs warmed (0%)",
+        "[   0.0s] RUNNING 3/4 blobs warmed (75%)",
+        "[   0.0s] SUCCESS 4/4 blobs warmed (100%)",
+    ]
