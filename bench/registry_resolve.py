@@ -164,7 +164,12 @@ class Run:
 
 def measure(layers: int, delay: float, runs: int, max_workers: int) -> tuple[list[Run], int]:
     """``runs`` resolutions of the stub's image, each by a fresh client; and the blob count."""
-    settings = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=10.0)
+    # The stub origins listen on loopback, which the outbound policy refuses unless allowed.
+    settings = Settings(
+        insecure_registries=frozenset({"127.0.0.1"}),
+        registry_timeout_seconds=10.0,
+        allowed_networks=("127.0.0.0/8", "::1/128"),
+    )
     origins = DelayedOrigins(layers, delay)
     results: list[Run] = []
     try:

@@ -41,6 +41,7 @@ log = logging.getLogger("local.lambda")
 # ~/.aws: removed while the local stack runs.
 _UNSAFE_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _UNSAFE_AWS_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints beat AWS_ENDPOINT_URL
+_POWERTOOLS_PARAMETERS = "aws_lambda_powertools.utilities.parameters.base"
 
 
 class EnvConflictError(RuntimeError):
@@ -186,16 +187,25 @@ Handler = Callable[[Any, Any], Any]
 _module_counter = itertools.count(1)
 
 
-def forget_modules_under(directories: Iterable[Path]) -> list[str]:
-    """Drop modules loaded from ``directories`` from ``sys.modules``, so the next import runs them afresh."""
+RESET_HOOK = "reset_execution_environment"
+
+
+def reset_modules_under(directories: Iterable[Path]) -> list[str]:
+    """Call ``reset_execution_environment()`` of every loaded module from ``directories`` that has one.
+
+    The modules stay loaded: code outside the stack (tests, tools) holds their classes, and a second
+    copy of a module would make two classes of one exception that do not catch each other. Their
+    caches are what a new execution environment must not inherit.
+    """
     roots = [d.resolve() for d in directories]
-    dropped = []
+    reset = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if file and any(Path(file).resolve().is_relative_to(root) for root in roots):
-            del sys.modules[name]
-            dropped.append(name)
-    return dropped
+        hook = getattr(module, RESET_HOOK, None)
+        if file and callable(hook) and any(Path(file).resolve().is_relative_to(root) for root in roots):
+            hook()
+            reset.append(name)
+    return reset
 
 
 def load_handler(spec: FunctionSpec, layer_dirs: Iterable[Path]) -> Handler:
@@ -266,9 +276,11 @@ class LambdaRuntime:
             logical_id: _FunctionPool(spec, template.layer_dirs(spec))
             for logical_id, spec in template.functions.items()
         }
-        # New execution environments import the layer afresh: its module-level caches (settings, clients
-        # built from AWS_ENDPOINT_URL) must not carry over from an earlier stack in this process.
-        forget_modules_under({d for spec in template.functions.values() for d in template.layer_dirs(spec)})
+        # New execution environments start without the layer's caches (settings, clients built from
+        # AWS_ENDPOINT_URL) of an earlier stack in this process.
+        reset_modules_under({d for spec in template.functions.values() for d in template.layer_dirs(spec)})
+        # Nor may powertools' cached parameter providers (get_secret's client holds the old endpoint).
+        getattr(sys.modules.get(_POWERTOOLS_PARAMETERS), "DEFAULT_PROVIDERS", {}).clear()
 
     def function_name(self, logical_id: str) -> str:
         return physical_name(self._name_prefix, logical_id)

@@ -5,10 +5,10 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from preheat.entrypoints.api import build_resolver, status_router
+from preheat.entrypoints.api import build_resolver, status_routes
 from preheat.entrypoints.observability import logger, metrics, tracer
 
-app = build_resolver(status_router)
+app = build_resolver(status_routes())
 
 
 # Events carry credentials (the body's header, the worker's message): never logged, whatever

@@ -33,7 +33,12 @@ from tests.support.registry import (
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
-SETTINGS = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=5.0)
+# The registries listen on loopback, which the outbound policy refuses unless allowed.
+SETTINGS = Settings(
+    insecure_registries=frozenset({"127.0.0.1"}),
+    registry_timeout_seconds=5.0,
+    allowed_networks=("127.0.0.0/8", "::1/128"),
+)
 USER = "preheat"
 LIFETIME = 300
 

@@ -61,7 +61,7 @@ def queue() -> FakeQueue:
 
 @pytest.fixture(autouse=True)
 def service(monkeypatch: pytest.MonkeyPatch, store: FakeTaskStore, queue: FakeQueue) -> PreheatService:
-    service = PreheatService(store, queue, Settings())
+    service = PreheatService(store, queue, Settings(allowed_networks=("127.0.0.0/8", "::1/128")))
     monkeypatch.setattr(events.bootstrap, "preheat_service", lambda: service)
     return service
 

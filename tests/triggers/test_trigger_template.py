@@ -24,6 +24,7 @@ def resolver(**parameters: str) -> Resolver:
         "PreheatQueue": PhysicalResource("PreheatQueue", "http://sqs/queue", {"QueueName": "queue"}),
         "TasksTable": PhysicalResource("TasksTable", "tasks", {"Arn": "arn:table"}),
         FUNCTION: PhysicalResource(FUNCTION, "fn", {"Arn": "arn:aws:lambda:us-east-1:1:function:fn"}),
+        "DedupKeySecret": PhysicalResource("DedupKeySecret", "arn:secret:dedup", {"Id": "arn:secret:dedup"}),
     }
     return Resolver(TEMPLATE, values, physical, "us-east-1", "123456789012")
 

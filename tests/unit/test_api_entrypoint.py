@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from preheat import bootstrap
-from preheat.entrypoints.api import build_resolver, check_router, preheat_router, status_router
+from preheat.entrypoints.api import build_resolver, check_routes, preheat_routes, status_routes
 from preheat.models import TaskStatus
 from preheat.service import PreheatService
 from preheat.settings import Settings
@@ -32,7 +32,7 @@ class Context:
 
 def call(router: Any, event_file: str, **overrides: Any) -> dict[str, Any]:
     event = json.loads((EVENTS / event_file).read_text()) | overrides
-    answer = build_resolver(router).resolve(event, Context())
+    answer = build_resolver(router()).resolve(event, Context())
     assert answer["statusCode"] == 200
     assert answer["multiValueHeaders"]["Content-Type"] == ["application/json"]
     body: dict[str, Any] = json.loads(answer["body"])
@@ -42,7 +42,7 @@ def call(router: Any, event_file: str, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch):
     store, queue, nodes = FakeTaskStore(), FakeQueue(), FakeSupernodes(("http://a:8002", "http://b:8002"))
-    service = PreheatService(store, queue, Settings())
+    service = PreheatService(store, queue, Settings(allowed_networks=("127.0.0.0/8", "::1/128")))
     monkeypatch.setattr(bootstrap, "preheat_service", lambda: service)
     monkeypatch.setattr(bootstrap, "supernode_driver", lambda: nodes)
     return store, queue, nodes
@@ -50,9 +50,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch):
 
 def test_check_is_200_when_all_supernodes_answer_and_names_those_that_do_not(fakes):
     _, _, nodes = fakes
-    assert call(check_router, "check.json") == {"code": 200}
+    assert call(check_routes, "check.json") == {"code": 200}
     nodes.down.add("http://b:8002")
-    answer = call(check_router, "check.json")
+    answer = call(check_routes, "check.json")
     assert answer["code"] == 503
     assert "http://b:8002: connection refused" in answer["msg"]
     assert "http://a:8002" not in answer["msg"]
@@ -60,7 +60,7 @@ def test_check_is_200_when_all_supernodes_answer_and_names_those_that_do_not(fak
 
 def test_preheat_answers_the_task_id_it_recorded(fakes):
     store, queue, _ = fakes
-    answer = call(preheat_router, "preheat-image.json")
+    answer = call(preheat_routes, "preheat-image.json")
     assert answer["code"] == 200
     assert set(answer) == {"code", "data"}
     assert list(store.tasks) == [answer["data"]["taskId"]]
@@ -70,7 +70,7 @@ def test_preheat_answers_the_task_id_it_recorded(fakes):
 def test_a_store_failure_is_code_500_and_queues_nothing(fakes):
     store, queue, _ = fakes
     store.fail_next = 1
-    answer = call(preheat_router, "preheat-image.json")
+    answer = call(preheat_routes, "preheat-image.json")
     assert answer["code"] == 500
     assert "try again" in answer["msg"]
     assert queue.sent == []
@@ -79,7 +79,7 @@ def test_a_store_failure_is_code_500_and_queues_nothing(fakes):
 def test_a_queue_failure_is_code_500_and_the_task_is_not_left_running(fakes):
     store, queue, _ = fakes
     queue.fail_next = 1
-    answer = call(preheat_router, "preheat-image.json")
+    answer = call(preheat_routes, "preheat-image.json")
     assert answer["code"] == 500
     [task] = store.tasks.values()
     assert task.status is TaskStatus.FAIL
@@ -88,7 +88,7 @@ def test_a_queue_failure_is_code_500_and_the_task_is_not_left_running(fakes):
 def test_an_oversized_body_is_refused(fakes):
     store, _, _ = fakes
     body = json.dumps({"type": "file", "url": "https://h.io/f", "header": {"X": "v" * 70_000}})
-    answer = call(preheat_router, "preheat-file.json", body=body)
+    answer = call(preheat_routes, "preheat-file.json", body=body)
     assert answer == {"code": 400, "msg": "request body is larger than 64 KiB"}
     assert store.tasks == {}
 
@@ -97,14 +97,14 @@ def test_a_base64_body_is_decoded_as_api_gateway_sends_binary_payloads(fakes):
     import base64
 
     body = base64.b64encode(b'{"type":"file","url":"https://h.io/f"}').decode()
-    answer = call(preheat_router, "preheat-file.json", body=body, isBase64Encoded=True)
+    answer = call(preheat_routes, "preheat-file.json", body=body, isBase64Encoded=True)
     assert answer["code"] == 200
 
 
 def test_status_answers_the_spec_fields_first(fakes):
-    created = call(preheat_router, "preheat-image.json")["data"]["taskId"]
+    created = call(preheat_routes, "preheat-image.json")["data"]["taskId"]
     answer = call(
-        status_router,
+        status_routes,
         "status.json",
         path=f"/api/preheat/{created}",
         pathParameters={"taskId": created},
@@ -120,6 +120,6 @@ def test_an_unexpected_error_is_code_500_without_details(fakes, monkeypatch: pyt
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(bootstrap, "preheat_service", explode)
-    answer = call(preheat_router, "preheat-image.json")
+    answer = call(preheat_routes, "preheat-image.json")
     assert answer["code"] == 500
     assert "secret internals" not in answer["msg"]

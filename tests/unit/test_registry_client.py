@@ -32,7 +32,11 @@ from preheat.models import Credentials, ImageReference, Platform
 from preheat.settings import Settings
 from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
 
-SETTINGS = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=1.0)
+# The stubs listen on loopback, which the outbound policy refuses unless allowed.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+SETTINGS = Settings(
+    insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=1.0, allowed_networks=LOOPBACK
+)
 CANARY = "canary-Zq8wX3secret"
 AMZ_QUERY = (
     "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
@@ -1074,7 +1078,9 @@ def test_server_error_forever_is_transient(
 def test_slow_registry_times_out(fake: StubRegistry):
     fake.add_image("v1", [b"layer"])
     fake.script.extend(StubResponse(200, b"{}", delay=1.0) for _ in range(4))
-    settings = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1)
+    settings = Settings(
+        insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1, allowed_networks=LOOPBACK
+    )
     client = HttpRegistryClient(settings, sleep=lambda seconds: None)
     started = time.monotonic()
 
@@ -1087,7 +1093,9 @@ def test_slow_storage_times_out(fake: StubRegistry, storage: StubServer):
     fake.add_image("v1", [b"layer"])
     fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
     storage.handler = lambda request: StubResponse(200, b"late", delay=1.0)
-    settings = Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1)
+    settings = Settings(
+        insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1, allowed_networks=LOOPBACK
+    )
     client = HttpRegistryClient(settings, attempts=2, sleep=lambda seconds: None)
     started = time.monotonic()
 

@@ -72,8 +72,9 @@ def worker() -> Worker:
     )
 
 
-def reset() -> None:
-    """Forget every built object (tests change the environment between cases)."""
+def reset_execution_environment() -> None:
+    """Forget every built object, as a new Lambda execution environment would (the local stack
+    calls it when it starts; tests when they change the environment)."""
     get_settings.cache_clear()
     for factory in (task_store, task_queue, supernode_driver, preheat_service, worker):
         factory.cache_clear()

@@ -23,6 +23,7 @@ from preheat.models import (
     WorkerMessage,
     utcnow,
 )
+from preheat.network import check_request
 from preheat.ports import SupernodeDriver, TaskQueue, TaskStore
 from preheat.settings import Settings
 
@@ -72,7 +73,11 @@ class PreheatService:
 
         If the queue refuses the message the task is marked FAIL at once: a RUNNING task that no
         worker will ever pick up would otherwise sit there until its deadline.
+
+        A URL the outbound policy refuses without DNS (scheme, a literal private address, a host
+        off PREHEAT_ALLOWED_REGISTRIES) is an InvalidRequest; names are judged by the worker.
         """
+        check_request(request, self._settings)
         now = self._clock()
         platforms = self._platforms_for(request)
         task = Task(

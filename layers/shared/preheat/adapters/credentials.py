@@ -50,7 +50,7 @@ class AwsCredentialStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret_name = settings.registry_credentials_secret
-        self._ecr_client_factory = ecr_client_factory or _ecr_client
+        self._ecr_client_factory = ecr_client_factory or functools.cache(_ecr_client)
         self._read_secret = secret_reader
         self._clock = clock
         self._ecr_tokens: dict[tuple[str, str], tuple[Credentials, float]] = {}
@@ -132,6 +132,5 @@ class AwsCredentialStore:
         return credentials
 
 
-@functools.cache
 def _ecr_client(region: str) -> Any:
     return boto3.client("ecr", region_name=region, config=_CLIENT_CONFIG)

@@ -11,6 +11,11 @@ then the redirects of all blobs, are resolved concurrently on a bounded pool ove
 which keeps its connections: blob URLs are probed for their first byte (``Range: bytes=0-0``), so
 an answer does not leave a whole blob unread on a connection that would then have to be dropped.
 
+Every connection goes through :class:`preheat.network.GuardedAdapter`: an address the outbound
+policy refuses (loopback, link-local such as the instance metadata service, private, ...) is never
+connected to, whether the caller named it, a registry redirected to it, or DNS answered with it;
+the URL the caller named must also be on ``PREHEAT_ALLOWED_REGISTRIES`` when that is set.
+
 Caller headers are credentials. They go to the registry's origin and nowhere else (a storage host
 that receives the registry's ``Authorization`` rejects the request, and must not see it anyway); no
 message quotes them, and text a server answers with is scrubbed of them before it is quoted.
@@ -40,10 +45,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
+from preheat.network import AddressRefused, GuardedAdapter, OutboundPolicy, find_refusal
 from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -435,7 +440,9 @@ class HttpRegistryClient:
         if attempts < 1 or max_workers < 1:
             raise ValueError("attempts and max_workers must be at least 1")
         self._settings = settings
-        self._session = session if session is not None else _new_session(max_workers)
+        self._policy = OutboundPolicy.of(settings)
+        # A session passed in is used as given (its adapters are the caller's to guard).
+        self._session = session if session is not None else _new_session(max_workers, self._policy)
         self._max_workers = max_workers
         self._attempts = attempts
         self._backoff_seconds = backoff_seconds
@@ -455,9 +462,10 @@ class HttpRegistryClient:
     ) -> ImageResolution:
         insecure = self._settings.is_insecure(image.registry)
         base_url = image.base_url(insecure)
+        label = str(image)
+        self._policy.check_url(base_url, f"manifest for {label}")
         target = _Target.of(base_url, f"registry {image.registry}", image.repository, headers)
         self._reuse_token(target)
-        label = str(image)
 
         body, content_type = self._fetch_manifest(target, base_url, image.reference, f"manifest for {label}")
         if image.digest:
@@ -543,8 +551,10 @@ class HttpRegistryClient:
         return descriptors, selection
 
     def resolve_file(self, url: str, headers: Credentials) -> Blob:
+        what = f"file {_display_url(url)}"
+        self._policy.check_url(url, what)
         target = _Target.of(url, f"server {_display_host(url)}", None, headers)
-        final = self._resolve_url(target, url, f"file {_display_url(url)}")
+        final = self._resolve_url(target, url, what)
         return Blob(
             url=final,
             headers=target.credentials() if target.owns(final) else Credentials(),
@@ -661,7 +671,10 @@ class HttpRegistryClient:
         # Only Basic credentials are exchanged; other caller headers stay with the registry.
         headers = {"Authorization": target.caller_auth} if target.caller_auth else {}
         what = f"token for repository {target.repository} from {parts.netloc}"
-        response = self._get(realm, headers, target, params=params)
+        try:
+            response = self._get(realm, headers, target, params=params)
+        except AddressRefused as exc:
+            raise AddressRefused(f"could not fetch the {what}: {exc}") from None
         with response:
             if response.status_code in (401, 403):
                 raise target.refused(response.status_code, _error_detail(response, target))
@@ -714,13 +727,18 @@ class HttpRegistryClient:
 
         Redirects are followed by hand: the target's headers go only to the target's origin (S3
         refuses a request that carries both a registry token and a signature), and each hop is a
-        GET because storage URLs are presigned for the method the registry was asked with."""
+        GET because storage URLs are presigned for the method the registry was asked with. Each hop
+        is checked anew: its scheme here, its address by the session's adapter when it connects."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            if target.owns(current):
-                response = self._get_authorized(target, current, headers)
-            else:
-                response = self._get(current, dict(headers), target)
+            try:
+                if target.owns(current):
+                    response = self._get_authorized(target, current, headers)
+                else:
+                    response = self._get(current, dict(headers), target)
+            except AddressRefused as exc:
+                # Raised afresh: the message names hosts and addresses, never the URL's query.
+                raise AddressRefused(f"could not fetch the {what}: {exc}") from None
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECT_CODES or not location:
                 return response, current
@@ -785,7 +803,10 @@ class HttpRegistryClient:
                 "a value in 'header' cannot be sent: HTTP header values must be printable Latin-1 text"
             )
         except requests.RequestException as exc:
-            raise _Retry(_failure_reason(exc, self._timeout, target)) from None
+            refused = find_refusal(exc)
+            if refused is None:
+                raise _Retry(_failure_reason(exc, self._timeout, target)) from None
+            failure = AddressRefused(str(refused))
         if failure is not None:
             # Raised out of the handler: the exception it replaces holds the header value or URL,
             # and would otherwise ride along as __context__ into logs and error reporters.
@@ -872,11 +893,13 @@ def signature_params(url: str) -> tuple[str, ...]:
     )
 
 
-def _new_session(max_workers: int) -> requests.Session:
+def _new_session(max_workers: int, policy: OutboundPolicy) -> requests.Session:
     session = requests.Session()
     # Enough pooled connections per host for every worker thread, so that they reuse connections
-    # instead of opening (and discarding) one each; retries are ours, with backoff.
-    adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(max_workers, 16), max_retries=0)
+    # instead of opening (and discarding) one each; retries are ours, with backoff. The adapter
+    # checks the address of every connection it makes against the outbound policy, and is the
+    # only one mounted: a URL of any other scheme has no adapter to go through.
+    adapter = GuardedAdapter(policy, pool_connections=16, pool_maxsize=max(max_workers, 16), max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     # One warm Lambda serves many callers: a cookie one caller's credentials earned (Harbor's

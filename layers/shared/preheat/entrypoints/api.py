@@ -32,39 +32,53 @@ def envelope(code: int, data: dict[str, Any] | None = None, msg: str | None = No
     return Response(status_code=200, content_type="application/json", body=json.dumps(body))
 
 
-check_router = Router()
-preheat_router = Router()
-status_router = Router()
+# Each handler builds its resolver from a fresh router: a router remembers the last resolver that
+# included it (its current_event comes from there), so two resolvers must never share one.
 
 
-@check_router.get("/api/check")
-@tracer.capture_method(capture_response=False)
-def check() -> Response[str]:
-    failures = unreachable_supernodes(bootstrap.supernode_driver())
-    if failures:
-        metrics.add_metric(name="SupernodesUnreachable", unit=MetricUnit.Count, value=len(failures))
-        names = "; ".join(f"{target}: {reason}" for target, reason in failures.items())
-        return envelope(503, msg=f"cannot reach {len(failures)} supernode(s): {names}")
-    return envelope(200)
+def check_routes() -> Router:
+    router = Router()
+
+    @router.get("/api/check")
+    @tracer.capture_method(capture_response=False)
+    def check() -> Response[str]:
+        failures = unreachable_supernodes(bootstrap.supernode_driver())
+        if failures:
+            metrics.add_metric(name="SupernodesUnreachable", unit=MetricUnit.Count, value=len(failures))
+            names = "; ".join(f"{target}: {reason}" for target, reason in failures.items())
+            return envelope(503, msg=f"cannot reach {len(failures)} supernode(s): {names}")
+        return envelope(200)
+
+    return router
 
 
-@preheat_router.post("/api/preheat")
-@tracer.capture_method(capture_response=False)
-def preheat() -> Response[str]:
-    request = PreheatRequest.parse(_json_body(preheat_router.current_event.decoded_body))
-    task = bootstrap.preheat_service().submit(request)
-    logger.append_keys(task_id=task.task_id)
-    logger.info("preheat task submitted", extra={"type": task.type.value, "url": task.url})
-    metrics.add_metric(name="TasksSubmitted", unit=MetricUnit.Count, value=1)
-    return envelope(200, data={"taskId": task.task_id})
+def preheat_routes() -> Router:
+    router = Router()
+
+    @router.post("/api/preheat")
+    @tracer.capture_method(capture_response=False)
+    def preheat() -> Response[str]:
+        request = PreheatRequest.parse(_json_body(router.current_event.decoded_body))
+        task = bootstrap.preheat_service().submit(request)
+        logger.append_keys(task_id=task.task_id)
+        logger.info("preheat task submitted", extra={"type": task.type.value, "url": task.url})
+        metrics.add_metric(name="TasksSubmitted", unit=MetricUnit.Count, value=1)
+        return envelope(200, data={"taskId": task.task_id})
+
+    return router
 
 
-@status_router.get("/api/preheat/<task_id>")
-@tracer.capture_method(capture_response=False)
-def status(task_id: str) -> Response[str]:
-    task = bootstrap.preheat_service().get(task_id)
-    detail = status_router.current_event.get_query_string_value("detail", "false") or "false"
-    return envelope(200, data=task.to_api(detail=detail.lower() in ("true", "1", "yes")))
+def status_routes() -> Router:
+    router = Router()
+
+    @router.get("/api/preheat/<task_id>")
+    @tracer.capture_method(capture_response=False)
+    def status(task_id: str) -> Response[str]:
+        task = bootstrap.preheat_service().get(task_id)
+        detail = router.current_event.get_query_string_value("detail", "false") or "false"
+        return envelope(200, data=task.to_api(detail=detail.lower() in ("true", "1", "yes")))
+
+    return router
 
 
 def _json_body(raw: str | None) -> Any:

@@ -115,13 +115,13 @@ def handle_event(event: Any) -> dict[str, Any]:
 def _submit_one(index: int, body: Any, outcome: Outcome) -> None:
     try:
         request = PreheatRequest.parse(body)
+        task = bootstrap.preheat_service().submit(request)
     except InvalidRequest as exc:
-        # The reason names what is wrong (never a header's value), exactly as the API answers it.
+        # Refused by validation or by the outbound network policy. The reason names what is wrong
+        # (never a header's value), exactly as the API answers it.
         outcome.rejected.append(Problem(index, str(exc)))
         logger.warning("scheduled preheat rejected", extra={"index": index, "reason": str(exc)})
         return
-    try:
-        task = bootstrap.preheat_service().submit(request)
     except DependencyFailure as exc:
         outcome.failed.append(Problem(index, str(exc)))
         logger.error(
