@@ -1,0 +1,513 @@
+"""Cold start of every function: import its handler module and build its clients, in a fresh process.
+
+    .venv/bin/python -m bench.cold_start [--runs 10] [--functions StatusFunction,...] [--importtime]
+
+For each function of ``template.yaml`` a fresh Python process does what a new Lambda execution
+environment does before its first invocation: with the function's directory and the shared layer
+first on ``sys.path`` (``/var/task``, ``/opt/python``), the template's variables for the function
+(resources given dummy names), Lambda's own variables (so powertools' Tracer is on, as with the
+template's ``Tracing: Active``) and dummy AWS credentials (no network is needed), it imports the
+handler module and calls the bootstrap factories the function uses, building their boto3 clients
+(``task_store()._client``, ``task_queue()._client``) and domain objects. The AWS clients a function
+builds are read from its IAM policies in the template (DynamoDB actions: the task store's client;
+SQS: the queue's).
+
+The floor of a function is a fresh process that imports boto3 and builds the same clients (with
+the adapters' client config), and nothing else: what any Python Lambda using those clients pays.
+
+Each process times itself from its first statement to its last (the interpreter's own start-up,
+the same for both, is left out), and reports its peak RSS: ``VmHWM`` from ``/proc/self/status``
+(``getrusage``'s ``ru_maxrss`` where there is no ``/proc``; on Linux it survives ``exec``, so a
+child forked from a large parent would report the parent's size). Runs go round the
+functions and floors in turn; figures are medians of ``--runs``.
+
+Targets: each function at most 1.3x its floor; peak RSS below the function's MemorySize. For a
+function that misses its time target, three more runs under ``python -X importtime`` (and three of
+its floor; medians) name what it imports beyond the floor, by the module through which the
+project's code reaches it: where the time goes.
+
+Results go to ``bench/results/cold_start.json``; each figure is ``{value, target, met, ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import LAYER, RESULTS
+from bench.common import figure, figure_rows, median, table, write_result
+from local.template import FunctionSpec, PhysicalResource, Resolver, Template, TemplateError
+
+NAME = "cold_start"
+PROJECT_ROOT = LAYER.parent.parent
+TEMPLATE = PROJECT_ROOT / "template.yaml"
+TARGET_RATIO = 1.3
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+
+QUICK_ARGS = ["--runs", "3"]
+DIAGNOSIS_RUNS = 3
+
+# The bootstrap factories each function's handler reaches on its first invocation (besides the
+# AWS clients, which come from the template's policies). A function not listed builds its clients.
+DOMAIN_FACTORIES: dict[str, tuple[str, ...]] = {
+    "CheckFunction": ("supernode_driver",),
+    "PreheatFunction": ("preheat_service",),
+    "StatusFunction": ("preheat_service",),
+    "WorkerFunction": ("worker",),
+    "DeadLetterFunction": (),
+    "ScheduledPreheatFunction": ("preheat_service",),
+}
+CLIENT_FACTORIES = {"dynamodb": "task_store._client", "sqs": "task_queue._client"}
+# The adapters' botocore config (preheat.adapters.dynamodb / sqs): the floor builds its clients alike.
+CLIENT_CONFIG = "Config(retries={'mode': 'standard', 'max_attempts': 3}, connect_timeout=2, read_timeout=5)"
+
+_CHILD_PREAMBLE = """\
+import time as _time
+_started = _time.perf_counter()
+import sys as _sys
+"""
+# Peak RSS from /proc (VmHWM, this process image's own high-water mark) where there is one:
+# getrusage's ru_maxrss survives exec, so a child forked from a big parent reports the parent's size.
+PEAK_RSS_KB = """
+def _peak_kb():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+_CHILD_REPORT = (
+    """
+_done = _time.perf_counter()
+import json as _json
+"""
+    + PEAK_RSS_KB
+    + """
+print(_json.dumps({"seconds": _done - _started, "import_seconds": _imported - _started,
+                   "maxrss_kb": _peak_kb()}))
+"""
+)
+
+
+def function_script(spec: FunctionSpec, layer_dirs: Sequence[Path], factories: Sequence[str]) -> str:
+    module = spec.handler.rpartition(".")[0]
+    paths = [str(spec.code_uri), *(str(path) for path in layer_dirs)]
+    calls = "\n".join(
+        f"_obj = _bootstrap.{first}()" + "".join(f"\n_obj = _obj.{attribute}" for attribute in rest)
+        for first, *rest in (factory.split(".") for factory in factories)
+    )
+    return (
+        _CHILD_PREAMBLE
+        + f"_sys.path[:0] = {paths!r}\n"
+        + "import importlib as _importlib\n"
+        + f"_handler = getattr(_importlib.import_module({module!r}), {spec.handler_name!r})\n"
+        + "_imported = _time.perf_counter()\n"
+        + "from preheat import bootstrap as _bootstrap\n"
+        + calls
+        + _CHILD_REPORT
+    )
+
+
+def floor_script(services: Sequence[str]) -> str:
+    clients = "\n".join(f"boto3.client({service!r}, config={CLIENT_CONFIG})" for service in services)
+    return (
+        _CHILD_PREAMBLE
+        + "import boto3\nfrom botocore.config import Config\n"
+        + "_imported = _time.perf_counter()\n"
+        + clients
+        + _CHILD_REPORT
+    )
+
+
+# -- what each function is --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Function:
+    logical_id: str
+    spec: FunctionSpec
+    layer_dirs: tuple[Path, ...]
+    services: tuple[str, ...]
+    factories: tuple[str, ...]
+    environment: dict[str, str]
+
+    @property
+    def floor_key(self) -> str:
+        return "+".join(self.services) or "none"
+
+
+def aws_services(template: Template, logical_id: str) -> tuple[str, ...]:
+    """The AWS clients a function builds, read from its IAM policies in the template."""
+    policies = json.dumps(
+        (template.resources[logical_id].get("Properties") or {}).get("Policies"), default=str
+    )
+    services = []
+    if re.search(r"dynamodb:", policies):
+        services.append("dynamodb")
+    if re.search(r"sqs:|SQSSendMessagePolicy|SQSPollerPolicy", policies):
+        services.append("sqs")
+    return tuple(services)
+
+
+def dummy_resolver(template: Template) -> Resolver:
+    resources: dict[str, PhysicalResource] = {}
+    for logical_id in template.tables:
+        name = f"bench-{logical_id}"
+        resources[logical_id] = PhysicalResource(
+            logical_id, name, {"Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"}
+        )
+    for logical_id in template.queues:
+        name = f"bench-{logical_id}"
+        resources[logical_id] = PhysicalResource(
+            logical_id,
+            f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}",
+            {"Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}", "QueueName": name},
+        )
+    parameters = template.parameter_values(
+        {name: "http://127.0.0.1:9" for name in ("Supernodes",) if name in template.parameters}
+    )
+    return Resolver(template, parameters, resources, REGION, ACCOUNT)
+
+
+def functions_of(template: Template, wanted: Sequence[str] | None) -> list[Function]:
+    resolver = dummy_resolver(template)
+    functions = []
+    for logical_id, spec in template.functions.items():
+        if wanted and logical_id not in wanted:
+            continue
+        environment = {}
+        for name, value in spec.environment.items():
+            try:
+                resolved = resolver.resolve_str(value)
+            except TemplateError:
+                continue  # a value only a deployment has (a secret's name...): the default applies
+            if resolved is not None:
+                environment[name] = resolved
+        services = aws_services(template, logical_id)
+        factories = DOMAIN_FACTORIES.get(logical_id, ()) + tuple(CLIENT_FACTORIES[s] for s in services)
+        functions.append(
+            Function(logical_id, spec, template.layer_dirs(spec), services, factories, environment)
+        )
+    return functions
+
+
+def base_environment() -> dict[str, str]:
+    """The parent's variables minus everything AWS, Lambda, powertools or preheat; plus dummy AWS."""
+    prefixes = ("AWS_", "PREHEAT_", "POWERTOOLS_", "LAMBDA_", "_X_AMZN", "PYTHON")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(
+        {
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    return env
+
+
+def lambda_environment(function: Function) -> dict[str, str]:
+    return {
+        **base_environment(),
+        **function.environment,
+        "AWS_LAMBDA_FUNCTION_NAME": f"bench-{function.logical_id}",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.spec.memory_size),
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+        "LAMBDA_TASK_ROOT": str(function.spec.code_uri),
+        "_HANDLER": function.spec.handler,
+    }
+
+
+# -- running them ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    seconds: float
+    import_seconds: float
+    wall_seconds: float
+    maxrss_mib: float
+
+
+def run_child(
+    script: str, env: Mapping[str, str], cwd: Path, *, importtime: bool = False
+) -> tuple[Sample, str]:
+    command = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", script]
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"cold start process failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    sample = Sample(report["seconds"], report["import_seconds"], wall, report["maxrss_kb"] / 1024)
+    return sample, done.stderr
+
+
+_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$")
+PROJECT_MODULES = re.compile(r"^(app|preheat)(\.|$)")
+
+
+@dataclass
+class ImportNode:
+    name: str
+    own_us: int
+    children: list[ImportNode]
+
+
+def import_tree(stderr: str) -> list[ImportNode]:
+    """``-X importtime`` output (children are printed before their parent, indented one level
+    deeper) as the trees of the modules imported at the top."""
+    pending: dict[int, list[ImportNode]] = defaultdict(list)
+    for line in stderr.splitlines():
+        match = _IMPORTTIME.match(line)
+        if match:
+            depth = len(match.group(3)) // 2
+            node = ImportNode(match.group(4), int(match.group(1)), pending.pop(depth + 1, []))
+            pending[depth].append(node)
+    return pending.get(0, [])
+
+
+def _names(nodes: Sequence[ImportNode]) -> set[str]:
+    names: set[str] = set()
+    for node in nodes:
+        names.add(node.name)
+        names |= _names(node.children)
+    return names
+
+
+def heavy_imports(function_stderr: str, floor_stderr: str, top: int = 8) -> dict[str, Any]:
+    """What the function imports beyond its floor, by where the project's code reaches outside
+    itself: each third-party module it imports (directly, or under one it imports) that the floor
+    does not, with the import time of all it brings that the floor does not; and the project's
+    own modules' time."""
+    floor = _names(import_tree(floor_stderr))
+    entries: list[tuple[str, str, int]] = []
+    project_us = 0
+
+    def beyond_floor(node: ImportNode) -> int:
+        return node.own_us + sum(beyond_floor(child) for child in node.children if child.name not in floor)
+
+    def visit(node: ImportNode, parent: str) -> None:
+        nonlocal project_us
+        if PROJECT_MODULES.match(node.name):
+            project_us += node.own_us
+            for child in node.children:
+                visit(child, node.name)
+        elif node.name not in floor:
+            entries.append((node.name, parent, beyond_floor(node)))
+
+    for root in import_tree(function_stderr):
+        visit(root, "app")
+    entries.sort(key=lambda entry: -entry[2])
+    return {
+        "beyond_floor_ms": round((project_us + sum(us for _, _, us in entries)) / 1000, 1),
+        "project_modules_ms": round(project_us / 1000, 1),
+        "third_party_ms": {
+            f"{name} (from {parent})": round(us / 1000, 1) for name, parent, us in entries[:top]
+        },
+    }
+
+
+def measure(
+    functions: Sequence[Function], runs: int
+) -> tuple[dict[str, list[Sample]], dict[str, list[Sample]]]:
+    floors = {function.floor_key: function.services for function in functions}
+    floor_env = base_environment()
+    by_function: dict[str, list[Sample]] = {function.logical_id: [] for function in functions}
+    by_floor: dict[str, list[Sample]] = {key: [] for key in floors}
+    for _ in range(runs):
+        for function in functions:
+            script = function_script(function.spec, function.layer_dirs, function.factories)
+            sample, _ = run_child(script, lambda_environment(function), function.spec.code_uri)
+            by_function[function.logical_id].append(sample)
+        for key, services in floors.items():
+            sample, _ = run_child(floor_script(services), floor_env, PROJECT_ROOT)
+            by_floor[key].append(sample)
+    return by_function, by_floor
+
+
+def diagnose(function: Function, runs: int = DIAGNOSIS_RUNS, top: int = 8) -> dict[str, Any]:
+    """:func:`heavy_imports` of ``runs`` runs under ``-X importtime``, each figure their median
+    (one run on a busy machine can charge a module with a stall that is not its own)."""
+    script = function_script(function.spec, function.layer_dirs, function.factories)
+    found = []
+    for _ in range(runs):
+        _, function_stderr = run_child(
+            script, lambda_environment(function), function.spec.code_uri, importtime=True
+        )
+        _, floor_stderr = run_child(
+            floor_script(function.services), base_environment(), PROJECT_ROOT, importtime=True
+        )
+        found.append(heavy_imports(function_stderr, floor_stderr, top=top * 2))
+    names = {name for heavy in found for name in heavy["third_party_ms"]}
+    third_party = {name: median(heavy["third_party_ms"].get(name, 0.0) for heavy in found) for name in names}
+    slowest = sorted(third_party.items(), key=lambda item: -item[1])[:top]
+    return {
+        "runs": runs,
+        "beyond_floor_ms": round(median(heavy["beyond_floor_ms"] for heavy in found), 1),
+        "project_modules_ms": round(median(heavy["project_modules_ms"] for heavy in found), 1),
+        "third_party_ms": {name: round(ms, 1) for name, ms in slowest},
+    }
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def report(
+    functions: Sequence[Function],
+    by_function: Mapping[str, list[Sample]],
+    by_floor: Mapping[str, list[Sample]],
+    runs: int,
+    *,
+    diagnose_all: bool,
+    diagnosis_runs: int = DIAGNOSIS_RUNS,
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    for function in functions:
+        samples = by_function[function.logical_id]
+        floor = by_floor[function.floor_key]
+        seconds = median(s.seconds for s in samples)
+        floor_seconds = median(s.seconds for s in floor)
+        rss = max(s.maxrss_mib for s in samples)
+        floor_rss = max(s.maxrss_mib for s in floor)
+        ratio = seconds / floor_seconds
+        clients = ", ".join(function.services) or "no AWS client"
+        details[function.logical_id] = {
+            "handler": f"{function.spec.code_uri.relative_to(PROJECT_ROOT)}/{function.spec.handler}",
+            "factories": list(function.factories),
+            "floor": f"import boto3, build {clients}",
+            "median_ms": round(seconds * 1000, 1),
+            "median_import_ms": round(median(s.import_seconds for s in samples) * 1000, 1),
+            "median_wall_ms": round(median(s.wall_seconds for s in samples) * 1000, 1),
+            "floor_median_ms": round(floor_seconds * 1000, 1),
+            "floor_median_wall_ms": round(median(s.wall_seconds for s in floor) * 1000, 1),
+            "ratio": round(ratio, 3),
+            "peak_rss_mib": round(rss, 1),
+            "floor_peak_rss_mib": round(floor_rss, 1),
+            "memory_size_mb": function.spec.memory_size,
+            "runs_ms": [round(s.seconds * 1000, 1) for s in samples],
+        }
+        name = function.logical_id.removesuffix("Function")
+        figures[f"{function.logical_id}_vs_floor"] = figure(
+            round(ratio, 3),
+            TARGET_RATIO,
+            "at most",
+            "x",
+            label=f"cold start {name} / floor",
+            detail=f"{seconds * 1000:.0f} ms vs {floor_seconds * 1000:.0f} ms ({clients})",
+        )
+        figures[f"{function.logical_id}_peak_rss"] = figure(
+            round(rss, 1),
+            function.spec.memory_size,
+            "below",
+            "MiB",
+            label=f"cold start {name} peak RSS",
+            detail=f"floor {floor_rss:.1f} MiB; target: the function's MemorySize",
+        )
+        if diagnosis_runs > 0 and (diagnose_all or ratio > TARGET_RATIO):
+            details[function.logical_id]["heavy_imports"] = diagnose(function, diagnosis_runs)
+    return {
+        "benchmark": NAME,
+        "command": "python -m bench.cold_start",
+        "setup": {
+            "runs": runs,
+            "python": sys.version.split()[0],
+            "measured": (
+                "from the child's first statement to its clients built (interpreter start-up excluded)"
+            ),
+            "tracing": "on (Lambda's variables set, as with Tracing: Active)",
+        },
+        "functions": details,
+        "figures": figures,
+    }
+
+
+def render(result: Mapping[str, Any]) -> str:
+    width = max(len("function"), *(len(logical_id) for logical_id in result["functions"]))
+    lines = [
+        f"cold start: import the handler and build its clients, median of {result['setup']['runs']} "
+        "fresh processes",
+        f"{'function':<{width}} {'median':>9} {'(import)':>9} {'floor':>9} {'ratio':>7} "
+        f"{'RSS':>10} {'floor RSS':>10}",
+    ]
+    for logical_id, item in result["functions"].items():
+        lines.append(
+            f"{logical_id:<{width}} {item['median_ms']:>7.0f}ms {item['median_import_ms']:>7.0f}ms "
+            f"{item['floor_median_ms']:>7.0f}ms {item['ratio']:>6.2f}x {item['peak_rss_mib']:>6.1f} MiB "
+            f"{item['floor_peak_rss_mib']:>6.1f} MiB"
+        )
+    for logical_id, item in result["functions"].items():
+        heavy = item.get("heavy_imports")
+        if heavy:
+            lines.append(
+                f"{logical_id} imports {heavy['beyond_floor_ms']:g} ms beyond its floor "
+                f"(under -X importtime): its own modules {heavy['project_modules_ms']:g} ms, and"
+            )
+            lines.extend(f"  {ms:>7.1f} ms  {name}" for name, ms in heavy["third_party_ms"].items())
+    lines.append("")
+    lines.append(table(figure_rows(result["figures"])))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cold_start", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="fresh processes per function (default 10)")
+    parser.add_argument("--functions", default="", help="comma-separated logical ids (default: all)")
+    parser.add_argument(
+        "--importtime",
+        action="store_true",
+        help="name the heavy imports of every function, not only slow ones",
+    )
+    parser.add_argument(
+        "--diagnosis-runs", type=int, default=DIAGNOSIS_RUNS, help="runs under -X importtime (0: none)"
+    )
+    parser.add_argument("--template", type=Path, default=TEMPLATE, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    wanted = [name.strip() for name in args.functions.split(",") if name.strip()]
+    template = Template.load(args.template)
+    unknown = set(wanted) - set(template.functions)
+    if unknown:
+        parser.error(f"no such function in {args.template.name}: {', '.join(sorted(unknown))}")
+    functions = functions_of(template, wanted)
+    by_function, by_floor = measure(functions, args.runs)
+    result = report(
+        functions,
+        by_function,
+        by_floor,
+        args.runs,
+        diagnose_all=args.importtime,
+        diagnosis_runs=args.diagnosis_runs,
+    )
+    write_result(args.output, result)
+    print(render(result))
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

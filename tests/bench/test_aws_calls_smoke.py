@@ -1,0 +1,34 @@
+"""The AWS-calls benchmark runs end to end with tiny images and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import aws_calls
+from local.registry import REGISTRY_BINARY, SKOPEO_BINARY
+from tests.support.fixtures import require_tools
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
+
+
+def test_aws_calls_benchmark_counts_the_calls_of_each_image(tmp_path: Path):
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY)
+    output = tmp_path / "aws_calls.json"
+
+    assert aws_calls.main(["--layers", "1,3", "--runs", "1", "--output", str(output)]) == 0
+
+    result = json.loads(output.read_text())
+    assert result["benchmark"] == "aws_calls"
+    assert set(result["figures"]) == {"layers_1", "layers_3", "spread"}
+    for name, item in result["figures"].items():
+        assert {"value", "target", "met"} <= set(item), name
+        assert isinstance(item["value"], int), name
+        assert isinstance(item["met"], bool), name
+    for case in result["cases"].values():
+        [run] = case["runs"]
+        assert run["status"] == "SUCCESS"
+        assert run["total"] == sum(run["calls"].values()) > 0
+        assert all(name.split(":")[0] in ("dynamodb", "sqs") for name in run["calls"])
