@@ -4,21 +4,29 @@ Requests are routed by the template's ``Path``/``Method``, turned into the same 
 API Gateway sends, and the handler's proxy response is written back the way API Gateway writes it,
 including its own answers: 403 "Missing Authentication Token" for an unknown route and 502 "Internal
 server error" when the function fails or answers something that is not a proxy response.
+
+With an API key (``PREHEAT_API_KEY`` for ``make run``), every route wants it, as the deployed API does
+with ``AuthMode=API_KEY``: presented as ``x-api-key``, ``Authorization: Bearer <key>`` or the password of
+``Authorization: Basic``, found by the deployed authorizer's own code; none is 401 ``{"message":
+"Unauthorized"}``, another key 403 ``{"message":"Forbidden"}``.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -29,10 +37,12 @@ from local.template import Resolver, Template
 log = logging.getLogger("local.api")
 
 Invoke = Callable[[str, Mapping[str, Any]], Any]
+KeyExtractor = Callable[[Sequence[tuple[str, str]]], str | None]
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
 INTEGRATION_TIMEOUT_SECONDS = 29  # API Gateway's default integration timeout
 LOCAL_API_ID = "local"
+SHARED_LAYER_DIR = Path(__file__).resolve().parent.parent / "layers" / "shared"
 _PROXY_RESPONSE_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", "isBase64Encoded"})
 
 
@@ -217,6 +227,16 @@ def _gateway_error(status: int, message: str, error_type: str) -> tuple[int, lis
     return status, [("x-amzn-ErrorType", error_type)], json.dumps({"message": message}).encode()
 
 
+def layer_key_extractor() -> KeyExtractor:
+    """The deployed authorizer's ``extract_api_key``, from the shared layer (put on the path as Lambda
+    puts it on /opt/python), so the local check takes keys exactly the way AWS does."""
+    if str(SHARED_LAYER_DIR) not in sys.path:
+        sys.path.insert(0, str(SHARED_LAYER_DIR))
+    from preheat.entrypoints.authorizer import extract_api_key  # noqa: PLC0415
+
+    return extract_api_key
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -226,6 +246,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    # Without TCP_NODELAY every answer on a kept-alive connection waits for the client's delayed ACK
+    # (about 40 ms a request).
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server_version = "LocalApiGateway/1"
     timeout = 30  # idle keep-alive connections must not hold a thread forever
@@ -269,6 +292,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, payload = _gateway_error(
                 403, "Missing Authentication Token", "MissingAuthenticationTokenException"
             )
+        elif (refusal := gateway.refusal(self.headers.items())) is not None:
+            function = found[0].function
+            status, headers, payload = refusal
         else:
             route, params = found
             function = route.function
@@ -341,13 +367,32 @@ class ApiGateway:
     """The local REST API on ``host:port`` (0 picks a free port)."""
 
     def __init__(
-        self, routes: Sequence[Route], invoke: Invoke, host: str = "127.0.0.1", port: int = 3000
+        self,
+        routes: Sequence[Route],
+        invoke: Invoke,
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        *,
+        api_key: str | None = None,
     ) -> None:
         self.routes = list(routes)
         self.invoke = invoke
+        self.api_key = api_key or None
+        self._extract_key = layer_key_extractor() if self.api_key else None
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def refusal(self, headers: Sequence[tuple[str, str]]) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """API Gateway's answer to a request without the API key (None: let it through)."""
+        if self.api_key is None or self._extract_key is None:
+            return None
+        presented = self._extract_key(headers)
+        if presented is None:
+            return _gateway_error(401, "Unauthorized", "UnauthorizedException")
+        if not hmac.compare_digest(presented.encode(), self.api_key.encode()):
+            return _gateway_error(403, "Forbidden", "ForbiddenException")
+        return None
 
     def start(self) -> Self:
         if self._server is None:
@@ -359,7 +404,12 @@ class ApiGateway:
                 daemon=True,
             )
             self._thread.start()
-            log.info("API listening on %s (%d routes)", self.url, len(self.routes))
+            log.info(
+                "API listening on %s (%d routes%s)",
+                self.url,
+                len(self.routes),
+                ", API key required" if self.api_key else "",
+            )
         return self
 
     def stop(self) -> None:

@@ -52,7 +52,12 @@ from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-MAX_PARALLEL_SUPERNODE_CALLS = 16
+
+
+FIRST_RELOOK_SECONDS = 0.05
+# Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
+# costs two round trips, not seven.
+MAX_PARALLEL_SUPERNODE_CALLS = 64
 
 
 def _pending(blobs: Sequence[BlobProgress]) -> bool:
@@ -176,10 +181,13 @@ class Worker:
         """Poll until nothing is pending or the window closes; then conclude, or hand over to the
         next check message."""
         started = self._clock()
-        interval = self._settings.check_interval_seconds
+        # The first looks come quickly (a blob often finishes just after it was dispatched), then
+        # back off to the configured interval.
+        pause = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
         blobs = self._poll(task.blobs)
-        while _pending(blobs) and (self._clock() - started).total_seconds() + interval < window:
-            self._sleep(interval)
+        while _pending(blobs) and (self._clock() - started).total_seconds() + pause < window:
+            self._sleep(pause)
+            pause = min(pause * 2, self._settings.check_interval_seconds)
             blobs = self._poll(blobs)
         task = replace(task, blobs=blobs)
         if not _pending(blobs):

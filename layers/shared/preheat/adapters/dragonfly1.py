@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
 
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState
@@ -27,6 +28,8 @@ from preheat.settings import Settings
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 0.2
 MAX_PING_THREADS = 16
+# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_SUPERNODE_CALLS).
+POOL_SIZE = 64
 MAX_QUOTED_CHARS = 300
 
 # What ``create`` answers when a supernode says "already exists" without saying which task: there is
@@ -60,7 +63,7 @@ class Dragonfly1Driver:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._settings = settings
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else _pooled_session()
         self._attempts = attempts
         self._backoff_seconds = backoff_seconds
         self._sleep = sleep
@@ -247,3 +250,13 @@ def _display(target: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _pooled_session() -> requests.Session:
+    """A session whose pool keeps a connection per concurrent call: the worker talks to the
+    supernodes from many threads, and requests' default pool of 10 would drop and reopen the rest."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
