@@ -6,8 +6,10 @@ resolved to local parameter values and moto resources) plus the local AWS values
 that need different values for one variable cannot share a process, so that fails loudly
 (:class:`EnvConflictError`) instead of one silently seeing the other's value.
 
-A new :class:`LambdaRuntime` forgets the layer's modules, so its environments import the layer afresh
-(as new Lambda environments would) instead of reusing caches an earlier stack in this process built.
+A new :class:`LambdaRuntime` calls ``reset_execution_environment()`` of each loaded layer module that
+has one, so its environments start without the caches an earlier stack in this process built (as new
+Lambda environments would). The modules themselves stay loaded: code outside the stack holds their
+classes, and a reloaded module would make a second class of each of its exceptions.
 
 Execution environments: like Lambda, one environment runs one invocation at a time, and a busy
 function gets another environment (a cold start: its ``app.py`` loaded again under a new module name),
@@ -17,6 +19,7 @@ invocations. The layer's modules (``preheat``) are imported once and shared by a
 
 from __future__ import annotations
 
+import contextlib
 import decimal
 import importlib.util
 import itertools
@@ -41,6 +44,7 @@ log = logging.getLogger("local.lambda")
 # ~/.aws: removed while the local stack runs.
 _UNSAFE_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _UNSAFE_AWS_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints beat AWS_ENDPOINT_URL
+_API_CALLS = threading.Lock()
 _POWERTOOLS_PARAMETERS = "aws_lambda_powertools.utilities.parameters.base"
 
 
@@ -322,8 +326,13 @@ class LambdaRuntime:
         pool = self._pools[logical_id]
         handler = pool.acquire()
         started = time.monotonic()
+        # Powertools' API resolvers keep the current request in a class attribute shared by every
+        # resolver of the process: in Lambda one process serves one call at a time, so here API
+        # calls take turns too, or concurrent requests would read each other's bodies.
+        serial = _API_CALLS if spec.api_events else contextlib.nullcontext()
         try:
-            result = handler(payload, context)
+            with serial:
+                result = handler(payload, context)
         finally:
             pool.release(handler)
             elapsed = time.monotonic() - started

@@ -216,7 +216,15 @@ class SqsPoller:
             )
             return
         done = [m for m in messages if m["MessageId"] not in failed]
-        self._delete(sqs, done)
+        try:
+            self._delete(sqs, done)
+        except Exception:
+            # SQS unreachable: the handled messages come back after the visibility timeout and are
+            # handled again (every step is safe to run twice); the polling thread must live on.
+            log.exception(
+                "delete from %s failed; %d message(s) will be redelivered", self.queue_url, len(done)
+            )
+            return
         log.info(
             "batch function=%s size=%d deleted=%d failed=%d ms=%.1f",
             self.function,

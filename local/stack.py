@@ -18,6 +18,9 @@ Variables (all optional):
 * ``PREHEAT_LOCAL_PARAMETERS``: a JSON object of template parameter values, like
   ``sam deploy --parameter-overrides`` (e.g. ``{"ScheduledPreheats": "[...]", "PreheatSchedule":
   "rate(1 minute)"}``).
+* ``PREHEAT_API_KEY``: every route then wants this key, as the deployed API does with ``AuthMode=API_KEY``
+  (``x-api-key``, ``Authorization: Bearer`` or the password of ``Authorization: Basic``; none is 401, another
+  key 403). The ``preheat`` command sends the same variable's value as ``x-api-key``.
 * ``PREHEAT_LOCAL_SCHEDULES=1``: fire the template's schedules (``ScheduleV2`` events and
   ``AWS::Scheduler::Schedule`` resources that exist with these parameters) at their functions.
 * Any variable a function declares in the template (``PREHEAT_INSECURE_REGISTRIES``,
@@ -88,6 +91,9 @@ class LocalStack:
     fast. Without ``docker-registry`` or ``skopeo`` on PATH the stack logs how to install them and runs
     without it. Its data goes in ``registry_dir`` (kept), or in a temporary directory removed on stop.
 
+    ``api_key`` makes every route want that API key, as ``AuthMode=API_KEY`` does in AWS (see
+    :mod:`local.apigateway`); None leaves the API open.
+
     One stack at a time per process: ``os.environ`` and moto's state belong to the whole process, so a
     second ``start()`` while one runs raises instead of letting the two corrupt each other.
     """
@@ -115,8 +121,10 @@ class LocalStack:
         host: str = "127.0.0.1",
         schedules: bool = False,
         schedule_clock: Clock = utc_now,
+        api_key: str | None = None,
     ) -> None:
         self.template = template if isinstance(template, Template) else Template.load(template)
+        self.api_key = api_key or None
         self._api_port = api_port
         self._moto_port = moto_port
         self._supernode_port = supernode_port
@@ -194,7 +202,11 @@ class LocalStack:
         self._env_patch = EnvironmentPatch(self.environment)
         self._env_patch.apply()
         self._api = ApiGateway(
-            routes_from_template(self.template, resolver), runtime.invoke, self._host, self._api_port
+            routes_from_template(self.template, resolver),
+            runtime.invoke,
+            self._host,
+            self._api_port,
+            api_key=self.api_key,
         ).start()
         for spec in self.template.functions.values():
             for event in spec.sqs_events:
@@ -426,6 +438,7 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         registry_dir=local_dir / "registry",
         parameters=_parameters(environ) or None,
         schedules=environ.get("PREHEAT_LOCAL_SCHEDULES", "").strip().lower() in {"1", "true", "yes", "on"},
+        api_key=environ.get("PREHEAT_API_KEY", "").strip() or None,
     )
 
 
@@ -440,9 +453,11 @@ def banner(stack: LocalStack) -> str:
     else:
         image = "<registry>/<name>:<tag>"
     body = json.dumps({"type": "image", "url": image}, separators=(",", ":"))
+    # The key itself is never printed: the shell that started the stack has it in PREHEAT_API_KEY.
+    key = ' -H "x-api-key: $PREHEAT_API_KEY"' if stack.api_key else ""
     lines += [
-        f"  curl -s -XPOST {url}/api/preheat -d '{body}'",
-        f"  curl -s {url}/api/preheat/<taskId>",
+        f"  curl -s{key} -XPOST {url}/api/preheat -d '{body}'",
+        f"  curl -s{key} {url}/api/preheat/<taskId>",
     ]
     if stack.scheduler is not None:
         for name, schedule in stack.scheduler.schedules.items():

@@ -98,12 +98,14 @@ def test_environment_patch_applies_drops_unsafe_variables_and_restores(
     assert "GREETING" not in os.environ
 
 
-def test_a_new_runtime_imports_the_layer_afresh(runtime: LambdaRuntime) -> None:
+def test_a_new_runtime_resets_the_layers_caches_but_keeps_its_modules(runtime: LambdaRuntime) -> None:
     runtime.invoke("SlowFunction", {})
     before = sys.modules["fixture_layer_lib"]  # the echo handler imports the fixture layer
+    resets = before.reset_count
     fresh = LambdaRuntime(Template.load(FIXTURE_TEMPLATE), name_prefix="runtime-test-2")
     fresh.invoke("SlowFunction", {})
-    assert sys.modules["fixture_layer_lib"] is not before
+    assert sys.modules["fixture_layer_lib"] is before
+    assert before.reset_count == resets + 1
 
 
 def test_only_one_stack_runs_per_process() -> None:

@@ -63,7 +63,9 @@ def handle_steps(event: dict[str, Any], context: LambdaContext) -> PartialItemFa
 
 @tracer.capture_method(capture_response=False)
 def fail_dead_letter(record: SQSRecord) -> None:
-    receives = int(record.attributes.approximate_receive_count or 0)
+    # The count carries over from the worker's queue and includes this receive from the dead-letter
+    # queue itself: the worker's attempts are one fewer.
+    attempts = max(1, int(record.attributes.approximate_receive_count or 1) - 1)
     try:
         message = WorkerMessage.from_json(record.body)
     except ValueError:
@@ -71,7 +73,7 @@ def fail_dead_letter(record: SQSRecord) -> None:
         logger.error("dead letter is not a worker message; dropped", extra={"message_id": record.message_id})
         metrics.add_metric(name="MalformedDeadLetters", unit=MetricUnit.Count, value=1)
         return
-    task = give_up(bootstrap.task_store(), message, receives)
+    task = give_up(bootstrap.task_store(), message, attempts)
     logger.error(
         "worker message exhausted its receives; task marked FAIL",
         extra={

@@ -1,0 +1,818 @@
+"""The fault campaign: every scenario's tasks submitted back to back to one local stack and in
+flight together, followed to their end; then the queues are left to settle and the figures counted.
+
+One stack runs them all because the faults must meet each other as they would in production (a
+moto outage hits every task in flight, a crashed invocation takes its neighbours down with it),
+and because the scenarios then take as long as the slowest of them rather than their sum.
+
+How each fault reaches exactly the tasks meant for it:
+
+- registry faults are set per repository of the :class:`~tests.reliability.faults.FaultyRegistry`
+  (each task preheats an image of its own);
+- supernode faults use ``PREHEAT_SUPERNODE_SCOPE=one``: each blob goes to the one supernode
+  rendezvous hashing of its digest picks, and every blob of a scenario is generated (a nonce in
+  its content) until its digest picks that scenario's supernode: the healthy reference supernode,
+  one that finishes slowly, a closed port, a slow proxy, or the stub whose tasks flip to FAILED;
+- worker faults (kills, the moto outage) fire on the task of their repository, once.
+
+Settings are small so that faults play out in seconds: queues redeliver after 3 s; registry and
+supernode requests time out after 1 s; a step watches the supernodes for 1 s and checks come back
+every second; tasks time out after 36 s. Every step but those a fault stretches fits well inside the
+visibility timeout, as the template's 720 s do in AWS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+from local.aws import client as local_client
+from local.stack import LocalStack
+from local.supernode import ReferenceSupernode
+from tests.reliability.faults import (
+    ClosedPort,
+    Delays,
+    FaultyRegistry,
+    FlippingSupernode,
+    MotoOutage,
+    Script,
+    SlowPlan,
+    SlowSupernodeProxy,
+    SurvivingSqsPoller,
+    WorkerFaults,
+    http_error,
+    make_image,
+    reset,
+    sha256_digest,
+    stall,
+)
+
+VISIBILITY_TIMEOUT = 3
+TASK_TIMEOUT = 36
+REGISTRY_TIMEOUT = 1
+SUPERNODE_TIMEOUT = 1
+CHECK_WINDOW = 1
+# Past its deadline a task must be terminal within this: the check that notices comes at most
+# one poll delay later, then takes a window and its supernode timeouts (and once, a moto outage).
+DEADLINE_GRACE = 8.0
+SETTLE_SECONDS = 20.0
+MOTO_OUTAGE_SECONDS = 3.0
+SLOW_FINISH_SECONDS = 8.0  # the "delayed" supernode: tasks in flight for several checks
+STALL_SECONDS = 2.5  # past REGISTRY_TIMEOUT
+SUPERNODE_HOLD_SECONDS = 2.0  # past SUPERNODE_TIMEOUT
+FLIP_ERROR = "no space left on device (injected by the reliability suite)"
+
+ENV = {
+    "PREHEAT_REGISTRY_TIMEOUT": str(REGISTRY_TIMEOUT),
+    "PREHEAT_SUPERNODE_TIMEOUT": str(SUPERNODE_TIMEOUT),
+    "PREHEAT_TASK_TIMEOUT": str(TASK_TIMEOUT),
+    "PREHEAT_POLL_INITIAL_DELAY": "1",
+    "PREHEAT_POLL_MAX_DELAY": "1",
+    "PREHEAT_CHECK_WINDOW": str(CHECK_WINDOW),
+    "PREHEAT_CHECK_INTERVAL": "0.25",
+}
+
+# Supernode roles (see Servers.targets for their order in PREHEAT_SUPERNODES).
+FAST, DELAYED, DOWN, SLOW, FLIP = "fast", "delayed", "down", "slow", "flip"
+
+Fragment = str | tuple[str, ...]  # a tuple: any one of them
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault and what it must end in: ``expect`` and every fragment in the task's ``msg``."""
+
+    name: str
+    fault: str
+    expect: str
+    fragments: Callable[[Case], list[Fragment]] = lambda case: []
+    # The status answer's ``layers``: {} when it has none (nothing resolved); unset: every layer
+    # succeeded on a SUCCESS, not checked on a FAIL.
+    layers: Callable[[Case], dict[str, int]] | None = None
+    target: str = FAST
+    registry: tuple[tuple[str, Script, bool], ...] = ()  # (kind, script, last blob only)
+    slow: SlowPlan | None = None
+    stuck: bool = False
+    worker: str | None = None  # kill-save, kill-send-1, kill-send-2, moto
+    held_until_fired: bool = False  # the slow proxy keeps its tasks RUNNING until the worker fault fired
+    file: bool = False
+    copies: int = 1
+
+
+@dataclass
+class Case:
+    """One task of a scenario, and what became of it."""
+
+    scenario: Scenario
+    index: int
+    repository: str
+    url: str
+    labels: list[str]
+    target: str
+    registry_host: str
+    task_id: str = ""
+    deadline: float = 0.0  # epoch seconds, the table's
+    terminal_seen_at: float | None = None  # epoch seconds, first seen terminal in the table
+    item: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None
+    rescued_by_status: bool = False  # RUNNING in the table past deadline + grace: no worker left
+    hold: threading.Event | None = None  # set to let the slow proxy answer SUCCESS
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario.name}[{self.index}]"
+
+    @property
+    def image(self) -> str:
+        return self.url
+
+    @property
+    def last(self) -> str:
+        return self.labels[-1]
+
+    @property
+    def status(self) -> str | None:
+        return None if self.answer is None else self.answer.get("status")
+
+    @property
+    def msg(self) -> str:
+        return "" if self.answer is None else str(self.answer.get("msg") or "")
+
+    @property
+    def ended_by(self) -> str:
+        if self.rescued_by_status:
+            return "status API"
+        if self.item is None:
+            return "nobody"
+        if self.msg.startswith("the worker gave up"):
+            return "dead-letter consumer"
+        return "worker"
+
+    def expected_layers(self) -> dict[str, int] | None:
+        if self.scenario.layers is not None:
+            return self.scenario.layers(self)
+        if self.scenario.expect == "SUCCESS":
+            n = len(self.labels)
+            return {"total": n, "succeeded": n, "failed": 0, "pending": 0}
+        return None
+
+    def problems(self) -> list[str]:
+        """Why this task did not end as its fault should make it end; empty when it did."""
+        if self.answer is None:
+            return ["no status answer"]
+        found: list[str] = []
+        if self.status != self.scenario.expect:
+            found.append(f"status {self.status}, expected {self.scenario.expect}")
+        for fragment in self.scenario.fragments(self):
+            options = (fragment,) if isinstance(fragment, str) else fragment
+            if not any(option in self.msg for option in options):
+                found.append(f"msg lacks {' or '.join(map(repr, options))}")
+        if self.scenario.expect == "SUCCESS" and self.msg:
+            found.append("a SUCCESS with a msg")
+        layers = self.expected_layers()
+        if layers is not None and self.answer.get("layers", {}) != layers:
+            found.append(f"layers {self.answer.get('layers')}, expected {layers or 'none'}")
+        if not self.answer.get("finishTime"):
+            found.append("no finishTime")
+        if self.terminal_seen_at is None or self.terminal_seen_at > self.deadline + DEADLINE_GRACE:
+            found.append("still RUNNING past its deadline")
+        if self.rescued_by_status:
+            found.append("only the status API ended it (no message left to drive it)")
+        return found
+
+
+def _dlq(case: Case, what: str) -> list[Fragment]:
+    return ["the worker gave up on its 'start' step after", "last error: ", what]
+
+
+def _manifest(case: Case) -> str:
+    return f"could not fetch the manifest for {case.image} from registry {case.registry_host}"
+
+
+def _on_each(case: Case, text: Callable[[str], str]) -> list[Fragment]:
+    return [text(label) for label in case.labels]
+
+
+def _failed_all(case: Case) -> dict[str, int]:
+    n = len(case.labels)
+    return {"total": n, "succeeded": 0, "failed": n, "pending": 0}
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    # -- registries ---------------------------------------------------------------------------
+    Scenario(
+        "registry-500-then-ok",
+        "manifest: HTTP 500 twice",
+        "SUCCESS",
+        registry=(("manifest", Script.times(http_error(500), 2), False),),
+        copies=2,
+    ),
+    Scenario(
+        "registry-500-past-one-delivery",
+        "manifest: HTTP 500 five times (one step tries 4)",
+        "SUCCESS",
+        registry=(("manifest", Script.times(http_error(500), 5), False),),
+    ),
+    Scenario(
+        "registry-500-forever",
+        "manifest: HTTP 500 forever",
+        "FAIL",
+        lambda case: [*_dlq(case, _manifest(case)), f"{case.registry_host} answered HTTP 500"],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(http_error(500)), False),),
+    ),
+    Scenario(
+        "registry-429-then-ok",
+        "manifest: HTTP 429 Retry-After 1 twice",
+        "SUCCESS",
+        registry=(("manifest", Script.times(http_error(429, "1"), 2), False),),
+    ),
+    Scenario(
+        "registry-429-forever",
+        "manifest: HTTP 429 Retry-After 1 forever",
+        "FAIL",
+        lambda case: [*_dlq(case, _manifest(case)), "answered HTTP 429: TOOMANYREQUESTS"],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(http_error(429, "1")), False),),
+    ),
+    Scenario(
+        "registry-reset-then-ok",
+        "manifest: connection reset mid-answer twice",
+        "SUCCESS",
+        registry=(("manifest", Script.times(reset(), 2), False),),
+    ),
+    Scenario(
+        "registry-reset-forever",
+        "manifest: connection reset mid-answer forever",
+        "FAIL",
+        lambda case: [
+            *_dlq(case, _manifest(case)),
+            ("the answer was cut off", "Connection reset by peer", "connection failed"),
+        ],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(reset()), False),),
+    ),
+    Scenario(
+        "registry-stall-then-ok",
+        f"manifest: stalls {STALL_SECONDS:g}s once",
+        "SUCCESS",
+        registry=(("manifest", Script.times(stall(STALL_SECONDS), 1), False),),
+    ),
+    Scenario(
+        "registry-stall-forever",
+        f"manifest: stalls {STALL_SECONDS:g}s forever",
+        "FAIL",
+        lambda case: [*_dlq(case, _manifest(case)), f"timed out after {REGISTRY_TIMEOUT:g}s"],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(stall(STALL_SECONDS)), False),),
+    ),
+    Scenario(
+        "registry-blob-500-then-ok",
+        "every blob probe: HTTP 500 twice",
+        "SUCCESS",
+        registry=(("probe", Script.times(http_error(500), 2), False),),
+    ),
+    Scenario(
+        "registry-blob-stall-forever",
+        f"last blob's probe: stalls {STALL_SECONDS:g}s forever",
+        "FAIL",
+        lambda case: [
+            *_dlq(case, f"could not resolve the blob {case.last} of {case.image}"),
+            f"timed out after {REGISTRY_TIMEOUT:g}s",
+        ],
+        layers=lambda case: {},
+        registry=(("probe", Script.forever(stall(STALL_SECONDS)), True),),
+    ),
+    Scenario(
+        "registry-download-500-forever",
+        "last blob's download (by the supernode): HTTP 500 forever",
+        "FAIL",
+        lambda case: [
+            f"1 of {len(case.labels)} layer(s) failed to preheat: {case.last} on {case.target}: "
+            f"supernode {case.target} failed task",
+            f"/v2/{case.repository}/blobs/{case.last} answered HTTP 500",
+        ],
+        layers=lambda case: {
+            "total": len(case.labels),
+            "succeeded": len(case.labels) - 1,
+            "failed": 1,
+            "pending": 0,
+        },
+        registry=(("download", Script.forever(http_error(500)), True),),
+    ),
+    Scenario(
+        "file-500-then-ok",
+        "file: HTTP 500 twice",
+        "SUCCESS",
+        registry=(("file", Script.times(http_error(500), 2), False),),
+        file=True,
+    ),
+    # -- supernodes ---------------------------------------------------------------------------
+    Scenario(
+        "supernode-down",
+        "supernode: closed port",
+        "FAIL",
+        lambda case: [
+            f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+            *_on_each(
+                case,
+                lambda label: (
+                    f"{label} on {case.target}: supernode {case.target} did not accept the "
+                    f"preheat of {label} after 3 attempts: connection refused"
+                ),
+            ),
+        ],
+        layers=_failed_all,
+        target=DOWN,
+        copies=2,
+    ),
+    Scenario(
+        "supernode-slow-create-then-ok",
+        f"supernode: first create of each blob held {SUPERNODE_HOLD_SECONDS:g}s",
+        "SUCCESS",
+        target=SLOW,
+        slow=SlowPlan(create=Delays((SUPERNODE_HOLD_SECONDS,))),
+    ),
+    Scenario(
+        "supernode-slow-status-then-ok",
+        f"supernode: first 4 status answers of each blob held {SUPERNODE_HOLD_SECONDS:g}s",
+        "SUCCESS",
+        target=SLOW,
+        slow=SlowPlan(status=Delays((SUPERNODE_HOLD_SECONDS,) * 4)),
+    ),
+    Scenario(
+        "supernode-slow-forever",
+        f"supernode: every create held {SUPERNODE_HOLD_SECONDS:g}s",
+        "FAIL",
+        lambda case: [
+            f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+            *_on_each(
+                case,
+                lambda label: (
+                    f"supernode {case.target} did not accept the preheat of {label} after 3 "
+                    f"attempts: timed out after {float(SUPERNODE_TIMEOUT)}s"
+                ),
+            ),
+        ],
+        layers=_failed_all,
+        target=SLOW,
+        slow=SlowPlan(create=Delays((), SUPERNODE_HOLD_SECONDS)),
+    ),
+    Scenario(
+        "supernode-flips-to-failed",
+        "supernode: WAITING, RUNNING, then FAILED",
+        "FAIL",
+        lambda case: [
+            f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+            *_on_each(case, lambda label: f"{label} on {case.target}: supernode {case.target} failed task"),
+            FLIP_ERROR,
+        ],
+        layers=_failed_all,
+        target=FLIP,
+    ),
+    Scenario(
+        "supernode-stuck-running",
+        "supernode: RUNNING forever (the task deadline ends it)",
+        "FAIL",
+        lambda case: ["timed out: still RUNNING at the deadline", "still pending: ", *case.labels],
+        layers=lambda case: {
+            "total": len(case.labels),
+            "succeeded": 0,
+            "failed": 0,
+            "pending": len(case.labels),
+        },
+        target=FLIP,
+        stuck=True,
+    ),
+    # -- the worker dies ----------------------------------------------------------------------
+    Scenario(
+        "worker-killed-after-progress-save",
+        "worker: invocation dies after start saved its progress",
+        "SUCCESS",
+        target=DELAYED,
+        worker="kill-save",
+    ),
+    Scenario(
+        "worker-killed-after-send-in-start",
+        "worker: invocation dies after start sent check 1, before saving it",
+        "SUCCESS",
+        target=DELAYED,
+        worker="kill-send-1",
+    ),
+    Scenario(
+        "worker-killed-after-send-in-check",
+        "worker: invocation dies after check 1 sent check 2, before saving it",
+        "SUCCESS",
+        target=SLOW,  # RUNNING until the kill: check 1 always has a check 2 to send
+        worker="kill-send-2",
+        held_until_fired=True,
+    ),
+    # -- AWS goes away ------------------------------------------------------------------------
+    Scenario(
+        "moto-restarted-between-steps",
+        f"moto: down {MOTO_OUTAGE_SECONDS:g}s right after start saved its progress",
+        "SUCCESS",
+        target=DELAYED,
+        worker="moto",
+    ),
+    # -- no fault of its own (each still meets the crashes and the outage) --------------------
+    Scenario("healthy", "none", "SUCCESS", copies=2),
+    Scenario(
+        "healthy-slow-to-finish",
+        f"none (blobs take {SLOW_FINISH_SECONDS:g}s)",
+        "SUCCESS",
+        target=DELAYED,
+        copies=3,
+    ),
+)
+
+
+# -- the servers the faults live in -------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    registry: FaultyRegistry
+    fast: ReferenceSupernode
+    delayed: ReferenceSupernode
+    down: ClosedPort
+    slow: SlowSupernodeProxy
+    flip: FlippingSupernode
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return {
+            FAST: self.fast.url,
+            DELAYED: self.delayed.url,
+            DOWN: self.down.url,
+            SLOW: self.slow.url,
+            FLIP: self.flip.url,
+        }
+
+
+@contextmanager
+def fault_servers(work: Path) -> Iterator[Servers]:
+    with ExitStack() as stack:
+        registry = stack.enter_context(FaultyRegistry())
+        fast = stack.enter_context(ReferenceSupernode(work / "fast-cache", max_concurrent_downloads=16))
+        delayed = stack.enter_context(
+            ReferenceSupernode(
+                work / "delayed-cache", max_concurrent_downloads=64, finish_delay=SLOW_FINISH_SECONDS
+            )
+        )
+        down = ClosedPort()
+        stack.callback(down.close)
+        slow = stack.enter_context(SlowSupernodeProxy(fast.url))
+        flip = stack.enter_context(FlippingSupernode(FLIP_ERROR))
+        yield Servers(registry, fast, delayed, down, slow, flip)
+
+
+def _routed(make: Callable[[int], T], label: Callable[[T], str], target: str, targets: list[str]) -> T:
+    """The first ``make(nonce)`` whose label rendezvous hashing sends to ``target``."""
+    choose = importlib.import_module("preheat.placement").rendezvous_choice
+    for nonce in range(10_000):
+        made = make(nonce)
+        if choose(label(made), targets) == target:
+            return made
+    raise AssertionError(f"nothing routes to {target}")
+
+
+def _file_name(repository: str, nonce: int) -> str:
+    return f"{repository.replace('/', '-')}-{nonce}.bin"
+
+
+def _config(repository: str, nonce: int) -> bytes:
+    return json.dumps({"config": {"Labels": {"repo": repository, "nonce": str(nonce)}}}).encode()
+
+
+def _layer(repository: str, index: int, nonce: int) -> bytes:
+    return f"{repository} layer {index} nonce {nonce}\n".encode() * 200
+
+
+def build_cases(servers: Servers) -> list[Case]:
+    """A repository (or file) per task, its content routed to its scenario's supernode, and its
+    faults set on the servers."""
+    targets = list(servers.targets.values())
+    registry = servers.registry
+    cases: list[Case] = []
+    for scenario in SCENARIOS:
+        target = servers.targets[scenario.target]
+        for index in range(scenario.copies):
+            repository = f"rel/{scenario.name}-{index}"
+            if scenario.file:
+                name = _routed(partial(_file_name, repository), registry.file_url, target, targets)
+                url = registry.file_url(name)
+                registry.add_file(name, f"file of {repository}\n".encode() * 500)
+                cases.append(Case(scenario, index, name, url, [url], target, registry.host))
+                key = name
+            else:
+                config = _routed(partial(_config, repository), sha256_digest, target, targets)
+                layers = [
+                    _routed(partial(_layer, repository, i), sha256_digest, target, targets) for i in range(2)
+                ]
+                image = make_image(repository, "v1", config, layers)
+                registry.add_image(image)
+                url = f"{registry.host}/{repository}:v1"
+                cases.append(Case(scenario, index, repository, url, image.digests, target, registry.host))
+                key = repository
+            for kind, script, last_only in scenario.registry:
+                registry.break_(key, kind, script, cases[-1].last if last_only else None)
+            if scenario.slow is not None:
+                servers.slow.plan(repository, scenario.slow)
+            if scenario.stuck:
+                servers.flip.stuck.add(repository)
+            if scenario.held_until_fired:
+                cases[-1].hold = servers.slow.hold(repository)
+    return cases
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    stack: LocalStack
+    cases: list[Case]
+    servers: Servers
+    worker_faults: WorkerFaults
+    outage: MotoOutage
+    mid_flight_at_outage: list[str]  # task ids RUNNING when moto went down
+    leftover: dict[str, dict[str, int]]  # queue -> attributes after settling
+    settled_after: float
+    started: float
+    finished: float
+    poller_batches_not_deleted: int
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def case(self, name: str) -> Case:
+        return next(case for case in self.cases if case.name == name)
+
+    def of(self, scenario: str) -> list[Case]:
+        return [case for case in self.cases if case.scenario.name == scenario]
+
+
+QUEUE_ATTRIBUTES = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+def queue_counts(stack: LocalStack) -> dict[str, dict[str, int]]:
+    sqs = local_client("sqs", stack.moto_url)
+    counts = {}
+    for queue in ("PreheatQueue", "PreheatDeadLetterQueue"):
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.queue_url(queue), AttributeNames=list(QUEUE_ATTRIBUTES)
+        )["Attributes"]
+        counts[queue] = {name: int(attributes.get(name, 0)) for name in QUEUE_ATTRIBUTES}
+    return counts
+
+
+def _scan(stack: LocalStack) -> dict[str, dict[str, Any]]:
+    dynamodb = local_client("dynamodb", stack.moto_url)
+    items: dict[str, dict[str, Any]] = {}
+    kwargs: dict[str, Any] = {"TableName": stack.table_name("TasksTable"), "ConsistentRead": True}
+    while True:
+        page = dynamodb.scan(**kwargs)
+        for item in page["Items"]:
+            items[item["pk"]["S"]] = item
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = requests.request(method, f"{stack.api_url}{path}", timeout=15, **kwargs)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _submit(stack: LocalStack, case: Case) -> None:
+    body = {"type": "file" if case.scenario.file else "image", "url": case.url}
+    answer = _api(stack, "POST", "/api/preheat", json=body)
+    assert answer["code"] == 200, (case.name, answer)
+    case.task_id = answer["data"]["taskId"]
+
+
+def run_campaign(work: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Outcome]:
+    """Start everything, run every scenario at once, yield the outcome, stop everything."""
+    with fault_servers(work) as servers:
+        cases = build_cases(servers)
+        # See SurvivingSqsPoller: the local poller's threads must outlive the moto outage.
+        monkeypatch.setattr("local.stack.SqsPoller", SurvivingSqsPoller)
+        SurvivingSqsPoller.failed_batches = 0
+        with LocalStack(
+            supernodes=list(servers.targets.values()),
+            parameters={"SupernodeScope": "one", "LogLevel": "WARNING"},
+            extra_env=ENV,
+            visibility_timeout=VISIBILITY_TIMEOUT,
+            poller_concurrency=4,
+        ) as stack:
+            worker_faults = WorkerFaults()
+            worker_faults.install(monkeypatch)
+            outage = MotoOutage(stack)
+            mid_flight: list[str] = []
+
+            def moto_goes_away() -> None:
+                # Between two steps of the moto scenario's task, with every other task in flight.
+                items = _scan(stack)
+                mid_flight.extend(
+                    pk for pk, item in items.items() if item.get("status", {}).get("S") == "RUNNING"
+                )
+                outage.outage(MOTO_OUTAGE_SECONDS)
+
+            for case in cases:
+                if case.hold is not None:
+                    worker_faults.when_fired[case.repository] = case.hold.set
+                worker = case.scenario.worker
+                if worker == "kill-save":
+                    worker_faults.kill_after_progress_save.add(case.repository)
+                elif worker in ("kill-send-1", "kill-send-2"):
+                    worker_faults.kill_after_send[case.repository] = int(worker[-1])
+                elif worker == "moto":
+                    worker_faults.after_progress_save[case.repository] = moto_goes_away
+
+            started = time.monotonic()
+            # One POST at a time (a few ms each; the tasks still run side by side). Concurrent calls
+            # run on threads of this one process, and powertools' resolver keeps the request in a
+            # class attribute (BaseRouter.current_event): a POST may read another one's body and
+            # answer with the task of that other request. Lambda never runs two invocations in one
+            # process, so only the local stack has this race.
+            for case in cases:
+                _submit(stack, case)
+            _follow(stack, cases)
+            settle_started = time.monotonic()
+            leftover = _settle(stack)
+            settled_after = time.monotonic() - settle_started
+            for case in cases:
+                answer = _api(stack, "GET", f"/api/preheat/{case.task_id}")
+                assert answer["code"] == 200, (case.name, answer)
+                case.answer = answer["data"]
+            finished = time.monotonic()
+            outcome = Outcome(
+                stack=stack,
+                cases=cases,
+                servers=servers,
+                worker_faults=worker_faults,
+                outage=outage,
+                mid_flight_at_outage=mid_flight,
+                leftover=leftover,
+                settled_after=settled_after,
+                started=started,
+                finished=finished,
+                poller_batches_not_deleted=SurvivingSqsPoller.failed_batches,
+            )
+            outcome.figures = figures(outcome)
+            yield outcome
+
+
+def _follow(stack: LocalStack, cases: Sequence[Case]) -> None:
+    """Watch the table (not the status API, whose reads end expired tasks themselves) until every
+    task is terminal; a task still RUNNING past its deadline and the grace is read through the
+    status API, which must end it, and counts as one whose messages were lost."""
+    pending = {case.task_id: case for case in cases}
+    limit = time.time() + TASK_TIMEOUT + DEADLINE_GRACE + 30
+    while pending and time.time() < limit:
+        try:
+            items = _scan(stack)
+        except Exception:  # moto is down for a moment: that is one of the faults
+            time.sleep(0.25)
+            continue
+        now = time.time()
+        for task_id, case in list(pending.items()):
+            item = items.get(task_id)
+            if item is None:
+                continue
+            case.deadline = float(item["deadline"]["N"])
+            if item["status"]["S"] != "RUNNING":
+                case.item, case.terminal_seen_at = item, now
+                del pending[task_id]
+            elif now > case.deadline + DEADLINE_GRACE:
+                answer = _api(stack, "GET", f"/api/preheat/{task_id}")
+                case.rescued_by_status = True
+                case.terminal_seen_at = None
+                case.item = item
+                assert answer["data"]["status"] != "RUNNING", (case.name, answer)
+                del pending[task_id]
+        time.sleep(0.25)
+
+
+def _settle(stack: LocalStack) -> dict[str, dict[str, int]]:
+    """Wait for both queues to empty (spare checks, redeliveries of crashed batches); what is left
+    after SETTLE_SECONDS was never handled."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    counts = queue_counts(stack)
+    while time.monotonic() < deadline and any(any(c.values()) for c in counts.values()):
+        time.sleep(0.5)
+        counts = queue_counts(stack)
+    return counts
+
+
+def figures(outcome: Outcome) -> dict[str, Any]:
+    cases = outcome.cases
+    left = sum(sum(counts.values()) for counts in outcome.leftover.values())
+    rescued = sum(case.rescued_by_status for case in cases)
+    by_scenario: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        row = by_scenario.setdefault(
+            case.scenario.name,
+            {
+                "fault": case.scenario.fault,
+                "expected": case.scenario.expect,
+                "tasks": 0,
+                "correct": 0,
+                "ended_by": [],
+            },
+        )
+        row["tasks"] += 1
+        row["correct"] += not case.problems()
+        row["ended_by"].append(case.ended_by)
+        row.setdefault("statuses", []).append(case.status)
+    return {
+        "submitted": sum(bool(case.task_id) for case in cases),
+        "terminal": sum(case.terminal_seen_at is not None and not case.rescued_by_status for case in cases),
+        "correct": sum(not case.problems() for case in cases),
+        "lost": left + rescued,
+        "messages_left_on_queues": left,
+        "tasks_whose_messages_stopped": rescued,
+        "queues_after_settling": outcome.leftover,
+        "ended_by_dead_letter_consumer": sum(case.ended_by == "dead-letter consumer" for case in cases),
+        "worker_faults_fired": [f"{fired.what}: {fired.repository}" for fired in outcome.worker_faults.fired],
+        "invocations_crashed": outcome.worker_faults.crashed_batches,
+        "moto_outages": [round(up - down, 2) for down, up in outcome.outage.windows],
+        "tasks_in_flight_at_outage": len(outcome.mid_flight_at_outage),
+        "worker_aws_calls_failed": dict(outcome.worker_faults.aws_failures),
+        "poller_batches_not_deleted": outcome.poller_batches_not_deleted,
+        "seconds": round(outcome.finished - outcome.started, 1),
+        "settled_after_seconds": round(outcome.settled_after, 1),
+        "scenarios": by_scenario,
+        "problems": {case.name: case.problems() for case in cases if case.problems()},
+        "tasks": [
+            {
+                "case": case.name,
+                "taskId": case.task_id,
+                "status": case.status,
+                "msg": case.msg,
+                "layers": None if case.answer is None else case.answer.get("layers"),
+                "ended_by": case.ended_by,
+                "checks_sent": outcome.worker_faults.checks_sent.get(case.task_id, []),
+                "seconds_past_deadline": None
+                if case.terminal_seen_at is None
+                else round(case.terminal_seen_at - case.deadline, 1),
+            }
+            for case in cases
+        ],
+    }
+
+
+def table(figures: dict[str, Any]) -> str:
+    rows = [("scenario", "fault", "expected", "tasks", "correct", "ended by")]
+    for name, row in figures["scenarios"].items():
+        ended = ", ".join(sorted(set(row["ended_by"])))
+        rows.append((name, row["fault"], row["expected"], str(row["tasks"]), str(row["correct"]), ended))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.append("")
+    for key in (
+        "submitted",
+        "terminal",
+        "correct",
+        "lost",
+        "messages_left_on_queues",
+        "tasks_whose_messages_stopped",
+        "ended_by_dead_letter_consumer",
+        "invocations_crashed",
+        "moto_outages",
+        "tasks_in_flight_at_outage",
+        "worker_aws_calls_failed",
+        "poller_batches_not_deleted",
+        "seconds",
+        "settled_after_seconds",
+    ):
+        lines.append(f"{key:<32} {figures[key]}")
+    for name, problems in figures["problems"].items():
+        lines.append(f"PROBLEM {name}: {'; '.join(problems)}")
+    return "\n".join(lines)
+
+
+def summary_line(figures: dict[str, Any]) -> str:
+    return (
+        f"reliability: submitted={figures['submitted']} terminal={figures['terminal']} "
+        f"correct={figures['correct']} lost={figures['lost']}"
+    )
