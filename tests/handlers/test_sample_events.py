@@ -85,8 +85,24 @@ def _schedule_targets(event: dict[str, Any]) -> set[str]:
     return {target for target in targets if target is not None}
 
 
+def _authorizer_targets() -> set[str]:
+    """Functions an Api of the template names as a Lambda authorizer (in its DefinitionBody)."""
+    targets = set()
+    for resource in TEMPLATE.resources.values():
+        if resource.get("Type") != "AWS::Serverless::Api":
+            continue
+        body = (resource.get("Properties") or {}).get("DefinitionBody") or {}
+        for definition in (body.get("securityDefinitions") or {}).values():
+            uri = json.dumps(definition, default=lambda fn: getattr(fn, "args", str(fn)))
+            targets |= {name for name in TEMPLATE.functions if "${" + name + ".Arn}" in uri}
+    return targets
+
+
 def target_function(event: dict[str, Any]) -> str:
     """The logical id of the function the template sends ``event`` to."""
+    if event.get("type") == "REQUEST" and "methodArn" in event:  # a Lambda authorizer's event
+        (authorizer,) = _authorizer_targets()
+        return authorizer
     if "httpMethod" in event:
         for function in TEMPLATE.functions.values():
             for api in function.api_events:
@@ -161,6 +177,14 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
     answer = stack.invoke(function, event)
     if function == "CheckFunction":
         assert api_body(answer) == {"code": 200}
+    elif function == "ApiKeyAuthorizerFunction":
+        # The password of the sample's Basic header is the key API Gateway checks against the plan.
+        assert answer["usageIdentifierKey"] == "sampleKey0123456789abcdefghijKLMNOPQRSTuv"
+        (statement,) = answer["policyDocument"]["Statement"]
+        assert statement["Effect"] == "Allow"
+        assert statement["Resource"] == "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/*"
+    elif function == "OpenApiFunction":
+        assert api_body(answer)["paths"]
     elif function == "PreheatFunction":
         body = api_body(answer)
         if path.name == "preheat-invalid.json":

@@ -80,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, records: Everything) -> Iter
 
 
 @pytest.fixture
-def handler_output(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def handler_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Every line the service's powertools loggers write, whichever stream their handlers hold
     (they keep the one they found at import, which pytest's capture may not see)."""
     lines: list[str] = []
@@ -92,7 +92,12 @@ def handler_output(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         emit(self, record)
 
     monkeypatch.setattr(logging.StreamHandler, "emit", recording_emit)
-    return lines
+    # Every level: the logger keeps the level POWERTOOLS_LOG_LEVEL had when it was first built.
+    service_logger = logging.getLogger("preheat")
+    level = service_logger.level
+    service_logger.setLevel(logging.DEBUG)
+    yield lines
+    service_logger.setLevel(level)
 
 
 def wait(stack: LocalStack, task_id: str, detail: bool = True) -> dict[str, Any]:

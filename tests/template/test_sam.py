@@ -55,8 +55,12 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
         "WorkerFunction",
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
+        "ApiKeyAuthorizerFunction",
+        "OpenApiFunction",
     ):
         assert (build_dir / function / "app.py").exists()
+    # GET /api/openapi.json serves the document the layer ships.
+    assert json.loads((layer / "preheat" / "openapi.json").read_text())["openapi"].startswith("3.")
     built = (build_dir / "template.yaml").read_text()
     assert "python3.13" in built
     assert "arm64" in built
@@ -111,6 +115,10 @@ def test_each_function_is_granted_only_what_it_uses():
         "secretsmanager:GetSecretValue",
     }
     assert _policy_actions(template, "DeadLetterFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    # The authorizer reads only the request (API Gateway holds and checks the keys); the OpenAPI
+    # document is a file of the layer.
+    assert _policy_actions(template, "ApiKeyAuthorizerFunction") == set()
+    assert _policy_actions(template, "OpenApiFunction") == set()
     # Scheduled and ECR-push preheats submit through the same service as POST /api/preheat.
     assert _policy_actions(template, "ScheduledPreheatFunction") == _policy_actions(
         template, "PreheatFunction"
@@ -185,3 +193,125 @@ def test_samconfig_lints_on_validate_and_has_default_and_prod():
         assert config[env]["build"]["parameters"] == {"cached": True, "parallel": True}
         assert config[env]["deploy"]["parameters"]["resolve_s3"] is True
     json.dumps(config)  # plain data only
+
+
+# -- access (AuthMode) ------------------------------------------------------------------------------
+
+API_KEY_SECURITY = [{"ApiKeyAuthorizer": [], "api_key": []}]
+
+
+def _resolver(auth_mode: str):
+    from local.template import PhysicalResource, Resolver, load_template
+
+    template = load_template(ROOT / "template.yaml")
+    parameters = template.parameter_values({"Supernodes": "http://supernode:8002", "AuthMode": auth_mode})
+    functions = {
+        name: PhysicalResource(name, name, {"Arn": f"arn:aws:lambda:us-east-1:123456789012:function:{name}"})
+        for name in template.functions
+    }
+    return template, Resolver(template, parameters, functions, "us-east-1", "123456789012")
+
+
+def _api_routes(template) -> set[tuple[str, str]]:
+    return {
+        (event.path, event.method.lower())
+        for function in template.functions.values()
+        for event in function.api_events
+        if event.rest_api_id == "PreheatApi"
+    }
+
+
+@pytest.mark.parametrize(
+    ("auth_mode", "security"),
+    [("API_KEY", API_KEY_SECURITY), ("IAM", [{"sigv4": []}]), ("NONE", [])],
+)
+def test_every_route_has_the_access_auth_mode_chooses(auth_mode: str, security: list):
+    """Routes come from the functions' Api events; their security from PreheatApi's DefinitionBody. A
+    route missing there would be merged in by SAM without any security: open whatever AuthMode says."""
+    template, resolver = _resolver(auth_mode)
+    api = template.resources["PreheatApi"]["Properties"]
+    paths = api["DefinitionBody"]["paths"]
+    routes = _api_routes(template)
+    assert routes, "no Api events on PreheatApi"
+    unlisted = sorted(route for route in routes if route[1] not in (paths.get(route[0]) or {}))
+    assert not unlisted, f"add these routes to PreheatApi's DefinitionBody with the same security: {unlisted}"
+    for path, method in routes:
+        assert resolver.resolve(paths[path][method]["security"]) == security, (path, method)
+    # Nothing in the body that no event serves (SAM would create a method without an integration).
+    listed = {(path, method) for path, methods in paths.items() for method in methods}
+    assert listed == routes
+    definitions = resolver.resolve(api["DefinitionBody"]["securityDefinitions"])
+    assert definitions["sigv4"]["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert ("ApiKeyAuthorizer" in definitions) is (auth_mode == "API_KEY")
+
+
+def test_api_key_mode_checks_keys_in_api_gateway_through_the_authorizer():
+    from local.template import GetAtt, Ref
+
+    template, resolver = _resolver("API_KEY")
+    resources = template.resources
+    api = resources["PreheatApi"]["Properties"]
+    # API Gateway takes the key the authorizer found, and checks it against the usage plan itself.
+    assert api["ApiKeySourceType"] == "AUTHORIZER"
+    assert api["MergeDefinitions"] is True
+    assert api["AlwaysDeploy"] is True  # a change of AuthMode alone must reach the stage
+    authorizer = resolver.resolve(api["DefinitionBody"]["securityDefinitions"]["ApiKeyAuthorizer"])
+    lambda_authorizer = authorizer["x-amazon-apigateway-authorizer"]
+    assert lambda_authorizer["type"] == "request"
+    # Either header may carry the key: with a cache, API Gateway refuses requests lacking an identity source.
+    assert lambda_authorizer["authorizerResultTtlInSeconds"] == 0
+    assert "identitySource" not in lambda_authorizer
+    uri = template.resources["PreheatApi"]["Properties"]["DefinitionBody"]["securityDefinitions"][
+        "ApiKeyAuthorizer"
+    ].args[1]["x-amazon-apigateway-authorizer"]["authorizerUri"]
+    assert "${ApiKeyAuthorizerFunction.Arn}" in uri.args
+    assert api["DefinitionBody"]["securityDefinitions"]["api_key"] == {
+        "type": "apiKey",
+        "name": "x-api-key",
+        "in": "header",
+    }
+
+    plan = resources["ApiUsagePlan"]["Properties"]
+    assert plan["ApiStages"] == [{"ApiId": Ref("PreheatApi"), "Stage": Ref("PreheatApi.Stage")}]
+    assert plan["Throttle"] == {"RateLimit": Ref("ApiRateLimit"), "BurstLimit": Ref("ApiBurstLimit")}
+    key = resources["ApiKey"]["Properties"]
+    assert key["Enabled"] is True
+    assert key["Value"].args == "{{resolve:secretsmanager:${ApiKeySecret}:SecretString}}"
+    assert resources["ApiUsagePlanKey"]["Properties"] == {
+        "KeyId": Ref("ApiKey"),
+        "KeyType": "API_KEY",
+        "UsagePlanId": Ref("ApiUsagePlan"),
+    }
+    permission = resources["ApiKeyAuthorizerPermission"]["Properties"]
+    assert permission["Principal"] == "apigateway.amazonaws.com"
+    assert permission["FunctionName"] == GetAtt("ApiKeyAuthorizerFunction", "Arn")
+    assert permission["SourceArn"].args.endswith(":${PreheatApi}/authorizers/*")
+    # API Gateway keys are 20 to 128 characters.
+    generated = resources["ApiKeySecret"]["Properties"]["GenerateSecretString"]
+    assert 20 <= generated["PasswordLength"] <= 128
+    assert generated["ExcludePunctuation"] is True
+
+
+def test_only_api_key_mode_creates_the_key_its_plan_and_the_authorizer():
+    from local.template import load_template
+
+    raw = load_template(ROOT / "template.yaml").raw
+    conditional = {
+        "ApiKeyAuthorizerFunction",
+        "ApiKeyAuthorizerPermission",
+        "ApiKeyAuthorizerLogGroup",
+        "ApiKeySecret",
+        "ApiKey",
+        "ApiUsagePlan",
+        "ApiUsagePlanKey",
+    }
+    for logical_id in conditional:
+        assert raw["Resources"][logical_id]["Condition"] == "AuthApiKey", logical_id
+    assert raw["Parameters"]["AuthMode"]["Default"] == "API_KEY"
+    assert raw["Parameters"]["AuthMode"]["AllowedValues"] == ["API_KEY", "IAM", "NONE"]
+    for output in ("ApiKeyId", "ApiKeySecretArn", "ApiKeyCommand"):
+        assert raw["Outputs"][output]["Condition"] == "AuthApiKey"
+    command = raw["Outputs"]["ApiKeyCommand"]["Value"].args
+    assert command.startswith("aws secretsmanager get-secret-value ")
+    assert "--secret-id ${ApiKeySecret}" in command
+    assert "--query SecretString --output text" in command

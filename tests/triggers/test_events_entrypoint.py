@@ -77,9 +77,13 @@ def metrics() -> Iterator[dict[str, Any]]:
 def logs() -> Iterator[Records]:
     handler = Records()
     logger = logging.getLogger("preheat")
+    # The level too: the logger keeps the one POWERTOOLS_LOG_LEVEL had when it was first built.
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def counted(metrics: dict[str, Any], name: str) -> float:
