@@ -53,7 +53,6 @@ from preheat.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-
 FIRST_RELOOK_SECONDS = 0.05
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
