@@ -10,11 +10,16 @@ SAM_VENV := .tools/sam
 SAM_VERSION := 1.170.0
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
+CHECKOV_VENV := .tools/checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+# The scan runs offline: no policy download, no mapping download, no update check.
+CHECKOV_ENV := BC_SKIP_MAPPING=TRUE CKV_SKIP_PACKAGE_UPDATE_CHECK=true
 export SAM_CLI_TELEMETRY := 0
 # sam build looks up python3.13 on PATH; the project venv provides it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format typecheck validate build bench invoke clean
+.PHONY: run test lint format typecheck validate build bench invoke clean scan openapi
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
@@ -29,10 +34,16 @@ $(SAM_VENV)/.installed:
 	$(SAM_VENV)/bin/pip install -q --disable-pip-version-check aws-sam-cli==$(SAM_VERSION)
 	@touch $@
 
+# checkov pins packages of its own (boto3 among them) too: an environment of its own as well.
+$(CHECKOV_VENV)/.installed:
+	@[ -x $(CHECKOV_VENV)/bin/python ] || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	@touch $@
+
 run: $(VENV)/.installed
 	$(PY) -m local.stack
 
-test: $(VENV)/.installed $(SAM_VENV)/.installed lint typecheck
+test: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed lint typecheck
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
@@ -51,6 +62,16 @@ validate: $(SAM_VENV)/.installed
 
 build: $(SAM_VENV)/.installed $(VENV)/.installed
 	$(SAM) build
+
+# The template's security scan (tests/template/test_security_scan.py runs the same): every finding is
+# fixed or skipped in the resource's Metadata (checkov: skip: [{id, comment}]) with the reason.
+scan: $(CHECKOV_VENV)/.installed
+	$(CHECKOV_ENV) $(CHECKOV) -f template.yaml --framework cloudformation --skip-download --compact
+
+# docs/openapi.yaml is the API's contract; the layer ships it as JSON for GET /api/openapi.json.
+openapi: $(VENV)/.installed
+	$(PY) -c 'import json, yaml; doc = yaml.safe_load(open("docs/openapi.yaml", encoding="utf-8")); \
+	open("layers/shared/preheat/openapi.json", "w", encoding="utf-8").write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")'
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

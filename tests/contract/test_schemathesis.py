@@ -54,7 +54,10 @@ FIGURES = ROOT / ".local" / "contract" / "schemathesis.json"
 
 def envelope_is_not_a_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
     """The spec's answers are HTTP 200 whatever happened: a server error shows as ``code`` 5xx."""
-    if response.status_code != 200 or case.operation.path == "/api/openapi.json":
+    # Only the spec's own routes answer with the envelope (Harbor's answer with real status codes).
+    if not case.operation.path.startswith("/api/") or case.operation.path == "/api/openapi.json":
+        return None
+    if response.status_code != 200:
         return None
     code = json.loads(response.content).get("code")
     if isinstance(code, int) and code >= 500:
@@ -150,7 +153,8 @@ def test_every_generated_request_gets_a_conforming_answer(stack: LocalStack, sch
     started = time.monotonic()
     with requests.Session() as session:
         operations = sorted((result.ok() for result in schema.get_all_operations()), key=lambda o: o.label)
-        assert len(operations) == 4
+        documented = yaml.safe_load(DOCUMENT.read_text())["paths"]
+        assert len(operations) == sum(len(methods) for methods in documented.values())
         for operation in operations:
             # The document's own examples, once each.
             for number, strategy in enumerate(operation.get_strategies_from_examples(headers=headers)):

@@ -211,8 +211,30 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
             ]
         else:
             assert urls == [entry["url"] for entry in event["preheats"]]
+    elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
+        check_harbor_answer(function, event, answer, store)
     else:  # the SQS consumers
         assert answer == {"batchItemFailures": []}
+
+
+def check_harbor_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
+    # Harbor's providers answer with real HTTP status codes.
+    if event["httpMethod"] == "POST":
+        assert answer["statusCode"] in (200, 201), answer
+        created = json.loads(answer["body"])
+        if function == "HarborDragonfly1Function":
+            task = store.get(created["ID"])
+        else:
+            assert isinstance(created["id"], int)
+            task = store.get(created["task_id"])
+            assert "example-pull-token" not in answer["body"]
+        assert task is not None
+        sent = json.loads(event["body"])
+        assert task.url == sent.get("url", sent.get("args", {}).get("url"))
+    elif event["resource"] in ("/_ping", "/healthy"):
+        assert (answer["statusCode"], answer["body"]) == (200, "OK")
+    else:
+        assert answer["statusCode"] in (200, 404), answer
 
 
 def test_status_sample_reads_the_task_it_names(stack: LocalStack, store: DynamoDBTaskStore):

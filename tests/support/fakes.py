@@ -26,6 +26,7 @@ class FakeTaskStore:
     def __init__(self) -> None:
         self.tasks: dict[str, Task] = {}
         self.claims: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
         self.fail_next: int = 0
         self.writes = 0
         self._lock = threading.Lock()
@@ -60,6 +61,17 @@ class FakeTaskStore:
             self.tasks[task.task_id] = task
             self.writes += 1
             return True
+
+    def put_alias(self, alias: str, task: Task) -> bool:
+        self._maybe_fail()
+        with self._lock:
+            holder = self.aliases.setdefault(alias, task.task_id)
+            self.writes += 1
+            return holder == task.task_id
+
+    def get_alias(self, alias: str) -> str | None:
+        self._maybe_fail()
+        return self.aliases.get(alias)
 
 
 @dataclass

@@ -123,6 +123,10 @@ def test_each_function_is_granted_only_what_it_uses():
     assert _policy_actions(template, "ScheduledPreheatFunction") == _policy_actions(
         template, "PreheatFunction"
     )
+    # Harbor's providers submit like POST /api/preheat (the Dragonfly 2 one also writes and reads its
+    # job id aliases: PutItem/GetItem) and read like GET /api/preheat/{taskId}.
+    for harbor in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
+        assert _policy_actions(template, harbor) == _policy_actions(template, "PreheatFunction")
 
 
 def test_only_get_authorization_token_is_granted_on_every_resource():

@@ -123,3 +123,12 @@ def test_an_unexpected_error_is_code_500_without_details(fakes, monkeypatch: pyt
     answer = call(preheat_routes, "preheat-image.json")
     assert answer["code"] == 500
     assert "secret internals" not in answer["msg"]
+
+
+def test_a_body_that_is_not_utf8_is_refused(fakes):
+    import base64
+
+    body = base64.b64encode(b'{"type":"file","url":"\xff\xfe"}').decode()
+    answer = call(preheat_routes, "preheat-file.json", body=body, isBase64Encoded=True)
+    assert answer["code"] == 400
+    assert "UTF-8" in answer["msg"]

@@ -31,6 +31,14 @@ class TaskStore(Protocol):
         """Replace the task's mutable state if its ``check_seq`` is still ``expected_check_seq``
         and it is not terminal yet. Returns False when another delivery got there first."""
 
+    def put_alias(self, alias: str, task: Task) -> bool:
+        """Record ``alias`` (a key with a ``<kind>#`` prefix, e.g. ``job#123``) as another name of
+        ``task``, kept as long as the task. True when it now names ``task`` (written, or already
+        there); False when it names another task."""
+
+    def get_alias(self, alias: str) -> str | None:
+        """The id of the task ``alias`` names, or None."""
+
 
 class TaskQueue(Protocol):
     def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None: ...

@@ -187,6 +187,41 @@ class DynamoDBTaskStore:
             raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
         return True
 
+    # Aliases: other names of a task (the Dragonfly 2 compatible API's integer job ids). One item
+    # each, written once with a condition; it expires with the task.
+
+    def put_alias(self, alias: str, task: Task) -> bool:
+        if "#" not in alias or alias.startswith(CLAIM_PREFIX):
+            raise ValueError(f"an alias needs a '<kind>#' prefix other than {CLAIM_PREFIX!r}")
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "pk": {"S": alias},
+                    "taskId": {"S": task.task_id},
+                    "expiresAt": {"N": str(self._expires_at(task.deadline))},
+                },
+                ConditionExpression="attribute_not_exists(pk) OR taskId = :task",
+                ExpressionAttributeValues={":task": {"S": task.task_id}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                return False
+            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+        return True
+
+    def get_alias(self, alias: str) -> str | None:
+        try:
+            answer = self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": alias}}, ConsistentRead=True
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+        task_id: str | None = answer.get("Item", {}).get("taskId", {}).get("S")
+        return task_id
+
 
 def _task_from_item(item: dict[str, Any]) -> Task:
     blobs = item.get("blobs", {}).get("B")

@@ -13,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from preheat import bootstrap
 from preheat.entrypoints.observability import logger, metrics, tracer
@@ -58,7 +59,7 @@ def preheat_routes() -> Router:
     @router.post("/api/preheat")
     @tracer.capture_method(capture_response=False)
     def preheat() -> Response[str]:
-        request = PreheatRequest.parse(_json_body(router.current_event.decoded_body))
+        request = PreheatRequest.parse(json_body(router.current_event))
         task = bootstrap.preheat_service().submit(request)
         logger.append_keys(task_id=task.task_id)
         logger.info("preheat task submitted", extra={"type": task.type.value, "url": task.url})
@@ -81,7 +82,16 @@ def status_routes() -> Router:
     return router
 
 
-def _json_body(raw: str | None) -> Any:
+def json_body(event: BaseProxyEvent) -> Any:
+    """The request's body decoded as JSON; InvalidRequest saying why when it cannot be."""
+    try:
+        raw = event.decoded_body
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not UTF-8 text: send a JSON object") from None
+    return _json_text(raw)
+
+
+def _json_text(raw: str | None) -> Any:
     if not raw:
         raise InvalidRequest('request body is empty: send a JSON object like {"type":"image","url":"..."}')
     if len(raw.encode()) > MAX_BODY_BYTES:
