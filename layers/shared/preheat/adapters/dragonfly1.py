@@ -12,24 +12,26 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import requests
-import requests.adapters
 
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.adapters.http_target import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_SECONDS,
+    REDACTED,
+    HttpTargetDriver,
+    display_target,
+    json_body,
+    pooled_session,
+)
+from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 
-DEFAULT_ATTEMPTS = 3
-DEFAULT_BACKOFF_SECONDS = 0.2
-MAX_PING_THREADS = 16
-# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_SUPERNODE_CALLS).
-POOL_SIZE = 64
 MAX_QUOTED_CHARS = 300
 
 # What ``create`` answers when a supernode says "already exists" without saying which task: there is
@@ -38,10 +40,9 @@ UNKNOWN_TASK_ID = ""
 
 _PENDING = frozenset({"WAITING", "RUNNING"})
 _EXISTING_ID_RE = re.compile(r"\bid\s*[:=]\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
-_REDACTED = "<redacted>"
 
 
-class Dragonfly1Driver:
+class Dragonfly1Driver(HttpTargetDriver):
     """The ``SupernodeDriver`` for Dragonfly 1 supernodes (``settings.supernodes``).
 
     ``create`` answers PENDING with the supernode's task id; "already exists" (208, or 409 saying
@@ -50,6 +51,10 @@ class Dragonfly1Driver:
     timeouts, 429 and 5xx are retried ``attempts`` times, ``backoff_seconds`` doubling between
     tries, then raised as TransientFailure.
     """
+
+    SUBJECT = "supernode"
+    PING_PATH = "/_ping"
+    PING_THREAD_PREFIX = "df1-ping"
 
     def __init__(
         self,
@@ -60,34 +65,14 @@ class Dragonfly1Driver:
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        self._settings = settings
-        self._session = session if session is not None else _pooled_session()
-        self._attempts = attempts
-        self._backoff_seconds = backoff_seconds
-        self._sleep = sleep
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self._settings.supernodes
-
-    def ping(self) -> Mapping[str, str | None]:
-        targets = self.targets
-        if not targets:
-            return {}
-        # In parallel so that one dead supernode costs the health check one timeout, not one each.
-        with ThreadPoolExecutor(min(len(targets), MAX_PING_THREADS), thread_name_prefix="df1-ping") as pool:
-            return dict(zip(targets, pool.map(self._ping_one, targets), strict=True))
-
-    def _ping_one(self, target: str) -> str | None:
-        timeout = self._settings.check_timeout_seconds
-        try:
-            response = self._session.get(f"{target}/_ping", timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            return _failure_reason(exc, timeout)
-        with response:
-            return None if response.status_code == 200 else f"HTTP {response.status_code}"
+        super().__init__(
+            settings,
+            session,
+            attempts=attempts,
+            backoff_seconds=backoff_seconds,
+            sleep=sleep,
+            default_session=pooled_session,
+        )
 
     def create(self, target: str, blob: Blob) -> SupernodeTask:
         body: dict[str, Any] = {"type": "file", "url": blob.url}
@@ -98,24 +83,26 @@ class Dragonfly1Driver:
         secrets = tuple(blob.headers.values())
         # Retrying a create is safe: the supernode derives the task id from the URL, so a repeat
         # joins the task the lost attempt may have started.
-        response = self._send("POST", target, "/preheats", f"accept the preheat of {blob.label}", json=body)
+        response = self._send_with_retries(
+            "POST", target, "/preheats", f"accept the preheat of {blob.label}", json=body
+        )
         with response:
             code = response.status_code
-            answer = _json(response)
+            answer = json_body(response)
             message = _message(answer, response, secrets)
             if code in (200, 201):
                 task_id = answer.get("ID") if isinstance(answer, dict) else None
                 if not isinstance(task_id, str) or not task_id:
                     raise PermanentFailure(
-                        f"supernode {_display(target)} answered HTTP {code} to the preheat of {blob.label} "
-                        f'without a task "ID": {message}'
+                        f"supernode {display_target(target)} answered HTTP {code} to the preheat of "
+                        f'{blob.label} without a task "ID": {message}'
                     )
                 return SupernodeTask(task_id, BlobState.PENDING)
             if code == 208 or (code == 409 and "already exist" in message.lower()):
                 existing = _existing_id(answer, message)
             else:
                 raise PermanentFailure(
-                    f"supernode {_display(target)} refused the preheat of {blob.label}: "
+                    f"supernode {display_target(target)} refused the preheat of {blob.label}: "
                     f"HTTP {code}: {message}"
                 )
         if existing is None:
@@ -128,19 +115,22 @@ class Dragonfly1Driver:
         if supernode_task_id == UNKNOWN_TASK_ID:
             return SupernodeTask(UNKNOWN_TASK_ID, BlobState.SUCCESS)
         path = f"/preheats/{quote(supernode_task_id, safe='')}"
-        response = self._send("GET", target, path, f"answer the status of task {supernode_task_id}")
+        response = self._send_with_retries(
+            "GET", target, path, f"answer the status of task {supernode_task_id}"
+        )
         with response:
             code = response.status_code
-            answer = _json(response)
+            answer = json_body(response)
             if code == 404:
                 return SupernodeTask(
                     supernode_task_id,
                     BlobState.FAILED,
-                    f"supernode {_display(target)} no longer knows task {supernode_task_id} (restarted?)",
+                    f"supernode {display_target(target)} no longer knows task {supernode_task_id} "
+                    "(restarted?)",
                 )
             if code != 200 or not isinstance(answer, dict):
                 raise PermanentFailure(
-                    f"supernode {_display(target)} answered HTTP {code} to the status of task "
+                    f"supernode {display_target(target)} answered HTTP {code} to the status of task "
                     f"{supernode_task_id}: {_message(answer, response)}"
                 )
         status = str(answer.get("status", "")).strip().upper()
@@ -153,61 +143,15 @@ class Dragonfly1Driver:
             return SupernodeTask(
                 supernode_task_id,
                 BlobState.FAILED,
-                f"supernode {_display(target)} failed task {supernode_task_id}: {_truncate(reason)}",
+                f"supernode {display_target(target)} failed task {supernode_task_id}: {_truncate(reason)}",
             )
         # An unknown status would otherwise be polled until the task deadline; fail it now, loudly.
         return SupernodeTask(
             supernode_task_id,
             BlobState.FAILED,
-            f"supernode {_display(target)} answered an unknown status {_truncate(status)!r} "
+            f"supernode {display_target(target)} answered an unknown status {_truncate(status)!r} "
             f"for task {supernode_task_id}",
         )
-
-    def _send(self, method: str, target: str, path: str, what: str, **kwargs: Any) -> requests.Response:
-        """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
-        retried with backoff, then raised as TransientFailure so that the worker tries again later."""
-        timeout = self._settings.supernode_timeout_seconds
-        reason = ""
-        for attempt in range(1, self._attempts + 1):
-            if attempt > 1:
-                self._sleep(self._backoff_seconds * 2 ** (attempt - 2))
-            try:
-                # Redirects are not followed: the supernode API never redirects, and a POST body
-                # carries credentials that must not be replayed to wherever a Location points.
-                response = self._session.request(
-                    method, f"{target}{path}", timeout=timeout, allow_redirects=False, **kwargs
-                )
-            except requests.RequestException as exc:
-                reason = _failure_reason(exc, timeout)
-                continue
-            if response.status_code < 500 and response.status_code != 429:
-                return response
-            with response:
-                reason = f"HTTP {response.status_code}"
-        raise TransientFailure(
-            f"supernode {_display(target)} did not {what} after {self._attempts} attempts: {reason}"
-        )
-
-
-def _failure_reason(exc: requests.RequestException, timeout: float) -> str:
-    """A short reason built from the exception's type, never its text (which quotes the request)."""
-    if isinstance(exc, requests.Timeout):
-        return f"timed out after {timeout}s"
-    if isinstance(exc, requests.ConnectionError):
-        cause = repr(exc).lower()
-        if "refused" in cause:
-            return "connection refused"
-        if "name or service not known" in cause or "nodename nor servname" in cause or "resolution" in cause:
-            return "host not found"
-        return "connection failed"
-    return f"request failed ({type(exc).__name__})"
-
-
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
@@ -225,7 +169,7 @@ def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...] 
     text = text or response.text.strip()
     for secret in secrets:
         if secret:
-            text = text.replace(secret, _REDACTED)
+            text = text.replace(secret, REDACTED)
     return _truncate(text) if text else "(empty body)"
 
 
@@ -240,23 +184,3 @@ def _existing_id(answer: Any, message: str) -> str | None:
 
 def _truncate(text: str) -> str:
     return text if len(text) <= MAX_QUOTED_CHARS else f"{text[:MAX_QUOTED_CHARS]}..."
-
-
-def _display(target: str) -> str:
-    """The target without user:password, should the configured base URL carry them."""
-    parts = urlsplit(target)
-    if parts.username is None and parts.password is None:
-        return target
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _pooled_session() -> requests.Session:
-    """A session whose pool keeps a connection per concurrent call: the worker talks to the
-    supernodes from many threads, and requests' default pool of 10 would drop and reopen the rest."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session

@@ -24,22 +24,25 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from aws_lambda_powertools.utilities.parameters import get_secret
 
+from preheat.adapters.http_target import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_SECONDS,
+    REDACTED,
+    HttpTargetDriver,
+    display_target,
+    json_body,
+)
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 
-DEFAULT_ATTEMPTS = 3
-DEFAULT_BACKOFF_SECONDS = 0.2
 SECRET_MAX_AGE_SECONDS = 300
-MAX_PING_THREADS = 16
 MAX_QUOTED_CHARS = 400
 MAX_NAMED_HOSTS = 5
 MIN_SCRUBBED_CHARS = 4
@@ -68,7 +71,6 @@ _PERMANENT_SECRET_ERRORS = frozenset(
     }
 )
 _ERROR_CODE_RE = re.compile(r"An error occurred \((\w+)\)")
-_REDACTED = "<redacted>"
 
 SecretReader = Callable[[str], str | bytes]
 
@@ -79,7 +81,7 @@ def read_secret(name: str) -> str | bytes:
     return value
 
 
-class Dragonfly2Driver:
+class Dragonfly2Driver(HttpTargetDriver):
     """The ``SupernodeDriver`` for Dragonfly 2 managers (``settings.supernodes`` are their base URLs).
 
     ``create`` answers the job id (as a string) and its mapped state; ``status`` maps the job's
@@ -94,6 +96,11 @@ class Dragonfly2Driver:
     caches it for five minutes, so a rotated token is picked up without a redeploy).
     """
 
+    SUBJECT = "Dragonfly 2 manager"
+    # /healthy needs no token, so a health check never reads the secret.
+    PING_PATH = "/healthy"
+    PING_THREAD_PREFIX = "df2-ping"
+
     def __init__(
         self,
         settings: Settings,
@@ -104,38 +111,8 @@ class Dragonfly2Driver:
         sleep: Callable[[float], None] = time.sleep,
         secret_reader: SecretReader | None = None,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        self._settings = settings
-        self._session = session if session is not None else requests.Session()
-        self._attempts = attempts
-        self._backoff_seconds = backoff_seconds
-        self._sleep = sleep
+        super().__init__(settings, session, attempts=attempts, backoff_seconds=backoff_seconds, sleep=sleep)
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self._settings.supernodes
-
-    # -- health ------------------------------------------------------------------------------------
-
-    def ping(self) -> Mapping[str, str | None]:
-        targets = self.targets
-        if not targets:
-            return {}
-        # In parallel so that one dead manager costs the health check one timeout, not one each.
-        with ThreadPoolExecutor(min(len(targets), MAX_PING_THREADS), thread_name_prefix="df2-ping") as pool:
-            return dict(zip(targets, pool.map(self._ping_one, targets), strict=True))
-
-    def _ping_one(self, target: str) -> str | None:
-        timeout = self._settings.check_timeout_seconds
-        try:
-            # /healthy needs no token, so a health check never reads the secret.
-            response = self._session.get(f"{target}/healthy", timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            return _failure_reason(exc, timeout)
-        with response:
-            return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
     # -- jobs --------------------------------------------------------------------------------------
 
@@ -156,18 +133,18 @@ class Dragonfly2Driver:
         )
         with response:
             code = response.status_code
-            answer = _json(response)
+            answer = json_body(response)
             if code in (401, 403):
                 raise PermanentFailure(_refused(target, code, _message(answer, response, secrets)))
             if code not in (200, 201):
                 raise PermanentFailure(
-                    f"Dragonfly 2 manager {_display(target)} refused the preheat of {blob.label}: "
+                    f"Dragonfly 2 manager {display_target(target)} refused the preheat of {blob.label}: "
                     f"HTTP {code}: {_message(answer, response, secrets)}"
                 )
         job_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 0:
             raise PermanentFailure(
-                f"Dragonfly 2 manager {_display(target)} answered HTTP {code} to the preheat of "
+                f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the preheat of "
                 f"{blob.label} without a job id: {_message(answer, response, secrets)}"
             )
         # A new job is PENDING; should a manager answer with one already finished, read it as status does.
@@ -191,19 +168,19 @@ class Dragonfly2Driver:
         )
         with response:
             code = response.status_code
-            answer = _json(response)
+            answer = json_body(response)
             if code == 404:
                 return SupernodeTask(
                     supernode_task_id,
                     BlobState.FAILED,
-                    f"Dragonfly 2 manager {_display(target)} no longer knows job {supernode_task_id} "
+                    f"Dragonfly 2 manager {display_target(target)} no longer knows job {supernode_task_id} "
                     "(finished jobs are removed after 6 h)",
                 )
             if code in (401, 403):
                 raise PermanentFailure(_refused(target, code, _message(answer, response, (token,))))
             if code != 200 or not isinstance(answer, dict):
                 raise PermanentFailure(
-                    f"Dragonfly 2 manager {_display(target)} answered HTTP {code} to the status of job "
+                    f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the status of job "
                     f"{supernode_task_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
                 )
         return _interpret(target, supernode_task_id, answer, (token,))
@@ -236,34 +213,9 @@ class Dragonfly2Driver:
     def _send(
         self, method: str, target: str, path: str, what: str, token: str, **kwargs: Any
     ) -> requests.Response:
-        """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
-        retried with backoff, then raised as TransientFailure so that the worker tries again later."""
-        timeout = self._settings.supernode_timeout_seconds
+        """``_send_with_retries`` with the token as a bearer: see there for what is retried."""
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        reason = ""
-        for attempt in range(1, self._attempts + 1):
-            if attempt > 1:
-                self._sleep(self._backoff_seconds * 2 ** (attempt - 2))
-            try:
-                # Redirects are not followed: the token must not be replayed to wherever a Location points.
-                response = self._session.request(
-                    method,
-                    f"{target}{path}",
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    **kwargs,
-                )
-            except requests.RequestException as exc:
-                reason = _failure_reason(exc, timeout)
-                continue
-            if response.status_code < 500 and response.status_code != 429:
-                return response
-            with response:
-                reason = f"HTTP {response.status_code}"
-        raise TransientFailure(
-            f"Dragonfly 2 manager {_display(target)} did not {what} after {self._attempts} attempts: {reason}"
-        )
+        return self._send_with_retries(method, target, path, what, headers=headers, **kwargs)
 
 
 # -- reading a job ---------------------------------------------------------------------------------
@@ -279,7 +231,7 @@ def _interpret(target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[
     url = args.get("url") if isinstance(args, dict) else None
     url = url if isinstance(url, str) else ""
     job_states = _job_states(job)
-    where = f"Dragonfly 2 job {job_id} on {_display(target)}"
+    where = f"Dragonfly 2 job {job_id} on {display_target(target)}"
     if state == _FAILURE:
         errors = _unique(
             _quote(error, secrets, url) for s in job_states if (error := str(s.get("error") or "").strip())
@@ -405,18 +357,11 @@ def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         # A value of a character or three is no credential, and replacing it would garble the text.
         if len(secret) >= MIN_SCRUBBED_CHARS:
-            text = text.replace(secret, _REDACTED)
+            text = text.replace(secret, REDACTED)
     return text
 
 
 # -- reading answers -------------------------------------------------------------------------------
-
-
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...]) -> str:
@@ -438,8 +383,8 @@ def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...])
 
 def _refused(target: str, code: int, message: str) -> str:
     return (
-        f"Dragonfly 2 manager {_display(target)} refused the token (HTTP {code}: {message}): check that "
-        "the personal access token is active, unexpired and has the 'job' scope"
+        f"Dragonfly 2 manager {display_target(target)} refused the token (HTTP {code}: {message}): "
+        "check that the personal access token is active, unexpired and has the 'job' scope"
     )
 
 
@@ -475,33 +420,9 @@ def _secret_error_code(exc: BaseException) -> str:
     return match.group(1) if match else type(exc).__name__
 
 
-def _failure_reason(exc: requests.RequestException, timeout: float) -> str:
-    """A short reason built from the exception's type, never its text (which quotes the request)."""
-    if isinstance(exc, requests.Timeout):
-        return f"timed out after {timeout}s"
-    if isinstance(exc, requests.ConnectionError):
-        cause = repr(exc).lower()
-        if "refused" in cause:
-            return "connection refused"
-        if "name or service not known" in cause or "nodename nor servname" in cause or "resolution" in cause:
-            return "host not found"
-        return "connection failed"
-    return f"request failed ({type(exc).__name__})"
-
-
 def _truncate(text: str) -> str:
     """At most about MAX_QUOTED_CHARS, cut in the middle: Go errors wrap their root cause at the end."""
     if len(text) <= MAX_QUOTED_CHARS:
         return text
     head = MAX_QUOTED_CHARS // 4
     return f"{text[:head]}...{text[-(MAX_QUOTED_CHARS - head) :]}"
-
-
-def _display(target: str) -> str:
-    """The target without user:password, should the configured base URL carry them."""
-    parts = urlsplit(target)
-    if parts.username is None and parts.password is None:
-        return target
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

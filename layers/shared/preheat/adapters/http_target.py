@@ -1,0 +1,161 @@
+"""HTTP plumbing shared by the supernode drivers (Dragonfly 1 supernodes, Dragonfly 2 managers).
+
+``HttpTargetDriver`` holds what both drivers do the same way: the configured targets, the parallel
+health ping of every one, and the send-with-retries loop (connection errors, timeouts, 429 and 5xx
+retried with backoff, then a TransientFailure naming the target). The functions below read answers
+and describe failures without quoting a request's text. What each API means by its answers stays in
+its driver.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import requests.adapters
+
+from preheat.errors import TransientFailure
+from preheat.settings import Settings
+
+DEFAULT_ATTEMPTS = 3
+DEFAULT_BACKOFF_SECONDS = 0.2
+MAX_PING_THREADS = 16
+# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_SUPERNODE_CALLS).
+POOL_SIZE = 64
+REDACTED = "<redacted>"
+
+
+class HttpTargetDriver:
+    """The base of a driver that talks HTTP to each of ``settings.supernodes``.
+
+    A subclass names what a target is (``SUBJECT``, as messages call it), the path answering a health
+    check with 200 (``PING_PATH``) and the prefix of the ping threads' names.
+    """
+
+    SUBJECT: ClassVar[str]
+    PING_PATH: ClassVar[str]
+    PING_THREAD_PREFIX: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None,
+        *,
+        attempts: int,
+        backoff_seconds: float,
+        sleep: Callable[[float], None] = time.sleep,
+        default_session: Callable[[], requests.Session] = requests.Session,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self._settings = settings
+        self._session = session if session is not None else default_session()
+        self._attempts = attempts
+        self._backoff_seconds = backoff_seconds
+        self._sleep = sleep
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._settings.supernodes
+
+    def ping(self) -> Mapping[str, str | None]:
+        targets = self.targets
+        if not targets:
+            return {}
+        # In parallel so that one dead target costs the health check one timeout, not one each.
+        with ThreadPoolExecutor(
+            min(len(targets), MAX_PING_THREADS), thread_name_prefix=self.PING_THREAD_PREFIX
+        ) as pool:
+            return dict(zip(targets, pool.map(self._ping_one, targets), strict=True))
+
+    def _ping_one(self, target: str) -> str | None:
+        timeout = self._settings.check_timeout_seconds
+        try:
+            response = self._session.get(f"{target}{self.PING_PATH}", timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return failure_reason(exc, timeout)
+        with response:
+            return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+    def _send_with_retries(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        what: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
+        retried with backoff, then raised as TransientFailure so that the worker tries again later."""
+        timeout = self._settings.supernode_timeout_seconds
+        if headers is not None:
+            kwargs["headers"] = headers
+        reason = ""
+        for attempt in range(1, self._attempts + 1):
+            if attempt > 1:
+                self._sleep(self._backoff_seconds * 2 ** (attempt - 2))
+            try:
+                # Redirects are not followed: neither API redirects, and a request's body and headers
+                # carry credentials that must not be replayed to wherever a Location points.
+                response = self._session.request(
+                    method, f"{target}{path}", timeout=timeout, allow_redirects=False, **kwargs
+                )
+            except requests.RequestException as exc:
+                reason = failure_reason(exc, timeout)
+                continue
+            if response.status_code < 500 and response.status_code != 429:
+                return response
+            with response:
+                reason = f"HTTP {response.status_code}"
+        raise TransientFailure(
+            f"{self.SUBJECT} {display_target(target)} did not {what} "
+            f"after {self._attempts} attempts: {reason}"
+        )
+
+
+def failure_reason(exc: requests.RequestException, timeout: float) -> str:
+    """A short reason built from the exception's type, never its text (which quotes the request)."""
+    if isinstance(exc, requests.Timeout):
+        return f"timed out after {timeout}s"
+    if isinstance(exc, requests.ConnectionError):
+        cause = repr(exc).lower()
+        if "refused" in cause:
+            return "connection refused"
+        if "name or service not known" in cause or "nodename nor servname" in cause or "resolution" in cause:
+            return "host not found"
+        return "connection failed"
+    return f"request failed ({type(exc).__name__})"
+
+
+def json_body(response: requests.Response) -> Any:
+    """The answer's JSON, or None when its body is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def display_target(target: str) -> str:
+    """The target without user:password, should the configured base URL carry them."""
+    parts = urlsplit(target)
+    if parts.username is None and parts.password is None:
+        return target
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def pooled_session() -> requests.Session:
+    """A session whose pool keeps a connection per concurrent call: the worker talks to the
+    supernodes from many threads, and requests' default pool of 10 would drop and reopen the rest."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
