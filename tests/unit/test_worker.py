@@ -383,3 +383,13 @@ def test_detail_lists_every_blob_on_every_supernode_without_credentials():
     assert detail[1]["error"] == "disk full"
     assert detail[2]["state"] == "PENDING"
     assert "blobs" not in world.task(task_id).to_api()
+
+
+def test_without_supernodes_a_task_fails_instead_of_succeeding_with_nothing_warmed():
+    world = World(targets=())
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "PREHEAT_SUPERNODES" in (task.message or "")
+    assert world.registry.seen_headers == []  # nothing resolved for nothing to warm

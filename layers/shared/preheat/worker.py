@@ -110,6 +110,9 @@ class Worker:
     def _start(self, task: Task, headers: Credentials, window: float) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
+        if not self._supernodes.targets:
+            # Nothing could be warmed: a vacuous SUCCESS would be a lie.
+            return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
         try:
             resolution = self._resolve(task, headers)
         except PermanentFailure as exc:
