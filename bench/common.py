@@ -21,11 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import requests
 import urllib3
+
+from local.background import BackgroundServer
 
 GOALS = {"at most": "<=", "at least": ">=", "below": "<", "above": ">", "exactly": "="}
 
@@ -204,7 +205,7 @@ class ProxiedRequest:
         self.status = 0
 
 
-class DelayProxy:
+class DelayProxy(BackgroundServer):
     """A reverse proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``) that holds every
     answer back ``delay`` seconds once the upstream has given it: a server ``delay`` away.
 
@@ -220,19 +221,7 @@ class DelayProxy:
         self.in_flight = self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._pool = urllib3.PoolManager(maxsize=256, block=False, retries=False)
-        self._server = _ProxyServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="delay-proxy", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+        super().__init__(_ProxyServer(self), "delay-proxy")
 
     def mark(self) -> int:
         """Where the request log is now (see :meth:`since`); resets the in-flight peak."""
@@ -245,18 +234,8 @@ class DelayProxy:
             return self.requests[mark:]
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().close()
         self._pool.clear()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def forward(self, handler: _ProxyHandler) -> None:
         record = ProxiedRequest(handler.command, handler.path.split("?", 1)[0], time.monotonic())

@@ -51,6 +51,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from local.background import BackgroundServer
+
 log = logging.getLogger("local.registry")
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -679,7 +681,7 @@ class _QuietServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class StubServer:
+class StubServer(BackgroundServer):
     """A threaded HTTP/1.1 server on 127.0.0.1 answering every request with ``handler(request)``.
 
     Every request is kept in :attr:`requests`. A handler that raises answers 500 (and the error
@@ -691,20 +693,8 @@ class StubServer:
         self.requests: list[StubRequest] = []
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
-        # A short poll interval: shutdown waits for one, and tests start and stop many servers.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.01,), name="stub-server", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+        # A short poll interval: tests start and stop many of these.
+        super().__init__(_QuietServer(("127.0.0.1", 0), self._handler_class()), "stub-server", 0.01)
 
     def requests_to(self, path_prefix: str) -> list[StubRequest]:
         with self._lock:
@@ -715,22 +705,6 @@ class StubServer:
         """How many connections the requests so far came over."""
         with self._lock:
             return len({r.peer for r in self.requests})
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _record(self, request: StubRequest) -> StubResponse:
         with self._lock:

@@ -35,13 +35,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
+from local.background import BackgroundServer
 from local.poller import SqsPoller
 from local.stack import LocalStack
 
@@ -132,37 +132,13 @@ class _QuietServer(ThreadingHTTPServer):
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
 
-class _Served:
+class _Served(BackgroundServer):
     """A threaded HTTP server on 127.0.0.1 (port 0: a free one) run on a daemon thread."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], name: str) -> None:
-        self._server = _QuietServer(("127.0.0.1", 0), handler)
-        self._server.owner = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name=name, daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+        server = _QuietServer(("127.0.0.1", 0), handler)
+        server.owner = self  # type: ignore[attr-defined]
+        super().__init__(server, name)
 
 
 class _Handler(BaseHTTPRequestHandler):
