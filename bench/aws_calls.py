@@ -41,7 +41,6 @@ from bench.common import (
     api_session,
     figure,
     figure_rows,
-    forget_powertools_providers,
     quiet_logs,
     table,
     write_result,
@@ -252,7 +251,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     quiet_logs()
-    forget_powertools_providers()
     results = measure(args.layers, args.runs)
     result = report(args.layers, args.runs, results)
     write_result(args.output, result)

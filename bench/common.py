@@ -328,22 +328,6 @@ def api_session() -> requests.Session:
     return session
 
 
-def forget_powertools_providers() -> None:
-    """Drop the clients powertools' parameter helpers keep for the whole process.
-
-    ``get_secret`` (the dedup key) builds its Secrets Manager client once per process, for the
-    ``AWS_ENDPOINT_URL`` of the moto it first met. Lambda's endpoint never changes; but a process
-    that runs one local stack after another (``python -m bench``, a pytest worker) would send the
-    second stack's functions to the first stack's moto, long gone. ``local.lambda_runtime``
-    forgets the layer's modules between stacks, not powertools' providers: until it does, every
-    benchmark that starts a stack calls this first."""
-    try:
-        from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS  # noqa: PLC0415
-    except ImportError:
-        return
-    DEFAULT_PROVIDERS.clear()
-
-
 def quiet_logs() -> None:
     """moto's werkzeug logs every request at INFO; the handlers' INFO lines would bury the tables."""
     for name in ("werkzeug", "botocore", "local", "preheat", "urllib3"):

@@ -26,7 +26,7 @@ from typing import Any
 
 import requests
 
-from bench.common import figure, figure_rows, forget_powertools_providers, quiet_logs, table, write_result
+from bench.common import figure, figure_rows, quiet_logs, table, write_result
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 
@@ -139,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     quiet_logs()
-    forget_powertools_providers()
     result = measure(args.runs, args.finish_delay, args.parallel)
     print(f"completion notice over {args.runs} runs, supernode finishing after {args.finish_delay}s")
     print(table(figure_rows(result["figures"])))

@@ -79,7 +79,6 @@ from bench.common import (
     api_session,
     figure,
     figure_rows,
-    forget_powertools_providers,
     median,
     preheat_and_wait,
     quiet_logs,
@@ -687,7 +686,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.env = {**QUIET_FUNCTIONS, **dict(args.env)}
     args.argv = list(argv)
     quiet_logs()
-    forget_powertools_providers()
     cases = cases_for(args.layers, args.index_layers)
     runs, timings = measure(args, cases)
     result = report(args, cases, runs, timings)

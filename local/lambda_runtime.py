@@ -45,7 +45,6 @@ log = logging.getLogger("local.lambda")
 _UNSAFE_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _UNSAFE_AWS_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints beat AWS_ENDPOINT_URL
 _API_CALLS = threading.Lock()
-_POWERTOOLS_PARAMETERS = "aws_lambda_powertools.utilities.parameters.base"
 
 
 class EnvConflictError(RuntimeError):
@@ -283,8 +282,6 @@ class LambdaRuntime:
         # New execution environments start without the layer's caches (settings, clients built from
         # AWS_ENDPOINT_URL) of an earlier stack in this process.
         reset_modules_under({d for spec in template.functions.values() for d in template.layer_dirs(spec)})
-        # Nor may powertools' cached parameter providers (get_secret's client holds the old endpoint).
-        getattr(sys.modules.get(_POWERTOOLS_PARAMETERS), "DEFAULT_PROVIDERS", {}).clear()
 
     def function_name(self, logical_id: str) -> str:
         return physical_name(self._name_prefix, logical_id)

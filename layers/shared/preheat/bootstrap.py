@@ -6,6 +6,7 @@ Nothing here runs at import time, so tests set the environment (or pass fakes) f
 from __future__ import annotations
 
 import functools
+import sys
 
 from preheat.adapters.credentials import AwsCredentialStore
 from preheat.adapters.dragonfly1 import Dragonfly1Driver
@@ -78,3 +79,7 @@ def reset_execution_environment() -> None:
     get_settings.cache_clear()
     for factory in (task_store, task_queue, supernode_driver, preheat_service, worker):
         factory.cache_clear()
+    # powertools' get_secret keeps its Secrets Manager client (and what it read) for the process.
+    parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
+    if parameters is not None:
+        parameters.DEFAULT_PROVIDERS.clear()
