@@ -7,8 +7,9 @@ real CNCF Distribution registry holding an image per layer count, and the refere
 supernode, which finishes each blob as soon as it has downloaded it: the task ends within the
 worker's first step (its watch window), with no check message re-queued.
 
-How it counts: a botocore ``before-call`` hook on boto3's default session, which every client the
-project's code builds (``boto3.client(...)`` in the adapters) comes from; the local SQS poller,
+How it counts: a botocore ``before-call`` hook on the project's botocore session
+(``preheat.adapters.aws.session()``), which every client the adapters build comes from, hooked once
+the local stack has started (which resets it, as a new execution environment); the local SQS poller,
 standing in for Lambda's event source mapping, and this benchmark's own reads of the table use
 sessions of their own and are not counted. Each run is one POST through the local API; the
 benchmark then reads the task from the table (uncounted) until it is no longer RUNNING, and waits
@@ -33,8 +34,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import boto3
-
 from bench import RESULTS
 from bench.common import (
     CallCounter,
@@ -49,6 +48,7 @@ from local.aws import client as local_client
 from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, make_oci_layout, missing_tools
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
+from preheat.adapters import aws
 
 NAME = "aws_calls"
 REPOSITORY_PREFIX = "bench/calls"
@@ -105,12 +105,8 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
         raise SystemExit(f"{' and '.join(missing)} not installed (apt-get install docker-registry skopeo)")
     tags = [f"run{n}" for n in range(runs)]
     counter = CallCounter()
-    boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION
-    assert session is not None
-    session.events.register("before-call", counter.on_call)
-    session.events.register("before-send", counter.on_send)
     results: dict[int, list[dict[str, Any]]] = {layers: [] for layers in layer_counts}
+    session = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-aws-calls-") as scratch_dir:
             scratch = Path(scratch_dir)
@@ -125,6 +121,11 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                     ) as stack,
                     api_session() as http,
                 ):
+                    # Hooked after the stack started: starting it resets the session, as a new
+                    # execution environment would.
+                    session = aws.session()
+                    session.register("before-call", counter.on_call)
+                    session.register("before-send", counter.on_send)
                     dynamodb = local_client("dynamodb", stack.moto_url)
                     table_name = stack.table_name("TasksTable")
                     for tag in tags:
@@ -163,8 +164,9 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                             if status != "SUCCESS":
                                 raise RuntimeError(f"task {task_id} of {layers} layers ended {status}")
     finally:
-        session.events.unregister("before-call", counter.on_call)
-        session.events.unregister("before-send", counter.on_send)
+        if session is not None:
+            session.unregister("before-call", counter.on_call)
+            session.unregister("before-send", counter.on_send)
     return results
 
 
@@ -212,7 +214,7 @@ def report(
         "setup": {
             "layer_counts": list(layer_counts),
             "runs": runs,
-            "counted": "botocore before-call on boto3's default session (the project's clients only)",
+            "counted": "botocore before-call on the adapters' botocore session (the project's clients only)",
             "supernode": (
                 "reference Dragonfly 1 supernode, no delays: every task ends in the worker's first step"
             ),

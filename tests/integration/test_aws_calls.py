@@ -10,12 +10,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 import requests
 
 from local.aws import client as local_client
 from local.stack import LocalStack
+from preheat.adapters import aws
 from tests.support.registry import RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -39,14 +39,15 @@ class CallCounter:
 @pytest.fixture(scope="module")
 def counted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, CallCounter]]:
     counter = CallCounter()
-    boto3.setup_default_session()
-    assert boto3.DEFAULT_SESSION is not None
-    boto3.DEFAULT_SESSION.events.register("before-call", counter)
-    try:
-        with LocalStack(cache_dir=tmp_path_factory.mktemp("cache")) as stack:
+    with LocalStack(cache_dir=tmp_path_factory.mktemp("cache")) as stack:
+        # Hooked once the stack has started: starting it resets the session, as a new execution
+        # environment would. Every client the adapters build comes from it.
+        session = aws.session()
+        session.register("before-call", counter)
+        try:
             yield stack, counter
-    finally:
-        boto3.DEFAULT_SESSION.events.unregister("before-call", counter)
+        finally:
+            session.unregister("before-call", counter)
 
 
 def preheat_and_wait(stack: LocalStack, url: str) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from preheat import bootstrap
+from preheat.adapters.http import ConnectionFailed, GuardedPoolManager, HttpClient
 from preheat.adapters.registry import OCI_MANIFEST, HttpRegistryClient
 from preheat.entrypoints.api import build_resolver, preheat_routes
 from preheat.errors import InvalidRequest, PermanentFailure, TransientFailure
@@ -31,7 +31,6 @@ from preheat.models import Credentials, ImageReference, PreheatRequest, PreheatT
 from preheat.network import (
     ALLOW_HINT,
     AddressRefused,
-    GuardedAdapter,
     OutboundPolicy,
     check_request,
     classify,
@@ -332,22 +331,21 @@ def test_proxies_from_the_environment_are_not_used(monkeypatch: pytest.MonkeyPat
     assert len(server.requests) == 1  # straight to the server, past the (dead) proxy
 
 
-def test_the_adapter_guards_a_plain_session():
-    session = requests.Session()
-    adapter = GuardedAdapter(OutboundPolicy(), max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
+def test_the_guarded_pool_guards_a_plain_client():
+    client = HttpClient(GuardedPoolManager(OutboundPolicy()))
     for url in (f"http://{METADATA}/latest/meta-data/", "https://[::1]:9/", "http://localhost:9/"):
         with pytest.raises(AddressRefused, match="refused to connect to"):
-            session.get(url, timeout=1)
+            client.get(url, timeout=1)
+    with pytest.raises(AddressRefused, match="only http and https"):
+        client.get("ftp://example.com/file", timeout=1)
 
 
 def test_a_wrapped_refusal_is_found():
     refusal = AddressRefused("refused to connect to x: a private address")
-    wrapped = requests.ConnectionError(OSError("max retries"))
+    wrapped = ConnectionFailed("max retries")
     wrapped.__cause__ = refusal
     assert find_refusal(wrapped) is refusal
-    assert find_refusal(requests.ConnectionError("other")) is None
+    assert find_refusal(ConnectionFailed("other")) is None
 
 
 class TlsServer:
@@ -417,7 +415,7 @@ class TlsServer:
 @pytest.fixture
 def tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TlsServer]:
     server = TlsServer(tmp_path)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
     yield server
     server.close()
 

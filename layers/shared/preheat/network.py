@@ -3,7 +3,7 @@
 A caller names a registry or a file URL, and the registry names token realms and storage URLs in
 turn; any of them may point into the network the service runs in (the instance metadata service
 at 169.254.169.254 or fd00:ec2::254, a VPC endpoint, localhost). So every request the registry
-client makes goes through :class:`GuardedAdapter`, whose connections:
+client makes goes through ``preheat.adapters.guarded_http.GuardedAdapter``, whose connections:
 
 - resolve the host themselves (``socket.getaddrinfo``), drop every address the policy refuses, and
   connect only to the others, by address: there is no second resolution between the check and the
@@ -35,23 +35,12 @@ import fnmatch
 import functools
 import ipaddress
 import socket
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
-from urllib3 import PoolManager
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    LocationParseError,
-    NameResolutionError,
-    NewConnectionError,
-)
+from urllib3.exceptions import LocationParseError
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _TYPE_DEFAULT
 
@@ -353,97 +342,3 @@ def find_refusal(exc: BaseException) -> AddressRefused | None:
         if isinstance(reason, BaseException):
             pending.append(reason)
     return None
-
-
-# -- the adapter -------------------------------------------------------------------------------
-
-
-def _new_guarded_conn(connection: HTTPConnection, policy: OutboundPolicy) -> socket.socket:
-    """urllib3's ``HTTPConnection._new_conn``, connecting through :meth:`OutboundPolicy.connect`."""
-    try:
-        sock = policy.connect(
-            connection._dns_host,
-            connection.port,
-            connection.timeout,
-            source_address=connection.source_address,
-            socket_options=connection.socket_options,
-        )
-    except socket.gaierror as exc:
-        raise NameResolutionError(connection.host, connection, exc) from exc
-    except TimeoutError as exc:
-        raise ConnectTimeoutError(
-            connection, f"Connection to {connection.host} timed out. (connect timeout={connection.timeout})"
-        ) from exc
-    except OSError as exc:
-        raise NewConnectionError(connection, f"Failed to establish a new connection: {exc}") from exc
-    sys.audit("http.client.connect", connection, connection.host, connection.port)
-    return sock
-
-
-class _GuardedHTTPConnection(HTTPConnection):
-    def __init__(self, *args: Any, policy: OutboundPolicy, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-
-    def _new_conn(self) -> socket.socket:
-        return _new_guarded_conn(self, self.policy)
-
-
-class _GuardedHTTPSConnection(HTTPSConnection):
-    def __init__(self, *args: Any, policy: OutboundPolicy, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-
-    def _new_conn(self) -> socket.socket:
-        return _new_guarded_conn(self, self.policy)
-
-
-class _GuardedPoolManager(PoolManager):
-    """A pool manager whose pools make guarded connections."""
-
-    def __init__(self, *args: Any, policy: OutboundPolicy, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.policy = policy
-
-    def _new_pool(
-        self, scheme: str, host: str, port: int, request_context: dict[str, Any] | None = None
-    ) -> HTTPConnectionPool:
-        pool = super()._new_pool(scheme, host, port, request_context)
-        pool.ConnectionCls = _GuardedHTTPSConnection if scheme == "https" else _GuardedHTTPConnection
-        pool.conn_kw["policy"] = self.policy
-        return pool
-
-
-class GuardedAdapter(HTTPAdapter):
-    """A ``requests`` adapter whose every connection obeys an :class:`OutboundPolicy`; mount it on
-    both ``http://`` and ``https://``. Proxies are ignored (they would connect past the check)."""
-
-    __attrs__ = [*HTTPAdapter.__attrs__, "policy"]  # noqa: RUF012 - as requests declares it
-
-    def __init__(self, policy: OutboundPolicy, **kwargs: Any) -> None:
-        self.policy = policy  # before the base class builds its pool manager
-        super().__init__(**kwargs)
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK, **pool_kwargs: Any
-    ) -> None:
-        self._pool_connections = connections
-        self._pool_maxsize = maxsize
-        self._pool_block = block
-        self.poolmanager = _GuardedPoolManager(
-            num_pools=connections, maxsize=maxsize, block=block, policy=self.policy, **pool_kwargs
-        )
-
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: Any = None,
-        verify: Any = True,
-        cert: Any = None,
-        proxies: Any = None,
-    ) -> requests.Response:
-        scheme = urlsplit(request.url or "").scheme.lower()
-        if scheme not in SCHEMES:
-            raise AddressRefused(f"{scheme}:// is not fetched: only http and https are")
-        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=None)

@@ -14,10 +14,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from preheat.adapters import aws
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Credentials
 from preheat.settings import Settings
@@ -26,7 +25,6 @@ ECR_HOST_RE = re.compile(r"^(\d{12})\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaw
 # Renew an ECR token this long before it expires (they last 12 hours).
 ECR_RENEW_MARGIN_SECONDS = 300
 SECRET_MAX_AGE_SECONDS = 300
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
 _NOT_RETRYABLE = frozenset(
     {"AccessDeniedException", "ResourceNotFoundException", "InvalidParameterException"}
 )
@@ -133,4 +131,4 @@ class AwsCredentialStore:
 
 
 def _ecr_client(region: str) -> Any:
-    return boto3.client("ecr", region_name=region, config=_CLIENT_CONFIG)
+    return aws.client("ecr", region=region)

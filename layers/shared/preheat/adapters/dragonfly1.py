@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import requests
-
+from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
@@ -25,7 +24,6 @@ from preheat.adapters.http_target import (
     HttpTargetDriver,
     display_target,
     json_body,
-    pooled_session,
 )
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
@@ -59,7 +57,7 @@ class Dragonfly1Driver(HttpTargetDriver):
     def __init__(
         self,
         settings: Settings,
-        session: requests.Session | None = None,
+        http: HttpClient | None = None,
         *,
         attempts: int = DEFAULT_ATTEMPTS,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
@@ -67,11 +65,10 @@ class Dragonfly1Driver(HttpTargetDriver):
     ) -> None:
         super().__init__(
             settings,
-            session,
+            http,
             attempts=attempts,
             backoff_seconds=backoff_seconds,
             sleep=sleep,
-            default_session=pooled_session,
         )
 
     def create(self, target: str, blob: Blob) -> SupernodeTask:
@@ -154,7 +151,7 @@ class Dragonfly1Driver(HttpTargetDriver):
         )
 
 
-def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...] = ()) -> str:
+def _message(answer: Any, response: Response, secrets: tuple[str, ...] = ()) -> str:
     """What the supernode said: Go's ``message``, Java's ``msg``, else the start of the body.
 
     A supernode that echoes the request back must not leak it through our messages, so ``secrets``

@@ -26,9 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import requests
-from aws_lambda_powertools.utilities.parameters import get_secret
-
+from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
@@ -77,6 +75,9 @@ SecretReader = Callable[[str], str | bytes]
 
 def read_secret(name: str) -> str | bytes:
     """The secret's value through powertools parameters, cached for five minutes per container."""
+    # Imported on demand: it imports boto3, which nothing else here needs.
+    from aws_lambda_powertools.utilities.parameters import get_secret  # noqa: PLC0415
+
     value: str | bytes = get_secret(name, max_age=SECRET_MAX_AGE_SECONDS)
     return value
 
@@ -104,14 +105,14 @@ class Dragonfly2Driver(HttpTargetDriver):
     def __init__(
         self,
         settings: Settings,
-        session: requests.Session | None = None,
+        http: HttpClient | None = None,
         *,
         attempts: int = DEFAULT_ATTEMPTS,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         secret_reader: SecretReader | None = None,
     ) -> None:
-        super().__init__(settings, session, attempts=attempts, backoff_seconds=backoff_seconds, sleep=sleep)
+        super().__init__(settings, http, attempts=attempts, backoff_seconds=backoff_seconds, sleep=sleep)
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
 
     # -- jobs --------------------------------------------------------------------------------------
@@ -210,9 +211,7 @@ class Dragonfly2Driver(HttpTargetDriver):
             )
         return token
 
-    def _send(
-        self, method: str, target: str, path: str, what: str, token: str, **kwargs: Any
-    ) -> requests.Response:
+    def _send(self, method: str, target: str, path: str, what: str, token: str, **kwargs: Any) -> Response:
         """``_send_with_retries`` with the token as a bearer: see there for what is retried."""
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         return self._send_with_retries(method, target, path, what, headers=headers, **kwargs)
@@ -364,7 +363,7 @@ def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
 # -- reading answers -------------------------------------------------------------------------------
 
 
-def _message(answer: Any, response: requests.Response, secrets: tuple[str, ...]) -> str:
+def _message(answer: Any, response: Response, secrets: tuple[str, ...]) -> str:
     """What the manager said: ``message`` (errors), ``errors`` (validation), else the start of the body."""
     text = ""
     if isinstance(answer, dict):

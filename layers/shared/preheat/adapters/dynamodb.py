@@ -14,10 +14,9 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from preheat.adapters import aws
 from preheat.errors import ClaimHeld, DependencyFailure
 from preheat.models import (
     BlobProgress,
@@ -32,8 +31,6 @@ from preheat.settings import Settings
 
 # Claims share the table with tasks; task ids are UUIDs, so the prefix cannot collide.
 CLAIM_PREFIX = "claim#"
-
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
 
 
 def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
@@ -68,7 +65,7 @@ class DynamoDBTaskStore:
     @functools.cached_property
     def _client(self) -> Any:
         # Built on first use, so a function that never touches the table never pays for the client.
-        return self._injected_client or boto3.client("dynamodb", config=_CLIENT_CONFIG)
+        return self._injected_client or aws.client("dynamodb")
 
     def _expires_at(self, moment: datetime) -> int:
         return int((moment + timedelta(days=self._settings.task_ttl_days)).timestamp())

@@ -15,17 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-import requests.adapters
-
+from preheat.adapters.http import ConnectionFailed, HttpClient, RequestError, Response, Timeout
 from preheat.errors import TransientFailure
 from preheat.settings import Settings
 
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 0.2
 MAX_PING_THREADS = 16
-# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_SUPERNODE_CALLS).
-POOL_SIZE = 64
+# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_BLOBS).
+POOL_SIZE = 128
 REDACTED = "<redacted>"
 
 
@@ -43,17 +41,16 @@ class HttpTargetDriver:
     def __init__(
         self,
         settings: Settings,
-        session: requests.Session | None,
+        http: HttpClient | None,
         *,
         attempts: int,
         backoff_seconds: float,
         sleep: Callable[[float], None] = time.sleep,
-        default_session: Callable[[], requests.Session] = requests.Session,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._settings = settings
-        self._session = session if session is not None else default_session()
+        self._http = http if http is not None else HttpClient(pool_size=POOL_SIZE)
         self._attempts = attempts
         self._backoff_seconds = backoff_seconds
         self._sleep = sleep
@@ -75,11 +72,10 @@ class HttpTargetDriver:
     def _ping_one(self, target: str) -> str | None:
         timeout = self._settings.check_timeout_seconds
         try:
-            response = self._session.get(f"{target}{self.PING_PATH}", timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
+            response = self._http.get(f"{target}{self.PING_PATH}", timeout=timeout)
+        except RequestError as exc:
             return failure_reason(exc, timeout)
-        with response:
-            return None if response.status_code == 200 else f"HTTP {response.status_code}"
+        return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
     def _send_with_retries(
         self,
@@ -89,13 +85,11 @@ class HttpTargetDriver:
         what: str,
         *,
         headers: Mapping[str, str] | None = None,
-        **kwargs: Any,
-    ) -> requests.Response:
+        json: Any = None,
+    ) -> Response:
         """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
         retried with backoff, then raised as TransientFailure so that the worker tries again later."""
         timeout = self._settings.supernode_timeout_seconds
-        if headers is not None:
-            kwargs["headers"] = headers
         reason = ""
         for attempt in range(1, self._attempts + 1):
             if attempt > 1:
@@ -103,27 +97,26 @@ class HttpTargetDriver:
             try:
                 # Redirects are not followed: neither API redirects, and a request's body and headers
                 # carry credentials that must not be replayed to wherever a Location points.
-                response = self._session.request(
-                    method, f"{target}{path}", timeout=timeout, allow_redirects=False, **kwargs
+                response = self._http.request(
+                    method, f"{target}{path}", timeout=timeout, headers=headers, json=json
                 )
-            except requests.RequestException as exc:
+            except RequestError as exc:
                 reason = failure_reason(exc, timeout)
                 continue
             if response.status_code < 500 and response.status_code != 429:
                 return response
-            with response:
-                reason = f"HTTP {response.status_code}"
+            reason = f"HTTP {response.status_code}"
         raise TransientFailure(
             f"{self.SUBJECT} {display_target(target)} did not {what} "
             f"after {self._attempts} attempts: {reason}"
         )
 
 
-def failure_reason(exc: requests.RequestException, timeout: float) -> str:
+def failure_reason(exc: RequestError, timeout: float) -> str:
     """A short reason built from the exception's type, never its text (which quotes the request)."""
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, Timeout):
         return f"timed out after {timeout}s"
-    if isinstance(exc, requests.ConnectionError):
+    if isinstance(exc, ConnectionFailed):
         cause = repr(exc).lower()
         if "refused" in cause:
             return "connection refused"
@@ -133,7 +126,7 @@ def failure_reason(exc: requests.RequestException, timeout: float) -> str:
     return f"request failed ({type(exc).__name__})"
 
 
-def json_body(response: requests.Response) -> Any:
+def json_body(response: Response) -> Any:
     """The answer's JSON, or None when its body is not JSON."""
     try:
         return response.json()
@@ -149,13 +142,3 @@ def display_target(target: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def pooled_session() -> requests.Session:
-    """A session whose pool keeps a connection per concurrent call: the worker talks to the
-    supernodes from many threads, and requests' default pool of 10 would drop and reopen the rest."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session

@@ -5,15 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from preheat.adapters import aws
 from preheat.errors import DependencyFailure
 from preheat.models import WorkerMessage
 from preheat.settings import Settings
-
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
 
 
 class SqsTaskQueue:
@@ -23,7 +20,7 @@ class SqsTaskQueue:
 
     @functools.cached_property
     def _client(self) -> Any:
-        return self._injected_client or boto3.client("sqs", config=_CLIENT_CONFIG)
+        return self._injected_client or aws.client("sqs")
 
     def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None:
         if not self._queue_url:

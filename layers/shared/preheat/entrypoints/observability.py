@@ -8,7 +8,10 @@ import logging
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 logger = Logger(service="preheat")
-tracer = Tracer(service="preheat")
+# Nothing is patched up front: X-Ray's default patches every library it knows, importing each
+# (botocore, requests, sqlite3...) into every function's cold start, used or not. The composition
+# root patches a library when it builds the adapter that uses it (``trace_calls``).
+tracer = Tracer(service="preheat", auto_patch=False)
 metrics = Metrics(namespace="DragonflyPreheat", service="preheat")
 
 # At DEBUG, botocore logs every request's parameters, and the worker's first message carries the
@@ -16,3 +19,10 @@ metrics = Metrics(namespace="DragonflyPreheat", service="preheat")
 # at INFO so credentials never reach a log.
 for _name in ("botocore", "boto3"):
     logging.getLogger(_name).setLevel(max(logging.getLogger(_name).level, logging.INFO))
+
+
+def trace_calls(*libraries: str) -> None:
+    """Trace the calls made through ``libraries`` ("botocore"; "httplib" for the HTTP adapters, which
+    X-Ray traces below urllib3, leaving botocore's own connections out). Once is enough, and
+    repeating it is harmless. Called as the adapters using them are built, which loads them anyway."""
+    tracer.patch(modules=libraries)
