@@ -352,6 +352,10 @@ class CaseRuns:
     supernode_creates: list[int] = field(default_factory=list)
     supernode_reads: list[int] = field(default_factory=list)
     supernode_peak: list[int] = field(default_factory=list)
+    # CPU seconds a run cost the helper process (proxy and supernode) and the stack's process (moto,
+    # the stand-ins, the handlers): near a run's wall time, a process was the bottleneck.
+    helper_cpu: list[float] = field(default_factory=list)
+    stack_cpu: list[float] = field(default_factory=list)
 
 
 class Helpers:
@@ -434,11 +438,13 @@ def serve_helpers(config_json: str) -> int:
 
         reply({"registry_host": proxy.host, "supernode_url": supernode.url})
         registry_mark, supernode_mark = proxy.mark(), supernode.mark()
+        cpu_mark = time.process_time()
         for line in sys.stdin:
             command = line.strip()
             if command == "reset":
                 supernode.forget_tasks()
                 registry_mark, supernode_mark = proxy.mark(), supernode.mark()
+                cpu_mark = time.process_time()
                 reply({})
             elif command == "stats":
                 reply(
@@ -448,6 +454,7 @@ def serve_helpers(config_json: str) -> int:
                         "supernode_creates": supernode.creates - supernode_mark[0],
                         "supernode_reads": supernode.reads - supernode_mark[1],
                         "supernode_peak": supernode.peak_in_flight,
+                        "cpu_seconds": time.process_time() - cpu_mark,
                     }
                 )
             else:
@@ -490,6 +497,7 @@ def measure(args: argparse.Namespace, cases: Sequence[Case]) -> tuple[dict[str, 
                             gc.freeze()
                         for case in cases:
                             helpers.ask("reset")
+                            stack_cpu = time.process_time()
                             _, seconds = preheat_and_wait(
                                 session,
                                 stack.api_url,
@@ -498,8 +506,11 @@ def measure(args: argparse.Namespace, cases: Sequence[Case]) -> tuple[dict[str, 
                             )
                             if not counted:
                                 continue
+                            stack_cpu = time.process_time() - stack_cpu
                             stats = helpers.ask("stats")
                             record = runs[case.key]
+                            record.helper_cpu.append(stats["cpu_seconds"])
+                            record.stack_cpu.append(stack_cpu)
                             record.seconds.append(seconds)
                             record.registry_requests.append(stats["registry_requests"])
                             record.registry_peak.append(stats["registry_peak"])
@@ -563,6 +574,8 @@ def report(
             "supernode_creates_per_run": max(record.supernode_creates),
             "supernode_status_reads_per_run": max(record.supernode_reads),
             "supernode_peak_parallel": max(record.supernode_peak),
+            "helper_cpu_seconds_median": round(median(record.helper_cpu), 4),
+            "stack_cpu_seconds_median": round(median(record.stack_cpu), 4),
         }
         figures[f"{case.key}_vs_floor"] = figure(
             round(ratio, 3),

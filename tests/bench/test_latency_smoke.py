@@ -61,8 +61,12 @@ def test_latency_benchmark_writes_a_figure_per_case(tmp_path: Path, capsys: pyte
 def test_the_100_layer_image_is_compared_with_the_1_layer_image():
     cases = latency.cases_for([1, 100], 0)
     runs = {
-        "layers_1": latency.CaseRuns([0.3, 0.2, 0.4], [5] * 3, [2] * 3, [2] * 3, [2] * 3, [2] * 3),
-        "layers_100": latency.CaseRuns([0.5, 0.6, 0.7], [203] * 3, [32] * 3, [101] * 3, [101] * 3, [16] * 3),
+        "layers_1": latency.CaseRuns(
+            [0.3, 0.2, 0.4], [5] * 3, [2] * 3, [2] * 3, [2] * 3, [2] * 3, [0.01] * 3, [0.1] * 3
+        ),
+        "layers_100": latency.CaseRuns(
+            [0.5, 0.6, 0.7], [203] * 3, [32] * 3, [101] * 3, [101] * 3, [16] * 3, [0.2] * 3, [0.3] * 3
+        ),
     }
     timings = latency.AwsTimings()
     for _, key in latency.SEQUENTIAL_AWS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -106,7 +106,11 @@ class FakeRegistry:
     seen_platforms: list[tuple[Platform, ...]] = field(default_factory=list)
 
     def resolve_image(
-        self, image: ImageReference, headers: Credentials, platforms: Sequence[Platform] = ()
+        self,
+        image: ImageReference,
+        headers: Credentials,
+        platforms: Sequence[Platform] = (),
+        on_blob: Callable[[Blob], None] | None = None,
     ) -> ImageResolution:
         self.seen_headers.append(headers)
         self.seen_platforms.append(tuple(platforms))
@@ -116,6 +120,11 @@ class FakeRegistry:
             blobs = self.images[str(image)]
         except KeyError:
             raise PermanentFailure(f"manifest for {image} not found") from None
+        # Half the blobs are handed over as they resolve, the rest only in the result: the worker
+        # must dispatch both kinds (a client may resolve in one go).
+        for blob in blobs[: len(blobs) // 2]:
+            if on_blob is not None:
+                on_blob(blob)
         return ImageResolution(blobs, tuple(str(p) for p in platforms))
 
     def resolve_file(self, url: str, headers: Credentials) -> Blob:

@@ -28,7 +28,7 @@ from preheat.adapters.registry import (
     signature_params,
 )
 from preheat.errors import PermanentFailure, TransientFailure
-from preheat.models import Credentials, ImageReference, Platform
+from preheat.models import Blob, Credentials, ImageReference, Platform
 from preheat.settings import Settings
 from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
 
@@ -1294,3 +1294,29 @@ def test_threads_share_one_session_pool(fake: StubRegistry):
     assert not [w for w in warnings if "pool is full" in w]
     # The pool's threads are gone once the call returns.
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("registry")]
+
+
+def test_each_blob_is_handed_over_as_soon_as_it_resolves(fake: StubRegistry):
+    """``on_blob`` gets each blob (once, duplicates in the manifest included) while the slower ones
+    are still resolving, and the result lists the same blobs in manifest order."""
+    _, (_, _, slow_digest, _) = fake.add_image("v1", [b"fast", b"slow", b"fast"])
+    release = threading.Event()
+    handed: list[Blob] = []
+
+    def answer(request: StubRequest, digest: str) -> StubResponse:
+        if digest == slow_digest:
+            assert release.wait(5), "the slow blob was never released"
+        return StubResponse(200, b"x")
+
+    def on_blob(blob: Blob) -> None:
+        handed.append(blob)
+        if len(handed) == 2:  # the config and the fast layer: the slow one may answer now
+            release.set()
+
+    fake.blob_answer = answer
+    resolution = HttpRegistryClient(SETTINGS).resolve_image(fake.image("v1"), Credentials(), on_blob=on_blob)
+
+    assert slow_digest not in {blob.digest for blob in handed[:2]}
+    assert sorted(blob.digest for blob in handed) == sorted(blob.digest for blob in resolution.blobs)
+    assert len(resolution.blobs) == 3  # config, fast, slow: the repeated layer once
+    assert handed[-1].digest == slow_digest

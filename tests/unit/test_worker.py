@@ -1,9 +1,20 @@
 """The worker's steps over fakes: the happy path, failures, and every step run twice."""
 
+import threading
+import time
+
 import pytest
 
 from preheat.errors import PermanentFailure, TransientFailure
-from preheat.models import Blob, BlobState, Credentials, PreheatRequest, Step, TaskStatus
+from preheat.models import (
+    Blob,
+    BlobState,
+    Credentials,
+    ImageResolution,
+    PreheatRequest,
+    Step,
+    TaskStatus,
+)
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from preheat.worker import Worker, give_up
@@ -393,3 +404,91 @@ def test_without_supernodes_a_task_fails_instead_of_succeeding_with_nothing_warm
     assert task.status is TaskStatus.FAIL
     assert "PREHEAT_SUPERNODES" in (task.message or "")
     assert world.registry.seen_headers == []  # nothing resolved for nothing to warm
+
+
+class HandingOverRegistry:
+    """Hands each blob over as it "resolves", and resolves the next only once the blob handed over
+    has reached a supernode (or ``fail_after`` blobs were handed over): a worker that waited for
+    the whole resolution before dispatching would never see it finish."""
+
+    def __init__(self, nodes: FakeSupernodes, fail_after: int | None = None, error: Exception | None = None):
+        self.nodes, self.fail_after, self.error = nodes, fail_after, error
+
+    def resolve_image(self, image, headers, platforms=(), on_blob=None):
+        assert on_blob is not None, "the worker must take blobs as they resolve"
+        for number, blob in enumerate(LAYERS):
+            if number == self.fail_after:
+                assert self.error is not None
+                raise self.error
+            on_blob(blob)
+            deadline = time.monotonic() + 5
+            while not any(created.label == blob.label for _, created in self.nodes.creates):
+                assert time.monotonic() < deadline, f"{blob.label} was not sent while the registry resolved"
+                time.sleep(0.002)
+        return ImageResolution(list(reversed(LAYERS)))  # the result's order is the one kept
+
+    def resolve_file(self, url, headers):
+        raise AssertionError("not a file")
+
+
+def handing_over_world(**registry_options) -> World:
+    world = World()
+    world.registry = HandingOverRegistry(world.nodes, **registry_options)
+    world.worker = Worker(world.store, world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock)
+    return world
+
+
+def test_each_blob_is_sent_to_the_supernodes_while_the_registry_resolves_the_others():
+    world = handing_over_world()
+    task_id = world.submit()
+    world.deliver_all()
+
+    task = world.task(task_id)
+    assert task.status is TaskStatus.RUNNING
+    assert task.dispatched
+    assert len(world.nodes.creates) == 6  # each blob once per supernode, though handed over early
+    # Progress lists the blobs in the resolution's order, each on every supernode in turn.
+    assert [(blob.label, blob.target) for blob in task.blobs] == [
+        (layer.label, node) for layer in reversed(LAYERS) for node in TWO_NODES
+    ]
+    # Each pending blob was looked at once, right after its create.
+    assert world.nodes.polls == 6
+
+
+def test_blobs_already_done_when_sent_end_the_task_within_the_start_step():
+    world = handing_over_world()
+    world.nodes.finish_after_polls = 1
+    task_id = world.submit()
+    world.deliver_all()
+
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+    assert world.queue.sent == []  # no check needed
+
+
+def test_a_resolution_failing_after_some_blobs_were_sent_fails_the_task_with_its_reason():
+    world = handing_over_world(fail_after=1, error=PermanentFailure("blob sha256:b of h.io/app:v1 not found"))
+    task_id = world.submit()
+    world.deliver_all()
+
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert task.message == "blob sha256:b of h.io/app:v1 not found"
+    # What was sent before the failure completed (harmless: a supernode joins a repeat), and no
+    # send outlived the step.
+    assert [blob.label for _, blob in world.nodes.creates] == [LAYERS[0].label] * 2
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("dispatch")]
+
+
+def test_a_transient_resolution_failure_after_some_blobs_were_sent_is_retried_whole():
+    world = handing_over_world(fail_after=2, error=TransientFailure("registry h.io answered HTTP 503"))
+    task_id = world.submit()
+    [start] = world.queue.take()
+    with pytest.raises(TransientFailure):
+        world.worker.handle(start)
+    assert world.task(task_id).message == "retrying after: registry h.io answered HTTP 503"
+    assert not world.task(task_id).dispatched
+
+    world.registry.fail_after = None
+    world.worker.handle(start)  # redelivered: everything is sent (again)
+    assert world.task(task_id).dispatched
+    assert {blob.label for _, blob in world.nodes.creates} == {layer.label for layer in LAYERS}

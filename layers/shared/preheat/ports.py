@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,9 +46,17 @@ class TaskQueue(Protocol):
 
 class RegistryClient(Protocol):
     def resolve_image(
-        self, image: ImageReference, headers: Credentials, platforms: Sequence[Platform] = ()
+        self,
+        image: ImageReference,
+        headers: Credentials,
+        platforms: Sequence[Platform] = (),
+        on_blob: Callable[[Blob], None] | None = None,
     ) -> ImageResolution:
-        """Every blob of the image (config included), each with its real download URL.
+        """Every blob of the image (config included), each with its real download URL, once each.
+
+        ``on_blob`` is called with each blob as soon as its URL is known, from the client's threads,
+        so that the caller can start on it while the others resolve; a resolution that fails may
+        have called it for some blobs.
 
         An index or manifest list is narrowed to ``platforms`` when given (PermanentFailure naming
         the platforms it has when one is missing), else every platform image except attestations.

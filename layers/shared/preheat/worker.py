@@ -22,11 +22,13 @@ no Lambda waits on a supernode: the check re-queues itself with an SQS delay tha
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from typing import Self
 
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import (
@@ -113,17 +115,20 @@ class Worker:
         if not self._supernodes.targets:
             # Nothing could be warmed: a vacuous SUCCESS would be a lie.
             return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
-        try:
-            resolution = self._resolve(task, headers)
-        except PermanentFailure as exc:
-            return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
-        except TransientFailure as exc:
-            # Leave a note for the caller and for the dead-letter consumer, then retry by redelivery.
-            self._store.save(
-                replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
-            )
-            raise
-        progress = self._dispatch(resolution.blobs)
+        targets, scope = self._supernodes.targets, self._settings.supernode_scope
+        with _Dispatch(self._send, targets, scope) as dispatch:
+            try:
+                resolution = self._resolve(task, headers, dispatch.submit)
+            except PermanentFailure as exc:
+                return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
+            except TransientFailure as exc:
+                # Leave a note for the caller and for the dead-letter consumer, then retry by
+                # redelivery (the blobs already sent are sent again: a supernode joins repeats).
+                self._store.save(
+                    replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
+                )
+                raise
+            progress = dispatch.progress(resolution.blobs)
         task = replace(
             task,
             blobs=progress,
@@ -136,13 +141,16 @@ class Worker:
         # Callers see the layer counts from here on; the check sequence is left alone on purpose.
         if not self._store.save(task, expected_check_seq=task.check_seq):
             return task
-        return self._watch_then_requeue(task, window, dispatching=True)
+        # Every pending blob was looked at right after its create: the watch starts with a pause.
+        return self._watch_then_requeue(task, window, dispatching=True, looked=True)
 
-    def _resolve(self, task: Task, headers: Credentials) -> ImageResolution:
+    def _resolve(self, task: Task, headers: Credentials, on_blob: Callable[[Blob], None]) -> ImageResolution:
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
-            return self._registry.resolve_image(image, self._authenticated(image, headers), platforms)
+            return self._registry.resolve_image(
+                image, self._authenticated(image, headers), platforms, on_blob=on_blob
+            )
         return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers)])
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
@@ -155,21 +163,16 @@ class Worker:
             return headers
         return Credentials({**headers.reveal(), **stored.reveal()})
 
-    def _dispatch(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
-        targets, scope = self._supernodes.targets, self._settings.supernode_scope
-        pairs = [(blob, target) for blob in blobs for target in targets_for(blob, targets, scope)]
-
-        def create(pair: tuple[Blob, str]) -> BlobProgress:
-            blob, target = pair
-            progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
-            try:
-                answer = self._supernodes.create(target, blob)
-            except (PermanentFailure, TransientFailure) as exc:
-                return progress.with_state(BlobState.FAILED, str(exc))
-            return replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
-
-        with ThreadPoolExecutor(max_workers=max(1, min(MAX_PARALLEL_SUPERNODE_CALLS, len(pairs)))) as pool:
-            return tuple(pool.map(create, pairs))
+    def _send(self, blob: Blob, target: str) -> BlobProgress:
+        """Create ``blob`` on ``target``, and look at it at once if it is not done yet (a small blob
+        often is, by the time the create's answer is back)."""
+        progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+        try:
+            answer = self._supernodes.create(target, blob)
+        except (PermanentFailure, TransientFailure) as exc:
+            return progress.with_state(BlobState.FAILED, str(exc))
+        progress = replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
+        return self._look(progress)
 
     # -- check: poll what is pending ----------------------------------------------------------
 
@@ -179,14 +182,16 @@ class Worker:
             return task
         return self._watch_then_requeue(task, window, dispatching=False)
 
-    def _watch_then_requeue(self, task: Task, window: float, *, dispatching: bool) -> Task:
+    def _watch_then_requeue(
+        self, task: Task, window: float, *, dispatching: bool, looked: bool = False
+    ) -> Task:
         """Poll until nothing is pending or the window closes; then conclude, or hand over to the
-        next check message."""
+        next check message. ``looked``: the blobs' states are fresh, so the first poll waits."""
         started = self._clock()
         # The first looks come quickly (a blob often finishes just after it was dispatched), then
         # back off to the configured interval.
         pause = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
-        blobs = self._poll(task.blobs)
+        blobs = task.blobs if looked else self._poll(task.blobs)
         while _pending(blobs) and (self._clock() - started).total_seconds() + pause < window:
             self._sleep(pause)
             pause = min(pause * 2, self._settings.check_interval_seconds)
@@ -208,25 +213,26 @@ class Worker:
             return task
         return saved
 
-    def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
-        def poll(blob: BlobProgress) -> BlobProgress:
-            if blob.state is not BlobState.PENDING or blob.supernode_task_id is None:
-                return blob
-            try:
-                answer = self._supernodes.status(blob.target, blob.supernode_task_id)
-            except TransientFailure as exc:
-                # One missed look is not a verdict; the deadline bounds how long we keep trying.
-                logger.warning("could not poll %s on %s: %s", blob.label, blob.target, exc)
-                return blob
-            except PermanentFailure as exc:
-                return blob.with_state(BlobState.FAILED, str(exc))
-            return blob.with_state(answer.state, answer.error)
+    def _look(self, blob: BlobProgress) -> BlobProgress:
+        """The blob as its supernode now reports it (unchanged if it is not pending)."""
+        if blob.state is not BlobState.PENDING or blob.supernode_task_id is None:
+            return blob
+        try:
+            answer = self._supernodes.status(blob.target, blob.supernode_task_id)
+        except TransientFailure as exc:
+            # One missed look is not a verdict; the deadline bounds how long we keep trying.
+            logger.warning("could not poll %s on %s: %s", blob.label, blob.target, exc)
+            return blob
+        except PermanentFailure as exc:
+            return blob.with_state(BlobState.FAILED, str(exc))
+        return blob.with_state(answer.state, answer.error)
 
+    def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
         pending = sum(blob.state is BlobState.PENDING for blob in blobs)
         if not pending:
             return blobs
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, pending)) as pool:
-            return tuple(pool.map(poll, blobs))
+            return tuple(pool.map(self._look, blobs))
 
     def _delay_for(self, task: Task, seq: int) -> int:
         delay = min(
@@ -268,6 +274,54 @@ class Worker:
             return task
         logger.info("task %s finished %s", task.task_id, status.value)
         return finished
+
+
+class _Dispatch:
+    """The blobs of one start step, each sent to its supernodes as soon as the registry client has
+    resolved it, while it resolves the others: a blob's create and first look overlap the other
+    blobs' registry round trips instead of waiting for the slowest of them.
+
+    ``submit`` is called from the registry client's threads; ``progress`` sends whatever was not
+    submitted yet (a client that resolves in one go), waits for every send, and lists the results
+    in the resolution's order. Leaving the ``with`` block waits for sends still in flight (a failed
+    resolution's), which are harmless: a supernode joins a repeated create.
+    """
+
+    def __init__(
+        self, send: Callable[[Blob, str], BlobProgress], targets: tuple[str, ...], scope: str
+    ) -> None:
+        self._send = send
+        self._targets = targets
+        self._scope = scope
+        self._pool = ThreadPoolExecutor(MAX_PARALLEL_SUPERNODE_CALLS, thread_name_prefix="dispatch")
+        self._sent: dict[str, list[Future[BlobProgress]]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, blob: Blob) -> None:
+        with self._lock:
+            if _key(blob) in self._sent:
+                return
+            self._sent[_key(blob)] = [
+                self._pool.submit(self._send, blob, target)
+                for target in targets_for(blob, self._targets, self._scope)
+            ]
+
+    def progress(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
+        for blob in blobs:
+            self.submit(blob)
+        with self._lock:
+            sent = [self._sent[_key(blob)] for blob in blobs]
+        return tuple(future.result() for futures in sent for future in futures)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _key(blob: Blob) -> str:
+    return blob.digest or blob.url
 
 
 def give_up(
