@@ -12,9 +12,10 @@ mode, the SQS poller) against
   own (the same manifest under a new tag), so that no request is deduplicated against an earlier task;
 - the reference Dragonfly 1 supernode, its answers held back ``--supernode-delay-ms`` (default r:
   a supernode is a network hop away too), finishing each blob ``--finish-delay`` (d) after its
-  download, which goes through the delaying proxy like any registry request. Its task list is
-  emptied before each run, so that every blob is downloaded again, and it may download every blob
-  of a case at once (a real supernode's pace is not what is measured).
+  download. It downloads from the registry itself, not through the proxy: the proxy's delay is the
+  service's distance from the registry, and how long a supernode takes over a blob is d. Its task
+  list is emptied before each run, so that every blob is downloaded again, and it may download
+  every blob of a case at once (a real supernode's pace is not what is measured).
 
 The proxy and the supernode run in a helper process of their own: sharing this process's GIL with
 moto and the handlers, a hundred layers' worth of their requests would make the figure time the
@@ -35,8 +36,8 @@ The floor of a case is what no design can avoid, computed in the same run:
 - the round trips that cannot overlap: the manifest, the platform manifests (an index only, in
   parallel), one parallel round of blob requests, each r; one supernode create and one supernode
   status read, each the supernode's delay; plus d. The registry needs no token. The supernode's
-  download of each blob (one registry round trip) runs while its create answer travels back, so
-  with d = 0 a blob is done when the first status read arrives;
+  download of each blob runs while its create answer travels back, so with d = 0 a blob is done
+  when the first status read arrives;
 - the AWS calls that must happen in sequence, each at its median latency measured against the same
   moto in the same run (before and after the counted runs): TransactWriteItems (the task and its
   claim), SendMessage, the SQS delivery to a waiting long poll (the local poller stands in for
@@ -123,9 +124,13 @@ class DelayedSupernode(ReferenceSupernode):
     """The reference supernode with every create and status answer held back ``delay`` seconds
     (after the work is done: a download starts as soon as the create arrives)."""
 
-    def __init__(self, cache_dir: Path, delay: float, **kwargs: Any) -> None:
+    def __init__(
+        self, cache_dir: Path, delay: float, rewrite: tuple[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(cache_dir, **kwargs)
         self.delay = delay
+        # (proxy URL prefix, registry URL prefix): blobs are downloaded from the registry directly.
+        self.rewrite = rewrite
         self.creates = self.reads = 0
         self.in_flight = self.peak_in_flight = 0
         self._counter_lock = threading.Lock()
@@ -165,6 +170,13 @@ class DelayedSupernode(ReferenceSupernode):
 
     def create(self, body: Any) -> tuple[int, dict[str, Any]]:
         return self._held(lambda: super(DelayedSupernode, self).create(body), "create")
+
+    def _download(
+        self, task_id: str, url: str, headers: dict[str, str], digest: str | None
+    ) -> tuple[int, Path]:
+        if self.rewrite is not None and url.startswith(self.rewrite[0]):
+            url = self.rewrite[1] + url.removeprefix(self.rewrite[0])
+        return super()._download(task_id, url, headers, digest)
 
     def get(self, task_id: str) -> tuple[int, dict[str, Any]]:
         return self._held(lambda: super(DelayedSupernode, self).get(task_id), "read")
@@ -427,6 +439,7 @@ def serve_helpers(config_json: str) -> int:
         DelayedSupernode(
             Path(config["cache_dir"]),
             config["supernode_delay"],
+            rewrite=(f"http://{proxy.host}", config["registry_url"].rstrip("/")),
             finish_delay=config["finish_delay"],
             max_concurrent_downloads=MAX_SUPERNODE_DOWNLOADS,
         ).start() as supernode,

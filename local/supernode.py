@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import http.cookiejar
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from typing import Any, Self
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
+import requests.adapters
 
 log = logging.getLogger("local.supernode")
 
@@ -247,6 +249,7 @@ class ReferenceSupernode:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._session: requests.Session | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -255,6 +258,7 @@ class ReferenceSupernode:
             return self
         self._stopping.clear()
         self._pool = ThreadPoolExecutor(self._max_concurrent, thread_name_prefix="supernode-download")
+        self._session = _download_session(self._max_concurrent)
         self._server = _Server((self._host, self._port), _Handler, self)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -279,6 +283,9 @@ class ReferenceSupernode:
             # Downloads in flight notice ``_stopping`` at their next chunk.
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -447,8 +454,8 @@ class ReferenceSupernode:
         sha = hashlib.sha256()
         size = 0
         try:
+            session = self._session or _download_session(1)
             with (
-                requests.Session() as session,
                 self._open(session, url, headers) as response,
                 partial.open("wb") as out,
             ):
@@ -503,6 +510,19 @@ class ReferenceSupernode:
                 + (f" (redirected from {_without_query(url)})" if current != url else "")
             )
         return response
+
+
+def _download_session(connections: int) -> requests.Session:
+    """One session for every download, keeping a connection per concurrent download: a new session
+    per blob would open (and discard) a connection per blob. Cookies are never kept (each task
+    carries its own credentials), and the environment's proxies and netrc are not consulted."""
+    session = requests.Session()
+    session.trust_env = False
+    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=connections)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _error(status: HTTPStatus, message: str) -> tuple[int, dict[str, Any]]:

@@ -56,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 
 FIRST_RELOOK_SECONDS = 0.05
+# Between a blob's create and the first look at it. A supernode starts downloading when the create
+# arrives, and its answer needs as long to travel back as the download's first byte needs to
+# arrive: looked at that very instant, even a small blob is still pending, and the next look is a
+# whole pause away. A few milliseconds later it is usually done.
+FIRST_LOOK_SECONDS = 0.02
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
 MAX_PARALLEL_SUPERNODE_CALLS = 64
@@ -164,14 +169,16 @@ class Worker:
         return Credentials({**headers.reveal(), **stored.reveal()})
 
     def _send(self, blob: Blob, target: str) -> BlobProgress:
-        """Create ``blob`` on ``target``, and look at it at once if it is not done yet (a small blob
-        often is, by the time the create's answer is back)."""
+        """Create ``blob`` on ``target``, and look at it shortly after if it is not done yet (a small
+        blob often is by then)."""
         progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
         try:
             answer = self._supernodes.create(target, blob)
         except (PermanentFailure, TransientFailure) as exc:
             return progress.with_state(BlobState.FAILED, str(exc))
         progress = replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
+        if progress.state is BlobState.PENDING:
+            self._sleep(FIRST_LOOK_SECONDS)
         return self._look(progress)
 
     # -- check: poll what is pending ----------------------------------------------------------
