@@ -303,7 +303,7 @@ def watching_world(window: float = 5.0, **settings):
     return world
 
 
-def test_blobs_finishing_within_the_window_conclude_in_the_start_step_with_three_writes():
+def test_blobs_finishing_soon_conclude_in_the_start_step_with_two_writes():
     world = watching_world()
     # Looks: one FIRST_LOOK_SECONDS after each create, then 0.05, 0.15 and 0.35 s after the last.
     world.nodes.finish_after_polls = 4
@@ -312,10 +312,32 @@ def test_blobs_finishing_within_the_window_conclude_in_the_start_step_with_three
     task = world.task(task_id)
     assert task.status is TaskStatus.SUCCESS
     assert world.queue.sent == []  # no check message was needed
-    assert world.store.writes == 3  # created, progress, finished
+    assert world.store.writes == 2  # created, finished: the progress never needed recording
     # The test's clock adds up the six sends' pauses, which really run side by side.
     first_looks = 6 * FIRST_LOOK_SECONDS
     assert (task.finished_at - task.created_at).total_seconds() == pytest.approx(first_looks + 0.35)
+
+
+def test_a_longer_watch_records_the_progress_once_for_callers_to_see():
+    world = watching_world()
+    world.nodes.finish_after_polls = 6  # the 6th look: 0.85 s into the watch
+    seen = []
+    original_save = world.store.save
+
+    def save(task, expected_check_seq):
+        seen.append((task.status, task.to_api().get("layers")))
+        return original_save(task, expected_check_seq)
+
+    world.store.save = save
+    task_id = world.submit()
+    world.deliver_all()
+
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+    # The progress, PROGRESS_AFTER_SECONDS into the watch, then the verdict.
+    assert seen == [
+        (TaskStatus.RUNNING, {"total": 3, "succeeded": 0, "failed": 0, "pending": 3}),
+        (TaskStatus.SUCCESS, {"total": 3, "succeeded": 3, "failed": 0, "pending": 0}),
+    ]
 
 
 def test_the_window_never_outlasts_the_invocation_budget():
@@ -365,14 +387,14 @@ def test_scope_one_spreads_blobs_evenly_and_stably_over_the_supernodes():
     assert {blob.label: blob.target for blob in again.task(again_id).blobs} == first
 
 
-def test_a_worker_dying_after_recording_progress_redoes_the_start_without_double_counting(world):
+def test_a_worker_dying_before_the_first_check_was_queued_redoes_the_start_without_double_counting(world):
     task_id = world.submit()
     [start] = world.queue.take()
     original_send = world.queue.send
     world.queue.send = lambda message, delay_seconds=0: (_ for _ in ()).throw(RuntimeError("killed"))
     with pytest.raises(RuntimeError):
-        world.worker.handle(start)  # progress recorded, died before the first check was queued
-    assert world.task(task_id).to_api()["layers"]["pending"] == 3
+        world.worker.handle(start)  # blobs sent, died before the first check was queued
+    assert "layers" not in world.task(task_id).to_api()  # nothing half-written
     assert not world.task(task_id).dispatched
     world.queue.send = original_send
     world.worker.handle(start)  # redelivery

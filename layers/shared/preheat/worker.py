@@ -2,12 +2,14 @@
 
 Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die):
 
-- ``start`` resolves every blob from the registry, dispatches each blob to its supernodes, records
-  that progress, and watches the supernodes for a short window. Resolving has no effect, and a
+- ``start`` resolves every blob from the registry, sending each to its supernodes as soon as it is
+  resolved, and watches the supernodes for a short window. Resolving has no effect, and a
   supernode derives its task id from the URL, answering a repeat with the same id (or "already
-  exists"), so a redelivered ``start`` redoes the same work. Its progress write leaves the check
-  sequence alone; the write that marks the task dispatched is conditional on it, and comes after
-  the first ``check`` message was sent, so a task is never dispatched without a check on its way.
+  exists"), so a redelivered ``start`` redoes the same work. A task that ends within
+  ``PROGRESS_AFTER_SECONDS`` is written once, with its verdict; a longer watch records its progress
+  then, for callers to see, leaving the check sequence alone. The write that marks the task
+  dispatched is conditional on it, and comes after the first ``check`` message was sent, so a task
+  is never dispatched without a check on its way.
 - ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number;
   only the one equal to the task's ``check_seq`` is acted on, and its write moves ``check_seq``
   on conditionally. A duplicate delivery, or the spare message of a worker that died between
@@ -61,6 +63,9 @@ FIRST_RELOOK_SECONDS = 0.05
 # arrive: looked at that very instant, even a small blob is still pending, and the next look is a
 # whole pause away. A few milliseconds later it is usually done.
 FIRST_LOOK_SECONDS = 0.02
+# How long the start step watches before it records the blobs' progress for callers to see: most
+# tasks of small images end sooner, and are then written once, with their verdict.
+PROGRESS_AFTER_SECONDS = 0.5
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
 MAX_PARALLEL_SUPERNODE_CALLS = 64
@@ -143,9 +148,6 @@ class Worker:
         )
         if not _pending(progress):
             return self._conclude(task)
-        # Callers see the layer counts from here on; the check sequence is left alone on purpose.
-        if not self._store.save(task, expected_check_seq=task.check_seq):
-            return task
         # Every pending blob was looked at right after its create: the watch starts with a pause.
         return self._watch_then_requeue(task, window, dispatching=True, looked=True)
 
@@ -199,7 +201,14 @@ class Worker:
         # back off to the configured interval.
         pause = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
         blobs = task.blobs if looked else self._poll(task.blobs)
+        # A start step's progress is not recorded yet (see the module notes).
+        unrecorded = dispatching
         while _pending(blobs) and (self._clock() - started).total_seconds() + pause < window:
+            if unrecorded and (self._clock() - started).total_seconds() >= PROGRESS_AFTER_SECONDS:
+                # Callers see the layer counts from here on; the check sequence is left alone.
+                if not self._store.save(replace(task, blobs=blobs), expected_check_seq=task.check_seq):
+                    return task
+                unrecorded = False
             self._sleep(pause)
             pause = min(pause * 2, self._settings.check_interval_seconds)
             blobs = self._poll(blobs)
