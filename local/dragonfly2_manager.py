@@ -654,6 +654,9 @@ class FakeDragonfly2Manager:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # The worker creates a hundred jobs at once: socketserver's backlog of 5 would make the
+    # connections beyond it wait a second for their handshake to be retried.
+    request_queue_size = 256
 
     def __init__(
         self,

@@ -532,6 +532,9 @@ def _error(status: HTTPStatus, message: str) -> tuple[int, dict[str, Any]]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # A worker sends a hundred blobs at once: with socketserver's backlog of 5 the connections beyond
+    # it would wait a second for the handshake to be retried (a real supernode, in Go, takes them).
+    request_queue_size = 256
 
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], supernode: ReferenceSupernode

@@ -340,6 +340,37 @@ def test_a_longer_watch_records_the_progress_once_for_callers_to_see():
     ]
 
 
+def test_looks_stay_quick_while_blobs_keep_finishing_and_back_off_while_none_does():
+    world = watching_world()
+    sleeps: list[float] = []
+    original_sleep = world.clock.sleep
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(round(seconds, 3))
+        original_sleep(seconds)
+
+    world.worker._sleep = sleep
+    polls_before_finishing = {LAYERS[0].label: 2, LAYERS[1].label: 5, LAYERS[2].label: 6}
+    original_status = world.nodes.status
+
+    def status(target, supernode_task_id):
+        answer = original_status(target, supernode_task_id)
+        label = supernode_task_id.removeprefix("id-")
+        if world.nodes._polls_of[(target, supernode_task_id)] >= polls_before_finishing[label]:
+            world.nodes.finish(label)
+            return world.nodes.states[(target, supernode_task_id)]
+        return answer
+
+    world.nodes.status = status
+    task_id = world.submit()
+    world.deliver_all()
+
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+    watch = sleeps[6:]  # after the six sends' first-look pauses
+    # Look 2: the first layer finishes (quick again); 3 and 4: nothing (doubling); 5 and 6: the others.
+    assert watch == [0.05, 0.05, 0.1, 0.2, 0.05]
+
+
 def test_the_window_never_outlasts_the_invocation_budget():
     world = watching_world()
     world.nodes.finish_after_polls = 100

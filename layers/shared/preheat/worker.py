@@ -75,6 +75,10 @@ def _pending(blobs: Sequence[BlobProgress]) -> bool:
     return any(blob.state is BlobState.PENDING for blob in blobs)
 
 
+def _count_pending(blobs: Sequence[BlobProgress]) -> int:
+    return sum(blob.state is BlobState.PENDING for blob in blobs)
+
+
 class Worker:
     def __init__(
         self,
@@ -197,9 +201,10 @@ class Worker:
         """Poll until nothing is pending or the window closes; then conclude, or hand over to the
         next check message. ``looked``: the blobs' states are fresh, so the first poll waits."""
         started = self._clock()
-        # The first looks come quickly (a blob often finishes just after it was dispatched), then
-        # back off to the configured interval.
-        pause = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
+        # Looks come quickly while blobs keep finishing (the last of a hundred is then noticed
+        # soon after it is done), and back off to the configured interval while none does.
+        quick = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
+        pause = quick
         blobs = task.blobs if looked else self._poll(task.blobs)
         # A start step's progress is not recorded yet (see the module notes).
         unrecorded = dispatching
@@ -210,8 +215,10 @@ class Worker:
                     return task
                 unrecorded = False
             self._sleep(pause)
-            pause = min(pause * 2, self._settings.check_interval_seconds)
+            pending = _count_pending(blobs)
             blobs = self._poll(blobs)
+            finishing = _count_pending(blobs) < pending
+            pause = quick if finishing else min(pause * 2, self._settings.check_interval_seconds)
         task = replace(task, blobs=blobs)
         if not _pending(blobs):
             return self._conclude(task)
@@ -244,7 +251,7 @@ class Worker:
         return blob.with_state(answer.state, answer.error)
 
     def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
-        pending = sum(blob.state is BlobState.PENDING for blob in blobs)
+        pending = _count_pending(blobs)
         if not pending:
             return blobs
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, pending)) as pool:
