@@ -17,9 +17,9 @@ mode, the SQS poller) against
   list is emptied before each run, so that every blob is downloaded again, and it may download
   every blob of a case at once (a real supernode's pace is not what is measured).
 
-The proxy and the supernode run in a helper process of their own: sharing this process's GIL with
-moto and the handlers, a hundred layers' worth of their requests would make the figure time the
-harness. The supernode's handler is given TCP_NODELAY, and the status is read over a fresh
+The proxy and the supernode run in helper processes of their own: sharing this process's GIL with
+moto and the handlers, or each other's, a hundred layers' worth of their requests would make the
+figure time the harness. The supernode's handler is given TCP_NODELAY, and the status is read over a fresh
 connection each time: on a kept-alive connection the local stand-ins (``local.supernode``,
 ``local.apigateway``) hold every answer ~40 ms for the client's delayed ACK (Nagle), which the
 real services do not.
@@ -68,11 +68,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import requests
+import requests.adapters
 
 from bench import LAYER, RESULTS
 from bench.common import (
@@ -99,6 +101,7 @@ from local.registry import (
 )
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
+from preheat.adapters.registry import DEFAULT_MAX_WORKERS as REGISTRY_MAX_WORKERS
 
 NAME = "latency"
 PROJECT_ROOT = LAYER.parent.parent
@@ -256,6 +259,47 @@ def push_case(registry: RegistryServer, scratch: Path, case: Case, tags: Sequenc
             ).raise_for_status()
 
 
+def registry_burst_seconds(registry_url: str, case: Case, tag: str, rounds: int = 3) -> float:
+    """How long the registry itself (no proxy, no delay) takes to answer every blob probe of the
+    case at once, as the worker sends them (64 at a time, one byte each): the registry's own share
+    of the "one parallel round of blob requests", which the floor counts as r alone. Median of
+    ``rounds``."""
+    with requests.Session() as session:
+        session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=REGISTRY_MAX_WORKERS))
+
+        def manifest(reference: str) -> dict[str, Any]:
+            answer = session.get(
+                f"{registry_url}/v2/{case.repository}/manifests/{reference}",
+                headers={"Accept": MANIFEST_ACCEPT},
+                timeout=30,
+            )
+            answer.raise_for_status()
+            document: dict[str, Any] = answer.json()
+            return document
+
+        root = manifest(tag)
+        images = [manifest(entry["digest"]) for entry in root["manifests"]] if "manifests" in root else [root]
+        digests = sorted(
+            {image["config"]["digest"] for image in images}
+            | {layer["digest"] for image in images for layer in image["layers"]}
+        )
+
+        def probe(digest: str) -> None:
+            session.get(
+                f"{registry_url}/v2/{case.repository}/blobs/{digest}",
+                headers={"Range": "bytes=0-0"},
+                timeout=30,
+            ).close()
+
+        seconds = []
+        with ThreadPoolExecutor(min(REGISTRY_MAX_WORKERS, len(digests))) as pool:
+            for _ in range(rounds + 1):  # the first opens the connections
+                started = time.perf_counter()
+                list(pool.map(probe, digests))
+                seconds.append(time.perf_counter() - started)
+        return median(seconds[1:])
+
+
 # -- the AWS calls on the path ------------------------------------------------------------------
 
 SEQUENTIAL_AWS = (
@@ -368,37 +412,22 @@ class CaseRuns:
     # the stand-ins, the handlers): near a run's wall time, a process was the bottleneck.
     helper_cpu: list[float] = field(default_factory=list)
     stack_cpu: list[float] = field(default_factory=list)
+    # The registry's own time to answer all the case's blob probes at once (see registry_burst_seconds).
+    registry_burst: float = 0.0
 
 
-class Helpers:
-    """The delaying proxy and the supernode, in a process of their own (``--helpers``).
+class _HelperProcess:
+    """One stand-in in a process of its own, spoken to in lines of JSON on its stdin and stdout."""
 
-    Everything else (moto, the API stand-in, the handlers) shares this process and its GIL; were
-    the stand-ins for the network here too, a hundred layers' worth of their requests would queue
-    behind one another for the CPU and the figure would time the harness, not the service. The
-    parent speaks to it in lines of JSON on its stdin and stdout: ``reset`` (forget the supernode's
-    tasks, start counting afresh), ``stats`` (the counts since), ``quit``."""
-
-    def __init__(
-        self, registry_url: str, delay: float, supernode_delay: float, finish_delay: float, cache_dir: Path
-    ) -> None:
-        config = {
-            "registry_url": registry_url,
-            "delay": delay,
-            "supernode_delay": supernode_delay,
-            "finish_delay": finish_delay,
-            "cache_dir": str(cache_dir),
-        }
+    def __init__(self, role: str, config: Mapping[str, Any]) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.latency", "--helpers", json.dumps(config)],
+            [sys.executable, "-m", "bench.latency", "--helpers", json.dumps({**config, "role": role})],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=PROJECT_ROOT,
         )
-        ready = self._reply()
-        self.registry_host: str = ready["registry_host"]
-        self.supernode_url: str = ready["supernode_url"]
+        self.ready = self._reply()
 
     def _reply(self) -> dict[str, Any]:
         assert self._process.stdout is not None
@@ -423,6 +452,47 @@ class Helpers:
                 self._process.kill()
                 self._process.wait(timeout=5)
 
+
+class Helpers:
+    """The delaying proxy and the supernode, each in a process of its own (``--helpers``).
+
+    Everything else (moto, the API stand-in, the handlers) shares this process and its GIL; were
+    the stand-ins for the network here too, a hundred layers' worth of their requests would queue
+    behind one another for the CPU and the figure would time the harness, not the service. Apart
+    from each other too: a burst of a hundred registry requests must not hold up the supernode's
+    answers. The commands: ``reset`` (forget the supernode's tasks, start counting afresh),
+    ``stats`` (the counts since, and the CPU the two processes spent), ``quit``."""
+
+    def __init__(
+        self, registry_url: str, delay: float, supernode_delay: float, finish_delay: float, cache_dir: Path
+    ) -> None:
+        config = {
+            "registry_url": registry_url,
+            "delay": delay,
+            "supernode_delay": supernode_delay,
+            "finish_delay": finish_delay,
+            "cache_dir": str(cache_dir),
+        }
+        self._proxy = _HelperProcess("proxy", config)
+        self.registry_host: str = self._proxy.ready["registry_host"]
+        try:
+            self._supernode = _HelperProcess("supernode", {**config, "proxy_host": self.registry_host})
+        except BaseException:
+            self._proxy.close()
+            raise
+        self.supernode_url: str = self._supernode.ready["supernode_url"]
+
+    def ask(self, command: str) -> dict[str, Any]:
+        proxy, supernode = self._proxy.ask(command), self._supernode.ask(command)
+        answer = {**proxy, **supernode}
+        if "cpu_seconds" in proxy:
+            answer["cpu_seconds"] = proxy["cpu_seconds"] + supernode["cpu_seconds"]
+        return answer
+
+    def close(self) -> None:
+        self._supernode.close()
+        self._proxy.close()
+
     def __enter__(self) -> Self:
         return self
 
@@ -431,41 +501,55 @@ class Helpers:
 
 
 def serve_helpers(config_json: str) -> int:
-    """The helper process: see :class:`Helpers`."""
+    """A helper process (see :class:`Helpers`): the proxy, or the supernode."""
     quiet_logs()
     config = json.loads(config_json)
-    with (
-        DelayProxy(config["registry_url"], config["delay"]) as proxy,
-        DelayedSupernode(
-            Path(config["cache_dir"]),
-            config["supernode_delay"],
-            rewrite=(f"http://{proxy.host}", config["registry_url"].rstrip("/")),
-            finish_delay=config["finish_delay"],
-            max_concurrent_downloads=MAX_SUPERNODE_DOWNLOADS,
-        ).start() as supernode,
-    ):
 
-        def reply(answer: Mapping[str, Any]) -> None:
-            sys.stdout.write(json.dumps(answer) + "\n")
-            sys.stdout.flush()
+    def reply(answer: Mapping[str, Any]) -> None:
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
 
-        reply({"registry_host": proxy.host, "supernode_url": supernode.url})
-        registry_mark, supernode_mark = proxy.mark(), supernode.mark()
-        cpu_mark = time.process_time()
+    if config["role"] == "proxy":
+        with DelayProxy(config["registry_url"], config["delay"]) as proxy:
+            reply({"registry_host": proxy.host})
+            mark, cpu_mark = proxy.mark(), time.process_time()
+            for line in sys.stdin:
+                command = line.strip()
+                if command == "reset":
+                    mark, cpu_mark = proxy.mark(), time.process_time()
+                    reply({})
+                elif command == "stats":
+                    reply(
+                        {
+                            "registry_requests": len(proxy.since(mark)),
+                            "registry_peak": proxy.peak_in_flight,
+                            "cpu_seconds": time.process_time() - cpu_mark,
+                        }
+                    )
+                else:
+                    reply({})
+                    break
+        return 0
+    with DelayedSupernode(
+        Path(config["cache_dir"]),
+        config["supernode_delay"],
+        rewrite=(f"http://{config['proxy_host']}", config["registry_url"].rstrip("/")),
+        finish_delay=config["finish_delay"],
+        max_concurrent_downloads=MAX_SUPERNODE_DOWNLOADS,
+    ).start() as supernode:
+        reply({"supernode_url": supernode.url})
+        counts, cpu_mark = supernode.mark(), time.process_time()
         for line in sys.stdin:
             command = line.strip()
             if command == "reset":
                 supernode.forget_tasks()
-                registry_mark, supernode_mark = proxy.mark(), supernode.mark()
-                cpu_mark = time.process_time()
+                counts, cpu_mark = supernode.mark(), time.process_time()
                 reply({})
             elif command == "stats":
                 reply(
                     {
-                        "registry_requests": len(proxy.since(registry_mark)),
-                        "registry_peak": proxy.peak_in_flight,
-                        "supernode_creates": supernode.creates - supernode_mark[0],
-                        "supernode_reads": supernode.reads - supernode_mark[1],
+                        "supernode_creates": supernode.creates - counts[0],
+                        "supernode_reads": supernode.reads - counts[1],
                         "supernode_peak": supernode.peak_in_flight,
                         "cpu_seconds": time.process_time() - cpu_mark,
                     }
@@ -532,6 +616,8 @@ def measure(args: argparse.Namespace, cases: Sequence[Case]) -> tuple[dict[str, 
                             record.supernode_peak.append(stats["supernode_peak"])
                     # Measured once more after the runs: the floor reflects the whole run's conditions.
                     time_aws_calls(stack, args.aws_samples, timings)
+                for case in cases:
+                    runs[case.key].registry_burst = registry_burst_seconds(registry.url, case, tags[0])
     finally:
         gc.unfreeze()
     return runs, timings
@@ -589,6 +675,7 @@ def report(
             "supernode_peak_parallel": max(record.supernode_peak),
             "helper_cpu_seconds_median": round(median(record.helper_cpu), 4),
             "stack_cpu_seconds_median": round(median(record.stack_cpu), 4),
+            "registry_burst_seconds": round(record.registry_burst, 4),
         }
         figures[f"{case.key}_vs_floor"] = figure(
             round(ratio, 3),
@@ -596,7 +683,10 @@ def report(
             "at most",
             "x",
             label=f"latency {case.label} / floor",
-            detail=f"median {middle:.3f} s, floor {floor:.3f} s",
+            detail=(
+                f"median {middle:.3f} s, floor {floor:.3f} s; the registry alone answers its "
+                f"{case.blobs} blob probes at once in {record.registry_burst:.3f} s"
+            ),
         )
     if "layers_1" in medians and "layers_100" in medians:
         ratio = medians["layers_100"] / medians["layers_1"]
