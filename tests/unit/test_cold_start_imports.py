@@ -5,7 +5,8 @@ regressing, without timing anything: in a fresh process set up as Lambda would (
 variables, tracing on), each handler is imported and its clients built, then the modules it loaded
 are listed. None may load boto3 (the adapters build botocore clients), requests (the adapters speak
 urllib3) or libraries X-Ray would patch by default; the functions that never call AWS or HTTP
-targets must not load botocore or the supernode drivers either.
+targets must not load botocore or the supernode drivers either, and X-Ray patches only the libraries
+a function calls through.
 """
 
 from __future__ import annotations
@@ -37,8 +38,17 @@ print(_json.dumps(sorted(_sys.modules)))
 """
 
 
-def loaded_modules(function: cold_start.Function) -> set[str]:
-    script = cold_start.function_script(function.spec, function.layer_dirs, function.factories) + _REPORT
+_PATCHED = """
+import json as _json
+_patcher = _sys.modules.get("aws_xray_sdk.core.patcher")
+print(_json.dumps(sorted(_patcher._PATCHED_MODULES) if _patcher else []))
+"""
+
+
+def run_function(function: cold_start.Function, report: str) -> list[str]:
+    """What ``report`` prints (a JSON list) in a fresh process that imported the function's handler
+    and built its clients, set up as Lambda would (tracing on)."""
+    script = cold_start.function_script(function.spec, function.layer_dirs, function.factories) + report
     # The timing report the script ends with is printed first; the module list is the last line.
     done = subprocess.run(
         [sys.executable, "-c", script],
@@ -50,7 +60,12 @@ def loaded_modules(function: cold_start.Function) -> set[str]:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+    printed: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return printed
+
+
+def loaded_modules(function: cold_start.Function) -> set[str]:
+    return set(run_function(function, _REPORT))
 
 
 FUNCTIONS = cold_start.functions_of(Template.load(cold_start.TEMPLATE), None)
@@ -67,3 +82,18 @@ def test_a_function_loads_only_what_it_uses(function: cold_start.Function):
     assert not loaded, f"{function.logical_id} loads {sorted({name.split('.')[0] for name in loaded})}"
     # The handler really was imported and its clients built (the list is not vacuously clean).
     assert "preheat.entrypoints.observability" in modules or function.logical_id == "OpenApiFunction"
+
+
+# What X-Ray patches in each function: the libraries its adapters call through, and no others.
+PATCHED = {
+    "ApiKeyAuthorizerFunction": [],
+    "OpenApiFunction": [],
+    "CheckFunction": ["httplib"],
+    "WorkerFunction": ["botocore", "httplib"],
+}
+
+
+@pytest.mark.parametrize("logical_id", sorted(PATCHED))
+def test_tracing_patches_only_what_a_function_calls_through(logical_id: str):
+    [function] = [function for function in FUNCTIONS if function.logical_id == logical_id]
+    assert run_function(function, _PATCHED) == PATCHED[logical_id]

@@ -26,3 +26,9 @@ def trace_calls(*libraries: str) -> None:
     X-Ray traces below urllib3, leaving botocore's own connections out). Once is enough, and
     repeating it is harmless. Called as the adapters using them are built, which loads them anyway."""
     tracer.patch(modules=libraries)
+    if "httplib" in libraries and not tracer.disabled:
+        # botocore's calls go through http.client too: traced once, by the botocore patch, which
+        # names the service and operation.
+        from aws_xray_sdk.ext.httplib import add_ignored  # noqa: PLC0415 - loaded only when tracing
+
+        add_ignored(subclass="botocore.awsrequest.AWSHTTPConnection")
