@@ -11,6 +11,7 @@ import json
 import logging
 import secrets
 import socket
+import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -49,19 +50,63 @@ _CREATE_TABLE_KEYS = (
 _NOT_QUEUE_ATTRIBUTES = frozenset({"QueueName", "Tags"})
 
 
+class _DynamoDBOneAtATime:
+    """WSGI middleware over moto's app: DynamoDB requests one at a time, others side by side.
+
+    moto's DynamoDB is not thread-safe where DynamoDB is: a transaction deep-copies the tables it
+    names while concurrent writes change them ("dictionary changed size during iteration", then an
+    HTTP 500), which lost requests of a burst. SQS stays concurrent: its long polls wait inside moto.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not str(environ.get("HTTP_X_AMZ_TARGET", "")).startswith("DynamoDB_"):
+            return self._app(environ, start_response)
+        with self._lock:
+            answer = self._app(environ, start_response)
+            try:
+                # Read within the lock: a WSGI body may be produced as it is iterated.
+                return [b"".join(answer)]
+            finally:
+                close = getattr(answer, "close", None)
+                if close is not None:
+                    close()
+
+
 class MotoServer:
     """moto in server mode on a background thread; ``port=0`` binds a free port (read it from ``url``).
 
     moto keeps its state per process, not per server, so ``start()`` empties it: every server starts
-    blank, and two servers must not run at once in one process.
+    blank, and two servers must not run at once in one process. ``stop()`` lets go of moto's models
+    (it keeps every instance it ever made, table copies included).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         # Imported here: moto loads every backend, which `python -m local.invoke` does not need.
+        from moto.moto_server.werkzeug_app import (  # noqa: PLC0415
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
         from moto.server import ThreadedMotoServer  # noqa: PLC0415
+        from werkzeug.serving import make_server  # noqa: PLC0415
+
+        class _Server(ThreadedMotoServer):
+            """moto's threaded server, its app behind :class:`_DynamoDBOneAtATime`."""
+
+            def _server_entry(self) -> None:
+                app = _DynamoDBOneAtATime(DomainDispatcherApplication(create_backend_app))
+                self._server = make_server(
+                    self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+                )
+                self._server_ready_event.set()
+                self._server.serve_forever()
 
         self._address = (host, port)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._server = _Server(ip_address=host, port=port, verbose=False)
         self._started = False
 
     def start(self) -> Self:
@@ -81,6 +126,9 @@ class MotoServer:
         if self._started:
             self._server.stop()
             self._started = False
+            from moto.core.model_instances import reset_model_data  # noqa: PLC0415
+
+            reset_model_data()
 
     @property
     def url(self) -> str:

@@ -15,11 +15,23 @@ Execution environments: like Lambda, one environment runs one invocation at a ti
 function gets another environment (a cold start: its ``app.py`` loaded again under a new module name),
 so module globals (a powertools resolver, a boto3 resource) are never shared between concurrent
 invocations. The layer's modules (``preheat``) are imported once and shared by a runtime's environments.
+
+Concurrent API calls: powertools' API resolvers keep the request being resolved in two attributes of
+their common base class, ``BaseRouter.current_event`` and ``BaseRouter.lambda_context``, assigned on
+the class by every ``resolve()``: state of the whole process, harmless in Lambda, where a process
+serves one invocation at a time, but here every environment shares it. The runtime gives those two
+attributes one value per invocation instead (:func:`isolate_api_resolvers`: each invocation runs in
+a context of its own, and the attributes live in a ``ContextVar``), so concurrent requests run side
+by side, as in Lambda's many environments, and never read each other's events. Everything else a
+resolver holds (its routing context, middlewares, routes) belongs to its instance, and so to one
+environment. What the layer's modules hold stays shared, as it is by the worker's concurrent batches:
+the powertools Logger's appended keys and the Metrics set of ``preheat.entrypoints.observability``
+(log lines and metrics only, never a request or its answer).
 """
 
 from __future__ import annotations
 
-import contextlib
+import contextvars
 import decimal
 import importlib.util
 import itertools
@@ -44,7 +56,9 @@ log = logging.getLogger("local.lambda")
 # ~/.aws: removed while the local stack runs.
 _UNSAFE_AWS_VARIABLES = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _UNSAFE_AWS_PREFIXES = ("AWS_ENDPOINT_URL_",)  # per-service endpoints beat AWS_ENDPOINT_URL
-_API_CALLS = threading.Lock()
+# The request state powertools' API resolvers keep on their base class (see isolate_api_resolvers).
+_RESOLVER_REQUEST_ATTRIBUTES = ("current_event", "lambda_context")
+_ISOLATING = threading.Lock()
 
 
 class EnvConflictError(RuntimeError):
@@ -240,6 +254,59 @@ def load_handler(spec: FunctionSpec, layer_dirs: Iterable[Path]) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+class _PerInvocation:
+    """An attribute whose value belongs to the invocation (the ``contextvars`` context) that set it;
+    read where none was set, it is missing, as the class attribute it replaces was before the first
+    ``resolve()``."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._value: contextvars.ContextVar[Any] = contextvars.ContextVar(f"local.lambda.{name}")
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        try:
+            return self._value.get()
+        except LookupError:
+            raise AttributeError(self._name) from None
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        self._value.set(value)
+
+
+def isolate_api_resolvers() -> bool:
+    """Give powertools' ``BaseRouter.current_event`` and ``lambda_context`` one value per invocation.
+
+    ``resolve()`` assigns them on the class (``BaseRouter.current_event = ...``) and routes read them
+    through their resolver or router instance. Both ways now reach the same per-invocation value: a
+    descriptor in ``BaseRouter``'s own namespace serves the instances, and the same descriptor on a
+    metaclass made for ``BaseRouter`` alone serves (and catches) the assignments on the class. Within
+    one invocation nothing changes. Idempotent; False when powertools is not installed (then no
+    handler can share its state).
+    """
+    try:
+        from aws_lambda_powertools.event_handler.api_gateway import BaseRouter  # noqa: PLC0415
+    except ImportError:
+        return False
+    with _ISOLATING:
+        metaclass = type(BaseRouter)
+        if getattr(metaclass, "_local_per_invocation", False):
+            return True
+        descriptors = {name: _PerInvocation(name) for name in _RESOLVER_REQUEST_ATTRIBUTES}
+        # In the class's namespace first: once the metaclass has them, an assignment on the class
+        # would set the value instead of installing the descriptor.
+        for name, descriptor in descriptors.items():
+            type.__setattr__(BaseRouter, name, descriptor)
+        isolated = type(
+            f"PerInvocation{metaclass.__name__}",
+            (metaclass,),
+            {"__slots__": (), "_local_per_invocation": True, **descriptors},
+        )
+        # A class's class can be replaced by a subclass of it (same layout); mypy takes the
+        # attribute for the method that reads it.
+        BaseRouter.__class__ = isolated  # type: ignore[method-assign]
+    return True
+
+
 class _FunctionPool:
     """Idle execution environments (loaded handlers) of one function."""
 
@@ -282,6 +349,8 @@ class LambdaRuntime:
         # New execution environments start without the layer's caches (settings, clients built from
         # AWS_ENDPOINT_URL) of an earlier stack in this process.
         reset_modules_under({d for spec in template.functions.values() for d in template.layer_dirs(spec)})
+        # API calls then run side by side, as in Lambda's separate environments.
+        isolate_api_resolvers()
 
     def function_name(self, logical_id: str) -> str:
         return physical_name(self._name_prefix, logical_id)
@@ -323,13 +392,10 @@ class LambdaRuntime:
         pool = self._pools[logical_id]
         handler = pool.acquire()
         started = time.monotonic()
-        # Powertools' API resolvers keep the current request in a class attribute shared by every
-        # resolver of the process: in Lambda one process serves one call at a time, so here API
-        # calls take turns too, or concurrent requests would read each other's bodies.
-        serial = _API_CALLS if spec.api_events else contextlib.nullcontext()
         try:
-            with serial:
-                result = handler(payload, context)
+            # A context of its own: what the invocation keeps in context variables (powertools'
+            # current request, see isolate_api_resolvers) is not seen by any other.
+            result = contextvars.copy_context().run(handler, payload, context)
         finally:
             pool.release(handler)
             elapsed = time.monotonic() - started
