@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from local.aws import MotoServer, provision
 from local.template import Template
@@ -247,3 +248,20 @@ def test_claim_items_hold_no_credentials(aws):
     items = client.scan(TableName=resources["TasksTable"].ref)["Items"]
     assert "CANARY-CLAIM" not in repr(items)
     assert any(item["pk"]["S"].startswith("claim#") for item in items)
+
+
+def test_a_failed_write_is_reported_by_its_code_never_by_what_the_server_said():
+    """An answer that is not DynamoDB's (a proxy's or an emulator's HTML error page) must not reach
+    the API's caller: the reason is the error's code alone."""
+
+    class Refusing:
+        def transact_write_items(self, **_: object) -> None:
+            page = "<!doctype html><title>500 Internal Server Error</title>"
+            raise ClientError({"Error": {"Code": "500", "Message": page}}, "TransactWriteItems")
+
+        put_item = transact_write_items
+
+    store = DynamoDBTaskStore(Settings(), client=Refusing())
+    with pytest.raises(DependencyFailure) as raised:
+        store.create(new_task("00000000-0000-4000-8000-000000000007"), claim="claim#x")
+    assert str(raised.value) == "could not record the task: 500"

@@ -257,7 +257,9 @@ def _claim_refused(exc: ClientError) -> bool:
 
 
 def _reason(exc: Exception) -> str:
+    """The error's code (``ProvisionedThroughputExceededException``, or the HTTP status of an answer
+    that was not DynamoDB's), never its message: that can be a whole HTML error page, and reaches
+    the caller of the API."""
     if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', 'error')}: {error.get('Message', '')}".strip()
+        return str(exc.response.get("Error", {}).get("Code") or "error")
     return type(exc).__name__
