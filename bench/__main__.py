@@ -33,7 +33,16 @@ from bench import RESULTS
 from bench.common import GOALS, machine, machine_line, now_iso, shown, target_text, write_result
 
 # In this order; other benchmark modules found in the package run after them, by name.
-ORDER = ("registry_resolve", "completion_notice", "latency", "aws_calls", "cold_start", "worker_memory")
+ORDER = (
+    "registry_resolve",
+    "completion_notice",
+    "latency",
+    "aws_calls",
+    "cold_start",
+    "worker_memory",
+    "throughput",
+    "package_size",
+)
 NOT_BENCHMARKS = frozenset({"common"})
 # --quick sizes for the benchmarks that do not name their own (QUICK_ARGS).
 QUICK_DEFAULTS: dict[str, list[str]] = {

@@ -33,7 +33,7 @@ def fake_benchmark(name: str, figures: dict[str, Any] | None) -> types.ModuleTyp
 def test_every_benchmark_of_the_package_is_found():
     names = bench_main.discover()
 
-    assert names[:6] == list(bench_main.ORDER)
+    assert names[: len(bench_main.ORDER)] == list(bench_main.ORDER)
     assert "common" not in names
 
 
