@@ -47,6 +47,9 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
     assert (layer / "urllib3").is_dir()
     # The adapters speak HTTP through urllib3; requests stays out of the layer (and out of cold starts).
     assert not (layer / "requests").exists()
+    # The runtime has the AWS SDK: the layer does not bundle it (aws-xray-sdk would pull botocore in).
+    assert not [name for name in ("boto3", "botocore", "s3transfer") if (layer / name).exists()]
+    assert (layer / "aws_xray_sdk").is_dir()
     native = list(layer.rglob("*.so"))
     assert native, "expected compiled wheels in the layer"
     assert all("aarch64" in path.name for path in native), [p.name for p in native if "aarch64" not in p.name]
