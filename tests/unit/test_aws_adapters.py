@@ -265,3 +265,52 @@ def test_a_failed_write_is_reported_by_its_code_never_by_what_the_server_said():
     with pytest.raises(DependencyFailure) as raised:
         store.create(new_task("00000000-0000-4000-8000-000000000007"), claim="claim#x")
     assert str(raised.value) == "could not record the task: 500"
+
+
+def test_a_failed_transaction_leaves_every_item_as_it_was(aws):
+    """The local moto backs a transaction up by the items it names rather than by the whole table
+    (local.aws.cheap_transaction_backups): a transaction cancelled by its last item still undoes a
+    put, an in-place update and a delete of the items before it, and leaves the others alone."""
+    url, resources = aws
+    table = resources["TasksTable"].ref
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    before = {
+        "keep": {"pk": {"S": "tx#keep"}, "n": {"N": "1"}},
+        "update": {"pk": {"S": "tx#update"}, "n": {"N": "1"}},
+        "delete": {"pk": {"S": "tx#delete"}, "n": {"N": "1"}},
+        "held": {"pk": {"S": "tx#held"}, "n": {"N": "1"}},
+    }
+    for item in before.values():
+        client.put_item(TableName=table, Item=item)
+
+    with pytest.raises(ClientError, match="TransactionCanceled"):
+        client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": table, "Item": {"pk": {"S": "tx#new"}}}},
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": {"pk": {"S": "tx#update"}},
+                        "UpdateExpression": "SET n = :two",
+                        "ExpressionAttributeValues": {":two": {"N": "2"}},
+                    }
+                },
+                {"Delete": {"TableName": table, "Key": {"pk": {"S": "tx#delete"}}}},
+                {
+                    "Put": {
+                        "TableName": table,
+                        "Item": {"pk": {"S": "tx#held"}, "n": {"N": "9"}},
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+            ]
+        )
+
+    def read(key: str) -> dict[str, object] | None:
+        answer = client.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
+        item: dict[str, object] | None = answer.get("Item")
+        return item
+
+    assert read("tx#new") is None
+    for name, item in before.items():
+        assert read(f"tx#{name}") == item, name
