@@ -73,7 +73,7 @@ openapi: $(VENV)/.installed
 	$(PY) -c 'import json, yaml; doc = yaml.safe_load(open("docs/openapi.yaml", encoding="utf-8")); \
 	open("layers/shared/preheat/openapi.json", "w", encoding="utf-8").write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n")'
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(SAM_VENV)/.installed
 	$(PY) -m bench
 
 invoke: $(VENV)/.installed
