@@ -603,8 +603,9 @@ def test_platform_manifests_are_fetched_concurrently(fake: StubRegistry, client:
 
     resolution = client.resolve_image(fake.image("wide"), Credentials())
 
-    # The index, then its 8 images at once: 2 x 0.2 s, not 9 x 0.2 s.
-    assert time.monotonic() - started < 4 * 0.2
+    # The index, then its 8 images at once: 2 x 0.2 s, where one after another takes 9 x 0.2 s
+    # (the bound leaves room for a loaded machine).
+    assert time.monotonic() - started < 6 * 0.2
     assert len(resolution.platforms) == 8
 
 
@@ -704,14 +705,19 @@ def test_missing_blob_fails_permanently(fake: StubRegistry, client: HttpRegistry
 
 
 def test_blobs_are_resolved_concurrently(fake: StubRegistry, client: HttpRegistryClient):
-    _, blobs = fake.add_image("v1", [f"layer {n}".encode() for n in range(31)])
-    fake.blob_answer = lambda request, digest: StubResponse(200, b"x", delay=0.1)
-    started = time.monotonic()
+    """Each blob's answer waits until 8 blob requests are in flight at once: a client resolving
+    fewer at a time never gets its answers (no timing involved)."""
+    _, blobs = fake.add_image("v1", [f"layer {n}".encode() for n in range(31)])  # 32 blobs
+    together = threading.Barrier(8)
 
+    def answer(request: StubRequest, digest: str) -> StubResponse:
+        together.wait(timeout=10)
+        return StubResponse(200, b"x")
+
+    fake.blob_answer = answer
     resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
 
     assert digests(resolved) == blobs  # in manifest order, whatever order they finished in
-    assert time.monotonic() - started < 32 * 0.1 / 4
 
 
 def test_blobs_are_probed_for_one_byte_and_connections_reused(fake: StubRegistry):

@@ -418,14 +418,14 @@ def test_scope_one_spreads_blobs_evenly_and_stably_over_the_supernodes():
     assert {blob.label: blob.target for blob in again.task(again_id).blobs} == first
 
 
-def test_a_worker_dying_before_the_first_check_was_queued_redoes_the_start_without_double_counting(world):
+def test_a_worker_dying_after_recording_progress_redoes_the_start_without_double_counting(world):
     task_id = world.submit()
     [start] = world.queue.take()
     original_send = world.queue.send
     world.queue.send = lambda message, delay_seconds=0: (_ for _ in ()).throw(RuntimeError("killed"))
     with pytest.raises(RuntimeError):
-        world.worker.handle(start)  # blobs sent, died before the first check was queued
-    assert "layers" not in world.task(task_id).to_api()  # nothing half-written
+        world.worker.handle(start)  # progress recorded, died before the first check was queued
+    assert world.task(task_id).to_api()["layers"]["pending"] == 3
     assert not world.task(task_id).dispatched
     world.queue.send = original_send
     world.worker.handle(start)  # redelivery

@@ -7,9 +7,9 @@ Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die
   supernode derives its task id from the URL, answering a repeat with the same id (or "already
   exists"), so a redelivered ``start`` redoes the same work. A task that ends within
   ``PROGRESS_AFTER_SECONDS`` is written once, with its verdict; a longer watch records its progress
-  then, for callers to see, leaving the check sequence alone. The write that marks the task
-  dispatched is conditional on it, and comes after the first ``check`` message was sent, so a task
-  is never dispatched without a check on its way.
+  then (or, if shorter, before it hands over), for callers to see, leaving the check sequence
+  alone. The write that marks the task dispatched is conditional on it, and comes after the first
+  ``check`` message was sent, so a task is never dispatched without a check on its way.
 - ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number;
   only the one equal to the task's ``check_seq`` is acted on, and its write moves ``check_seq``
   on conditionally. A duplicate delivery, or the spare message of a worker that died between
@@ -224,6 +224,10 @@ class Worker:
             return self._conclude(task)
         if self._clock() >= task.deadline:
             return self._finish(task, TaskStatus.FAIL, timed_out_message(task), blobs)
+        # A task handed over to checks has its progress on record before the first check is sent,
+        # however short its watch was.
+        if unrecorded and not self._store.save(task, expected_check_seq=task.check_seq):
+            return task
         next_seq = task.check_seq + 1
         self._queue.send(
             WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
