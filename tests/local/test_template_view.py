@@ -86,7 +86,7 @@ def test_project_template_functions_merge_globals_and_read_their_events(template
 
 def test_project_template_resources_and_parameters(template: Template) -> None:
     assert set(template.tables) == {"TasksTable"}
-    assert set(template.queues) == {"PreheatQueue", "PreheatDeadLetterQueue"}
+    assert set(template.queues) == {"PreheatQueue", "PreheatDeadLetterQueue", "ScheduledPreheatFailuresQueue"}
     assert template.queues["PreheatQueue"].dead_letter_queue == "PreheatDeadLetterQueue"
     assert template.queues["PreheatQueue"].max_receive_count == 5
     assert template.queues["PreheatDeadLetterQueue"].dead_letter_queue is None

@@ -126,6 +126,24 @@ def test_the_function_submits_to_the_same_queue_and_table_as_the_api():
     assert environment["PREHEAT_QUEUE_URL"] == "http://sqs/queue"
 
 
+def test_an_invocation_that_fails_every_retry_lands_in_an_alarmed_queue():
+    """Scheduler and EventBridge invoke asynchronously: after its retries, the event goes to an
+    OnFailure destination with its error, instead of being dropped."""
+    config = props(FUNCTION)["EventInvokeConfig"]
+    assert config["MaximumRetryAttempts"] == 2
+    destination = config["DestinationConfig"]["OnFailure"]
+    assert destination["Type"] == "SQS"
+    assert destination["Destination"] == GetAtt("ScheduledPreheatFailuresQueue", "Arn")
+    queue = props("ScheduledPreheatFailuresQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    alarm = props("ScheduledPreheatFailuresAlarm")
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": GetAtt("ScheduledPreheatFailuresQueue", "QueueName")}
+    ]
+    assert (alarm["MetricName"], alarm["Threshold"]) == ("ApproximateNumberOfMessagesVisible", 0)
+
+
 def test_every_function_has_a_log_group_with_retention():
     groups = {
         resource["Properties"]["LogGroupName"].args: resource["Properties"]["RetentionInDays"]
