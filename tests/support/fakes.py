@@ -104,6 +104,7 @@ class FakeRegistry:
     seen_headers: list[Credentials] = field(default_factory=list)
 
     seen_platforms: list[tuple[Platform, ...]] = field(default_factory=list)
+    seen_budgets: list[float | None] = field(default_factory=list)
 
     def resolve_image(
         self,
@@ -111,7 +112,9 @@ class FakeRegistry:
         headers: Credentials,
         platforms: Sequence[Platform] = (),
         on_blob: Callable[[Blob], None] | None = None,
+        time_budget_seconds: float | None = None,
     ) -> ImageResolution:
+        self.seen_budgets.append(time_budget_seconds)
         self.seen_headers.append(headers)
         self.seen_platforms.append(tuple(platforms))
         if self.errors:
@@ -127,7 +130,8 @@ class FakeRegistry:
                 on_blob(blob)
         return ImageResolution(blobs, tuple(str(p) for p in platforms))
 
-    def resolve_file(self, url: str, headers: Credentials) -> Blob:
+    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
+        self.seen_budgets.append(time_budget_seconds)
         self.seen_headers.append(headers)
         if self.errors:
             raise self.errors.pop(0)

@@ -1326,3 +1326,29 @@ def test_each_blob_is_handed_over_as_soon_as_it_resolves(fake: StubRegistry):
     assert sorted(blob.digest for blob in handed) == sorted(blob.digest for blob in resolution.blobs)
     assert len(resolution.blobs) == 3  # config, fast, slow: the repeated layer once
     assert handed[-1].digest == slow_digest
+
+
+def test_a_resolution_stops_when_its_time_budget_runs_out(fake: StubRegistry):
+    """A registry that stops answering cannot keep a step past what its invocation has left: no
+    request outlasts the budget, none starts after it, and the failure is worth a retry."""
+    fake.add_image("v1", [b"layer"])
+    fake.blob_answer = lambda request, digest: StubResponse(200, b"x", delay=30)
+    client = HttpRegistryClient(SETTINGS, attempts=4, backoff_seconds=0.01)
+    started = time.monotonic()
+
+    with pytest.raises(TransientFailure, match="the step's time ran out before it was done") as caught:
+        client.resolve_image(fake.image("v1"), Credentials(), time_budget_seconds=0.5)
+
+    assert time.monotonic() - started < 5  # not 4 attempts of the 10 s registry timeout
+    assert "gave up after 4 attempts" not in str(caught.value)
+
+
+def test_a_file_resolution_keeps_to_its_time_budget_too(fake: StubRegistry):
+    fake.add_image("v1", [b"layer"])
+    _, (_, layer) = fake.add_image("v2", [b"other"])
+    fake.blob_answer = lambda request, digest: StubResponse(200, b"x", delay=30)
+    client = HttpRegistryClient(SETTINGS, attempts=4, backoff_seconds=0.01)
+    url = fake.image("v2").blob_url(layer, insecure=True)
+
+    with pytest.raises(TransientFailure, match="time ran out"):
+        client.resolve_file(url, Credentials(), time_budget_seconds=0.3)

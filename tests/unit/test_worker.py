@@ -470,7 +470,7 @@ class HandingOverRegistry:
     def __init__(self, nodes: FakeSupernodes, fail_after: int | None = None, error: Exception | None = None):
         self.nodes, self.fail_after, self.error = nodes, fail_after, error
 
-    def resolve_image(self, image, headers, platforms=(), on_blob=None):
+    def resolve_image(self, image, headers, platforms=(), on_blob=None, time_budget_seconds=None):
         assert on_blob is not None, "the worker must take blobs as they resolve"
         for number, blob in enumerate(LAYERS):
             if number == self.fail_after:
@@ -483,7 +483,7 @@ class HandingOverRegistry:
                 time.sleep(0.002)
         return ImageResolution(list(reversed(LAYERS)))  # the result's order is the one kept
 
-    def resolve_file(self, url, headers):
+    def resolve_file(self, url, headers, time_budget_seconds=None):
         raise AssertionError("not a file")
 
 
@@ -548,3 +548,10 @@ def test_a_transient_resolution_failure_after_some_blobs_were_sent_is_retried_wh
     world.worker.handle(start)  # redelivered: everything is sent (again)
     assert world.task(task_id).dispatched
     assert {blob.label for _, blob in world.nodes.creates} == {layer.label for layer in LAYERS}
+
+
+def test_the_start_step_resolves_within_what_the_invocation_has_left(world):
+    world.submit()
+    [start] = world.queue.take()
+    world.worker.handle(start, time_budget_seconds=42.0)
+    assert world.registry.seen_budgets == [42.0]

@@ -51,12 +51,14 @@ class RegistryClient(Protocol):
         headers: Credentials,
         platforms: Sequence[Platform] = (),
         on_blob: Callable[[Blob], None] | None = None,
+        time_budget_seconds: float | None = None,
     ) -> ImageResolution:
         """Every blob of the image (config included), each with its real download URL, once each.
 
         ``on_blob`` is called with each blob as soon as its URL is known, from the client's threads,
         so that the caller can start on it while the others resolve; a resolution that fails may
-        have called it for some blobs.
+        have called it for some blobs. Past ``time_budget_seconds`` no request is started and none
+        is waited for: the resolution raises TransientFailure.
 
         An index or manifest list is narrowed to ``platforms`` when given (PermanentFailure naming
         the platforms it has when one is missing), else every platform image except attestations.
@@ -64,8 +66,8 @@ class RegistryClient(Protocol):
         Raises PermanentFailure (missing image, refused credentials, unsupported manifest) or
         TransientFailure (timeouts, 5xx after retries)."""
 
-    def resolve_file(self, url: str, headers: Credentials) -> Blob:
-        """The file's real download URL after redirects."""
+    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
+        """The file's real download URL after redirects (within ``time_budget_seconds``, as above)."""
 
 
 @dataclass(frozen=True)

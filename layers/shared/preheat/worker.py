@@ -118,12 +118,12 @@ class Worker:
         if time_budget_seconds is not None:
             window = max(0.0, min(window, time_budget_seconds))
         if message.step is Step.START:
-            return self._start(task, message.headers, window)
+            return self._start(task, message.headers, window, time_budget_seconds)
         return self._check(task, message.seq, window)
 
     # -- start: resolve, dispatch, watch ----------------------------------------------------
 
-    def _start(self, task: Task, headers: Credentials, window: float) -> Task:
+    def _start(self, task: Task, headers: Credentials, window: float, budget: float | None) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
         if not self._supernodes.targets:
@@ -132,7 +132,7 @@ class Worker:
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
         with _Dispatch(self._send, targets, scope) as dispatch:
             try:
-                resolution = self._resolve(task, headers, dispatch.submit)
+                resolution = self._resolve(task, headers, dispatch.submit, budget)
             except PermanentFailure as exc:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
@@ -155,14 +155,24 @@ class Worker:
         # Every pending blob was looked at right after its create: the watch starts with a pause.
         return self._watch_then_requeue(task, window, dispatching=True, looked=True)
 
-    def _resolve(self, task: Task, headers: Credentials, on_blob: Callable[[Blob], None]) -> ImageResolution:
+    def _resolve(
+        self, task: Task, headers: Credentials, on_blob: Callable[[Blob], None], budget: float | None
+    ) -> ImageResolution:
+        """The task's blobs, within ``budget`` seconds (what the invocation has left): a registry
+        that stops answering fails the step in time for a clean retry, not the whole invocation."""
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
             return self._registry.resolve_image(
-                image, self._authenticated(image, headers), platforms, on_blob=on_blob
+                image,
+                self._authenticated(image, headers),
+                platforms,
+                on_blob=on_blob,
+                time_budget_seconds=budget,
             )
-        return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers)])
+        return ImageResolution(
+            blobs=[self._registry.resolve_file(task.url, headers, time_budget_seconds=budget)]
+        )
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
         """The request's headers, plus stored credentials for the registry when it brought none

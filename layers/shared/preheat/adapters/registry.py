@@ -325,9 +325,18 @@ class _Target:
     secrets: list[str]
     cancelled: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # When the resolution must be over (``_now()``): no request starts after it, none outlasts it.
+    deadline: float | None = None
 
     @classmethod
-    def of(cls, url: str, name: str, repository: str | None, headers: Credentials) -> _Target:
+    def of(
+        cls,
+        url: str,
+        name: str,
+        repository: str | None,
+        headers: Credentials,
+        time_budget_seconds: float | None = None,
+    ) -> _Target:
         revealed = headers.reveal()
         caller_auth = headers.get_ci("Authorization")
         extra = {
@@ -343,7 +352,19 @@ class _Target:
             caller_auth=caller_auth,
             authorization=caller_auth,
             secrets=_secrets_of(revealed.values()),
+            deadline=None if time_budget_seconds is None else _now() + time_budget_seconds,
         )
+
+    def time_left(self, timeout: float) -> float:
+        """``timeout``, or less when the deadline is nearer; _Retry (and no more retries) once it
+        has passed."""
+        if self.deadline is None:
+            return timeout
+        left = self.deadline - _now()
+        if left <= 0:
+            self.cancelled.set()
+            raise _Retry("the step's time ran out before it was done")
+        return min(timeout, left)
 
     def owns(self, url: str) -> bool:
         return _origin(url) == self.origin
@@ -471,12 +492,15 @@ class HttpRegistryClient:
         headers: Credentials,
         platforms: Sequence[Platform] = (),
         on_blob: Callable[[Blob], None] | None = None,
+        time_budget_seconds: float | None = None,
     ) -> ImageResolution:
         insecure = self._settings.is_insecure(image.registry)
         base_url = image.base_url(insecure)
         label = str(image)
         self._policy.check_url(base_url, f"manifest for {label}")
-        target = _Target.of(base_url, f"registry {image.registry}", image.repository, headers)
+        target = _Target.of(
+            base_url, f"registry {image.registry}", image.repository, headers, time_budget_seconds
+        )
         self._reuse_token(target)
 
         body, content_type = self._fetch_manifest(target, base_url, image.reference, f"manifest for {label}")
@@ -565,10 +589,10 @@ class HttpRegistryClient:
         selection.check(requested, label)
         return descriptors, selection
 
-    def resolve_file(self, url: str, headers: Credentials) -> Blob:
+    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
         what = f"file {_display_url(url)}"
         self._policy.check_url(url, what)
-        target = _Target.of(url, f"server {_display_host(url)}", None, headers)
+        target = _Target.of(url, f"server {_display_host(url)}", None, headers, time_budget_seconds)
         final = self._resolve_url(target, url, what)
         return Blob(
             url=final,
@@ -598,6 +622,8 @@ class HttpRegistryClient:
             raise PermanentFailure(f"{what} is {int(declared)} bytes long; at most {limit} are accepted")
         # The read timeout bounds each chunk; this bounds a server that trickles bytes forever.
         deadline = _now() + 3 * self._timeout
+        if target.deadline is not None:
+            deadline = min(deadline, target.deadline)
         chunks: list[bytes] = []
         total = 0
         try:
@@ -796,9 +822,10 @@ class HttpRegistryClient:
     ) -> Response:
         """One GET, streamed and without redirects; 429, 5xx and network failures raise _Retry."""
         failure = None
+        timeout = target.time_left(self._timeout)
         try:
             response = self._http.get(
-                url, headers=headers, params=params, stream=True, timeout=(self._timeout, self._timeout)
+                url, headers=headers, params=params, stream=True, timeout=(timeout, timeout)
             )
         except InvalidUrl:
             failure = PermanentFailure(f"{_display_url(url)} is not a URL that can be fetched")
@@ -809,7 +836,7 @@ class HttpRegistryClient:
         except RequestError as exc:
             refused = find_refusal(exc)
             if refused is None:
-                raise _Retry(_failure_reason(exc, self._timeout, target)) from None
+                raise _Retry(_failure_reason(exc, timeout, target)) from None
             failure = AddressRefused(str(refused))
         if failure is not None:
             # Raised out of the handler: the exception it replaces holds the header value or URL,
@@ -824,6 +851,7 @@ class HttpRegistryClient:
 
     def _retrying(self, target: _Target, what: str, attempt: Callable[[], T]) -> T:
         reason = ""
+        number = 0
         for number in range(1, self._attempts + 1):
             try:
                 return attempt()
@@ -840,7 +868,8 @@ class HttpRegistryClient:
                     extra={"what": what, "reason": reason, "attempt": number, "delay": round(delay, 3)},
                 )
                 self._sleep(delay)
-        raise TransientFailure(f"{what}: {reason} (gave up after {self._attempts} attempts)")
+        tries = f"{number} attempt" + ("s" if number > 1 else "")
+        raise TransientFailure(f"{what}: {reason} (gave up after {tries})")
 
     def _map(self, target: _Target, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``function`` over ``items`` on a bounded pool; the first failure is raised, and the
