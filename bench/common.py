@@ -8,6 +8,7 @@ tell at a glance whether the service keeps its promise; ``label`` and ``detail``
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import logging
@@ -29,6 +30,27 @@ import urllib3
 from local.background import BackgroundServer
 
 GOALS = {"at most": "<=", "at least": ">=", "below": "<", "above": ">", "exactly": "="}
+
+
+def stack_variables(parser: argparse.ArgumentParser, example: str = "") -> None:
+    """``--set NAME=VALUE`` (repeatable, into ``args.env``): a variable for the stack's functions, to
+    try a setting without editing anything."""
+    parser.add_argument(
+        "--set",
+        dest="env",
+        type=_variable,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a function variable for the stack{', e.g. ' + example if example else ''} (repeatable)",
+    )
+
+
+def _variable(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def is_met(value: float, target: float, goal: str) -> bool:

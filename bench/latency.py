@@ -85,6 +85,7 @@ from bench.common import (
     median,
     preheat_and_wait,
     quiet_logs,
+    stack_variables,
     table,
     write_result,
 )
@@ -748,13 +749,6 @@ def render(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _variable(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
-
-
 def _counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
@@ -786,15 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="uncounted rounds first (default 1)")
     parser.add_argument("--poll-ms", type=float, default=25.0, help="between status reads (default 25)")
     parser.add_argument("--aws-samples", type=int, default=20, help="timings of each AWS call, twice")
-    parser.add_argument(
-        "--set",
-        dest="env",
-        type=_variable,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a function variable for the stack, e.g. PREHEAT_CHECK_INTERVAL=0.05 (repeatable)",
-    )
+    stack_variables(parser, "PREHEAT_CHECK_INTERVAL=0.05")
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.aws_samples < 1 or args.delay_ms < 0 or args.poll_ms <= 0:

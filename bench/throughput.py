@@ -67,7 +67,7 @@ import requests
 from botocore.config import Config
 
 from bench import RESULTS
-from bench.common import figure, figure_rows, median, quiet_logs, table, write_result
+from bench.common import figure, figure_rows, median, quiet_logs, stack_variables, table, write_result
 from local.aws import LOCAL_CREDENTIALS, LOCAL_REGION, provision
 from local.aws import client as local_client
 from local.background import BackgroundServer
@@ -643,13 +643,6 @@ def render(result: Mapping[str, Any]) -> str:
     )
 
 
-def _variable(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -661,15 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker-concurrency", type=int, default=4, help="SQS poller threads for the worker (default 4)"
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for every task to end (60)")
-    parser.add_argument(
-        "--set",
-        dest="env",
-        type=_variable,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a function variable for the stack (repeatable)",
-    )
+    stack_variables(parser)
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.clients < 1 or args.rounds < 1 or args.worker_concurrency < 1:
