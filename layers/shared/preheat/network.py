@@ -3,7 +3,7 @@
 A caller names a registry or a file URL, and the registry names token realms and storage URLs in
 turn; any of them may point into the network the service runs in (the instance metadata service
 at 169.254.169.254 or fd00:ec2::254, a VPC endpoint, localhost). So every request the registry
-client makes goes through ``preheat.adapters.guarded_http.GuardedAdapter``, whose connections:
+client makes goes through ``preheat.adapters.http.GuardedPoolManager``, whose connections:
 
 - resolve the host themselves (``socket.getaddrinfo``), drop every address the policy refuses, and
   connect only to the others, by address: there is no second resolution between the check and the
@@ -20,7 +20,7 @@ name; the hops a registry itself chooses (token realm, storage redirects) are ch
 only, since registries spread them over hosts of their own (auth.docker.io, S3, CDNs).
 
 Proxies are not used: one would connect on our behalf, past the check (Lambda has none), so the
-adapter ignores ``HTTP(S)_PROXY``. The supernode drivers are not guarded: operators configure the
+pool manager ignores ``HTTP(S)_PROXY``. The supernode drivers are not guarded: operators configure the
 supernodes, which are usually private. A supernode downloads the resolved blob URLs itself, with
 its own resolver: this guard covers what this service fetches, not what a supernode does.
 

@@ -191,13 +191,6 @@ class HttpClient:
     def get(self, url: str, **kwargs: Any) -> Response:
         return self.request("GET", url, **kwargs)
 
-    def post(self, url: str, **kwargs: Any) -> Response:
-        return self.request("POST", url, **kwargs)
-
-    def clear(self) -> None:
-        """Close every pooled connection."""
-        self._pool.clear()
-
 
 # -- the outbound policy, enforced on every connection ---------------------------------------------
 

@@ -22,7 +22,8 @@ from preheat.settings import Settings
 DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 0.2
 MAX_PING_THREADS = 16
-# As many pooled connections as the worker makes calls at once (worker.MAX_PARALLEL_BLOBS).
+# Pooled connections for the calls the worker makes at once: up to
+# worker.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
 POOL_SIZE = 128
 REDACTED = "<redacted>"
 
