@@ -11,7 +11,7 @@ then the redirects of all blobs, are resolved concurrently on a bounded pool ove
 which keeps its connections: blob URLs are probed for their first byte (``Range: bytes=0-0``), so
 an answer does not leave a whole blob unread on a connection that would then have to be dropped.
 
-Every connection goes through :class:`~preheat.adapters.guarded_http.GuardedAdapter`: an address the outbound
+Every connection goes through :class:`~preheat.adapters.http.GuardedPoolManager`: an address the outbound
 policy refuses (loopback, link-local such as the instance metadata service, private, ...) is never
 connected to, whether the caller named it, a registry redirected to it, or DNS answered with it;
 the URL the caller named must also be on ``PREHEAT_ALLOWED_REGISTRIES`` when that is set.
@@ -107,6 +107,7 @@ MAX_PLATFORM_NAME_CHARS = 64
 # for its wave). Each is one small ranged GET: no more load on a registry than one pull.
 DEFAULT_MAX_WORKERS = 64
 DEFAULT_ATTEMPTS = 4
+OUT_OF_TIME = "the step's time ran out before it was done"
 DEFAULT_BACKOFF_SECONDS = 0.2
 DEFAULT_RETRY_AFTER_CAP_SECONDS = 10.0
 # The Docker token spec: a token without ``expires_in`` lives 60 seconds.
@@ -363,7 +364,7 @@ class _Target:
         left = self.deadline - _now()
         if left <= 0:
             self.cancelled.set()
-            raise _Retry("the step's time ran out before it was done")
+            raise _Retry(OUT_OF_TIME)
         return min(timeout, left)
 
     def owns(self, url: str) -> bool:
@@ -868,6 +869,9 @@ class HttpRegistryClient:
                     extra={"what": what, "reason": reason, "attempt": number, "delay": round(delay, 3)},
                 )
                 self._sleep(delay)
+        if target.deadline is not None and _now() >= target.deadline and reason != OUT_OF_TIME:
+            # Stopped by the deadline (here, or in a thread that hit it first), not by this error.
+            reason = f"{reason}; {OUT_OF_TIME}"
         tries = f"{number} attempt" + ("s" if number > 1 else "")
         raise TransientFailure(f"{what}: {reason} (gave up after {tries})")
 
