@@ -19,7 +19,7 @@ export SAM_CLI_TELEMETRY := 0
 # sam build looks up python3.13 on PATH; the project venv provides it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format typecheck validate build bench invoke clean scan openapi
+.PHONY: run test lint format typecheck validate build bench invoke clean scan openapi debian-packages
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
@@ -40,10 +40,15 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	@touch $@
 
-run: $(VENV)/.installed
+# docker-registry, skopeo, apache2-utils: installed where possible, else the command to run is
+# printed and make stops (PREHEAT_SKIP_REAL_REGISTRY=1 opts out, and the tests needing them skip).
+debian-packages:
+	@.ci/debian-packages
+
+run: debian-packages $(VENV)/.installed
 	$(PY) -m local.stack
 
-test: $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed lint typecheck
+test: debian-packages $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed lint typecheck
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

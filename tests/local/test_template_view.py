@@ -88,7 +88,7 @@ def test_project_template_resources_and_parameters(template: Template) -> None:
     assert set(template.tables) == {"TasksTable"}
     assert set(template.queues) == {"PreheatQueue", "PreheatDeadLetterQueue", "ScheduledPreheatFailuresQueue"}
     assert template.queues["PreheatQueue"].dead_letter_queue == "PreheatDeadLetterQueue"
-    assert template.queues["PreheatQueue"].max_receive_count == 5
+    assert template.queues["PreheatQueue"].max_receive_count == 50
     assert template.queues["PreheatDeadLetterQueue"].dead_letter_queue is None
     assert template.parameters["TaskTimeoutSeconds"].default == "1800"
     assert template.parameters["Supernodes"].default is None
@@ -171,7 +171,7 @@ def test_queues_are_created_with_the_template_properties(template: Template, mot
     assert attributes["SqsManagedSseEnabled"] == "true"
     assert json.loads(attributes["RedrivePolicy"]) == {
         "deadLetterTargetArn": dlq.attributes["Arn"],
-        "maxReceiveCount": 5,
+        "maxReceiveCount": raw_queue["RedrivePolicy"]["maxReceiveCount"],
     }
     dlq_attributes = sqs.get_queue_attributes(QueueUrl=dlq.ref, AttributeNames=["All"])["Attributes"]
     assert dlq_attributes["MessageRetentionPeriod"] == "1209600"

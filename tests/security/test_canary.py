@@ -18,7 +18,8 @@ import requests
 
 from local.aws import client as local_client
 from local.stack import LocalStack
-from tests.support.registry import OciImage, RegistryServer, make_oci_layout, missing_tools
+from tests.support.fixtures import require_tools
+from tests.support.registry import OciImage, RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 
@@ -40,11 +41,7 @@ class Everything(logging.Handler):
 
 @pytest.fixture(scope="module")
 def secured_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    if missing_tools("docker-registry", "skopeo", "htpasswd"):
-        pytest.skip(
-            "docker-registry, skopeo and htpasswd are needed "
-            "(apt-get install docker-registry skopeo apache2-utils)"
-        )
+    require_tools("docker-registry", "skopeo", "htpasswd")
     with RegistryServer(tmp_path_factory.mktemp("registry"), users={"preheat": CANARY_PASSWORD}) as registry:
         yield registry
 

@@ -83,6 +83,7 @@ class SentMessage:
 class FakeQueue:
     def __init__(self) -> None:
         self.sent: list[SentMessage] = []
+        self.retries: list[tuple[str, float]] = []
         self.fail_next = 0
 
     def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None:
@@ -90,6 +91,12 @@ class FakeQueue:
             self.fail_next -= 1
             raise DependencyFailure("queue down")
         self.sent.append(SentMessage(message, delay_seconds))
+
+    def retry_later(self, receipt_handle: str, delay_seconds: float) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise DependencyFailure("queue down")
+        self.retries.append((receipt_handle, delay_seconds))
 
     def take(self) -> list[WorkerMessage]:
         messages, self.sent = [s.message for s in self.sent], []

@@ -1,12 +1,14 @@
 """pytest fixtures for tests that need a real registry.
 
 Load them with ``pytest_plugins = ["tests.support.fixtures"]`` in the root conftest (or in a test
-module). CI installs docker-registry, skopeo and apache2-utils, so these fixtures skip only on a
-machine that lacks them, and say which.
+module). ``make test`` installs docker-registry, skopeo and apache2-utils first (.ci/debian-packages),
+so a missing tool fails the test that needs it; it skips only under the explicit opt-out
+``PREHEAT_SKIP_REAL_REGISTRY=1``, and the skip reason names it.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +26,21 @@ from tests.support.registry import (
     missing_tools,
 )
 
+SKIP_REAL_REGISTRY = "PREHEAT_SKIP_REAL_REGISTRY"
+INSTALL = "sudo apt-get install -y docker-registry skopeo apache2-utils"
+
 
 def require_tools(*names: str) -> None:
-    """Skip the calling test when one of the executables is not installed."""
+    """Fail the calling test when one of the executables is not installed, saying how to install
+    it; skip it instead under the explicit opt-out PREHEAT_SKIP_REAL_REGISTRY=1."""
+    if os.environ.get(SKIP_REAL_REGISTRY) == "1":
+        pytest.skip(f"{SKIP_REAL_REGISTRY}=1: the tests that need a real registry are skipped")
     missing = missing_tools(*names)
     if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed (apt-get install docker-registry skopeo apache2-utils)"
+        pytest.fail(
+            f"{', '.join(missing)} not installed: run `{INSTALL}` (or `make test`, which does), "
+            f"or set {SKIP_REAL_REGISTRY}=1 to skip the tests that need them",
+            pytrace=False,
         )
 
 

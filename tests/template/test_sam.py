@@ -112,6 +112,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "sqs:SendMessage",
+        "sqs:ChangeMessageVisibility",  # a failed step's retry, after its backoff
         # Pulls from ECR with a token of its own, and registry credentials (or the Dragonfly 2 token)
         # from Secrets Manager when a secret is named.
         "ecr:GetAuthorizationToken",
@@ -169,7 +170,9 @@ def test_secrets_are_granted_only_when_named_and_only_that_secret():
     assert set(grants) == set(expected)
     for condition, (parameter, variable) in expected.items():
         assert grants[condition]["Action"] == ["secretsmanager:GetSecretValue"]
-        assert grants[condition]["Resource"].args.endswith(f":secret:${{{parameter}}}-*")
+        # Secrets Manager appends "-" and 6 characters to a name: "-*" would also grant every
+        # secret whose name merely starts with this one ("name-prod" for "name").
+        assert grants[condition]["Resource"].args.endswith(f":secret:${{{parameter}}}-??????")
         assert worker["Environment"]["Variables"][variable].name == parameter
         assert template["Parameters"][parameter]["Default"] == ""
 
@@ -184,6 +187,11 @@ def test_queue_and_table_are_configured_for_production():
     assert queue["SqsManagedSseEnabled"] is True
     assert resources["PreheatDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
     assert queue["RedrivePolicy"]["maxReceiveCount"] >= 3
+    # The dead-letter consumer's queue too: a batch is never visible again while being worked.
+    dead_letter_timeout = resources["DeadLetterFunction"]["Properties"].get(
+        "Timeout", load_template(ROOT / "template.yaml").raw["Globals"]["Function"]["Timeout"]
+    )
+    assert resources["PreheatDeadLetterQueue"]["Properties"]["VisibilityTimeout"] >= 6 * dead_letter_timeout
     table = resources["TasksTable"]["Properties"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
@@ -191,6 +199,11 @@ def test_queue_and_table_are_configured_for_production():
     assert table["SSESpecification"]["SSEEnabled"] is True
     worker_events = resources["WorkerFunction"]["Properties"]["Events"]["Steps"]["Properties"]
     assert worker_events["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    # A burst of preheats must not flood registries and supernodes: a parameter bounds the workers.
+    assert worker_events["ScalingConfig"]["MaximumConcurrency"].name == "WorkerMaxConcurrency"
+    parameter = load_template(ROOT / "template.yaml").raw["Parameters"]["WorkerMaxConcurrency"]
+    assert parameter["MinValue"] == 2  # Lambda's lowest MaximumConcurrency
+    assert 2 <= parameter["Default"] <= 100
 
 
 def test_samconfig_lints_on_validate_and_has_default_and_prod():

@@ -143,6 +143,81 @@ def test_a_thousand_layers_on_three_supernodes_fit_in_one_item(store):
     assert stored.blobs == blobs
 
 
+def _item_size(item: dict) -> int:
+    """An item's size as DynamoDB counts it against its 400 KB limit: attribute names plus values
+    (strings as UTF-8, binaries as bytes, numbers about one byte per two digits, lists and flags a
+    few bytes each)."""
+
+    def value_size(value: dict) -> int:
+        (kind, data), *_ = value.items()
+        if kind == "S":
+            return len(data.encode())
+        if kind == "B":
+            return len(data)
+        if kind == "N":
+            return len(data) // 2 + 2
+        if kind == "BOOL":
+            return 1
+        if kind == "L":
+            return 3 + sum(value_size(element) + 1 for element in data)
+        raise AssertionError(kind)
+
+    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+
+
+# What a task's item may hold at the service's own limits: every blob an image may have (1024 unique
+# over all its platforms), on three supernodes, each failed with a long error of its own.
+MAX_BLOBS = 1024
+
+
+def _failed_everywhere(rng: random.Random, error_chars: int) -> tuple[BlobProgress, ...]:
+    def noise(k: int) -> str:
+        return "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789 ", k=k))
+
+    return tuple(
+        BlobProgress(
+            label=(digest := "sha256:" + "".join(rng.choices("0123456789abcdef", k=64))),
+            target=f"http://supernode-{n}.example.internal:8002",
+            state=BlobState.FAILED,
+            digest=digest,
+            size=rng.randrange(1, 1 << 40),
+            supernode_task_id="".join(rng.choices("0123456789abcdef", k=64)),
+            error=f"supernode http://supernode-{n}.example.internal:8002 failed task: {noise(error_chars)}",
+        )
+        for _ in range(MAX_BLOBS)
+        for n in range(3)
+    )
+
+
+@pytest.mark.parametrize("error_chars", [0, 300, 2000])
+def test_an_item_at_the_service_limits_with_long_errors_stays_under_dynamodbs_limit(store, aws, error_chars):
+    url, resources = aws
+    blobs = _failed_everywhere(random.Random(error_chars), error_chars)
+    task = new_task(f"00000000-0000-4000-8000-{error_chars:012d}")
+    store.create(task)
+    message = "1024 of 1024 layer(s) failed to preheat: " + "x" * 20000
+    failed = replace(task, blobs=blobs, status=TaskStatus.FAIL, message=message, check_seq=1)
+    assert store.save(failed, expected_check_seq=0)  # moto refuses an item over 400 KB, as DynamoDB does
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    item = client.get_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})["Item"]
+    size = _item_size(item)
+    print(f"task item with {len(blobs)} blobs and {error_chars}-character errors: {size} bytes")
+    assert size < 400 * 1024
+    stored = store.get(task.task_id)
+    assert stored is not None
+    assert [(b.label, b.target, b.state, b.digest, b.size) for b in stored.blobs] == [
+        (b.label, b.target, b.state, b.digest, b.size) for b in blobs
+    ]
+    # Every blob keeps the start of its error, which names its supernode.
+    for original, kept in zip(blobs, stored.blobs, strict=True):
+        assert kept.error is not None
+        assert original.error is not None
+        assert original.error.startswith(kept.error.removesuffix("..."))
+        assert kept.error.startswith("supernode http://supernode-")
+    # Big items would push other tests' items past the first page of their scans.
+    client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
+
+
 def test_an_unreachable_table_is_a_dependency_failure():
     client = boto3.client(
         "dynamodb",

@@ -626,6 +626,29 @@ def test_index_with_more_than_64_platforms_fails(fake: StubRegistry, client: Htt
     assert len(fake.requests_to("manifests")) == 1
 
 
+def test_an_index_with_more_blobs_than_a_task_holds_fails_before_any_blob_is_probed(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    amd64, _ = fake.add_image(None, [f"amd64 {n}".encode() for n in range(600)])
+    arm64, _ = fake.add_image(None, [f"arm64 {n}".encode() for n in range(600)])
+    fake.add_index(
+        "wide",
+        [
+            (amd64, {"os": "linux", "architecture": "amd64"}),
+            (arm64, {"os": "linux", "architecture": "arm64"}),
+        ],
+    )
+
+    with pytest.raises(
+        PermanentFailure, match="has 1201 distinct blobs over its platform images; at most 1024"
+    ):
+        client.resolve_image(fake.image("wide"), Credentials())
+    assert fake.requests_to("blobs") == []
+    # One platform of it fits.
+    arm = client.resolve_image(fake.image("wide"), Credentials(), [Platform.parse("linux/arm64")])
+    assert len(arm.blobs) == 601
+
+
 def test_manifest_with_more_than_1000_layers_fails(fake: StubRegistry, client: HttpRegistryClient):
     fake.add_image("deep", [str(n).encode() for n in range(1001)])
 
@@ -1269,22 +1292,25 @@ def test_signature_params(url: str, expected: int):
 
 def test_threads_share_one_session_pool(fake: StubRegistry):
     """The default pool of workers over the default adapter must not warn about a full connection pool,
-    and really runs that many requests at once."""
-    assert registry_module.DEFAULT_MAX_WORKERS >= 16
-    fake.add_image("v1", [f"layer {n}".encode() for n in range(2 * registry_module.DEFAULT_MAX_WORKERS)])
-    in_flight = [0, 0]  # now, most
+    and really runs that many requests at once: the first DEFAULT_MAX_WORKERS blob requests wait at a
+    barrier that only opens once all of them are in flight (no timing involved)."""
+    workers = registry_module.DEFAULT_MAX_WORKERS
+    assert workers >= 16
+    fake.add_image("v1", [f"layer {n}".encode() for n in range(2 * workers)])
+    # Generous: it only bounds a broken run, the barrier opens as soon as the last request arrives.
+    barrier = threading.Barrier(workers, timeout=60)
+    arrivals = [0]
     lock = threading.Lock()
 
-    def slow(request: StubRequest, digest: str) -> StubResponse:
+    def gathered(request: StubRequest, digest: str) -> StubResponse:
         with lock:
-            in_flight[0] += 1
-            in_flight[1] = max(in_flight)
-        time.sleep(0.05)
-        with lock:
-            in_flight[0] -= 1
+            arrivals[0] += 1
+            first_wave = arrivals[0] <= workers
+        if first_wave:
+            barrier.wait()  # BrokenBarrierError (an HTTP 500 here) if fewer were ever in flight
         return StubResponse(200, b"x")
 
-    fake.blob_answer = slow
+    fake.blob_answer = gathered
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
@@ -1294,9 +1320,10 @@ def test_threads_share_one_session_pool(fake: StubRegistry):
         resolved = client.resolve_image(fake.image("v1"), Credentials()).blobs
     finally:
         logging.getLogger("urllib3.connectionpool").removeHandler(handler)
-    assert len(resolved) == 2 * registry_module.DEFAULT_MAX_WORKERS + 1
-    assert in_flight[1] == registry_module.DEFAULT_MAX_WORKERS
-    assert fake.server.connections <= registry_module.DEFAULT_MAX_WORKERS + 1
+    assert len(resolved) == 2 * workers + 1
+    assert not barrier.broken
+    assert arrivals[0] == 2 * workers + 1
+    assert fake.server.connections <= workers + 1
     assert not [w for w in warnings if "pool is full" in w]
     # The pool's threads are gone once the call returns.
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("registry")]

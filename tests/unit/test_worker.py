@@ -17,7 +17,7 @@ from preheat.models import (
 )
 from preheat.service import PreheatService
 from preheat.settings import Settings
-from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up
+from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up, retry_delay
 from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
 
 SETTINGS = Settings(
@@ -554,4 +554,198 @@ def test_the_start_step_resolves_within_what_the_invocation_has_left(world):
     world.submit()
     [start] = world.queue.take()
     world.worker.handle(start, time_budget_seconds=42.0)
-    assert world.registry.seen_budgets == [42.0]
+    [budget] = world.registry.seen_budgets
+    assert budget is not None
+    assert 0 < budget <= 42.0
+
+
+# -- retries on a clock that fits the failure -------------------------------------------------------
+
+
+def test_the_retry_delay_doubles_with_jitter_up_to_its_cap():
+    settings = Settings(retry_base_delay_seconds=1.0, retry_max_delay_seconds=60.0)
+    lowest = [retry_delay(attempt, settings, rand=lambda: 0.0) for attempt in range(1, 10)]
+    highest = [retry_delay(attempt, settings, rand=lambda: 1.0) for attempt in range(1, 10)]
+    assert highest == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert lowest == [delay / 2 for delay in highest]  # half of it is jitter, half is backoff
+    assert retry_delay(1000, settings) <= 60
+
+
+def test_the_retry_delay_honours_retry_after_within_the_cap():
+    settings = Settings(retry_base_delay_seconds=1.0, retry_max_delay_seconds=60.0)
+    assert retry_delay(1, settings, retry_after=30, rand=lambda: 0.0) == 30
+    assert retry_delay(1, settings, retry_after=3600, rand=lambda: 0.0) == 60
+    assert retry_delay(7, settings, retry_after=1, rand=lambda: 1.0) == 60  # never sooner than backoff
+
+
+def test_a_task_failing_until_its_deadline_ends_fail_naming_what_it_waited_for_and_the_error(world):
+    task_id = world.submit()
+    [start] = world.queue.take()
+    world.registry.errors.append(TransientFailure("registry h.io answered HTTP 503: UNAVAILABLE"))
+    with pytest.raises(TransientFailure):
+        world.worker.handle(start)
+    world.clock.advance(601)
+    world.worker.handle(start)  # the retry that comes after the deadline
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    message = task.message or ""
+    assert message.startswith("timed out: still RUNNING at the deadline")
+    assert f"waiting for the registry to resolve {IMAGE}" in message
+    assert message.endswith("last error: registry h.io answered HTTP 503: UNAVAILABLE")
+
+
+def test_a_check_timing_out_names_the_pending_blobs_and_the_last_failed_look(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.down.add(TWO_NODES[1])  # looks at it fail from here on
+    world.deliver_all()
+    world.clock.advance(601)
+    world.deliver_all()
+    message = world.task(task_id).message or ""
+    assert "still pending: " in message
+    assert LAYERS[0].digest in message
+    assert f"last error: {LAYERS[0].label} on {TWO_NODES[1]}: could not poll: supernode" in message
+
+
+def test_the_dead_letter_consumer_names_what_the_task_waited_for(world):
+    world.registry.errors.append(TransientFailure("registry answered 503"))
+    world.submit()
+    [start] = world.queue.take()
+    with pytest.raises(TransientFailure):
+        world.worker.handle(start)
+    task = give_up(world.store, start, receive_count=50, clock=world.clock)
+    assert task is not None
+    assert task.status is TaskStatus.FAIL
+    assert task.message == (
+        "the worker gave up on its 'start' step after 50 attempts, waiting for the registry to "
+        f"resolve {IMAGE}; last error: registry answered 503"
+    )
+
+
+def test_the_dead_letter_consumer_leaves_a_task_whose_step_moved_on_alone(world):
+    task_id = world.submit()
+    [start] = world.queue.take()
+    world.worker.handle(start)  # dispatched: a dead copy of the start is stale
+    assert give_up(world.store, start, receive_count=50, clock=world.clock).status is TaskStatus.RUNNING
+    [check] = world.queue.take()
+    world.worker.handle(check)  # check 1 sent check 2: a dead check 1 is stale too
+    assert give_up(world.store, check, receive_count=50, clock=world.clock).status is TaskStatus.RUNNING
+    [current] = world.queue.take()
+    ended = give_up(world.store, current, receive_count=50, clock=world.clock)
+    assert ended is not None
+    assert ended.status is TaskStatus.FAIL
+    assert "still pending: " in (ended.message or "")
+    assert world.task(task_id).status is TaskStatus.FAIL
+
+
+class _Stale:
+    """A store whose reads answer a snapshot: a delivery that read the task just before another
+    delivery of the same step wrote it, as two concurrent deliveries do."""
+
+    def __init__(self, store: FakeTaskStore, task_id: str) -> None:
+        self._store, self._snapshot = store, store.tasks[task_id]
+
+    def get(self, task_id):
+        return self._snapshot
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_concurrent_deliveries_of_one_check_leave_one_chain(world):
+    task_id = world.submit()
+    world.deliver_all()
+    [check] = world.queue.take()
+    late = Worker(
+        _Stale(world.store, task_id), world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock
+    )
+    world.worker.handle(check)
+    late.handle(check)  # read the task before the first delivery's write: sends a check, loses the write
+    both = world.queue.take()
+    assert [m.seq for m in both] == [2, 2]
+    assert both[0].chain != both[1].chain
+    for message in both:
+        world.worker.handle(message)
+    assert [s.message.seq for s in world.queue.sent] == [3]  # one chain goes on, the other is dropped
+    world.nodes.finish()
+    world.deliver_all()
+    assert world.task(task_id).status is TaskStatus.SUCCESS
+
+
+def test_concurrent_deliveries_of_one_start_leave_one_chain(world):
+    task_id = world.submit()
+    [start] = world.queue.take()
+    late = Worker(
+        _Stale(world.store, task_id), world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock
+    )
+    world.worker.handle(start)
+    late.handle(start)  # resolved and sent too, but its progress write lost: it hands over nothing
+    [check] = world.queue.take()
+    assert check.seq == 1
+    world.worker.handle(check)
+    assert len(world.queue.sent) == 1
+    assert world.task(task_id).dispatched
+
+
+def test_a_supernode_that_never_answers_costs_the_step_one_round_of_failures():
+    world = World(targets=("http://sn1:8002",))
+    many = [
+        Blob(url=f"https://h.io/v2/app/blobs/sha256:{n:064x}", digest=f"sha256:{n:064x}") for n in range(200)
+    ]
+    world.registry.images[IMAGE] = many
+    attempts = []
+    original = world.nodes.create
+
+    def silent(target, blob):
+        attempts.append(blob)
+        raise TransientFailure(f"supernode {target} did not accept the preheat of {blob.label}: timed out")
+
+    world.nodes.create = silent
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "200 of 200 layer(s) failed to preheat" in (task.message or "")
+    assert "timed out" in (task.message or "")
+    assert len(attempts) < 200  # the rest were not sent once the supernode kept failing
+    world.nodes.create = original
+
+
+def test_sends_still_unanswered_when_the_step_runs_out_of_time_fail_it_for_a_retry(world):
+    release = threading.Event()
+    original = world.nodes.create
+
+    def stuck(target, blob):
+        release.wait(30)
+        return original(target, blob)
+
+    world.nodes.create = stuck
+    task_id = world.submit()
+    [start] = world.queue.take()
+    try:
+        with pytest.raises(TransientFailure, match="still unanswered when the step's time ran out"):
+            world.worker.handle(start, time_budget_seconds=0.0)
+    finally:
+        release.set()
+    assert "still unanswered" in (world.task(task_id).message or "")
+    assert not world.task(task_id).dispatched
+
+
+def test_an_unexpected_error_reading_the_registry_fails_the_task_instead_of_crashing(world):
+    world.registry.errors.append(RecursionError("maximum recursion depth exceeded"))
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "its server's answer could not be read (RecursionError)" in (task.message or "")
+
+
+def test_an_unexpected_error_reading_a_supernode_fails_the_blob_instead_of_crashing(world):
+    world.nodes.create = lambda target, blob: (_ for _ in ()).throw(
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")
+    )
+    task_id = world.submit()
+    world.deliver_all()
+    task = world.task(task_id)
+    assert task.status is TaskStatus.FAIL
+    assert "could not be read (UnicodeDecodeError)" in (task.message or "")

@@ -27,7 +27,12 @@ class PermanentFailure(PreheatError):
 
 
 class TransientFailure(PreheatError):
-    """Worth another try later (timeouts, 5xx, throttling); the worker lets SQS redeliver."""
+    """Worth another try later (timeouts, 5xx, throttling): the worker makes its message visible
+    again after a backoff, no sooner than ``retry_after`` seconds when the server asked for that."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ClaimHeld(PreheatError):

@@ -473,6 +473,9 @@ class Task:
     blobs: tuple[BlobProgress, ...] = ()
     dispatched: bool = False
     check_seq: int = 0
+    # The token of the one check message the task waits for (see worker.py): a check that carries
+    # another is a duplicate's, and is dropped.
+    check_chain: str = ""
     platforms: tuple[str, ...] = ()  # requested; empty means every platform of an index
     resolved_platforms: tuple[str, ...] = ()
     skipped_attestations: int = 0
@@ -529,9 +532,12 @@ class WorkerMessage:
     step: Step
     seq: int = 0
     headers: Credentials = field(default_factory=Credentials)
+    chain: str = ""  # a check's token, equal to the task's check_chain while it is the current one
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": 1, "taskId": self.task_id, "step": self.step.value, "seq": self.seq}
+        if self.chain:
+            body["chain"] = self.chain
         if self.headers:
             body["header"] = self.headers.reveal()
         return json.dumps(body, separators=(",", ":"))
@@ -545,6 +551,7 @@ class WorkerMessage:
                 step=Step(body["step"]),
                 seq=int(body.get("seq", 0)),
                 headers=Credentials(body.get("header") or {}),
+                chain=str(body.get("chain") or ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             # Never echo the body: it may hold credentials.

@@ -43,6 +43,10 @@ class TaskStore(Protocol):
 class TaskQueue(Protocol):
     def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None: ...
 
+    def retry_later(self, receipt_handle: str, delay_seconds: float) -> None:
+        """Make a received message visible again ``delay_seconds`` from now (rounded up to whole
+        seconds), instead of after the queue's visibility timeout. DependencyFailure if refused."""
+
 
 class RegistryClient(Protocol):
     def resolve_image(

@@ -35,12 +35,38 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def timed_out_message(task: Task) -> str:
+# How a step that will be retried marks the task's msg: the error it met, kept for the end.
+RETRYING_PREFIX = "retrying after: "
+
+
+def waiting_for(task: Task) -> str:
+    """What a RUNNING task is waiting for, as the end of a message."""
+    if not task.dispatched and not task.blobs:
+        source = "the registry" if task.type is PreheatType.IMAGE else "the file's server"
+        return f"waiting for {source} to resolve {task.url}"
     pending = sorted({blob.label for blob in task.blobs if blob.state is BlobState.PENDING})
-    message = f"timed out: still RUNNING at the deadline {task.deadline.isoformat()}"
-    if pending:
-        shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
-        message += f"; still pending: {shown}"
+    if not pending:
+        return "waiting for its next step"
+    shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
+    return f"waiting for the supernodes; still pending: {shown}"
+
+
+def last_error(task: Task) -> str | None:
+    """The last error a RUNNING task met: its step's, or else a pending blob's failed look."""
+    if task.message and task.message.startswith(RETRYING_PREFIX):
+        return task.message.removeprefix(RETRYING_PREFIX)
+    for blob in task.blobs:
+        if blob.state is BlobState.PENDING and blob.error:
+            return f"{blob.label} on {blob.target}: {blob.error}"
+    return task.message or None
+
+
+def timed_out_message(task: Task) -> str:
+    """Why a task ended at its deadline: what it was waiting for, and the last error it met."""
+    message = f"timed out: still RUNNING at the deadline {task.deadline.isoformat()}, {waiting_for(task)}"
+    last = last_error(task)
+    if last:
+        message += f"; last error: {last}"
     return message
 
 

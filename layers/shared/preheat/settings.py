@@ -104,6 +104,10 @@ class Settings:
     check_timeout_seconds: float = 2.0
     check_window_seconds: float = 5.0  # how long one worker step watches the supernodes
     check_interval_seconds: float = 0.25  # between looks within that window
+    # A step that failed for a reason worth retrying comes back after this, doubling per attempt
+    # (with jitter, and no sooner than a Retry-After asks) up to the cap.
+    retry_base_delay_seconds: float = 1.0
+    retry_max_delay_seconds: float = 60.0
     platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
     supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
     supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
@@ -151,6 +155,13 @@ class Settings:
             check_timeout_seconds=_positive_float(env, "PREHEAT_CHECK_TIMEOUT", cls.check_timeout_seconds),
             check_window_seconds=_non_negative_float(env, "PREHEAT_CHECK_WINDOW", cls.check_window_seconds),
             check_interval_seconds=_positive_float(env, "PREHEAT_CHECK_INTERVAL", cls.check_interval_seconds),
+            retry_base_delay_seconds=_positive_float(
+                env, "PREHEAT_RETRY_BASE_DELAY", cls.retry_base_delay_seconds
+            ),
+            retry_max_delay_seconds=min(
+                _positive_float(env, "PREHEAT_RETRY_MAX_DELAY", cls.retry_max_delay_seconds),
+                43200.0,  # SQS's longest visibility timeout
+            ),
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
             supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),

@@ -10,10 +10,18 @@ Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die
   then (or, if shorter, before it hands over), for callers to see, leaving the check sequence
   alone. The write that marks the task dispatched is conditional on it, and comes after the first
   ``check`` message was sent, so a task is never dispatched without a check on its way.
-- ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number;
-  only the one equal to the task's ``check_seq`` is acted on, and its write moves ``check_seq``
-  on conditionally. A duplicate delivery, or the spare message of a worker that died between
-  sending and writing, finds the sequence moved and is dropped: there is one chain of checks.
+- ``check`` polls the supernodes for the blobs still pending. Messages carry a sequence number
+  and a random token; only the one whose sequence and token are the task's ``check_seq`` and
+  ``check_chain`` is acted on, and its write moves both on conditionally. A duplicate delivery,
+  the spare message of a worker that died between sending and writing, or the message of a
+  concurrent delivery that lost the write, carries a token the task does not hold and is dropped:
+  there is one chain of checks, even when two deliveries of one step run at the same moment.
+
+A step that fails for a reason worth retrying (a registry's 503, DynamoDB throttling) leaves its
+error on the task and is retried by SQS after a backoff of seconds (``retry_delay``); a task ended
+by its deadline or by the dead-letter consumer says what it was waiting for and that last error.
+Every step keeps its whole work (resolution, sends, watch) within the time budget it is given, and
+nothing a server answers escapes as anything but a failure with a message.
 
 Each step watches for at most ``check_window_seconds`` (polling every ``check_interval_seconds``),
 so a blob that finishes within seconds is noticed within a fraction of a second. Past the window
@@ -24,15 +32,17 @@ no Lambda waits on a supernode: the check re-queues itself with an SQS delay tha
 from __future__ import annotations
 
 import logging
+import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import datetime
 from typing import Self
 
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import (
     Blob,
     BlobProgress,
@@ -51,7 +61,7 @@ from preheat.models import (
 )
 from preheat.placement import targets_for
 from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
-from preheat.service import timed_out_message
+from preheat.service import RETRYING_PREFIX, last_error, timed_out_message, waiting_for
 from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +79,38 @@ PROGRESS_AFTER_SECONDS = 0.5
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
 MAX_PARALLEL_SUPERNODE_CALLS = 64
+# Creates on one supernode that failed for a reason worth retrying, one after another, before the
+# step stops sending it the rest: a supernode that accepts connections and never answers costs the
+# step one round of timeouts, not one per blob.
+BREAKER_FAILURES = 3
+
+
+def retry_delay(
+    attempt: int,
+    settings: Settings,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds until a step that failed on its ``attempt``-th try is tried again: doubling from
+    ``retry_base_delay_seconds`` up to ``retry_max_delay_seconds``, with equal jitter (half fixed, so
+    it still backs off; half random, so tasks that failed together do not come back together), and
+    no sooner than a server's ``Retry-After`` (itself capped)."""
+    cap = settings.retry_max_delay_seconds
+    ceiling = min(cap, settings.retry_base_delay_seconds * float(1 << min(max(attempt, 1) - 1, 30)))
+    delay = ceiling / 2 + rand() * ceiling / 2
+    if retry_after is not None and retry_after > 0:
+        delay = max(delay, min(retry_after, cap))
+    return delay
+
+
+class _Budget:
+    """What is left of a step's time (None: unbounded), measured from when the step began."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self._end = None if seconds is None else time.monotonic() + max(0.0, seconds)
+
+    def left(self) -> float | None:
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
 
 
 def _pending(blobs: Sequence[BlobProgress]) -> bool:
@@ -103,8 +145,9 @@ class Worker:
     def handle(self, message: WorkerMessage, time_budget_seconds: float | None = None) -> Task | None:
         """Run one step. Returns the task as this step left it (None if there is nothing to do).
 
-        ``time_budget_seconds`` bounds how long the step may watch the supernodes (what is left of
-        the invocation). Raises TransientFailure when the step should be retried by redelivery.
+        ``time_budget_seconds`` bounds the step's whole work: resolution, sends and watch (what is
+        left of the invocation, less room for the final writes). Raises TransientFailure when the
+        step should be retried by redelivery.
         """
         task = self._store.get(message.task_id)
         if task is None:
@@ -114,16 +157,20 @@ class Worker:
             return task
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
-        window = self._settings.check_window_seconds
-        if time_budget_seconds is not None:
-            window = max(0.0, min(window, time_budget_seconds))
+        budget = _Budget(time_budget_seconds)
         if message.step is Step.START:
-            return self._start(task, message.headers, window, time_budget_seconds)
-        return self._check(task, message.seq, window)
+            return self._start(task, message.headers, budget)
+        return self._check(task, message, budget)
+
+    def _window(self, budget: _Budget) -> float:
+        """How long a watch may last: the configured window, or what the step has left."""
+        left = budget.left()
+        window = self._settings.check_window_seconds
+        return window if left is None else min(window, left)
 
     # -- start: resolve, dispatch, watch ----------------------------------------------------
 
-    def _start(self, task: Task, headers: Credentials, window: float, budget: float | None) -> Task:
+    def _start(self, task: Task, headers: Credentials, budget: _Budget) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
         if not self._supernodes.targets:
@@ -132,17 +179,31 @@ class Worker:
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
         with _Dispatch(self._send, targets, scope) as dispatch:
             try:
-                resolution = self._resolve(task, headers, dispatch.submit, budget)
+                resolution = self._resolve(task, headers, dispatch.submit, budget.left())
+                # Sends still unanswered when the step's time is up fail it, for a clean retry.
+                progress = dispatch.progress(resolution.blobs, budget.left())
             except PermanentFailure as exc:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
-                # Leave a note for the caller and for the dead-letter consumer, then retry by
-                # redelivery (the blobs already sent are sent again: a supernode joins repeats).
+                # Leave a note for the caller, the deadline and the dead-letter consumer, then retry
+                # after a backoff (the blobs already sent are sent again: a supernode joins repeats).
                 self._store.save(
-                    replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
+                    replace(task, message=f"{RETRYING_PREFIX}{exc}"), expected_check_seq=task.check_seq
                 )
                 raise
-            progress = dispatch.progress(resolution.blobs)
+            except Exception as exc:
+                if isinstance(exc, PreheatError):
+                    raise
+                # Whatever a server answered must not crash the step into a redelivery loop.
+                logger.exception("resolving task %s failed unexpectedly", task.task_id)
+                what = "image" if task.type is PreheatType.IMAGE else "file"
+                return self._finish(
+                    task,
+                    TaskStatus.FAIL,
+                    f"could not resolve the {what} {task.url}: its server's answer could not be read "
+                    f"({type(exc).__name__})",
+                    task.blobs,
+                )
         task = replace(
             task,
             blobs=progress,
@@ -153,7 +214,7 @@ class Worker:
         if not _pending(progress):
             return self._conclude(task)
         # Every pending blob was looked at right after its create: the watch starts with a pause.
-        return self._watch_then_requeue(task, window, dispatching=True, looked=True)
+        return self._watch_then_requeue(task, self._window(budget), dispatching=True, looked=True)
 
     def _resolve(
         self, task: Task, headers: Credentials, on_blob: Callable[[Blob], None], budget: float | None
@@ -186,11 +247,11 @@ class Worker:
 
     def _send(self, blob: Blob, target: str) -> BlobProgress:
         """Create ``blob`` on ``target``, and look at it shortly after if it is not done yet (a small
-        blob often is by then)."""
+        blob often is by then). A TransientFailure of the create is raised (see _Dispatch)."""
         progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
         try:
             answer = self._supernodes.create(target, blob)
-        except (PermanentFailure, TransientFailure) as exc:
+        except PermanentFailure as exc:
             return progress.with_state(BlobState.FAILED, str(exc))
         progress = replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
         if progress.state is BlobState.PENDING:
@@ -199,11 +260,13 @@ class Worker:
 
     # -- check: poll what is pending ----------------------------------------------------------
 
-    def _check(self, task: Task, seq: int, window: float) -> Task:
-        if seq != task.check_seq or not task.dispatched:
-            logger.info("dropping stale check %s of task %s (at %s)", seq, task.task_id, task.check_seq)
+    def _check(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
+        if not is_current(task, message):
+            logger.info(
+                "dropping stale check %s of task %s (at %s)", message.seq, task.task_id, task.check_seq
+            )
             return task
-        return self._watch_then_requeue(task, window, dispatching=False)
+        return self._watch_then_requeue(task, self._window(budget), dispatching=False)
 
     def _watch_then_requeue(
         self, task: Task, window: float, *, dispatching: bool, looked: bool = False
@@ -239,11 +302,14 @@ class Worker:
         if unrecorded and not self._store.save(task, expected_check_seq=task.check_seq):
             return task
         next_seq = task.check_seq + 1
+        # A token of its own: should another delivery of this step send a check too, only the one
+        # whose write wins names the task's chain, and the other's is dropped when it arrives.
+        chain = secrets.token_hex(8)
         self._queue.send(
-            WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
+            WorkerMessage(task.task_id, Step.CHECK, seq=next_seq, chain=chain),
             delay_seconds=self._delay_for(task, next_seq),
         )
-        saved = replace(task, check_seq=next_seq, dispatched=True)
+        saved = replace(task, check_seq=next_seq, dispatched=True, check_chain=chain)
         if not self._store.save(saved, expected_check_seq=task.check_seq):
             what = "dispatched" if dispatching else f"checked at {task.check_seq}"
             logger.info("task %s was %s by another delivery", task.task_id, what)
@@ -257,11 +323,19 @@ class Worker:
         try:
             answer = self._supernodes.status(blob.target, blob.supernode_task_id)
         except TransientFailure as exc:
-            # One missed look is not a verdict; the deadline bounds how long we keep trying.
+            # One missed look is not a verdict; the deadline bounds how long we keep trying, and a
+            # task it ends names this as its last error.
             logger.warning("could not poll %s on %s: %s", blob.label, blob.target, exc)
-            return blob
+            return blob.with_state(BlobState.PENDING, f"could not poll: {exc}")
         except PermanentFailure as exc:
             return blob.with_state(BlobState.FAILED, str(exc))
+        except Exception as exc:
+            # A driver bug on a hostile answer must not crash the step into a redelivery loop.
+            logger.exception("polling %s on %s failed unexpectedly", blob.label, blob.target)
+            return blob.with_state(
+                BlobState.FAILED,
+                f"the answer of {blob.target} about {blob.label} could not be read ({type(exc).__name__})",
+            )
         return blob.with_state(answer.state, answer.error)
 
     def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
@@ -333,38 +407,96 @@ class _Dispatch:
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_SUPERNODE_CALLS, thread_name_prefix="dispatch")
         self._sent: dict[str, list[Future[BlobProgress]]] = {}
         self._lock = threading.Lock()
+        # Per target: transient create failures in a row, and the last one's message.
+        self._failures: dict[str, tuple[int, str]] = {}
+        self._abandoned = False
+
+    def _guarded(self, blob: Blob, target: str) -> BlobProgress:
+        """``send``, turning its failures into a FAILED blob; a target whose creates keep failing
+        for reasons worth retrying gets no more of this step's creates (see BREAKER_FAILURES)."""
+        progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+        with self._lock:
+            failures, last = self._failures.get(target, (0, ""))
+        if failures >= BREAKER_FAILURES:
+            return progress.with_state(
+                BlobState.FAILED, f"not sent: {failures} preheats before it failed on this supernode ({last})"
+            )
+        try:
+            sent = self._send(blob, target)
+        except TransientFailure as exc:
+            with self._lock:
+                count = self._failures.get(target, (0, ""))[0] + 1
+                self._failures[target] = (count, str(exc))
+            return progress.with_state(BlobState.FAILED, str(exc))
+        except Exception as exc:
+            logger.exception("sending %s to %s failed unexpectedly", blob.label, target)
+            return progress.with_state(
+                BlobState.FAILED,
+                f"the answer of {target} to the preheat of {blob.label} could not be "
+                f"read ({type(exc).__name__})",
+            )
+        with self._lock:
+            self._failures.pop(target, None)
+        return sent
 
     def submit(self, blob: Blob) -> None:
         with self._lock:
             if _key(blob) in self._sent:
                 return
             self._sent[_key(blob)] = [
-                self._pool.submit(self._send, blob, target)
+                self._pool.submit(self._guarded, blob, target)
                 for target in targets_for(blob, self._targets, self._scope)
             ]
 
-    def progress(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
+    def progress(self, blobs: Sequence[Blob], time_left: float | None = None) -> tuple[BlobProgress, ...]:
+        """Every blob's result, waiting at most ``time_left`` seconds in all: sends still unanswered
+        then raise TransientFailure (and are abandoned, not waited for)."""
         for blob in blobs:
             self.submit(blob)
         with self._lock:
             sent = [self._sent[_key(blob)] for blob in blobs]
-        return tuple(future.result() for futures in sent for future in futures)
+        futures = [future for group in sent for future in group]
+        _, unanswered = wait(futures, timeout=time_left)
+        if unanswered:
+            self._abandoned = True
+            with self._lock:
+                failing = {target: last for target, (_, last) in self._failures.items()}
+            detail = f"; last error: {next(iter(failing.values()))}" if failing else ""
+            raise TransientFailure(
+                f"{len(unanswered)} of {len(futures)} preheat requests to the supernodes were still "
+                f"unanswered when the step's time ran out{detail}"
+            )
+        return tuple(future.result() for future in futures)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True)
+        # Abandoned sends finish on their own (each is bounded by the driver's timeouts): the step
+        # must end within its time, and a supernode joins the repeat a retry makes.
+        self._pool.shutdown(wait=not self._abandoned, cancel_futures=self._abandoned)
 
 
 def _key(blob: Blob) -> str:
     return blob.digest or blob.url
 
 
+def is_current(task: Task, message: WorkerMessage) -> bool:
+    """Whether ``message`` is the step ``task`` waits for: its start before it is dispatched, then
+    the check whose sequence and token the task holds (a task from before tokens holds none)."""
+    if message.step is Step.START:
+        return not task.dispatched
+    if not task.dispatched or message.seq != task.check_seq:
+        return False
+    return not task.check_chain or message.chain == task.check_chain
+
+
 def give_up(
     store: TaskStore, message: WorkerMessage, receive_count: int, clock: Callable[[], datetime] = utcnow
 ) -> Task | None:
-    """End the task of a message that exhausted its receives as FAIL, saying why.
+    """End the task of a message that exhausted its receives as FAIL, saying what it was waiting
+    for and the last error it met; unless the message is stale (the task moved on to another step,
+    driven by another message), which leaves the task alone.
 
     Retries once on a conflicting write, since a late worker may have moved the task meanwhile.
     """
@@ -372,9 +504,22 @@ def give_up(
         task = store.get(message.task_id)
         if task is None or task.status.terminal:
             return task
-        reason = f"the worker gave up on its '{message.step.value}' step after {receive_count} attempts"
-        if task.message:
-            reason += f"; last error: {task.message.removeprefix('retrying after: ')}"
+        if not is_current(task, message):
+            logger.info(
+                "dead %s message %s of task %s is stale (the task is at check %s): left alone",
+                message.step.value,
+                message.seq,
+                task.task_id,
+                task.check_seq,
+            )
+            return task
+        reason = (
+            f"the worker gave up on its '{message.step.value}' step after {receive_count} attempts, "
+            f"{waiting_for(task)}"
+        )
+        last = last_error(task)
+        if last:
+            reason += f"; last error: {last}"
         failed = replace(
             task, status=TaskStatus.FAIL, message=reason, finished_at=clock(), check_seq=task.check_seq + 1
         )

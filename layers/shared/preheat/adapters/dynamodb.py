@@ -2,8 +2,11 @@
 both win.
 
 Blob progress travels inside the task item as compressed JSON so that a task costs the same few
-requests whether its image has 1 layer or 1000 (a 1000-layer, 3-supernode task compresses to well
-under DynamoDB's 400 KB item limit).
+requests whether its image has 1 layer or 1000. What is stored per blob is bounded so that the item
+stays under DynamoDB's 400 KB limit at the service's own limits (1024 blobs on 3 supernodes, each
+with a long error of its own): errors are cut, and cut shorter while the progress would not fit
+(the task's ``msg`` keeps the first ten in full); past that, finished blobs lose their supernode
+task ids, which only pending blobs need.
 """
 
 from __future__ import annotations
@@ -33,9 +36,47 @@ from preheat.settings import Settings
 CLAIM_PREFIX = "claim#"
 
 
-def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
-    rows = [[b.label, b.target, b.state.value, b.digest, b.size, b.supernode_task_id, b.error] for b in blobs]
+# The most the compressed blob progress may take of the item; the rest of it (url, msg, dates,
+# platforms, attribute names) is bounded to a few KB.
+MAX_BLOBS_BYTES = 320 * 1024
+# The longest error stored per blob, then the shorter cuts tried while the progress does not fit.
+ERROR_CUTS = (500, 160, 60)
+# Stored for a digest equal to its blob's label (every layer's), which is then stored once.
+_SAME_AS_LABEL = 1
+# The longest ``msg`` stored (the conclusion lists ten failures).
+MAX_MESSAGE_CHARS = 8000
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}..."
+
+
+def _encode(blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: bool) -> bytes:
+    rows = [
+        [
+            b.label,
+            b.target,
+            b.state.value,
+            _SAME_AS_LABEL if b.digest == b.label else b.digest,  # a layer's label is its digest
+            b.size,
+            b.supernode_task_id if finished_ids or b.state is BlobState.PENDING else None,
+            _cut(b.error, error_chars),
+        ]
+        for b in blobs
+    ]
     return zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), level=6)
+
+
+def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
+    data = b""
+    for finished_ids in (True, False):
+        for error_chars in ERROR_CUTS:
+            data = _encode(blobs, error_chars, finished_ids)
+            if len(data) <= MAX_BLOBS_BYTES:
+                return data
+    return data  # DynamoDB refuses it: the write fails as a DependencyFailure naming the code
 
 
 def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
@@ -47,7 +88,7 @@ def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
             label=label,
             target=target,
             state=BlobState(state),
-            digest=digest,
+            digest=label if digest == _SAME_AS_LABEL else digest,
             size=size,
             supernode_task_id=task_id,
             error=error,
@@ -148,11 +189,14 @@ class DynamoDBTaskStore:
         }
         sets = ["#status = :status", "checkSeq = :seq", "dispatched = :dispatched"]
         removes = []
+        if task.check_chain:
+            values[":chain"] = {"S": task.check_chain}
+            sets.append("checkChain = :chain")
         if task.blobs:
             values[":blobs"] = {"B": _blobs_to_binary(task.blobs)}
             sets.append("blobs = :blobs")
         if task.message:
-            values[":msg"] = {"S": task.message}
+            values[":msg"] = {"S": _cut(task.message, MAX_MESSAGE_CHARS)}
             sets.append("#msg = :msg")
         else:
             removes.append("#msg")
@@ -236,6 +280,7 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         blobs=_blobs_from_binary(blobs),
         dispatched=item.get("dispatched", {}).get("BOOL", False),
         check_seq=int(item.get("checkSeq", {}).get("N", "0")),
+        check_chain=item.get("checkChain", {}).get("S", ""),
         platforms=_strings(item.get("platforms")),
         resolved_platforms=_strings(item.get("resolvedPlatforms")),
         skipped_attestations=int(item.get("skippedAttestations", {}).get("N", "0")),

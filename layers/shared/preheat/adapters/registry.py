@@ -85,6 +85,9 @@ _FOREIGN_LAYER_RE = re.compile(r"foreign|nondistributable")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LAYERS = 1000
 MAX_PLATFORMS = 64
+# Distinct blobs one task preheats, over all its platforms: a 1000-layer image and its config fit,
+# and so does the task's record of every blob on every supernode (DynamoDB's 400 KB item).
+MAX_BLOBS = 1024
 MAX_REDIRECTS = 10
 # Blob and file URLs are probed for their first byte: a server that honours ranges answers 206 with
 # that byte, and the connection goes back to the pool instead of being dropped with a whole blob
@@ -517,6 +520,11 @@ class HttpRegistryClient:
         unique: dict[str, _Descriptor] = {}
         for descriptor in descriptors:
             unique.setdefault(descriptor.digest, descriptor)
+        if len(unique) > MAX_BLOBS:
+            raise PermanentFailure(
+                f"{label} has {len(unique)} distinct blobs over its platform images; at most {MAX_BLOBS} "
+                "are preheated per task: name the platforms you need in 'platform'"
+            )
 
         def resolve_blob(descriptor: _Descriptor) -> Blob:
             start = descriptor.url or image.blob_url(descriptor.digest, insecure)

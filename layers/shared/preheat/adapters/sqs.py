@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -11,6 +12,9 @@ from preheat.adapters import aws
 from preheat.errors import DependencyFailure
 from preheat.models import WorkerMessage
 from preheat.settings import Settings
+
+# The longest visibility timeout SQS accepts (12 hours).
+MAX_VISIBILITY_SECONDS = 43200
 
 
 class SqsTaskQueue:
@@ -42,3 +46,19 @@ class SqsTaskQueue:
             raise DependencyFailure(f"could not queue the task: {error.get('Code', 'error')}") from None
         except BotoCoreError as exc:
             raise DependencyFailure(f"could not queue the task: {type(exc).__name__}") from None
+
+    def retry_later(self, receipt_handle: str, delay_seconds: float) -> None:
+        if not self._queue_url:
+            raise DependencyFailure("no queue configured: set PREHEAT_QUEUE_URL")
+        seconds = max(0, min(math.ceil(delay_seconds), MAX_VISIBILITY_SECONDS))
+        try:
+            # Lambda's event source leaves a failed record's visibility alone: the record comes back
+            # after this, not after the queue's visibility timeout (sized for the function timeout).
+            self._client.change_message_visibility(
+                QueueUrl=self._queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+            )
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise DependencyFailure(f"could not delay the retry: {error.get('Code', 'error')}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not delay the retry: {type(exc).__name__}") from None

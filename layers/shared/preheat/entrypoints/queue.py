@@ -22,11 +22,13 @@ from preheat import bootstrap
 from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.errors import DependencyFailure, TransientFailure
 from preheat.models import WorkerMessage
-from preheat.worker import give_up
+from preheat.settings import get_settings
+from preheat.worker import give_up, retry_delay
 
-# Seconds kept back from the invocation's remaining time when a step watches the supernodes: room
-# for the writes and the message that hand the task over.
-_HANDOVER_MARGIN_SECONDS = 15.0
+# The share of the invocation's remaining time kept back from a step's work (resolution, sends,
+# watch): room for the last round of supernode calls to time out, then the writes and the message
+# that hand the task over. A share, not a number of seconds, so that it holds on any clock.
+_HANDOVER_MARGIN_SHARE = 0.2
 
 
 def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> None:
@@ -38,8 +40,21 @@ def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> Non
     try:
         task = bootstrap.worker().handle(message, time_budget_seconds)
     except (TransientFailure, DependencyFailure) as exc:
-        # Reported as a batch item failure: SQS redelivers it, then the dead-letter queue takes over.
-        logger.warning("step failed, will be retried", extra={"reason": str(exc)})
+        # Reported as a batch item failure, after making the message visible again after a backoff
+        # of seconds: Lambda leaves a failed record's visibility as it is, and the queue's own
+        # timeout is sized for the function's, minutes away. Past maxReceiveCount the dead-letter
+        # queue takes over.
+        attempt = int(record.attributes.approximate_receive_count or 1)
+        delay = retry_delay(attempt, get_settings(), getattr(exc, "retry_after", None))
+        try:
+            bootstrap.task_queue().retry_later(record.receipt_handle, delay)
+        except DependencyFailure as refused:
+            # The queue's visibility timeout then brings it back instead: later, never lost.
+            logger.warning("could not schedule the retry", extra={"reason": str(refused)})
+        logger.warning(
+            "step failed, will be retried",
+            extra={"reason": str(exc), "attempt": attempt, "retry_in": round(delay, 3)},
+        )
         metrics.add_metric(name="StepRetries", unit=MetricUnit.Count, value=1)
         raise
     if task is not None and task.status.terminal and task.finished_at is not None:
@@ -49,7 +64,7 @@ def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> Non
 def handle_steps(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     """Run the batch's steps concurrently: each may watch the supernodes for seconds, and one
     record's wait must not delay the others' completion."""
-    budget = context.get_remaining_time_in_millis() / 1000 - _HANDOVER_MARGIN_SECONDS
+    budget = context.get_remaining_time_in_millis() / 1000 * (1 - _HANDOVER_MARGIN_SHARE)
 
     async def run_in_thread(record: SQSRecord) -> None:
         await asyncio.to_thread(run_step, record, budget)
@@ -75,7 +90,7 @@ def fail_dead_letter(record: SQSRecord) -> None:
         return
     task = give_up(bootstrap.task_store(), message, attempts)
     logger.error(
-        "worker message exhausted its receives; task marked FAIL",
+        "worker message exhausted its receives; its task is marked FAIL unless it moved on",
         extra={
             "task_id": message.task_id,
             "step": message.step.value,
