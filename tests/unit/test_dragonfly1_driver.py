@@ -349,3 +349,70 @@ def test_blob_headers_never_reach_exception_messages_when_unreachable(closed_por
 
     assert "canary" not in str(failure.value)
     assert failure.value.__cause__ is None
+
+
+# -- hostile answers: each is a failure with a message, never an exception of another kind ----------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_an_answer_nested_too_deep_is_a_permanent_failure(fake: Any) -> None:
+    node = fake({("POST", "/preheats"): [(201, DEEP)], ("GET", f"/preheats/{TASK_ID}"): [(200, DEEP)]})
+    subject = driver(node.url)
+    with pytest.raises(PermanentFailure, match='without a task "ID"'):
+        subject.create(node.url, blob())
+    with pytest.raises(PermanentFailure, match="answered HTTP 200 to the status"):
+        subject.status(node.url, TASK_ID)
+
+
+def test_a_huge_answer_is_read_no_further_than_the_bound(fake: Any) -> None:
+    node = fake({("POST", "/preheats"): [(201, b" " * (3 * 1024 * 1024))]})
+    with pytest.raises(PermanentFailure, match="answered more than 1048576 bytes"):
+        driver(node.url).create(node.url, blob())
+    assert node.count("POST", "/preheats") == 1
+
+
+def test_wrong_types_and_invalid_utf8_are_failures_with_a_message(fake: Any) -> None:
+    node = fake(
+        {
+            ("POST", "/preheats"): [(201, {"ID": ["not", "a", "string"]}), (201, {"ID": "x" * 10_000})],
+            ("GET", f"/preheats/{TASK_ID}"): [
+                (200, {"status": {"nested": True}}),
+                (200, b'{"status": "FAILED", "errorMsg": "disk \xff\xfe full"}'),
+                (400, b"\xff\xfe\xfd"),
+            ],
+        }
+    )
+    subject = driver(node.url)
+    with pytest.raises(PermanentFailure, match='without a task "ID"'):
+        subject.create(node.url, blob())
+    with pytest.raises(PermanentFailure, match='without a task "ID"'):
+        subject.create(node.url, blob())
+    assert subject.status(node.url, TASK_ID).state is BlobState.FAILED  # an unknown status
+    with pytest.raises(PermanentFailure, match="answered HTTP 200 to the status"):
+        subject.status(node.url, TASK_ID)  # not JSON (invalid UTF-8)
+    with pytest.raises(PermanentFailure, match="HTTP 400"):
+        subject.status(node.url, TASK_ID)
+
+
+def test_a_truncated_answer_is_transient(fake: Any) -> None:
+    class Truncating(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(201)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"ID": "abc')  # then the connection closes
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(TransientFailure, match="after 3 attempts: connection failed"):
+            driver(url).create(url, blob())
+    finally:
+        server.shutdown()
+        server.server_close()

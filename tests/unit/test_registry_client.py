@@ -1379,3 +1379,53 @@ def test_a_file_resolution_keeps_to_its_time_budget_too(fake: StubRegistry):
 
     with pytest.raises(TransientFailure, match="time ran out"):
         client.resolve_file(url, Credentials(), time_budget_seconds=0.3)
+
+
+# -- hostile answers: each is a failure with a message, transient or permanent as it deserves ------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_a_manifest_nested_too_deep_is_a_permanent_failure(fake: StubRegistry, client: HttpRegistryClient):
+    fake.manifests["deep"] = (OCI_MANIFEST, DEEP)
+    with pytest.raises(PermanentFailure, match="is not valid JSON"):
+        client.resolve_image(fake.image("deep"), Credentials())
+
+
+def test_a_503_whose_body_nests_too_deep_is_still_a_transient_failure(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    fake.script = [StubResponse(503, DEEP, {"Content-Type": "application/json", "Retry-After": "7"})] * 4
+    with pytest.raises(TransientFailure, match="answered HTTP 503") as caught:
+        client.resolve_image(fake.image("v1"), Credentials())
+    assert caught.value.retry_after == 7  # the step's retry keeps to it too
+
+
+def test_a_token_answer_nested_too_deep_or_not_utf8_is_a_permanent_failure(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    fake.add_image("v1", [b"layer"])
+    fake.auth = bearer_auth(fake, "good-token")
+    for body in (DEEP, b'{"token": "\xff\xfe"}', b'{"token": {"nested": ["object"]}}'):
+        fake.token_answer = lambda request, body=body: StubResponse(
+            200, body, {"Content-Type": "application/json"}
+        )
+        with pytest.raises(PermanentFailure, match="answered without a usable token"):
+            client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_a_manifest_of_invalid_utf8_or_wrong_types_is_a_permanent_failure(
+    fake: StubRegistry, client: HttpRegistryClient
+):
+    fake.manifests["bytes"] = (OCI_MANIFEST, b'{"schemaVersion": 2, "layers": ["\xff\xfe"]}')
+    fake.manifests["dict"] = (OCI_MANIFEST, json.dumps({"config": {}, "layers": {"a": 1}}).encode())
+    fake.manifests["ints"] = (OCI_MANIFEST, json.dumps({"config": {"digest": 5}, "layers": [1, 2]}).encode())
+    fake.manifests["index"] = (OCI_INDEX, json.dumps({"manifests": [[], "x"]}).encode())
+    for reference, reason in (
+        ("bytes", "is not valid JSON"),
+        ("dict", "without 'config' and 'layers'"),
+        ("ints", "without a valid 'digest'"),
+        ("index", "has an index entry that is not an object"),
+    ):
+        with pytest.raises(PermanentFailure, match=reason):
+            client.resolve_image(fake.image(reference), Credentials())

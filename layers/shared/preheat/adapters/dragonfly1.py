@@ -31,6 +31,9 @@ from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 
 MAX_QUOTED_CHARS = 300
+# A supernode task id goes into a URL path and into the task's record: the Go supernode's are 64
+# hex digits, the Java one's shorter; an id beyond this is not one.
+MAX_TASK_ID_CHARS = 256
 
 # What ``create`` answers when a supernode says "already exists" without saying which task: there is
 # nothing to poll, and Harbor counts that answer as warm, so the blob is SUCCESS under this id.
@@ -89,7 +92,7 @@ class Dragonfly1Driver(HttpTargetDriver):
             message = _message(answer, response, secrets)
             if code in (200, 201):
                 task_id = answer.get("ID") if isinstance(answer, dict) else None
-                if not isinstance(task_id, str) or not task_id:
+                if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID_CHARS:
                     raise PermanentFailure(
                         f"supernode {display_target(target)} answered HTTP {code} to the preheat of "
                         f'{blob.label} without a task "ID": {message}'
@@ -173,7 +176,7 @@ def _message(answer: Any, response: Response, secrets: tuple[str, ...] = ()) -> 
 def _existing_id(answer: Any, message: str) -> str | None:
     if isinstance(answer, dict):
         task_id = answer.get("ID")
-        if isinstance(task_id, str) and task_id:
+        if isinstance(task_id, str) and task_id and len(task_id) <= MAX_TASK_ID_CHARS:
             return task_id
     match = _EXISTING_ID_RE.search(message)
     return match.group(1) if match else None

@@ -70,24 +70,42 @@ class InvalidHeader(RequestError):
     """A header value that cannot be sent (not Latin-1, or with a line break)."""
 
 
+class BodyTooLarge(RequestError):
+    """An answer longer than the request's ``max_body``: its reader stopped there."""
+
+
+# The most of an answer read into memory unless a request says otherwise: what a supernode or a
+# manager answers is a small JSON document; a server that sends more is not one of them.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
 class Response:
     """An answer: ``status_code``, ``headers`` (case-insensitive) and the body, either read at once
     (``content``, ``text``, ``json()``) or streamed (``iter_content``, ``read``). Use it as a context
     manager: closing it returns a fully read connection to the pool and drops any other."""
 
-    __slots__ = ("_consumed", "_content", "_raw", "headers", "status_code")
+    __slots__ = ("_consumed", "_content", "_max_body", "_raw", "headers", "status_code")
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, max_body: int = DEFAULT_MAX_BODY) -> None:
         self._raw = raw
         self.status_code: int = raw.status
         self.headers = raw.headers
         self._content: bytes | None = None
         self._consumed = False
+        self._max_body = max_body
 
     @property
     def content(self) -> bytes:
+        """The body, read to its end; BodyTooLarge past ``max_body`` bytes (then left unread)."""
         if self._content is None:
-            self._content = b"".join(self.iter_content(64 * 1024))
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in self.iter_content(64 * 1024):
+                total += len(chunk)
+                if total > self._max_body:
+                    raise BodyTooLarge(f"the answer is longer than {self._max_body} bytes")
+                chunks.append(chunk)
+            self._content = b"".join(chunks)
         return self._content
 
     @property
@@ -95,8 +113,9 @@ class Response:
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
-        """The body as JSON; ValueError when it is not."""
-        return jsonlib.loads(self.content)
+        """The body as JSON; ValueError when it is not (invalid UTF-8 and nesting too deep for the
+        parser included)."""
+        return loads(self.content)
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
         try:
@@ -145,9 +164,11 @@ class HttpClient:
         params: Sequence[tuple[str, str]] | None = None,
         json: Any = None,
         stream: bool = False,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> Response:
         """One request, no redirects followed and no retries. ``stream`` leaves the body to be read
-        (and the response to be closed) by the caller; otherwise it is read before this returns."""
+        (and the response to be closed) by the caller; otherwise it is read before this returns,
+        and an answer longer than ``max_body`` bytes raises BodyTooLarge."""
         send_headers = dict(headers or {})
         body = None
         if json is not None:
@@ -182,7 +203,7 @@ class HttpClient:
             raise InvalidHeader(type(exc).__name__) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ConnectionFailed(repr(exc)) from None
-        response = Response(raw)
+        response = Response(raw, max_body)
         if not stream:
             with response:
                 _ = response.content
@@ -190,6 +211,15 @@ class HttpClient:
 
     def get(self, url: str, **kwargs: Any) -> Response:
         return self.request("GET", url, **kwargs)
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads`` whose every failure is a ValueError: a document nested deeper than the parser
+    recurses raises RecursionError otherwise, which no caller expects of an answer."""
+    try:
+        return jsonlib.loads(data)
+    except RecursionError:
+        raise ValueError("the JSON document is nested too deeply") from None
 
 
 # -- the outbound policy, enforced on every connection ---------------------------------------------

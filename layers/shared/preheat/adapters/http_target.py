@@ -15,8 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-from preheat.adapters.http import ConnectionFailed, HttpClient, RequestError, Response, Timeout
-from preheat.errors import TransientFailure
+from preheat.adapters.http import (
+    DEFAULT_MAX_BODY,
+    BodyTooLarge,
+    ConnectionFailed,
+    HttpClient,
+    RequestError,
+    Response,
+    Timeout,
+)
+from preheat.errors import PermanentFailure, TransientFailure
 from preheat.settings import Settings
 
 DEFAULT_ATTEMPTS = 3
@@ -101,6 +109,12 @@ class HttpTargetDriver:
                 response = self._http.request(
                     method, f"{target}{path}", timeout=timeout, headers=headers, json=json
                 )
+            except BodyTooLarge:
+                # Not an answer of the API at all: asking again would read as much again.
+                raise PermanentFailure(
+                    f"{self.SUBJECT} {display_target(target)} did not {what}: it answered more than "
+                    f"{DEFAULT_MAX_BODY} bytes"
+                ) from None
             except RequestError as exc:
                 reason = failure_reason(exc, timeout)
                 continue

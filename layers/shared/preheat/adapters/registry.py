@@ -27,7 +27,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import json
 import logging
 import random
 import re
@@ -53,6 +52,7 @@ from preheat.adapters.http import (
     Response,
     Timeout,
 )
+from preheat.adapters.http import loads as _loads
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, find_refusal
@@ -735,7 +735,7 @@ class HttpRegistryClient:
                 )
             body = self._read(response, MAX_TOKEN_BYTES, what, target)
         try:
-            answer = json.loads(body)
+            answer = _loads(body)
         except ValueError:
             answer = None
         token = None
@@ -860,12 +860,13 @@ class HttpRegistryClient:
 
     def _retrying(self, target: _Target, what: str, attempt: Callable[[], T]) -> T:
         reason = ""
+        retry_after: float | None = None
         number = 0
         for number in range(1, self._attempts + 1):
             try:
                 return attempt()
             except _Retry as exc:
-                reason = exc.reason
+                reason, retry_after = exc.reason, exc.retry_after
                 if number == self._attempts or target.cancelled.is_set():
                     break
                 # Full jitter: workers that failed together do not come back together.
@@ -881,7 +882,8 @@ class HttpRegistryClient:
             # Stopped by the deadline (here, or in a thread that hit it first), not by this error.
             reason = f"{reason}; {OUT_OF_TIME}"
         tries = f"{number} attempt" + ("s" if number > 1 else "")
-        raise TransientFailure(f"{what}: {reason} (gave up after {tries})")
+        # The server's Retry-After, if it sent one, also spaces the step's own retry.
+        raise TransientFailure(f"{what}: {reason} (gave up after {tries})", retry_after=retry_after)
 
     def _map(self, target: _Target, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """``function`` over ``items`` on a bounded pool; the first failure is raised, and the
@@ -1021,7 +1023,7 @@ def _parse_challenges(header: str) -> dict[str, dict[str, str]]:
 
 def _parse_manifest(body: bytes, content_type: str, what: str, target: _Target) -> _Manifest:
     try:
-        document = json.loads(body)
+        document = _loads(body)
     except ValueError:
         raise PermanentFailure(f"{what} is not valid JSON") from None
     if not isinstance(document, dict):
@@ -1185,9 +1187,9 @@ def _schema1_payload(body: bytes) -> bytes | None:
     """A signed schema1 manifest's digest covers its JWS payload: the body without ``signatures``,
     rebuilt from the ``formatLength`` and ``formatTail`` of its protected header."""
     try:
-        document = json.loads(body)
+        document = _loads(body)
         protected = document["signatures"][0]["protected"]
-        header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+        header = _loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
         tail = header["formatTail"]
         length = int(header["formatLength"])
         return body[:length] + base64.urlsafe_b64decode(tail + "=" * (-len(tail) % 4))
@@ -1204,7 +1206,7 @@ def _error_detail(response: Response, target: _Target) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
     parts: list[str] = []
     try:
-        errors = json.loads(text).get("errors")
+        errors = _loads(text).get("errors")
     except (ValueError, AttributeError):
         errors = None
     if isinstance(errors, list):
