@@ -265,7 +265,7 @@ def test_dead_letter_sample_ends_its_task_as_fail_with_the_reason(
     task = store.get(task_id)
     assert task is not None
     assert task.status is TaskStatus.FAIL
-    assert "gave up on its 'start' step after 5 attempts" in (task.message or "")
+    assert "gave up on its 'start' step after 50 attempts" in (task.message or "")
 
 
 def test_worker_reports_a_malformed_message_as_a_batch_item_failure(stack: LocalStack):

@@ -15,21 +15,28 @@ How each fault reaches exactly the tasks meant for it:
   one that finishes slowly, a closed port, a slow proxy, or the stub whose tasks flip to FAILED;
 - worker faults (kills, the moto outage) fire on the task of their repository, once.
 
-Settings are small so that faults play out in seconds: queues redeliver after 3 s; registry and
-supernode requests time out after 1 s; a step watches the supernodes for 1 s and checks come back
-every second; tasks time out after 36 s. Every step but those a fault stretches fits well inside the
-visibility timeout, as the template's 720 s do in AWS.
+The clock is production's, ten times faster (``SCALE``): the queues' visibility timeouts, the
+worker's and the dead-letter consumer's function timeouts, the deadline and the retry backoff are
+read from ``template.yaml`` (and the settings' defaults it leaves to them) and all multiplied by
+that one factor, so that events come in production's order: a failed step comes back after its
+backoff, well before the queue's visibility timeout, and a failure that lasts meets the deadline
+before its receives run out. Counts (the receives before the dead-letter queue) are not scaled.
+SQS counts delays and visibility in whole seconds, so scaled values below one second become one:
+the scaled retries come, if anything, later than production's.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
+import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,17 +47,22 @@ import requests
 from local.aws import client as local_client
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
+from local.template import Template
 from tests.reliability.faults import (
+    DEEP_JSON,
     ClosedPort,
     Delays,
     FaultyRegistry,
     FlippingSupernode,
+    HostileSupernode,
     MotoOutage,
     Script,
+    SilentSupernode,
     SlowPlan,
     SlowSupernodeProxy,
     SurvivingSqsPoller,
     WorkerFaults,
+    hostile,
     http_error,
     make_image,
     reset,
@@ -58,33 +70,83 @@ from tests.reliability.faults import (
     stall,
 )
 
-VISIBILITY_TIMEOUT = 3
-TASK_TIMEOUT = 36
-REGISTRY_TIMEOUT = 1
-SUPERNODE_TIMEOUT = 1
-CHECK_WINDOW = 1
-# Past its deadline a task must be terminal within this: the check that notices comes at most
-# one poll delay later, then takes a window and its supernode timeouts (and once, a moto outage).
-DEADLINE_GRACE = 8.0
+ROOT = Path(__file__).resolve().parents[2]
+SCALE = 0.1  # production's clock, ten times faster
+TEMPLATE = Template.load(ROOT / "template.yaml")
+_SETTINGS = importlib.import_module("preheat.settings").Settings()  # the defaults the template keeps
+_WORKER_ENV = TEMPLATE.functions["WorkerFunction"].environment
+
+
+def _production(name: str) -> float:
+    """A timing of production, in seconds, as the template (or the settings' defaults) set it."""
+    queues, functions = TEMPLATE.queues, TEMPLATE.functions
+    return {
+        "queue visibility": float(queues["PreheatQueue"].properties["VisibilityTimeout"]),
+        "dead-letter visibility": float(queues["PreheatDeadLetterQueue"].properties["VisibilityTimeout"]),
+        "worker timeout": float(functions["WorkerFunction"].timeout),
+        "dead-letter timeout": float(functions["DeadLetterFunction"].timeout),
+        "deadline": float(TEMPLATE.parameters["TaskTimeoutSeconds"].default or 0),
+        "retry base": float(_WORKER_ENV.get("PREHEAT_RETRY_BASE_DELAY", _SETTINGS.retry_base_delay_seconds)),
+        "retry cap": float(_WORKER_ENV.get("PREHEAT_RETRY_MAX_DELAY", _SETTINGS.retry_max_delay_seconds)),
+        "registry timeout": _SETTINGS.registry_timeout_seconds,
+        "check window": _SETTINGS.check_window_seconds,
+        "poll max delay": float(_SETTINGS.poll_max_delay_seconds),
+    }[name]
+
+
+def scaled(name: str) -> float:
+    return _production(name) * SCALE
+
+
+MAX_RECEIVES = TEMPLATE.queues["PreheatQueue"].max_receive_count
+TASK_TIMEOUT = round(scaled("deadline"))
+RETRY_CAP = scaled("retry cap")
+REGISTRY_TIMEOUT = scaled("registry timeout")
+# Not a template timing: kept at a second (twice the scaled 0.5 s) so that a supernode answering
+# from a busy test process is not taken for a silent one.
+SUPERNODE_TIMEOUT = 1.0
+# Past its deadline a task must be terminal within this: its next retry comes at most a backoff
+# later (or the next check a poll delay later), then runs within a function timeout.
+DEADLINE_GRACE = RETRY_CAP + scaled("worker timeout") + 2
 SETTLE_SECONDS = 20.0
 MOTO_OUTAGE_SECONDS = 3.0
 SLOW_FINISH_SECONDS = 8.0  # the "delayed" supernode: tasks in flight for several checks
-STALL_SECONDS = 2.5  # past REGISTRY_TIMEOUT
-SUPERNODE_HOLD_SECONDS = 2.0  # past SUPERNODE_TIMEOUT
+STALL_SECONDS = 2.5 * REGISTRY_TIMEOUT
+SUPERNODE_HOLD_SECONDS = 2.0 * SUPERNODE_TIMEOUT
 FLIP_ERROR = "no space left on device (injected by the reliability suite)"
+SHORT_OUTAGE = 20 * SCALE  # production's 20 s registry outage
+CAP_OUTAGE = RETRY_CAP  # an outage as long as the backoff's cap
+MANY_LAYERS = 1000
 
 ENV = {
-    "PREHEAT_REGISTRY_TIMEOUT": str(REGISTRY_TIMEOUT),
-    "PREHEAT_SUPERNODE_TIMEOUT": str(SUPERNODE_TIMEOUT),
+    "PREHEAT_REGISTRY_TIMEOUT": f"{REGISTRY_TIMEOUT:g}",
+    "PREHEAT_SUPERNODE_TIMEOUT": f"{SUPERNODE_TIMEOUT:g}",
     "PREHEAT_TASK_TIMEOUT": str(TASK_TIMEOUT),
-    "PREHEAT_POLL_INITIAL_DELAY": "1",
-    "PREHEAT_POLL_MAX_DELAY": "1",
-    "PREHEAT_CHECK_WINDOW": str(CHECK_WINDOW),
+    "PREHEAT_POLL_INITIAL_DELAY": "1",  # SQS's shortest delay
+    "PREHEAT_POLL_MAX_DELAY": str(max(1, round(scaled("poll max delay")))),
+    "PREHEAT_CHECK_WINDOW": f"{scaled('check window'):g}",
     "PREHEAT_CHECK_INTERVAL": "0.25",
+    "PREHEAT_RETRY_BASE_DELAY": f"{scaled('retry base'):g}",
+    "PREHEAT_RETRY_MAX_DELAY": f"{RETRY_CAP:g}",
 }
+
+
+def scaled_template() -> Template:
+    """The template with the timings of the functions and queues a fault meets, scaled."""
+    functions = dict(TEMPLATE.functions)
+    for name in ("WorkerFunction", "DeadLetterFunction"):
+        functions[name] = replace(functions[name], timeout=max(1, round(functions[name].timeout * SCALE)))
+    queues = dict(TEMPLATE.queues)
+    for name, spec in queues.items():
+        if "VisibilityTimeout" in spec.properties:
+            visibility = max(1, math.ceil(float(spec.properties["VisibilityTimeout"]) * SCALE))
+            queues[name] = replace(spec, properties={**spec.properties, "VisibilityTimeout": visibility})
+    return replace(TEMPLATE, functions=functions, queues=queues)
+
 
 # Supernode roles (see Servers.targets for their order in PREHEAT_SUPERNODES).
 FAST, DELAYED, DOWN, SLOW, FLIP = "fast", "delayed", "down", "slow", "flip"
+SILENT, HOSTILE = "silent", "hostile"
 
 Fragment = str | tuple[str, ...]  # a tuple: any one of them
 T = TypeVar("T")
@@ -109,6 +171,9 @@ class Scenario:
     held_until_fired: bool = False  # the slow proxy keeps its tasks RUNNING until the worker fault fired
     file: bool = False
     copies: int = 1
+    layers_count: int = 2
+    long_errors: bool = False  # the flipping supernode fails each task with a long error of its own
+    hostile: str | None = None  # what the hostile supernode answers this scenario's blobs
 
 
 @dataclass
@@ -193,8 +258,15 @@ class Case:
         return found
 
 
-def _dlq(case: Case, what: str) -> list[Fragment]:
-    return ["the worker gave up on its 'start' step after", "last error: ", what]
+def _deadline(case: Case, what: str) -> list[Fragment]:
+    """A start that never succeeded, ended by its deadline: what it waited for, its last error."""
+    source = "the file's server" if case.scenario.file else "the registry"
+    return [
+        "timed out: still RUNNING at the deadline",
+        f"waiting for {source} to resolve {case.url}",
+        "; last error: ",
+        what,
+    ]
 
 
 def _manifest(case: Case) -> str:
@@ -229,7 +301,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "registry-500-forever",
         "manifest: HTTP 500 forever",
         "FAIL",
-        lambda case: [*_dlq(case, _manifest(case)), f"{case.registry_host} answered HTTP 500"],
+        lambda case: [*_deadline(case, _manifest(case)), f"{case.registry_host} answered HTTP 500"],
         layers=lambda case: {},
         registry=(("manifest", Script.forever(http_error(500)), False),),
     ),
@@ -243,7 +315,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "registry-429-forever",
         "manifest: HTTP 429 Retry-After 1 forever",
         "FAIL",
-        lambda case: [*_dlq(case, _manifest(case)), "answered HTTP 429: TOOMANYREQUESTS"],
+        lambda case: [*_deadline(case, _manifest(case)), "answered HTTP 429: TOOMANYREQUESTS"],
         layers=lambda case: {},
         registry=(("manifest", Script.forever(http_error(429, "1")), False),),
     ),
@@ -258,7 +330,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "manifest: connection reset mid-answer forever",
         "FAIL",
         lambda case: [
-            *_dlq(case, _manifest(case)),
+            *_deadline(case, _manifest(case)),
             ("the answer was cut off", "Connection reset by peer", "connection failed"),
         ],
         layers=lambda case: {},
@@ -274,7 +346,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "registry-stall-forever",
         f"manifest: stalls {STALL_SECONDS:g}s forever",
         "FAIL",
-        lambda case: [*_dlq(case, _manifest(case)), f"timed out after {REGISTRY_TIMEOUT:g}s"],
+        lambda case: [*_deadline(case, _manifest(case)), f"timed out after {REGISTRY_TIMEOUT:g}s"],
         layers=lambda case: {},
         registry=(("manifest", Script.forever(stall(STALL_SECONDS)), False),),
     ),
@@ -289,7 +361,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         f"last blob's probe: stalls {STALL_SECONDS:g}s forever",
         "FAIL",
         lambda case: [
-            *_dlq(case, f"could not resolve the blob {case.last} of {case.image}"),
+            *_deadline(case, f"could not resolve the blob {case.last} of {case.image}"),
             f"timed out after {REGISTRY_TIMEOUT:g}s",
         ],
         layers=lambda case: {},
@@ -311,6 +383,41 @@ SCENARIOS: tuple[Scenario, ...] = (
             "pending": 0,
         },
         registry=(("download", Script.forever(http_error(500)), True),),
+    ),
+    Scenario(
+        "registry-down-20s-then-back",
+        f"manifest: HTTP 503 for {SHORT_OUTAGE:g}s (production's 20 s), then answers",
+        "SUCCESS",
+        registry=(("manifest", Script.outage(http_error(503), SHORT_OUTAGE), False),),
+    ),
+    Scenario(
+        "registry-down-for-the-cap-then-back",
+        f"manifest: HTTP 503 for {CAP_OUTAGE:g}s (the backoff's cap), then answers",
+        "SUCCESS",
+        registry=(("manifest", Script.outage(http_error(503), CAP_OUTAGE), False),),
+    ),
+    # -- registries answering what no registry should (each must end the task, never crash a step)
+    Scenario(
+        "registry-deep-manifest",
+        "manifest: JSON nested 100,000 deep",
+        "FAIL",
+        lambda case: [f"manifest for {case.image} is not valid JSON"],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(hostile(200, DEEP_JSON, "deep JSON")), False),),
+    ),
+    Scenario(
+        "registry-deep-503-then-ok",
+        "manifest: HTTP 503 whose body nests 100,000 deep, five times",
+        "SUCCESS",
+        registry=(("manifest", Script.times(hostile(503, DEEP_JSON, "503 deep JSON"), 5), False),),
+    ),
+    Scenario(
+        "registry-not-utf8-manifest",
+        "manifest: bytes that are not UTF-8",
+        "FAIL",
+        lambda case: [f"manifest for {case.image} is not valid JSON"],
+        layers=lambda case: {},
+        registry=(("manifest", Script.forever(hostile(200, b'{"layers": "\xff\xfe"}', "not UTF-8")), False),),
     ),
     Scenario(
         "file-500-then-ok",
@@ -369,6 +476,53 @@ SCENARIOS: tuple[Scenario, ...] = (
         layers=_failed_all,
         target=SLOW,
         slow=SlowPlan(create=Delays((), SUPERNODE_HOLD_SECONDS)),
+    ),
+    Scenario(
+        "supernode-silent",
+        "supernode: accepts connections, never answers",
+        "FAIL",
+        lambda case: [
+            f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+            f"supernode {case.target} did not accept the preheat of",
+            f"timed out after {SUPERNODE_TIMEOUT}s",
+        ],
+        layers=_failed_all,
+        target=SILENT,
+    ),
+    *(
+        Scenario(
+            f"supernode-answers-{mode}",
+            f"supernode: answers its creates with {what}",
+            "FAIL",
+            lambda case, reason=reason: [
+                f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+                f"supernode {case.target} ",
+                reason,
+            ],
+            layers=_failed_all,
+            target=HOSTILE,
+            hostile=mode,
+        )
+        for mode, what, reason in (
+            ("deep", "JSON nested 100,000 deep", 'without a task "ID"'),
+            ("huge", "3 MiB", "answered more than 1048576 bytes"),
+            ("types", "an ID that is an object", 'without a task "ID"'),
+            ("utf8", "bytes that are not UTF-8", 'without a task "ID"'),
+        )
+    ),
+    Scenario(
+        f"{MANY_LAYERS}-layers-all-fail-with-long-errors",
+        f"{MANY_LAYERS} layers, each failed by its supernode with a long error of its own",
+        "FAIL",
+        lambda case: [
+            f"{len(case.labels)} of {len(case.labels)} layer(s) failed to preheat",
+            FLIP_ERROR,
+            f"(and {len(case.labels) - 10} more)",
+        ],
+        layers=_failed_all,
+        target=FLIP,
+        layers_count=MANY_LAYERS,
+        long_errors=True,
     ),
     Scenario(
         "supernode-flips-to-failed",
@@ -450,6 +604,8 @@ class Servers:
     down: ClosedPort
     slow: SlowSupernodeProxy
     flip: FlippingSupernode
+    silent: SilentSupernode
+    hostile: HostileSupernode
 
     @property
     def targets(self) -> dict[str, str]:
@@ -459,6 +615,8 @@ class Servers:
             DOWN: self.down.url,
             SLOW: self.slow.url,
             FLIP: self.flip.url,
+            SILENT: self.silent.url,
+            HOSTILE: self.hostile.url,
         }
 
 
@@ -476,7 +634,10 @@ def fault_servers(work: Path) -> Iterator[Servers]:
         stack.callback(down.close)
         slow = stack.enter_context(SlowSupernodeProxy(fast.url))
         flip = stack.enter_context(FlippingSupernode(FLIP_ERROR))
-        yield Servers(registry, fast, delayed, down, slow, flip)
+        silent = SilentSupernode()
+        stack.callback(silent.close)
+        hostile_node = stack.enter_context(HostileSupernode())
+        yield Servers(registry, fast, delayed, down, slow, flip, silent, hostile_node)
 
 
 def _routed(make: Callable[[int], T], label: Callable[[T], str], target: str, targets: list[str]) -> T:
@@ -497,8 +658,8 @@ def _config(repository: str, nonce: int) -> bytes:
     return json.dumps({"config": {"Labels": {"repo": repository, "nonce": str(nonce)}}}).encode()
 
 
-def _layer(repository: str, index: int, nonce: int) -> bytes:
-    return f"{repository} layer {index} nonce {nonce}\n".encode() * 200
+def _layer(repository: str, index: int, nonce: int, repeat: int = 200) -> bytes:
+    return f"{repository} layer {index} nonce {nonce}\n".encode() * repeat
 
 
 def build_cases(servers: Servers) -> list[Case]:
@@ -519,8 +680,10 @@ def build_cases(servers: Servers) -> list[Case]:
                 key = name
             else:
                 config = _routed(partial(_config, repository), sha256_digest, target, targets)
+                repeat = 200 if scenario.layers_count <= 10 else 1  # nobody downloads the many
                 layers = [
-                    _routed(partial(_layer, repository, i), sha256_digest, target, targets) for i in range(2)
+                    _routed(partial(_layer, repository, i, repeat=repeat), sha256_digest, target, targets)
+                    for i in range(scenario.layers_count)
                 ]
                 image = make_image(repository, "v1", config, layers)
                 registry.add_image(image)
@@ -533,6 +696,10 @@ def build_cases(servers: Servers) -> list[Case]:
                 servers.slow.plan(repository, scenario.slow)
             if scenario.stuck:
                 servers.flip.stuck.add(repository)
+            if scenario.long_errors:
+                servers.flip.long_errors.add(repository)
+            if scenario.hostile is not None:
+                servers.hostile.modes[repository] = scenario.hostile
             if scenario.held_until_fired:
                 cases[-1].hold = servers.slow.hold(repository)
     return cases
@@ -616,10 +783,10 @@ def run_campaign(work: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Outcom
         monkeypatch.setattr("local.stack.SqsPoller", SurvivingSqsPoller)
         SurvivingSqsPoller.failed_batches = 0
         with LocalStack(
+            scaled_template(),
             supernodes=list(servers.targets.values()),
             parameters={"SupernodeScope": "one", "LogLevel": "WARNING"},
             extra_env=ENV,
-            visibility_timeout=VISIBILITY_TIMEOUT,
             poller_concurrency=4,
         ) as stack:
             worker_faults = WorkerFaults()
@@ -742,7 +909,20 @@ def figures(outcome: Outcome) -> dict[str, Any]:
         row["correct"] += not case.problems()
         row["ended_by"].append(case.ended_by)
         row.setdefault("statuses", []).append(case.status)
+    items = {case.name: _item_size(case.item) for case in cases if case.item is not None}
+    largest = max(items, key=lambda name: items[name]) if items else None
     return {
+        "timings": {
+            "scale": SCALE,
+            "deadline": TASK_TIMEOUT,
+            "retry_cap": RETRY_CAP,
+            "max_receives": MAX_RECEIVES,
+            "env": ENV,
+        },
+        "largest_retry_delay_requested": round(max(outcome.worker_faults.retry_delays, default=0.0), 3),
+        "retry_delays_requested": len(outcome.worker_faults.retry_delays),
+        "longest_gap_between_attempts": _longest_gap(outcome),
+        "largest_item": {"case": largest, "bytes": items.get(largest or "", 0)},
         "submitted": sum(bool(case.task_id) for case in cases),
         "terminal": sum(case.terminal_seen_at is not None and not case.rescued_by_status for case in cases),
         "correct": sum(not case.problems() for case in cases),
@@ -779,6 +959,44 @@ def figures(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _item_size(item: dict[str, Any]) -> int:
+    """A table item's size as DynamoDB counts it against its 400 KB limit (names plus values)."""
+
+    def value_size(value: dict[str, Any]) -> int:
+        (kind, data), *_ = value.items()
+        if kind == "S":
+            return len(str(data).encode())
+        if kind == "B":
+            return len(data)
+        if kind == "N":
+            return len(str(data)) // 2 + 2
+        if kind == "L":
+            return 3 + sum(value_size(element) + 1 for element in data)
+        return 1
+
+    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+
+
+def stored_blob_rows(item: dict[str, Any]) -> list[Any]:
+    """The blob progress rows a task item holds (compressed JSON, see the DynamoDB adapter)."""
+    data = item.get("blobs", {}).get("B")
+    return json.loads(zlib.decompress(data)) if data else []
+
+
+def _longest_gap(outcome: Outcome) -> dict[str, Any]:
+    """The longest time between two attempts of a failing start, over the tasks whose manifest kept
+    failing: attempts are the bursts of manifest requests (one step tries up to 4 times in a burst)."""
+    longest: dict[str, Any] = {"seconds": 0.0, "case": None}
+    for case in outcome.cases:
+        if not any(kind == "manifest" for kind, _, _ in case.scenario.registry):
+            continue
+        times = [seen.at for seen in outcome.servers.registry.requests_for(case.repository, "manifest")]
+        for earlier, later in itertools.pairwise(times):
+            if later - earlier > longest["seconds"]:
+                longest = {"seconds": round(later - earlier, 2), "case": case.name}
+    return longest
+
+
 def table(figures: dict[str, Any]) -> str:
     rows = [("scenario", "fault", "expected", "tasks", "correct", "ended by")]
     for name, row in figures["scenarios"].items():
@@ -790,6 +1008,10 @@ def table(figures: dict[str, Any]) -> str:
     ]
     lines.append("")
     for key in (
+        "largest_retry_delay_requested",
+        "retry_delays_requested",
+        "longest_gap_between_attempts",
+        "largest_item",
         "submitted",
         "terminal",
         "correct",

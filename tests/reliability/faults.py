@@ -59,14 +59,19 @@ _BLOB_REPO_RE = re.compile(r"/v2/(?P<repo>.+?)/blobs/")
 
 @dataclass(frozen=True)
 class Fault:
-    """One answer: ``ok``, an HTTP ``error``, a ``reset`` mid-answer, or a ``stall``."""
+    """One answer: ``ok``, an HTTP ``error`` (with ``body`` instead of a Distribution error when
+    given), a ``reset`` mid-answer, or a ``stall``."""
 
     kind: str = "ok"
     status: int = 200
     retry_after: str | None = None
     seconds: float = 0.0
+    body: bytes | None = None
+    name: str = ""
 
     def __str__(self) -> str:
+        if self.name:
+            return self.name
         if self.kind == "error":
             return f"HTTP {self.status}" + (f" Retry-After {self.retry_after}" if self.retry_after else "")
         if self.kind == "stall":
@@ -81,6 +86,15 @@ def http_error(status: int, retry_after: str | None = None) -> Fault:
     return Fault("error", status=status, retry_after=retry_after)
 
 
+def hostile(status: int, body: bytes, name: str) -> Fault:
+    """An answer with ``status`` and ``body`` as given (nested too deep, not UTF-8, ...)."""
+    return Fault("error", status=status, body=body, name=name)
+
+
+# A JSON document nested deeper than any parser recurses.
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
+
+
 def reset() -> Fault:
     """Headers and half the body, then an RST: the answer is cut off mid-way."""
     return Fault("reset")
@@ -93,13 +107,23 @@ def stall(seconds: float) -> Fault:
 
 @dataclass(frozen=True)
 class Script:
-    """Faults by attempt: the n-th request gets ``first[n - 1]``, every later one ``then``."""
+    """Faults by attempt: the n-th request gets ``first[n - 1]``, every later one ``then``; or, with
+    ``down_for``, ``then`` is answered only from ``down_for`` seconds after the first request on,
+    and ``during`` before (an outage that ends)."""
 
     first: tuple[Fault, ...] = ()
     then: Fault = OK
+    down_for: float | None = None
+    during: Fault = OK
 
-    def at(self, attempt: int) -> Fault:
+    def at(self, attempt: int, since_first: float = 0.0) -> Fault:
+        if self.down_for is not None:
+            return self.during if since_first < self.down_for else self.then
         return self.first[attempt - 1] if attempt <= len(self.first) else self.then
+
+    @classmethod
+    def outage(cls, fault: Fault, seconds: float) -> Script:
+        return cls(down_for=seconds, during=fault)
 
     @classmethod
     def times(cls, fault: Fault, count: int) -> Script:
@@ -224,6 +248,7 @@ class FaultyRegistry(_Served):
         self._files: dict[str, bytes] = {}
         self._scripts: dict[tuple[str, str, str | None], Script] = {}
         self._attempts: Counter[tuple[str, str]] = Counter()
+        self._first_at: dict[tuple[str, str], float] = {}
         self.seen: list[Seen] = []
         super().__init__(_RegistryHandler, "faulty-registry")
 
@@ -260,9 +285,11 @@ class FaultyRegistry(_Served):
         with self._lock:
             self._attempts[(path, kind)] += 1
             attempt = self._attempts[(path, kind)]
+            now = time.monotonic()
+            first = self._first_at.setdefault((path, kind), now)
             script = self._scripts.get((key, kind, digest)) or self._scripts.get((key, kind, None))
-            fault = script.at(attempt) if script else OK
-            self.seen.append(Seen(time.monotonic(), method, path, kind, attempt, fault))
+            fault = script.at(attempt, now - first) if script else OK
+            self.seen.append(Seen(now, method, path, kind, attempt, fault))
         return fault
 
     def _lookup(self, path: str) -> tuple[str, bytes, str] | None:
@@ -318,7 +345,9 @@ class _RegistryHandler(_Handler):
         status = 200
         if probe_range == "bytes=0-0" and body:
             status, headers["Content-Range"], body = 206, f"bytes 0-0/{len(body)}", body[:1]
-        if fault.kind == "error":
+        if fault.kind == "error" and fault.body is not None:
+            self._send(fault.status, fault.body, {"Content-Type": content_type})
+        elif fault.kind == "error":
             code = "TOOMANYREQUESTS" if fault.status == 429 else "UNKNOWN"
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             document = {"errors": [{"code": code, "message": f"injected {fault} on {kind}"}]}
@@ -483,6 +512,7 @@ class FlippingSupernode(_Served):
     def __init__(self, error_msg: str) -> None:
         self.error_msg = error_msg
         self.stuck: set[str] = set()
+        self.long_errors: set[str] = set()  # repositories whose tasks fail with long distinct errors
         self._lock = threading.Lock()
         self._polls: Counter[str] = Counter()
         self.created: dict[str, str] = {}  # task id -> url
@@ -506,7 +536,10 @@ class FlippingSupernode(_Served):
         match = _BLOB_REPO_RE.search(self.created[task_id])
         if polls <= len(self.STATES) or (match is not None and match.group("repo") in self.stuck):
             return {"ID": task_id, "status": self.STATES[min(polls, len(self.STATES)) - 1], "errorMsg": ""}
-        return {"ID": task_id, "status": "FAILED", "errorMsg": self.error_msg}
+        error = self.error_msg
+        if match is not None and match.group("repo") in self.long_errors:
+            error += ": " + " ".join(hashlib.sha256(f"{task_id}{n}".encode()).hexdigest() for n in range(40))
+        return {"ID": task_id, "status": "FAILED", "errorMsg": error}
 
 
 class _FlipHandler(_Handler):
@@ -534,6 +567,63 @@ class _FlipHandler(_Handler):
             self._send_json(400, {"code": 400, "message": "'url' is required"})
             return
         self._send_json(201, {"ID": node._create(url)})
+
+
+class HostileSupernode(_Served):
+    """A stub Dragonfly 1 supernode whose answers no supernode would give, by the repository of
+    the blob: ``deep`` (JSON nested deeper than a parser recurses), ``huge`` (3 MiB of it),
+    ``types`` (an ``ID`` that is an object), ``utf8`` (a body that is not UTF-8)."""
+
+    BODIES: Mapping[str, bytes] = {
+        "deep": DEEP_JSON,
+        "huge": b'{"ID": "' + b"x" * (3 * 1024 * 1024) + b'"}',
+        "types": json.dumps({"ID": {"nested": ["object"]}, "status": 7}).encode(),
+        "utf8": b'{"ID": "\xff\xfe\xfd", "message": "bad \xff"}',
+    }
+
+    def __init__(self) -> None:
+        self.modes: dict[str, str] = {}
+        self.answered: Counter[str] = Counter()
+        super().__init__(_HostileHandler, "hostile-supernode")
+
+
+class _HostileHandler(_Handler):
+    server_version = "HostileSupernode/1"
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/_ping":
+            self._send(200, b"OK", {"Content-Type": "text/plain"})
+        else:
+            self._send(200, HostileSupernode.BODIES["deep"], {"Content-Type": "application/json"})
+
+    def do_POST(self) -> None:
+        node: HostileSupernode = self.owner
+        try:
+            url = str(json.loads(self._body()).get("url", ""))
+        except (ValueError, AttributeError):
+            url = ""
+        match = _BLOB_REPO_RE.search(url)
+        mode = node.modes.get(match.group("repo") if match else "", "deep")
+        node.answered[mode] += 1
+        body = HostileSupernode.BODIES[mode]
+        self._send(201, body, {"Content-Type": "application/json"})
+
+
+class SilentSupernode:
+    """A supernode that accepts connections and never answers: a listening socket nobody accepts
+    from (the kernel completes the handshakes, the requests wait for an answer that never comes)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(1024)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 class ClosedPort:
@@ -648,6 +738,7 @@ class WorkerFaults:
         self.aws_failures: Counter[str] = Counter()  # the service's table writes and sends that failed
         self.when_fired: dict[str, Callable[[], None]] = {}  # by repository, after its fault fired
         self.checks_sent: dict[str, list[int]] = {}  # by task id: the seq of every check it sent
+        self.retry_delays: list[float] = []  # every backoff a failed step asked SQS for
         self._lock = threading.Lock()
         self._task_repository: dict[str, str] = {}
         self._done: set[tuple[str, str]] = set()
@@ -687,6 +778,7 @@ class WorkerFaults:
         faults = self
         original_save = dynamodb.DynamoDBTaskStore.save
         original_send = sqs.SqsTaskQueue.send
+        original_retry_later = sqs.SqsTaskQueue.retry_later
         original_handle_steps = queue.handle_steps
 
         def save(store: Any, task: Any, expected_check_seq: int) -> bool:
@@ -721,6 +813,11 @@ class WorkerFaults:
             ):
                 raise faults._killed(message.task_id, f"after sending check {seq}, before its save")
 
+        def retry_later(queue_adapter: Any, receipt_handle: str, delay_seconds: float) -> None:
+            faults._counted("retry_later", original_retry_later, queue_adapter, receipt_handle, delay_seconds)
+            with faults._lock:
+                faults.retry_delays.append(delay_seconds)
+
         def handle_steps(event: dict[str, Any], context: Any) -> Any:
             task_ids = {models.WorkerMessage.from_json(record["body"]).task_id for record in event["Records"]}
             response = original_handle_steps(event, context)
@@ -736,6 +833,7 @@ class WorkerFaults:
 
         monkeypatch.setattr(dynamodb.DynamoDBTaskStore, "save", save)
         monkeypatch.setattr(sqs.SqsTaskQueue, "send", send)
+        monkeypatch.setattr(sqs.SqsTaskQueue, "retry_later", retry_later)
         # functions/worker/app.py imports handle_steps when an environment starts (cold start).
         monkeypatch.setattr(queue, "handle_steps", handle_steps)
 

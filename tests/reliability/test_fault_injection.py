@@ -1,8 +1,9 @@
-"""Fault injection over the local stack: registries that fail, throttle, reset and stall;
-supernodes that are down, slow, or fail their tasks; workers that die between steps; moto that
-goes away and comes back. Every task must end as its fault should make it end, with a message
-naming the registry, blob or supernode at fault, none RUNNING past its deadline, and no message
-lost (see campaign.py for how the faults are aimed and the figures counted)."""
+"""Fault injection over the local stack, on production's clock scaled by one factor: registries
+that fail, throttle, reset, stall, go down for a while, or answer what no registry should;
+supernodes that are down, slow, silent, hostile, or fail their tasks; workers that die between
+steps; moto that goes away and comes back. Every task must end as its fault should make it end,
+with a message naming the registry, blob or supernode at fault, none RUNNING past its deadline,
+and no message lost (see campaign.py for how the faults are aimed and the figures counted)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ import pytest
 from tests.reliability.campaign import (
     DELAYED,
     FAST,
+    MANY_LAYERS,
     MOTO_OUTAGE_SECONDS,
+    RETRY_CAP,
     SCENARIOS,
     SLOW,
     Case,
     Outcome,
+    _item_size,
     run_campaign,
+    stored_blob_rows,
     summary_line,
     table,
 )
@@ -50,18 +55,51 @@ def test_the_task_ends_as_its_fault_should_make_it(outcome: Outcome, name: str):
     assert case.problems() == [], describe(case)
 
 
-def test_tasks_whose_start_never_succeeds_are_ended_by_the_dead_letter_consumer(outcome: Outcome):
+def test_tasks_whose_start_never_succeeds_end_at_their_deadline_naming_the_last_error(outcome: Outcome):
+    """On production's ratios a failure that lasts meets the deadline before its receives run out:
+    the worker ends the task then, with what it waited for and the registry's last error."""
     forever = [
         case
         for case in outcome.cases
         if case.scenario.name.startswith("registry-") and "forever" in case.scenario.name
     ]
-    dead_lettered = [case for case in forever if case.scenario.name != "registry-download-500-forever"]
-    assert len(dead_lettered) == 5
-    for case in dead_lettered:
-        assert case.ended_by == "dead-letter consumer", describe(case)
+    at_deadline = [case for case in forever if case.scenario.name != "registry-download-500-forever"]
+    assert len(at_deadline) == 5
+    for case in at_deadline:
+        assert case.ended_by == "worker", describe(case)
+        assert case.msg.startswith("timed out: still RUNNING at the deadline"), describe(case)
+    assert outcome.figures["ended_by_dead_letter_consumer"] == 0
     # A blob its supernode failed to download is the supernode's verdict, not a retry.
     assert outcome.case("registry-download-500-forever[0]").ended_by == "worker"
+
+
+def test_registry_outages_up_to_the_cap_end_in_success_with_no_retry_later_than_the_cap(outcome: Outcome):
+    for name in ("registry-down-20s-then-back[0]", "registry-down-for-the-cap-then-back[0]"):
+        case = outcome.case(name)
+        assert case.status == "SUCCESS", describe(case)
+        faults = [
+            str(seen.fault) for seen in outcome.servers.registry.requests_for(case.repository, "manifest")
+        ]
+        assert faults[0] == "HTTP 503"
+        assert faults[-1] == "ok"
+    # Every failed step asked SQS to bring it back within the cap (the queue's own visibility
+    # timeout, twelve times longer, was never waited for).
+    delays = outcome.worker_faults.retry_delays
+    assert delays
+    assert max(delays) <= RETRY_CAP
+
+
+def test_a_thousand_failed_layers_with_long_errors_are_saved_in_one_item(outcome: Outcome):
+    case = outcome.case(f"{MANY_LAYERS}-layers-all-fail-with-long-errors[0]")
+    assert case.item is not None, describe(case)
+    rows = stored_blob_rows(case.item)
+    assert len(rows) == MANY_LAYERS + 1
+    assert all(row[2] == "FAILED" and row[6] for row in rows)
+    assert _item_size(case.item) < 400 * 1024
+
+
+def test_hostile_supernode_answers_reached_it(outcome: Outcome):
+    assert set(outcome.servers.hostile.answered) == {"deep", "huge", "types", "utf8"}
 
 
 def test_recovering_registries_were_broken_first(outcome: Outcome):
@@ -80,7 +118,7 @@ def test_recovering_registries_were_broken_first(outcome: Outcome):
             for path, faults in by_path.items():
                 assert faults[: len(expected)] == expected, (path, faults)
             checked += 1
-    assert checked == 8
+    assert checked == 9
     # One step tries a manifest 4 times: the fifth 500 was answered to a redelivery.
     assert len(registry.requests_for("rel/registry-500-past-one-delivery-0", "manifest")) >= 6
 
