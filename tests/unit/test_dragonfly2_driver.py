@@ -543,3 +543,44 @@ def test_odd_job_answers(
         assert task.error is None
     else:
         assert error in (task.error or "")
+
+
+def test_hostile_manager_answers_are_failures_with_a_message() -> None:
+    """JSON nested too deep, a body past the bound, wrong types and bytes that are not UTF-8."""
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        json.dumps({"id": {"nested": [1]}, "state": 7}).encode(),
+        b'{"id": "\xff\xfe", "message": "\xff"}',
+    ]
+
+    class Hostile(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = bodies.pop(0)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        subject = driver(url)
+        reasons = []
+        for _ in range(4):
+            with pytest.raises(PermanentFailure) as failure:
+                subject.create(url, blob("http://registry.test/v2/app/blobs/x"))
+            reasons.append(str(failure.value))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "answered more than 1048576 bytes" in reasons[1]
+    for reason in reasons:
+        assert f"Dragonfly 2 manager {url}" in reason
+        assert CANARY not in reason
