@@ -71,7 +71,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, records: Everything) -> Iter
         cache_dir=tmp_path_factory.mktemp("cache"),
         visibility_timeout=1,
         parameters={"LogLevel": "DEBUG"},
-        extra_env={"PREHEAT_POLL_MAX_DELAY": "1", "POWERTOOLS_LOGGER_LOG_EVENT": "true"},
+        extra_env={
+            "PREHEAT_POLL_MAX_DELAY": "1",
+            "POWERTOOLS_LOGGER_LOG_EVENT": "true",
+            # The unreachable file server's task is retried every second or two, then ended by
+            # its deadline with its last error (which must not quote the canary either).
+            "PREHEAT_RETRY_MAX_DELAY": "2",
+            "PREHEAT_TASK_TIMEOUT": "15",
+        },
     ) as running:
         yield running
 
@@ -163,7 +170,7 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
     )
     assert answers[-1]["data"]["status"] == "FAIL"
     assert "refused" in answers[-1]["data"]["msg"] or "credentials" in answers[-1]["data"]["msg"]
-    # An unreachable file server with a bearer canary: retried, then failed.
+    # An unreachable file server with a bearer canary: retried, then failed at its deadline.
     answers.append(
         wait(
             stack,

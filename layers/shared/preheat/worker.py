@@ -419,7 +419,8 @@ class _Dispatch:
             failures, last = self._failures.get(target, (0, ""))
         if failures >= BREAKER_FAILURES:
             return progress.with_state(
-                BlobState.FAILED, f"not sent: {failures} preheats before it failed on this supernode ({last})"
+                BlobState.FAILED,
+                f"not sent: this supernode failed the {failures} preheats before it ({last})",
             )
         try:
             sent = self._send(blob, target)
