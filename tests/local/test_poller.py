@@ -96,6 +96,18 @@ def test_delay_seconds_is_honoured(fixture_stack: LocalStack, sink: Sink) -> Non
     assert entry["at"] - sent >= 1.9
 
 
+def test_a_failed_record_comes_back_when_its_changed_visibility_says(
+    fixture_stack: LocalStack, sink: Sink
+) -> None:
+    """The worker delays a failed step's retry with ChangeMessageVisibility: the poller must leave a
+    reported failure's visibility as the function set it (Lambda does), not reset it."""
+    sooner = _send(fixture_stack, fail_times=1, retry_in=0)
+    later = _send(fixture_stack, fail_times=1, retry_in=3)  # the queue's own timeout is 1 s
+    first, second = _settled(fixture_stack, sink, later, 2)
+    assert second["at"] - first["at"] >= 2.9
+    assert [e["receives"] for e in _settled(fixture_stack, sink, sooner, 2)] == [1, 2]
+
+
 def test_past_max_receive_count_a_message_moves_to_the_dead_letter_queue(
     fixture_stack: LocalStack, sink: Sink
 ) -> None:
