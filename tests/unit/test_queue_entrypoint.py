@@ -3,6 +3,7 @@ after a backoff of seconds, not after the queue's visibility timeout."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from preheat import bootstrap
 from preheat.entrypoints import queue as queue_entrypoint
 from preheat.errors import DependencyFailure, TransientFailure
-from preheat.models import Step, WorkerMessage
+from preheat.models import Step, WorkerMessage, utcnow
 from preheat.settings import get_settings
 from tests.support.fakes import FakeQueue
 
@@ -78,3 +79,13 @@ def test_a_dependency_failure_is_retried_too_and_a_refused_delay_still_fails_the
     with pytest.raises(DependencyFailure):
         queue_entrypoint.run_step(_record(2))
     assert queue.retries == []
+
+
+def test_a_retry_never_waits_far_past_the_task_deadline(queue: FakeQueue, monkeypatch: pytest.MonkeyPatch):
+    failure = TransientFailure("registry answered 503")
+    failure.deadline = utcnow() + timedelta(seconds=3)
+    monkeypatch.setattr(bootstrap, "worker", lambda: _Failing(failure))
+    with pytest.raises(TransientFailure):
+        queue_entrypoint.run_step(_record(10))  # its backoff alone would be 30 to 60 s
+    [(_, delay)] = queue.retries
+    assert delay <= 4

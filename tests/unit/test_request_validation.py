@@ -157,3 +157,15 @@ def test_deployment_default_platforms_come_from_the_environment():
     )
     with pytest.raises(ValueError, match="PREHEAT_PLATFORMS"):
         Settings.from_env({"PREHEAT_PLATFORMS": "amd64"})
+
+
+def test_the_retry_backoff_comes_from_the_environment():
+    from preheat.settings import Settings
+
+    defaults = Settings.from_env({})
+    assert (defaults.retry_base_delay_seconds, defaults.retry_max_delay_seconds) == (1.0, 60.0)
+    tuned = Settings.from_env({"PREHEAT_RETRY_BASE_DELAY": "0.5", "PREHEAT_RETRY_MAX_DELAY": "99999"})
+    assert tuned.retry_base_delay_seconds == 0.5
+    assert tuned.retry_max_delay_seconds == 43200  # SQS's longest visibility timeout
+    with pytest.raises(ValueError, match="PREHEAT_RETRY_MAX_DELAY must be greater than 0"):
+        Settings.from_env({"PREHEAT_RETRY_MAX_DELAY": "0"})

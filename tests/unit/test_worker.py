@@ -582,8 +582,9 @@ def test_a_task_failing_until_its_deadline_ends_fail_naming_what_it_waited_for_a
     task_id = world.submit()
     [start] = world.queue.take()
     world.registry.errors.append(TransientFailure("registry h.io answered HTTP 503: UNAVAILABLE"))
-    with pytest.raises(TransientFailure):
+    with pytest.raises(TransientFailure) as caught:
         world.worker.handle(start)
+    assert caught.value.deadline == world.task(task_id).deadline  # its retry comes no later
     world.clock.advance(601)
     world.worker.handle(start)  # the retry that comes after the deadline
     task = world.task(task_id)

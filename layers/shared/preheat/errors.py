@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class PreheatError(Exception):
     """Base of every error this service raises on purpose."""
@@ -33,6 +35,9 @@ class TransientFailure(PreheatError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # The deadline of the task that failed, when known: a retry later than it would only end
+        # the task, so it comes no later than that.
+        self.deadline: datetime | None = None
 
 
 class ClaimHeld(PreheatError):

@@ -190,6 +190,7 @@ class Worker:
                 self._store.save(
                     replace(task, message=f"{RETRYING_PREFIX}{exc}"), expected_check_seq=task.check_seq
                 )
+                exc.deadline = task.deadline
                 raise
             except Exception as exc:
                 if isinstance(exc, PreheatError):

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from preheat import bootstrap
 from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.errors import DependencyFailure, TransientFailure
-from preheat.models import WorkerMessage
+from preheat.models import WorkerMessage, utcnow
 from preheat.settings import get_settings
 from preheat.worker import give_up, retry_delay
 
@@ -46,6 +46,10 @@ def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> Non
         # queue takes over.
         attempt = int(record.attributes.approximate_receive_count or 1)
         delay = retry_delay(attempt, get_settings(), getattr(exc, "retry_after", None))
+        deadline = getattr(exc, "deadline", None)
+        if deadline is not None:
+            # The retry that comes after the deadline ends the task: it need not wait any longer.
+            delay = min(delay, max(0.0, (deadline - utcnow()).total_seconds()) + 1)
         try:
             bootstrap.task_queue().retry_later(record.receipt_handle, delay)
         except DependencyFailure as refused:
