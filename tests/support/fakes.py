@@ -166,6 +166,14 @@ class FakeSupernodes:
         state = BlobState.SUCCESS if blob.label in self.warm else BlobState.PENDING
         return self.states.setdefault((target, task_id), SupernodeTask(task_id, state))
 
+    batch_size = 1
+
+    def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
+        return [self.create(target, blob) for blob in blobs]
+
+    def node_task_id(self, blob: Blob) -> str:
+        return f"node-{blob.url}"
+
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
         self.polls += 1
         if target in self.down:

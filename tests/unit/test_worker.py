@@ -446,7 +446,13 @@ def test_detail_lists_every_blob_on_every_supernode_without_credentials():
     world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "disk full")
     world.deliver_all()
     detail = world.task(task_id).to_api(detail=True)["blobs"]
-    assert detail[0] == {"digest": LAYERS[0].digest, "supernode": "http://sn1:8002", "state": "SUCCESS"}
+    assert detail[0] == {
+        "digest": LAYERS[0].digest,
+        "supernode": "http://sn1:8002",
+        "preheatedUrl": LAYERS[0].url,
+        "nodeTaskId": f"node-{LAYERS[0].url}",
+        "state": "SUCCESS",
+    }
     assert detail[1]["error"] == "disk full"
     assert detail[2]["state"] == "PENDING"
     assert "blobs" not in world.task(task_id).to_api()

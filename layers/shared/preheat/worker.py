@@ -32,7 +32,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Self
 
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import (
     Blob,
     BlobProgress,
@@ -53,6 +53,7 @@ from preheat.placement import targets_for
 from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
 from preheat.service import timed_out_message
 from preheat.settings import Settings
+from preheat.task_ids import without_params
 
 logger = logging.getLogger(__name__)
 
@@ -130,19 +131,21 @@ class Worker:
             # Nothing could be warmed: a vacuous SUCCESS would be a lie.
             return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
-        with _Dispatch(self._send, targets, scope) as dispatch:
+        batch = self._supernodes.batch_size
+        with _Dispatch(self._send, self._send_batch, targets, scope, batch) as dispatch:
             try:
                 resolution = self._resolve(task, headers, dispatch.submit, budget)
+                progress = dispatch.progress(resolution.blobs)
             except PermanentFailure as exc:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
                 # Leave a note for the caller and for the dead-letter consumer, then retry by
                 # redelivery (the blobs already sent are sent again: a supernode joins repeats).
+                # A target's rate limit lands here too: it is waited out, never a failed blob.
                 self._store.save(
                     replace(task, message=f"retrying after: {exc}"), expected_check_seq=task.check_seq
                 )
                 raise
-            progress = dispatch.progress(resolution.blobs)
         task = replace(
             task,
             blobs=progress,
@@ -187,15 +190,46 @@ class Worker:
     def _send(self, blob: Blob, target: str) -> BlobProgress:
         """Create ``blob`` on ``target``, and look at it shortly after if it is not done yet (a small
         blob often is by then)."""
-        progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+        progress = self._progress_of(blob, target)
         try:
             answer = self._supernodes.create(target, blob)
+        except RateLimited:
+            raise
         except (PermanentFailure, TransientFailure) as exc:
             return progress.with_state(BlobState.FAILED, str(exc))
         progress = replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
         if progress.state is BlobState.PENDING:
             self._sleep(FIRST_LOOK_SECONDS)
         return self._look(progress)
+
+    def _send_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
+        """Create ``blobs`` on ``target`` at once (one Dragonfly 2 job with ``urls``), then look."""
+        progress = [self._progress_of(blob, target) for blob in blobs]
+        try:
+            answers = self._supernodes.create_batch(target, blobs)
+        except RateLimited:
+            raise
+        except (PermanentFailure, TransientFailure) as exc:
+            return [item.with_state(BlobState.FAILED, str(exc)) for item in progress]
+        progress = [
+            replace(item, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
+            for item, answer in zip(progress, answers, strict=True)
+        ]
+        if _pending(progress):
+            self._sleep(FIRST_LOOK_SECONDS)
+        return list(self._poll(tuple(progress)))
+
+    def _progress_of(self, blob: Blob, target: str) -> BlobProgress:
+        """The blob as the task records it: with the URL handed over (its signature parameters
+        left out) and the task id a node computes for it, for operators to check."""
+        return BlobProgress(
+            label=blob.label,
+            target=target,
+            digest=blob.digest,
+            size=blob.size,
+            url=without_params(blob.url, blob.filter),
+            node_task_id=self._supernodes.node_task_id(blob),
+        )
 
     # -- check: poll what is pending ----------------------------------------------------------
 
@@ -325,16 +359,25 @@ class _Dispatch:
     """
 
     def __init__(
-        self, send: Callable[[Blob, str], BlobProgress], targets: tuple[str, ...], scope: str
+        self,
+        send: Callable[[Blob, str], BlobProgress],
+        send_batch: Callable[[Sequence[Blob], str], list[BlobProgress]],
+        targets: tuple[str, ...],
+        scope: str,
+        batch_size: int = 1,
     ) -> None:
         self._send = send
+        self._send_batch = send_batch
         self._targets = targets
         self._scope = scope
+        self._batch_size = batch_size
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_SUPERNODE_CALLS, thread_name_prefix="dispatch")
         self._sent: dict[str, list[Future[BlobProgress]]] = {}
         self._lock = threading.Lock()
 
     def submit(self, blob: Blob) -> None:
+        if self._batch_size > 1:
+            return  # a target that takes many blobs at once gets them all in ``progress``
         with self._lock:
             if _key(blob) in self._sent:
                 return
@@ -344,11 +387,33 @@ class _Dispatch:
             ]
 
     def progress(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
+        if self._batch_size > 1:
+            return self._batches(blobs)
         for blob in blobs:
             self.submit(blob)
         with self._lock:
             sent = [self._sent[_key(blob)] for blob in blobs]
         return tuple(future.result() for futures in sent for future in futures)
+
+    def _batches(self, blobs: Sequence[Blob]) -> tuple[BlobProgress, ...]:
+        """Every blob in as few creates as the target allows: per target, chunks of ``batch_size``."""
+        unique = list({_key(blob): blob for blob in blobs}.values())
+        by_target: dict[str, list[Blob]] = {}
+        for blob in unique:
+            for target in targets_for(blob, self._targets, self._scope):
+                by_target.setdefault(target, []).append(blob)
+        size = self._batch_size
+        futures = [
+            self._pool.submit(self._send_batch, assigned[start : start + size], target)
+            for target, assigned in by_target.items()
+            for start in range(0, len(assigned), size)
+        ]
+        done = {(item.label, item.target): item for future in futures for item in future.result()}
+        return tuple(
+            done[(blob.label, target)]
+            for blob in unique
+            for target in targets_for(blob, self._targets, self._scope)
+        )
 
     def __enter__(self) -> Self:
         return self

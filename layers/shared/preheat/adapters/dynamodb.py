@@ -34,7 +34,13 @@ CLAIM_PREFIX = "claim#"
 
 
 def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
-    rows = [[b.label, b.target, b.state.value, b.digest, b.size, b.supernode_task_id, b.error] for b in blobs]
+    rows = [
+        [
+            *(b.label, b.target, b.state.value, b.digest, b.size, b.supernode_task_id, b.error),
+            *(b.url, b.node_task_id),
+        ]
+        for b in blobs
+    ]
     return zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), level=6)
 
 
@@ -49,10 +55,14 @@ def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
             state=BlobState(state),
             digest=digest,
             size=size,
-            supernode_task_id=task_id,
-            error=error,
+            supernode_task_id=row[5],
+            error=row[6],
+            # Rows written before the URL and node task id were recorded have seven columns.
+            url=row[7] if len(row) > 7 else None,
+            node_task_id=row[8] if len(row) > 8 else None,
         )
-        for label, target, state, digest, size, task_id, error in rows
+        for row in rows
+        for label, target, state, digest, size in [row[:5]]
     )
 
 
