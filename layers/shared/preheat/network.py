@@ -233,7 +233,9 @@ class OutboundPolicy:
         """Raise :class:`AddressRefused` unless ``url`` may be handed to a supernode: what
         :meth:`check_url` checks, then every address its host resolves to (one refused address is
         enough to refuse it: the supernode's resolver may pick that one)."""
-        self.check_url(url, what)
+        reason = self.url_refusal(url)
+        if reason is not None:
+            raise AddressRefused(f"refused to hand the {what} to the supernode: {reason}")
         parts = urlsplit(url)
         host = (parts.hostname or "").rstrip(".")
         try:
