@@ -81,6 +81,9 @@ ENV = {
     "PREHEAT_POLL_MAX_DELAY": "1",
     "PREHEAT_CHECK_WINDOW": str(CHECK_WINDOW),
     "PREHEAT_CHECK_INTERVAL": "0.25",
+    # The campaign's registry faults strike blob redirects and file GETs, which the worker makes in
+    # the spec's literal mode only (registry blob URLs, the default, need no request per blob).
+    "PREHEAT_LAYER_URLS": "storage",
 }
 
 # Supernode roles (see Servers.targets for their order in PREHEAT_SUPERNODES).
