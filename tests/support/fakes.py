@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -172,7 +173,7 @@ class FakeSupernodes:
         return [self.create(target, blob) for blob in blobs]
 
     def node_task_id(self, blob: Blob) -> str:
-        return f"node-{blob.url}"
+        return hashlib.sha256(f"node {blob.url}".encode()).hexdigest()
 
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
         self.polls += 1

@@ -1,5 +1,6 @@
 """The worker's steps over fakes: the happy path, failures, and every step run twice."""
 
+import hashlib
 import threading
 import time
 
@@ -450,7 +451,7 @@ def test_detail_lists_every_blob_on_every_supernode_without_credentials():
         "digest": LAYERS[0].digest,
         "supernode": "http://sn1:8002",
         "preheatedUrl": LAYERS[0].url,
-        "nodeTaskId": f"node-{LAYERS[0].url}",
+        "nodeTaskId": hashlib.sha256(f"node {LAYERS[0].url}".encode()).hexdigest(),
         "state": "SUCCESS",
     }
     assert detail[1]["error"] == "disk full"
