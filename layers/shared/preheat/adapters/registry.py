@@ -1,5 +1,11 @@
 """The registry client: turns an image (or a file URL) into the blobs a supernode must download.
 
+By default (``PREHEAT_LAYER_URLS=registry``) a blob is the registry blob URL nodes ask for, under
+the host nodes name, with the credentials the supernode needs (the caller's, or the token exchanged
+for the manifest): no request per blob, and a file is its URL as given. Every URL handed over is
+checked against the outbound policy first. What follows about blob redirects is the spec's literal
+mode (``storage``), where the storage URL each blob redirects to is handed over instead.
+
 It speaks the Distribution pull API the way real registries answer (see the project's reference
 notes on registries): one ``Accept`` header naming every manifest type, Bearer token exchange, and
 blob redirects to signed storage URLs resolved with GET (a URL presigned for HEAD fails a GET).
