@@ -105,6 +105,17 @@ def test_a_layer_failed_on_a_supernode_fails_the_task_naming_the_layer_and_reaso
     assert task.to_api()["layers"] == {"total": 3, "succeeded": 2, "failed": 1, "pending": 0}
 
 
+def test_a_refused_download_says_the_credentials_handed_over_lapsed(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish()
+    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "GET http://reg/v2/app/blobs/x answered HTTP 401")
+    world.deliver_all()
+    message = world.task(task_id).message or ""
+    assert "answered HTTP 401" in message
+    assert "credentials handed over with the blob URLs were refused or had expired" in message
+
+
 def test_layers_already_warm_finish_at_once_without_a_check(world):
     world.nodes.warm = {blob.label for blob in LAYERS}
     task_id = world.submit()

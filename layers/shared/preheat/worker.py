@@ -327,6 +327,12 @@ class Worker:
         more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
         noun = "layer" if task.type is PreheatType.IMAGE else "file"
         message = f"{counts.failed} of {counts.total} {noun}(s) failed to preheat: {reasons}{more}"
+        if self._settings.layer_urls == "registry" and any("401" in (blob.error or "") for blob in failed):
+            # The supernode downloads with the credentials handed over; a Bearer token lives minutes.
+            message += (
+                " (HTTP 401: the registry credentials handed over with the blob URLs were refused or "
+                "had expired before the download started; preheat again for fresh ones)"
+            )
         return self._finish(task, TaskStatus.FAIL, message, task.blobs)
 
     def _finish(
