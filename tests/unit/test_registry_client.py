@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import json
 import logging
@@ -1284,14 +1285,21 @@ def test_threads_share_one_session_pool(fake: StubRegistry):
     and really runs that many requests at once."""
     assert registry_module.DEFAULT_MAX_WORKERS >= 16
     fake.add_image("v1", [f"layer {n}".encode() for n in range(2 * registry_module.DEFAULT_MAX_WORKERS)])
-    in_flight = [0, 0]  # now, most
+    in_flight = [0, 0, 0]  # now, most, seen
     lock = threading.Lock()
+    # The first DEFAULT_MAX_WORKERS requests are held until that many are in flight at once (a
+    # barrier, not a sleep: a loaded machine starting threads slowly cannot make it flaky).
+    together = threading.Barrier(registry_module.DEFAULT_MAX_WORKERS)
 
     def slow(request: StubRequest, digest: str) -> StubResponse:
         with lock:
             in_flight[0] += 1
-            in_flight[1] = max(in_flight)
-        time.sleep(0.05)
+            in_flight[1] = max(in_flight[:2])
+            in_flight[2] += 1
+            held = in_flight[2] <= registry_module.DEFAULT_MAX_WORKERS
+        if held:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait(timeout=10)
         with lock:
             in_flight[0] -= 1
         return StubResponse(200, b"x")
