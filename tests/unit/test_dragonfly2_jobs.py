@@ -165,3 +165,23 @@ def test_a_rate_limit_that_outlasts_the_patience_retries_the_step(
 
     with pytest.raises(RateLimited, match="kept answering 429"):
         subject.create(manager.url, blobs(origin)[0])
+
+
+def test_blobs_needing_other_headers_go_in_a_job_of_their_own(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager()
+    subject = driver(manager.url, Sleeps())
+    items = blobs(origin)[:4]
+    # A foreign layer is downloaded from elsewhere, without the registry's credentials.
+    items[2] = Blob(url=items[2].url, digest=items[2].digest)
+
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+
+    assert [t.state for t in tasks] == [BlobState.SUCCESS] * 4
+    creates = [r["body"]["args"] for r in manager.requests_seen if r["method"] == "POST"]
+    assert len(creates) == 2
+    assert creates[0]["urls"] == [items[0].url, items[1].url, items[3].url]
+    assert creates[0]["headers"] == {"Authorization": "<redacted>"}
+    assert creates[1]["url"] == items[2].url
+    assert "headers" not in creates[1]
