@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from local.dragonfly2_manager import FakeDragonfly2Manager
-from preheat.adapters.dragonfly2 import Dragonfly2Driver
+from preheat.adapters.dragonfly2 import MAX_CACHED_JOBS, Dragonfly2Driver
 from preheat.errors import RateLimited
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeTask
@@ -185,3 +185,18 @@ def test_blobs_needing_other_headers_go_in_a_job_of_their_own(
     assert creates[0]["headers"] == {"Authorization": "<redacted>"}
     assert creates[1]["url"] == items[2].url
     assert "headers" not in creates[1]
+
+
+def test_a_warm_driver_keeps_no_more_job_answers_than_it_reuses(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager(job_rate_limit=None)
+    subject = driver(manager.url, Sleeps())
+    for _ in range(80):
+        subject.create_batch(manager.url, blobs(origin)[:2])
+
+    for job in range(1, 81):
+        assert subject.status(manager.url, f"{job}#0").task_id == f"{job}#0"
+
+    assert len(subject._answers) == MAX_CACHED_JOBS
+    assert len(subject._answer_locks) <= MAX_CACHED_JOBS + 1

@@ -25,6 +25,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -52,6 +53,7 @@ SECRET_MAX_AGE_SECONDS = 300
 MAX_URLS_PER_JOB = 1000
 # A many-URL job is read once per look for all its URLs: answers this fresh are reused.
 JOB_ANSWER_REUSE_SECONDS = 0.1
+MAX_CACHED_JOBS = 64
 # Job rate limit (manager default: 10 creates a second per cluster, bursts of 10): waits start at
 # half a second, double to 8 s, and give up on this step after a minute (the worker's timeout is
 # 120 s; the step is then redelivered, and the task's deadline still bounds it).
@@ -88,6 +90,8 @@ _PERMANENT_SECRET_ERRORS = frozenset(
 _ERROR_CODE_RE = re.compile(r"An error occurred \((\w+)\)")
 
 SecretReader = Callable[[str], str | bytes]
+# A job as the manager answered it, or the blob's verdict when there was none to read.
+_JobAnswer = dict[str, Any] | SupernodeTask
 
 
 def read_secret(name: str) -> str | bytes:
@@ -134,7 +138,9 @@ class Dragonfly2Driver(HttpTargetDriver):
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
         self._rate_limit_patience = rate_limit_patience
         self.rate_limited = 0  # 429 answers waited out, for tests and benchmarks
-        self._answers: dict[tuple[str, str], tuple[float, dict[str, Any] | SupernodeTask]] = {}
+        self._answers: OrderedDict[tuple[str, str], tuple[float, dict[str, Any] | SupernodeTask]] = (
+            OrderedDict()
+        )
         self._answer_locks: dict[tuple[str, str], threading.Lock] = {}
         self._answers_lock = threading.Lock()
 
@@ -301,11 +307,19 @@ class Dragonfly2Driver(HttpTargetDriver):
         with self._answers_lock:
             lock = self._answer_locks.setdefault(key, threading.Lock())
         with lock:
-            cached = self._answers.get(key)
+            with self._answers_lock:
+                cached = self._answers.get(key)
             if cached is not None and time.monotonic() - cached[0] < JOB_ANSWER_REUSE_SECONDS:
                 return cached[1]
             answer = self._read_job(target, job_id)
-            self._answers[key] = (time.monotonic(), answer)
+            with self._answers_lock:
+                self._answers[key] = (time.monotonic(), answer)
+                self._answers.move_to_end(key)
+                # A warm Lambda serves task after task: the least recently read jobs are dropped
+                # (at worst, one more read of a job still being watched).
+                while len(self._answers) > MAX_CACHED_JOBS:
+                    dropped, _ = self._answers.popitem(last=False)
+                    self._answer_locks.pop(dropped, None)
             return answer
 
     def _read_job(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
