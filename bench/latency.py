@@ -34,7 +34,8 @@ figure is each case's median.
 The floor of a case is what no design can avoid, computed in the same run:
 
 - the round trips that cannot overlap: the manifest, the platform manifests (an index only, in
-  parallel), one parallel round of blob requests, each r; one supernode create and one supernode
+  parallel), one parallel round of blob requests (with ``--set PREHEAT_LAYER_URLS=storage`` only:
+  registry blob URLs, the default, need none), each r; one supernode create and one supernode
   status read, each the supernode's delay; plus d. The registry needs no token. The supernode's
   download of each blob runs while its create answer travels back, so with d = 0 a blob is done
   when the first status read arrives;
@@ -645,7 +646,11 @@ def report(
     medians: dict[str, float] = {}
     for case in cases:
         record = runs[case.key]
-        registry_trips = case.registry_round_trips
+        registry_trips = dict(case.registry_round_trips)
+        if dict(args.env).get("PREHEAT_LAYER_URLS", "registry").strip().lower() != "storage":
+            # Registry blob URLs (the default) are handed over as the manifest names them: no round
+            # of blob requests.
+            del registry_trips["blobs (one parallel round)"]
         supernode_trips = {"create": 1, "status read": 1}
         network = sum(registry_trips.values()) * delay + sum(supernode_trips.values()) * supernode_delay
         floor = network + args.finish_delay + aws_seconds

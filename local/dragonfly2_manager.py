@@ -33,6 +33,14 @@ reports it: with ``single_seed_peer`` (the default scope) the URL is only left o
 result; with ``all_seed_peers``/``all_peers`` it is a failure task, and the job is FAILURE ("all
 peers preheat failed: ...") when nothing succeeded.
 
+The job rate limit is enforced as ``manager/middlewares/ratelimiter.go`` does: a create naming
+``scheduler_cluster_ids`` takes a token from each named cluster's bucket (``job_rate_limit`` a second,
+10 by default, bursts as large; ``None`` turns it off), else it is answered 429 with the text body
+``rate limit exceeded`` once its body has been parsed; a create naming no cluster is not limited.
+``admitted`` and ``rate_limited`` count both outcomes. ``tasks()`` lists the seed peers' tasks by the
+task id a Dragonfly 2 node computes for each URL (``tag``, ``application``, ``piece_length`` and
+``filtered_query_params`` of the job), so a test can check a node would hit them.
+
 Test knobs reproduce what real managers answer when seed peers fail:
 
 * ``fail_urls`` (url -> description): the job is SUCCESS but lists a failure task for the URL on every
@@ -52,6 +60,7 @@ Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir D
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -123,6 +132,10 @@ DEFAULT_FILTERED_QUERY_PARAMS = "&".join(
     )
 )
 
+# manager/middlewares/ratelimiter.go: job creates naming scheduler clusters, per cluster.
+DEFAULT_JOB_RATE_LIMIT = 10.0
+RATE_LIMIT_MESSAGE = "rate limit exceeded"
+TASK_TYPE = "STANDARD"
 REDACTED = "<redacted>"
 MAX_BODY_BYTES = 1 << 20
 JOBS_PATH = "/oapi/v1/jobs"
@@ -154,6 +167,25 @@ def _field_error(struct_field: str, tag: str) -> str:
     """The text gin's validator gives a binding failure."""
     name = struct_field.rsplit(".", 1)[-1]
     return f"Key: '{struct_field}' Error:Field validation for '{name}' failed on the '{tag}' tag"
+
+
+def node_task_id(url: str, args: Mapping[str, Any]) -> str:
+    """The task id a Dragonfly 2 node computes for ``url`` (dragonfly-client-util's id generator):
+    sha256 over the URL without its filtered query parameters (the others sorted by name), then the
+    tag, the application and the piece length when set, then the task type."""
+    filtered = {name for name in str(args.get("filtered_query_params") or "").split("&") if name}
+    base, sep, query = url.partition("?")
+    canonical = url
+    if filtered and sep:
+        kept = sorted(
+            (pair for pair in query.split("&") if pair and pair.split("=", 1)[0] not in filtered),
+            key=lambda pair: pair.split("=", 1)[0],
+        )
+        canonical = f"{base}?{'&'.join(kept)}" if kept else base
+    material = canonical + str(args.get("tag") or "") + str(args.get("application") or "")
+    if args.get("piece_length") is not None:
+        material += str(args["piece_length"])
+    return hashlib.sha256((material + TASK_TYPE).encode()).hexdigest()
 
 
 def redact_body(body: Any) -> Any:
@@ -315,6 +347,7 @@ class FakeDragonfly2Manager:
         job_ttl: float = DEFAULT_JOB_TTL,
         max_concurrent_downloads: int = 4,
         download_timeout: float = 30.0,
+        job_rate_limit: float | None = DEFAULT_JOB_RATE_LIMIT,
     ) -> None:
         if not token:
             raise ValueError("the fake manager needs a token to check")
@@ -342,6 +375,11 @@ class FakeDragonfly2Manager:
         self._next_id = 1
         self._requests_seen: list[dict[str, Any]] = []
         self._injected: dict[str, list[int]] = {}
+        self.job_rate_limit = job_rate_limit
+        self._buckets: dict[int, tuple[float, float]] = {}
+        self.admitted = 0  # creates that named clusters and got past the rate limit
+        self.rate_limited = 0  # creates answered 429
+        self._node_tasks: dict[str, str] = {}  # Dragonfly 2 task id -> seed peer task id
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -415,6 +453,36 @@ class FakeDragonfly2Manager:
         with self._lock:
             return self._jobs.pop(job_id, None) is not None
 
+    def tasks(self) -> dict[str, TaskRecord]:
+        """Every URL's seed peer task, by the task id a Dragonfly 2 node computes for that URL (with
+        the job's ``tag``, ``application``, ``piece_length`` and ``filtered_query_params``)."""
+        with self._lock:
+            node_tasks = dict(self._node_tasks)
+        seed = self.seed.tasks()
+        return {node_id: seed[seed_id] for node_id, seed_id in node_tasks.items() if seed_id in seed}
+
+    def _admit(self, cluster_ids: Iterable[int]) -> bool:
+        """The manager's job rate limiter: a token bucket per scheduler cluster named in the create
+        (``job_rate_limit`` a second, bursts as large); a create needs a token of each."""
+        if self.job_rate_limit is None:
+            return True
+        now = monotonic()
+        with self._lock:
+            buckets = []
+            for cluster_id in cluster_ids:
+                tokens, last = self._buckets.get(cluster_id, (self.job_rate_limit, now))
+                tokens = min(self.job_rate_limit, tokens + (now - last) * self.job_rate_limit)
+                buckets.append((cluster_id, tokens))
+            if any(tokens < 1 for _, tokens in buckets):
+                for cluster_id, tokens in buckets:
+                    self._buckets[cluster_id] = (tokens, now)
+                self.rate_limited += 1
+                return False
+            for cluster_id, tokens in buckets:
+                self._buckets[cluster_id] = (tokens - 1, now)
+            self.admitted += 1
+            return True
+
     # -- the API ---------------------------------------------------------------------------------
 
     def authorize(self, authorization: str | None, query_token: str | None) -> tuple[int, Any] | None:
@@ -444,12 +512,15 @@ class FakeDragonfly2Manager:
             return pending.pop(0) if pending else None
 
     def create(self, body: Any) -> tuple[int, Any]:
+        """The answer to a create: a JSON document, or text (the rate limiter's 429)."""
         try:
             request = parse_create(body, self.clusters)
         except _Invalid as exc:
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": str(exc)}
         except _NotFound as exc:
             return HTTPStatus.NOT_FOUND, {"message": str(exc)}
+        if request.cluster_ids and not self._admit(request.cluster_ids):
+            return HTTPStatus.TOO_MANY_REQUESTS, RATE_LIMIT_MESSAGE
         cluster_ids = request.cluster_ids or tuple(sorted(self.clusters))
         if not cluster_ids:
             return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "candidate schedulers not found"}
@@ -465,6 +536,8 @@ class FakeDragonfly2Manager:
                 return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": str(message or "seed peer refused")}
             # 201 (new or running) and 208 (finished) both name the task of the filtered URL.
             seed_tasks[url] = task_id_for(url, request.filters, "", request.headers)
+            with self._lock:
+                self._node_tasks[node_task_id(url, request.args)] = seed_tasks[url]
         with self._lock:
             job_id = self._next_id
             self._next_id += 1
@@ -709,7 +782,11 @@ class _Handler(BaseHTTPRequestHandler):
         if body is _UNREADABLE:
             self._send_json(HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": "invalid character in JSON body"})
             return
-        self._send_json(*self.server.manager.create(body))
+        status, answer = self.server.manager.create(body)
+        if isinstance(answer, str):
+            self._send(status, answer.encode(), "text/plain; charset=utf-8")
+        else:
+            self._send_json(status, answer)
 
     def do_DELETE(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")

@@ -61,6 +61,9 @@ from local.template import PhysicalResource, Resolver, Template
 
 log = logging.getLogger("local.stack")
 
+# Downloads the local stack's reference supernode runs at once.
+SUPERNODE_DOWNLOADS = 32
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 DEFAULT_LOCAL_DIR = PROJECT_ROOT / ".local"
@@ -240,7 +243,15 @@ class LocalStack:
         cache_dir = self._cache_dir
         if cache_dir is None:
             cache_dir = self._temp_cache = Path(tempfile.mkdtemp(prefix="preheat-supernode-"))
-        self.supernode = ReferenceSupernode(cache_dir, host=self._host, port=self._supernode_port).start()
+        # Every blob of an image is handed over at once (no registry round trip staggers them), and
+        # a supernode downloads them side by side: a handful at a time would make a 100-layer image
+        # wait on this stand-in, not on the service.
+        self.supernode = ReferenceSupernode(
+            cache_dir,
+            host=self._host,
+            port=self._supernode_port,
+            max_concurrent_downloads=SUPERNODE_DOWNLOADS,
+        ).start()
         return [self.supernode.url]
 
     def _start_demo_registry(self) -> None:

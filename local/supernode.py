@@ -6,13 +6,15 @@ no authentication. What it does do faithfully is the part the Preheat service de
 
 * ``POST /preheats`` (also ``/api/v1/preheats``) with ``{"type","url","headers","filter","identifier"}``;
   only ``file`` tasks are supported (the Preheat service resolves images into files itself).
-* Deterministic task ids: sha256 over the URL without its ``filter`` query parameters, plus the
-  identifier and a ``Range`` header if any, so two signed URLs of one object are one task.
+* Task ids as the Go supernode derives them (``generateTaskID``): sha256 over its key, the URL
+  without its ``filter`` query parameters, the identifier and a ``Range`` header if any, and the key
+  again: a node's dfget computes the same id, and two signed URLs of one object are one task.
 * 201 ``{"ID"}`` for a new task (and for a repeat of a waiting or running one: no second download),
   208 ``{"code":208,"message":"preheat task already exists, id:<ID>"}`` for a repeat of a finished
   one, and a restart for a repeat of a failed one.
 * A bounded pool of workers that download each URL with the given headers into ``<cache_dir>/<ID>``,
-  verifying the sha256 when the URL names a ``.../blobs/sha256:<hex>`` digest.
+  verifying the sha256 when the URL names a ``.../blobs/sha256:<hex>`` digest, and following
+  redirects as Go's client does (Authorization dropped when the host changes).
 * ``GET /preheats/{id}`` answers ``{"ID","status","startTime","finishTime","errorMsg"}`` with status
   ``WAITING`` -> ``RUNNING`` -> ``SUCCESS`` | ``FAILED``; ``GET /preheats``, ``DELETE /preheats/{id}``
   and ``GET /_ping`` too.
@@ -96,18 +98,32 @@ def filter_url(url: str, filters: tuple[str, ...]) -> str:
     return f"{base}?{'&'.join(kept)}" if kept else base
 
 
+# The key the Go supernode wraps a task id's material in (supernode/daemon/mgr/task/manager.go).
+TASK_ID_KEY = ">I$pg-~AS~sP'rqu_`Oh&lz#9]\"=;nE%"
+
+
 def task_id_for(url: str, filters: tuple[str, ...], identifier: str, headers: Mapping[str, str]) -> str:
-    """The deterministic task id: the same object always maps to the same task."""
+    """The task id as the Go supernode's ``generateTaskID`` derives it: sha256 over the key, the URL
+    without its ``filter`` parameters, the identifier, a ``Range`` header if any, and the key again.
+    A node's dfget computes the same id for the same URL, filter and identifier."""
     range_value = next((v for k, v in headers.items() if k.lower() == "range"), "")
-    # NUL separators keep ("ab", "c") and ("a", "bc") apart.
-    material = "\0".join((filter_url(url, filters), identifier, range_value))
+    material = f"{TASK_ID_KEY}{filter_url(url, filters)}{identifier}{range_value}{TASK_ID_KEY}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+# Headers Go's http.Client drops on a redirect to a host that is neither the first one nor one of
+# its subdomains (net/http, shouldCopyHeaderOnRedirect); every other header follows the redirect.
+_SENSITIVE_ON_REDIRECT = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
+
+
+def _redirect_headers(headers: Mapping[str, str], first: str, current: str) -> dict[str, str]:
+    """The headers Go's client sends to ``current`` when the download started at ``first``: the
+    hostnames are compared, ports aside, as Go does."""
+    initial = (urlsplit(first).hostname or "").lower()
+    destination = (urlsplit(current).hostname or "").lower()
+    if destination == initial or destination.endswith(f".{initial}"):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if k.lower() not in _SENSITIVE_ON_REDIRECT}
 
 
 @dataclass(frozen=True)
@@ -483,15 +499,14 @@ class ReferenceSupernode:
         return size, final
 
     def _open(self, session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
-        """GET ``url``, following redirects by hand: the caller's headers are credentials for the
-        origin it named, so they must not reach another origin (an S3 presigned URL, say) where they
-        would leak or break the signature. requests itself strips only Authorization."""
-        origin = _origin(url)
+        """GET ``url``, following redirects by hand the way a Dragonfly peer's Go client does:
+        Authorization (and cookies) go to the host the URL named and its subdomains only, so a
+        registry's token never reaches the storage it redirects to; other headers follow."""
         current = url
         for _ in range(MAX_REDIRECTS + 1):
             response = session.get(
                 current,
-                headers=headers if _origin(current) == origin else {},
+                headers=_redirect_headers(headers, url, current),
                 stream=True,
                 allow_redirects=False,
                 timeout=self._download_timeout,

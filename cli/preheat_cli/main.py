@@ -344,14 +344,19 @@ def summary(data: Mapping[str, Any]) -> list[str]:
 
 
 def blob_lines(data: Mapping[str, Any]) -> list[str]:
-    """``--detail``: a line per blob per supernode (state, digest or URL, size, supernode, error)."""
+    """``--detail``: a line per blob per supernode (state, digest or URL, size, supernode, error),
+    then, indented, the URL preheated and the task id a node computes for it (to check with
+    Dragonfly's own tools)."""
     blobs = data.get("blobs")
     if not isinstance(blobs, list) or not blobs:
         return []
     rows = []
+    proofs: list[str] = []
     for blob in blobs:
         if not isinstance(blob, Mapping):
             continue
+        url, node_task_id = blob.get("preheatedUrl"), blob.get("nodeTaskId")
+        proofs.append(f"    url {url}  node task id {node_task_id}" if url and node_task_id else "")
         what = str(blob.get("digest") or blob.get("url") or "?")
         size = blob.get("size")
         rows.append(
@@ -365,9 +370,11 @@ def blob_lines(data: Mapping[str, Any]) -> list[str]:
         )
     widths = [max(len(row[column]) for row in rows) for column in range(4)]
     lines = ["blobs:"]
-    for row in rows:
+    for row, proof in zip(rows, proofs, strict=True):
         cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
         lines.append(("  " + "  ".join(cells) + ("  " + row[4] if row[4] else "")).rstrip())
+        if proof:
+            lines.append(proof)
     return lines
 
 

@@ -45,6 +45,8 @@ def test_bench_writes_every_figure_with_value_target_and_met(
     assert len(result["runs_seconds"]) == 2
     # 401, token, manifest, then a redirect and a storage answer per blob.
     assert result["requests_per_resolve"] == 3 + 2 * 6
+    # Handing over registry blob URLs (the default): 401, token, manifest, nothing per blob.
+    assert result["requests_per_resolve_registry_urls"] == 3
     assert set(result["figures"]) == FIGURES
     for name, item in result["figures"].items():
         assert {"value", "target", "met"} <= set(item), name

@@ -7,6 +7,7 @@ through ``main([...])`` with pytest capturing its output (stdout is then not a t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -166,6 +167,14 @@ def test_json_wait_prints_the_final_status_answer_only(
     assert f"task      {task_id}" in out
     assert "SUCCESS" in out
     assert len([line for line in out.splitlines() if line.strip().startswith("SUCCESS  sha256:")]) == 4
+    # Under each blob, the URL preheated and the Dragonfly 1 task id a node computes for it.
+    key = ">I$pg-~AS~sP'rqu_`Oh&lz#9]\"=;nE%"
+    proofs = [line.split() for line in out.splitlines() if line.startswith("    url ")]
+    assert len(proofs) == 4
+    for _, url, _node, _task, _id, task in proofs:
+        assert url.startswith(f"http://{image.split('/', maxsplit=1)[0]}/")
+        assert "/blobs/sha256:" in url
+        assert task == hashlib.sha256(f"{key}{url}{key}".encode()).hexdigest()
 
     code, out, err = run_main(capsys, "--endpoint", stack.api_url, "--json", "status", task_id)
     assert code == 0, err

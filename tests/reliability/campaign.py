@@ -128,6 +128,9 @@ ENV = {
     "PREHEAT_CHECK_INTERVAL": "0.25",
     "PREHEAT_RETRY_BASE_DELAY": f"{scaled('retry base'):g}",
     "PREHEAT_RETRY_MAX_DELAY": f"{RETRY_CAP:g}",
+    # The campaign's registry faults strike blob redirects and file GETs, which the worker makes in
+    # the spec's literal mode only (registry blob URLs, the default, need no request per blob).
+    "PREHEAT_LAYER_URLS": "storage",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -172,6 +173,14 @@ class FakeSupernodes:
         task_id = f"id-{blob.label}"
         state = BlobState.SUCCESS if blob.label in self.warm else BlobState.PENDING
         return self.states.setdefault((target, task_id), SupernodeTask(task_id, state))
+
+    batch_size = 1
+
+    def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
+        return [self.create(target, blob) for blob in blobs]
+
+    def node_task_id(self, blob: Blob) -> str:
+        return hashlib.sha256(f"node {blob.url}".encode()).hexdigest()
 
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
         self.polls += 1

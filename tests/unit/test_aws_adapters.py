@@ -83,6 +83,17 @@ def test_a_task_round_trips_with_its_blob_progress(store):
             "sha256:" + "a" * 64, "http://sn1:8002", BlobState.SUCCESS, "sha256:" + "a" * 64, 12, "id1"
         ),
         BlobProgress("sha256:" + "b" * 64, "http://sn1:8002", BlobState.FAILED, None, None, "id2", "boom"),
+        # The URL handed over, and a node task id equal to the supernode's (stored once) or not.
+        BlobProgress(
+            *("sha256:" + "c" * 64, "http://sn1:8002", BlobState.PENDING, None, 3, "id3", None),
+            url="http://registry:5000/v2/app/blobs/sha256:" + "c" * 64,
+            node_task_id="id3",
+        ),
+        BlobProgress(
+            *("sha256:" + "d" * 64, "http://sn2:8002", BlobState.SUCCESS, None, 4, "job-7", None),
+            url="http://registry:5000/v2/app/blobs/sha256:" + "d" * 64,
+            node_task_id="e" * 64,
+        ),
     )
     moved = replace(task, blobs=blobs, dispatched=True, check_seq=1, message="note")
     assert store.save(moved, expected_check_seq=0)
@@ -183,6 +194,9 @@ def _failed_everywhere(rng: random.Random, error_chars: int) -> tuple[BlobProgre
             size=rng.randrange(1, 1 << 40),
             supernode_task_id="".join(rng.choices("0123456789abcdef", k=64)),
             error=f"supernode http://supernode-{n}.example.internal:8002 failed task: {noise(error_chars)}",
+            # The worst case: a node task id that differs from the target's own (a Dragonfly 2 job's).
+            url=f"https://registry.example.com/v2/platform-team/service-image/blobs/{digest}",
+            node_task_id="".join(rng.choices("0123456789abcdef", k=64)),
         )
         for _ in range(MAX_BLOBS)
         for n in range(3)
@@ -205,8 +219,8 @@ def test_an_item_at_the_service_limits_with_long_errors_stays_under_dynamodbs_li
     assert size < 400 * 1024
     stored = store.get(task.task_id)
     assert stored is not None
-    assert [(b.label, b.target, b.state, b.digest, b.size) for b in stored.blobs] == [
-        (b.label, b.target, b.state, b.digest, b.size) for b in blobs
+    assert [(b.label, b.target, b.state, b.digest, b.size, b.url, b.node_task_id) for b in stored.blobs] == [
+        (b.label, b.target, b.state, b.digest, b.size, b.url, b.node_task_id) for b in blobs
     ]
     # Every blob keeps the start of its error, which names its supernode.
     for original, kept in zip(blobs, stored.blobs, strict=True):

@@ -384,7 +384,9 @@ def test_a_request_the_manager_rejects_is_permanent(manager: FakeDragonfly2Manag
     assert len(manager.requests_seen) == 1
 
 
-def test_a_500_is_retried_with_backoff(manager: FakeDragonfly2Manager, origin: Origin) -> None:
+def test_a_500_is_retried_with_backoff_and_a_429_waited_out(
+    manager: FakeDragonfly2Manager, origin: Origin
+) -> None:
     manager.inject_errors("POST", 1, status=500)
     manager.inject_errors("POST", 1, status=429)
     sleeps = Sleeps()
@@ -393,7 +395,11 @@ def test_a_500_is_retried_with_backoff(manager: FakeDragonfly2Manager, origin: O
     task = subject.create(manager.url, blob(origin.url(f"/v2/app/blobs/{DIGEST}")))
 
     assert task == SupernodeTask("1", BlobState.PENDING)
-    assert sleeps == [0.01, 0.02]
+    # The 500 costs a retry of the driver's own backoff; the 429 a jittered wait of its own.
+    assert sleeps[0] == 0.01
+    assert len(sleeps) == 2
+    assert 0 <= sleeps[1] <= 0.5
+    assert subject.rate_limited == 1
     assert len(manager.requests_seen) == 3
 
 

@@ -98,6 +98,8 @@ PUBLIC = ["8.8.8.8", "1.1.1.1", "52.94.236.248", "2606:4700:4700::1111", "::ffff
 
 
 def settings(**overrides: Any) -> Settings:
+    # The redirect checks below are of the storage mode, where the worker follows blob redirects.
+    overrides.setdefault("layer_urls", "storage")
     return Settings(insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=1.0, **overrides)
 
 

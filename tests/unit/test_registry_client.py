@@ -34,8 +34,14 @@ from tests.support.registry import StubRequest, StubResponse, StubServer, digest
 
 # The stubs listen on loopback, which the outbound policy refuses unless allowed.
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+# These tests pin the spec's literal mode (storage URLs, redirects followed); registry blob URLs,
+# the default, are tested in test_registry_urls.py.
+STORAGE = "storage"
 SETTINGS = Settings(
-    insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=1.0, allowed_networks=LOOPBACK
+    insecure_registries=frozenset({"127.0.0.1"}),
+    registry_timeout_seconds=1.0,
+    allowed_networks=LOOPBACK,
+    layer_urls=STORAGE,
 )
 CANARY = "canary-Zq8wX3secret"
 AMZ_QUERY = (
@@ -1108,7 +1114,10 @@ def test_slow_registry_times_out(fake: StubRegistry):
     fake.add_image("v1", [b"layer"])
     fake.script.extend(StubResponse(200, b"{}", delay=1.0) for _ in range(4))
     settings = Settings(
-        insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1, allowed_networks=LOOPBACK
+        insecure_registries=frozenset({"127.0.0.1"}),
+        registry_timeout_seconds=0.1,
+        allowed_networks=LOOPBACK,
+        layer_urls=STORAGE,
     )
     client = HttpRegistryClient(settings, sleep=lambda seconds: None)
     started = time.monotonic()
@@ -1123,7 +1132,10 @@ def test_slow_storage_times_out(fake: StubRegistry, storage: StubServer):
     fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
     storage.handler = lambda request: StubResponse(200, b"late", delay=1.0)
     settings = Settings(
-        insecure_registries=frozenset({"127.0.0.1"}), registry_timeout_seconds=0.1, allowed_networks=LOOPBACK
+        insecure_registries=frozenset({"127.0.0.1"}),
+        registry_timeout_seconds=0.1,
+        allowed_networks=LOOPBACK,
+        layer_urls=STORAGE,
     )
     client = HttpRegistryClient(settings, attempts=2, sleep=lambda seconds: None)
     started = time.monotonic()

@@ -1,5 +1,6 @@
 """The worker's steps over fakes: the happy path, failures, and every step run twice."""
 
+import hashlib
 import threading
 import time
 
@@ -102,6 +103,17 @@ def test_a_layer_failed_on_a_supernode_fails_the_task_naming_the_layer_and_reaso
     assert LAYERS[1].digest in (task.message or "")
     assert "digest mismatch" in (task.message or "")
     assert task.to_api()["layers"] == {"total": 3, "succeeded": 2, "failed": 1, "pending": 0}
+
+
+def test_a_refused_download_says_the_credentials_handed_over_lapsed(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish()
+    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "GET http://reg/v2/app/blobs/x answered HTTP 401")
+    world.deliver_all()
+    message = world.task(task_id).message or ""
+    assert "answered HTTP 401" in message
+    assert "credentials handed over with the blob URLs were refused or had expired" in message
 
 
 def test_layers_already_warm_finish_at_once_without_a_check(world):
@@ -446,7 +458,13 @@ def test_detail_lists_every_blob_on_every_supernode_without_credentials():
     world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "disk full")
     world.deliver_all()
     detail = world.task(task_id).to_api(detail=True)["blobs"]
-    assert detail[0] == {"digest": LAYERS[0].digest, "supernode": "http://sn1:8002", "state": "SUCCESS"}
+    assert detail[0] == {
+        "digest": LAYERS[0].digest,
+        "supernode": "http://sn1:8002",
+        "preheatedUrl": LAYERS[0].url,
+        "nodeTaskId": hashlib.sha256(f"node {LAYERS[0].url}".encode()).hexdigest(),
+        "state": "SUCCESS",
+    }
     assert detail[1]["error"] == "disk full"
     assert detail[2]["state"] == "PENDING"
     assert "blobs" not in world.task(task_id).to_api()

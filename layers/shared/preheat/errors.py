@@ -46,3 +46,8 @@ class ClaimHeld(PreheatError):
     def __init__(self, task_id: str | None) -> None:
         super().__init__(f"an identical request is held by task {task_id}")
         self.task_id = task_id
+
+
+class RateLimited(TransientFailure):
+    """A target kept answering 429 (a Dragonfly 2 manager's job rate limit) past the driver's
+    patience: the step is retried by redelivery, and no blob is counted as failed for it."""

@@ -417,6 +417,9 @@ class BlobProgress:
     size: int | None = None
     supernode_task_id: str | None = None
     error: str | None = None
+    # The URL handed over (signature parameters left out) and the task id a node computes for it.
+    url: str | None = None
+    node_task_id: str | None = None
 
     def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
         return replace(self, state=state, error=error)
@@ -426,6 +429,10 @@ class BlobProgress:
         if self.size is not None:
             data["size"] = self.size
         data["supernode"] = _without_userinfo(self.target)
+        if self.url:
+            data["preheatedUrl"] = self.url
+        if self.node_task_id:
+            data["nodeTaskId"] = self.node_task_id
         data["state"] = self.state.value
         if self.error:
             data["error"] = self.error

@@ -21,8 +21,11 @@ only, since registries spread them over hosts of their own (auth.docker.io, S3, 
 
 Proxies are not used: one would connect on our behalf, past the check (Lambda has none), so the
 pool manager ignores ``HTTP(S)_PROXY``. The supernode drivers are not guarded: operators configure the
-supernodes, which are usually private. A supernode downloads the resolved blob URLs itself, with
-its own resolver: this guard covers what this service fetches, not what a supernode does.
+supernodes, which are usually private. Every URL handed to a supernode is checked here all the same
+(:meth:`OutboundPolicy.check_handover`: its scheme, the allowlist, then every address its host
+resolves to), so that a caller cannot use the supernode to reach what the worker may not. The
+supernode then downloads it, and follows the registry's redirects, with its own resolver: this
+guard covers what this service fetches and hands over, not where a supernode's redirects lead.
 
 What can be known without DNS (scheme, a literal address, ``localhost``, the allowlist) is also
 checked when a request is submitted (:func:`check_request`), so that it is refused with a 400
@@ -44,7 +47,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _TYPE_DEFAULT
 
-from preheat.errors import InvalidRequest, PermanentFailure
+from preheat.errors import InvalidRequest, PermanentFailure, TransientFailure
 from preheat.models import DOCKER_HUB_ALIASES, DOCKER_HUB_REGISTRY, PreheatRequest
 from preheat.settings import Settings
 
@@ -225,6 +228,36 @@ class OutboundPolicy:
         reason = self.url_refusal(url)
         if reason is not None:
             raise AddressRefused(f"refused to fetch the {what}: {reason}")
+
+    def check_handover(self, url: str, what: str) -> None:
+        """Raise :class:`AddressRefused` unless ``url`` may be handed to a supernode: what
+        :meth:`check_url` checks, then every address its host resolves to (one refused address is
+        enough to refuse it: the supernode's resolver may pick that one)."""
+        reason = self.url_refusal(url)
+        if reason is not None:
+            raise AddressRefused(f"refused to hand the {what} to the supernode: {reason}")
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".")
+        try:
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+            infos = socket.getaddrinfo(host.strip("[]"), port, 0, socket.SOCK_STREAM)
+        except ValueError:
+            raise PermanentFailure(f"the {what} has an invalid port") from None
+        except (socket.gaierror, UnicodeError) as exc:
+            code = exc.args[0] if isinstance(exc, socket.gaierror) and exc.args else None
+            unresolved = f"host {host[:100]} cannot be resolved before it is handed to the supernode"
+            if code == socket.EAI_AGAIN:
+                raise TransientFailure(f"{unresolved} (temporary DNS failure)") from None
+            raise PermanentFailure(unresolved) from None
+        refused: list[tuple[IPAddress, str]] = []
+        for *_, sockaddr in infos:
+            address = parse_address(str(sockaddr[0]))
+            reason = self.refusal(address)
+            if reason is not None and all(seen != address for seen, _ in refused):
+                refused.append((address, reason))
+        if refused:
+            message = _refusal_message(host, refused).removeprefix("refused to connect to ")
+            raise AddressRefused(f"refused to hand the {what} to the supernode: {message}")
 
     def connect(
         self,

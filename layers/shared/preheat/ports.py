@@ -94,6 +94,16 @@ class SupernodeDriver(Protocol):
     def create(self, target: str, blob: Blob) -> SupernodeTask:
         """Ask ``target`` to preheat ``blob``; an "already exists" answer counts as warm."""
 
+    @property
+    def batch_size(self) -> int:
+        """How many blobs one :meth:`create_batch` may carry (1: create them one by one)."""
+
+    def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
+        """Ask ``target`` to preheat ``blobs`` at once (at most ``batch_size``); one answer per blob."""
+
+    def node_task_id(self, blob: Blob) -> str:
+        """The task id a node of this target computes for ``blob``'s URL, in the target's algorithm."""
+
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask: ...
 
 

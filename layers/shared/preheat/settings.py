@@ -87,6 +87,34 @@ def _cluster_ids(raw: str) -> tuple[int, ...]:
         ) from None
 
 
+def _host_map(raw: str) -> tuple[tuple[str, str], ...]:
+    """``from=to`` pairs: the registry host the worker talks to, and the host nodes name."""
+    pairs = dict(DEFAULT_NODE_REGISTRY_HOSTS)
+    for part in _split(raw):
+        source, sep, target = part.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(
+                f"PREHEAT_NODE_REGISTRY_HOSTS entries must be 'registry=host nodes name', got {part!r}"
+            )
+        pairs[source.strip().lower()] = target.strip().lower()
+    return tuple(sorted(pairs.items()))
+
+
+def _params(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split("&") if part.strip())
+
+
+def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
+    if not env.get(name, "").strip():
+        return None
+    return _positive_int(env, name, 1)
+
+
+# Docker Hub: the worker must talk to registry-1.docker.io, nodes name it as dfdaemon's default
+# mirror address does (https://index.docker.io).
+DEFAULT_NODE_REGISTRY_HOSTS = (("registry-1.docker.io", "index.docker.io"),)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Deployment configuration. Every field maps to one ``PREHEAT_*`` variable (see README)."""
@@ -122,6 +150,19 @@ class Settings:
     dragonfly2_token_secret: str = ""
     dragonfly2_clusters: tuple[int, ...] = ()
     dragonfly2_scope: str = "single_seed_peer"
+    # What the supernode is handed: the registry blob URL nodes ask for, or the storage URL the
+    # registry redirects to (the spec's literal wording). See README, "Which URL is warmed".
+    layer_urls: str = "registry"
+    # Registry host (as the worker talks to it) -> the host nodes name in their blob URLs.
+    node_registry_hosts: tuple[tuple[str, str], ...] = DEFAULT_NODE_REGISTRY_HOSTS
+    # What changes the task id a node computes; each defaults to what a node uses out of the box.
+    dragonfly1_filter: tuple[str, ...] = ()
+    dragonfly1_identifier: str = ""
+    dragonfly2_tag: str = ""
+    dragonfly2_application: str = ""
+    dragonfly2_piece_length: int | None = None
+    dragonfly2_filtered_query_params: tuple[str, ...] = ()  # empty: the client's default list
+    dragonfly2_job_urls: str = "batch"  # one job per task with args.urls, or "single" (one per URL)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -178,7 +219,20 @@ class Settings:
             dragonfly2_scope=_choice(
                 env, "PREHEAT_DRAGONFLY2_SCOPE", ("single_seed_peer", "all_seed_peers", "all_peers")
             ),
+            layer_urls=_choice(env, "PREHEAT_LAYER_URLS", ("registry", "storage")),
+            node_registry_hosts=_host_map(env.get("PREHEAT_NODE_REGISTRY_HOSTS", "")),
+            dragonfly1_filter=_params(env.get("PREHEAT_DRAGONFLY1_FILTER", "")),
+            dragonfly1_identifier=env.get("PREHEAT_DRAGONFLY1_IDENTIFIER", "").strip(),
+            dragonfly2_tag=env.get("PREHEAT_DRAGONFLY2_TAG", "").strip(),
+            dragonfly2_application=env.get("PREHEAT_DRAGONFLY2_APPLICATION", "").strip(),
+            dragonfly2_piece_length=_optional_positive_int(env, "PREHEAT_DRAGONFLY2_PIECE_LENGTH"),
+            dragonfly2_filtered_query_params=_params(env.get("PREHEAT_DRAGONFLY2_FILTERED_QUERY_PARAMS", "")),
+            dragonfly2_job_urls=_choice(env, "PREHEAT_DRAGONFLY2_JOB_URLS", ("batch", "single")),
         )
+
+    def node_host(self, registry: str) -> str:
+        """The host nodes name for ``registry`` (``host`` or ``host:port``) in their blob URLs."""
+        return dict(self.node_registry_hosts).get(registry.lower(), registry)
 
     def is_insecure(self, host: str) -> bool:
         """Whether ``host`` (``name`` or ``name:port``) is spoken to over plain http."""

@@ -40,9 +40,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import datetime
-from typing import Self
+from typing import Self, TypeVar
 
-from preheat.errors import PermanentFailure, PreheatError, TransientFailure
+from preheat.errors import PermanentFailure, PreheatError, RateLimited, TransientFailure
 from preheat.models import (
     Blob,
     BlobProgress,
@@ -63,8 +63,11 @@ from preheat.placement import targets_for
 from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
 from preheat.service import RETRYING_PREFIX, last_error, timed_out_message, waiting_for
 from preheat.settings import Settings
+from preheat.task_ids import without_params
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 FIRST_RELOOK_SECONDS = 0.05
@@ -177,7 +180,8 @@ class Worker:
             # Nothing could be warmed: a vacuous SUCCESS would be a lie.
             return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
-        with _Dispatch(self._send, targets, scope) as dispatch:
+        batch = self._supernodes.batch_size
+        with _Dispatch(self._send, self._send_batch, self._progress_of, targets, scope, batch) as dispatch:
             try:
                 resolution = self._resolve(task, headers, dispatch.submit, budget.left())
                 # Sends still unanswered when the step's time is up fail it, for a clean retry.
@@ -187,6 +191,7 @@ class Worker:
             except TransientFailure as exc:
                 # Leave a note for the caller, the deadline and the dead-letter consumer, then retry
                 # after a backoff (the blobs already sent are sent again: a supernode joins repeats).
+                # A target's rate limit lands here too: it is waited out, never a failed blob.
                 self._store.save(
                     replace(task, message=f"{RETRYING_PREFIX}{exc}"), expected_check_seq=task.check_seq
                 )
@@ -249,7 +254,7 @@ class Worker:
     def _send(self, blob: Blob, target: str) -> BlobProgress:
         """Create ``blob`` on ``target``, and look at it shortly after if it is not done yet (a small
         blob often is by then). A TransientFailure of the create is raised (see _Dispatch)."""
-        progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+        progress = self._progress_of(blob, target)
         try:
             answer = self._supernodes.create(target, blob)
         except PermanentFailure as exc:
@@ -258,6 +263,35 @@ class Worker:
         if progress.state is BlobState.PENDING:
             self._sleep(FIRST_LOOK_SECONDS)
         return self._look(progress)
+
+    def _send_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
+        """Create ``blobs`` on ``target`` at once (one Dragonfly 2 job with ``urls``), then look."""
+        progress = [self._progress_of(blob, target) for blob in blobs]
+        try:
+            answers = self._supernodes.create_batch(target, blobs)
+        except RateLimited:
+            raise
+        except (PermanentFailure, TransientFailure) as exc:
+            return [item.with_state(BlobState.FAILED, str(exc)) for item in progress]
+        progress = [
+            replace(item, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
+            for item, answer in zip(progress, answers, strict=True)
+        ]
+        if _pending(progress):
+            self._sleep(FIRST_LOOK_SECONDS)
+        return list(self._poll(tuple(progress)))
+
+    def _progress_of(self, blob: Blob, target: str) -> BlobProgress:
+        """The blob as the task records it: with the URL handed over (its signature parameters
+        left out) and the task id a node computes for it, for operators to check."""
+        return BlobProgress(
+            label=blob.label,
+            target=target,
+            digest=blob.digest,
+            size=blob.size,
+            url=without_params(blob.url, blob.filter),
+            node_task_id=self._supernodes.node_task_id(blob),
+        )
 
     # -- check: poll what is pending ----------------------------------------------------------
 
@@ -368,6 +402,12 @@ class Worker:
         more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
         noun = "layer" if task.type is PreheatType.IMAGE else "file"
         message = f"{counts.failed} of {counts.total} {noun}(s) failed to preheat: {reasons}{more}"
+        if self._settings.layer_urls == "registry" and any("401" in (blob.error or "") for blob in failed):
+            # The supernode downloads with the credentials handed over; a Bearer token lives minutes.
+            message += (
+                " (HTTP 401: the registry credentials handed over with the blob URLs were refused or "
+                "had expired before the download started; preheat again for fresh ones)"
+            )
         return self._finish(task, TaskStatus.FAIL, message, task.blobs)
 
     def _finish(
@@ -400,11 +440,20 @@ class _Dispatch:
     """
 
     def __init__(
-        self, send: Callable[[Blob, str], BlobProgress], targets: tuple[str, ...], scope: str
+        self,
+        send: Callable[[Blob, str], BlobProgress],
+        send_batch: Callable[[Sequence[Blob], str], list[BlobProgress]],
+        describe: Callable[[Blob, str], BlobProgress],
+        targets: tuple[str, ...],
+        scope: str,
+        batch_size: int = 1,
     ) -> None:
         self._send = send
+        self._describe = describe
+        self._send_batch = send_batch
         self._targets = targets
         self._scope = scope
+        self._batch_size = batch_size
         self._pool = ThreadPoolExecutor(MAX_PARALLEL_SUPERNODE_CALLS, thread_name_prefix="dispatch")
         self._sent: dict[str, list[Future[BlobProgress]]] = {}
         self._lock = threading.Lock()
@@ -415,7 +464,7 @@ class _Dispatch:
     def _guarded(self, blob: Blob, target: str) -> BlobProgress:
         """``send``, turning its failures into a FAILED blob; a target whose creates keep failing
         for reasons worth retrying gets no more of this step's creates (see BREAKER_FAILURES)."""
-        progress = BlobProgress(label=blob.label, target=target, digest=blob.digest, size=blob.size)
+        progress = self._describe(blob, target)
         with self._lock:
             failures, last = self._failures.get(target, (0, ""))
         if failures >= BREAKER_FAILURES:
@@ -425,6 +474,8 @@ class _Dispatch:
             )
         try:
             sent = self._send(blob, target)
+        except RateLimited:
+            raise  # waited out by retrying the step, never a failed blob
         except TransientFailure as exc:
             with self._lock:
                 count = self._failures.get(target, (0, ""))[0] + 1
@@ -442,6 +493,8 @@ class _Dispatch:
         return sent
 
     def submit(self, blob: Blob) -> None:
+        if self._batch_size > 1:
+            return  # a target that takes many blobs at once gets them all in ``progress``
         with self._lock:
             if _key(blob) in self._sent:
                 return
@@ -453,11 +506,16 @@ class _Dispatch:
     def progress(self, blobs: Sequence[Blob], time_left: float | None = None) -> tuple[BlobProgress, ...]:
         """Every blob's result, waiting at most ``time_left`` seconds in all: sends still unanswered
         then raise TransientFailure (and are abandoned, not waited for)."""
+        if self._batch_size > 1:
+            return self._batches(blobs, time_left)
         for blob in blobs:
             self.submit(blob)
         with self._lock:
             sent = [self._sent[_key(blob)] for blob in blobs]
         futures = [future for group in sent for future in group]
+        return tuple(self._results(futures, time_left))
+
+    def _results(self, futures: Sequence[Future[_T]], time_left: float | None) -> list[_T]:
         _, unanswered = wait(futures, timeout=time_left)
         if unanswered:
             self._abandoned = True
@@ -468,7 +526,28 @@ class _Dispatch:
                 f"{len(unanswered)} of {len(futures)} preheat requests to the supernodes were still "
                 f"unanswered when the step's time ran out{detail}"
             )
-        return tuple(future.result() for future in futures)
+        return [future.result() for future in futures]
+
+    def _batches(self, blobs: Sequence[Blob], time_left: float | None) -> tuple[BlobProgress, ...]:
+        """Every blob in as few creates as the target allows: per target, chunks of ``batch_size``."""
+        unique = list({_key(blob): blob for blob in blobs}.values())
+        by_target: dict[str, list[Blob]] = {}
+        for blob in unique:
+            for target in targets_for(blob, self._targets, self._scope):
+                by_target.setdefault(target, []).append(blob)
+        size = self._batch_size
+        futures = [
+            self._pool.submit(self._send_batch, assigned[start : start + size], target)
+            for target, assigned in by_target.items()
+            for start in range(0, len(assigned), size)
+        ]
+        answered = self._results(futures, time_left)
+        done = {(item.label, item.target): item for items in answered for item in items}
+        return tuple(
+            done[(blob.label, target)]
+            for blob in unique
+            for target in targets_for(blob, self._targets, self._scope)
+        )
 
     def __enter__(self) -> Self:
         return self

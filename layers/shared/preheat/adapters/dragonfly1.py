@@ -29,6 +29,7 @@ from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
+from preheat.task_ids import dragonfly1_task_id
 
 MAX_QUOTED_CHARS = 300
 # A supernode task id goes into a URL path and into the task's record: the Go supernode's are 64
@@ -74,12 +75,22 @@ class Dragonfly1Driver(HttpTargetDriver):
             sleep=sleep,
         )
 
+    def _filter(self, blob: Blob) -> tuple[str, ...]:
+        """The blob's signature parameters, then those the nodes' dfget is configured to filter."""
+        return tuple(dict.fromkeys((*blob.filter, *self._settings.dragonfly1_filter)))
+
+    def node_task_id(self, blob: Blob) -> str:
+        return dragonfly1_task_id(blob.url, self._filter(blob), self._settings.dragonfly1_identifier)
+
     def create(self, target: str, blob: Blob) -> SupernodeTask:
         body: dict[str, Any] = {"type": "file", "url": blob.url}
         if blob.headers:
             body["headers"] = blob.headers.reveal()
-        if blob.filter:
-            body["filter"] = "&".join(blob.filter)
+        filter_params = self._filter(blob)
+        if filter_params:
+            body["filter"] = "&".join(filter_params)
+        if self._settings.dragonfly1_identifier:
+            body["identifier"] = self._settings.dragonfly1_identifier
         secrets = tuple(blob.headers.values())
         # Retrying a create is safe: the supernode derives the task id from the URL, so a repeat
         # joins the task the lost attempt may have started.

@@ -21,9 +21,13 @@ credentials: no message this module builds quotes them, and text from a manager 
 from __future__ import annotations
 
 import json
+import random
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from preheat.adapters.http import HttpClient, Response
@@ -32,15 +36,30 @@ from preheat.adapters.http_target import (
     DEFAULT_BACKOFF_SECONDS,
     REDACTED,
     HttpTargetDriver,
+    Throttled,
     display_target,
     json_body,
 )
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
+from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_task_id
 
 SECRET_MAX_AGE_SECONDS = 300
+# One job carries at most this many URLs: a 1000-layer image in one job, and a create body of some
+# 150 KiB, well inside MySQL 5.7's default max_allowed_packet (4 MiB) for the job's stored args and
+# the machinery message that carries them to the schedulers. An index of many platforms is split.
+MAX_URLS_PER_JOB = 1000
+# A many-URL job is read once per look for all its URLs: answers this fresh are reused.
+JOB_ANSWER_REUSE_SECONDS = 0.1
+MAX_CACHED_JOBS = 64
+# Job rate limit (manager default: 10 creates a second per cluster, bursts of 10): waits start at
+# half a second, double to 8 s, and give up on this step after a minute (the worker's timeout is
+# 120 s; the step is then redelivered, and the task's deadline still bounds it).
+RATE_LIMIT_BASE_DELAY = 0.5
+RATE_LIMIT_MAX_DELAY = 8.0
+RATE_LIMIT_PATIENCE_SECONDS = 60.0
 MAX_QUOTED_CHARS = 400
 MAX_NAMED_HOSTS = 5
 MIN_SCRUBBED_CHARS = 4
@@ -71,6 +90,8 @@ _PERMANENT_SECRET_ERRORS = frozenset(
 _ERROR_CODE_RE = re.compile(r"An error occurred \((\w+)\)")
 
 SecretReader = Callable[[str], str | bytes]
+# A job as the manager answered it, or the blob's verdict when there was none to read.
+_JobAnswer = dict[str, Any] | SupernodeTask
 
 
 def read_secret(name: str) -> str | bytes:
@@ -111,27 +132,102 @@ class Dragonfly2Driver(HttpTargetDriver):
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
         secret_reader: SecretReader | None = None,
+        rate_limit_patience: float = RATE_LIMIT_PATIENCE_SECONDS,
     ) -> None:
         super().__init__(settings, http, attempts=attempts, backoff_seconds=backoff_seconds, sleep=sleep)
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
+        self._rate_limit_patience = rate_limit_patience
+        self.rate_limited = 0  # 429 answers waited out, for tests and benchmarks
+        self._answers: OrderedDict[tuple[str, str], tuple[float, dict[str, Any] | SupernodeTask]] = (
+            OrderedDict()
+        )
+        self._answer_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._answers_lock = threading.Lock()
 
     # -- jobs --------------------------------------------------------------------------------------
 
-    def create(self, target: str, blob: Blob) -> SupernodeTask:
-        args: dict[str, Any] = {"type": "file", "url": blob.url}
-        if blob.headers:
-            args["headers"] = blob.headers.reveal()
-        if blob.filter:
-            args["filtered_query_params"] = "&".join(blob.filter)
+    @property
+    def batch_size(self) -> int:
+        return MAX_URLS_PER_JOB if self._settings.dragonfly2_job_urls == "batch" else 1
+
+    def _filtered_query_params(self, blob: Blob) -> tuple[str, ...]:
+        """What the seed peers leave out of the URL for its task id: the configured list (or,
+        when unset, the client's default list) plus the blob's own signature parameters."""
+        configured = self._settings.dragonfly2_filtered_query_params
+        return tuple(dict.fromkeys((*(configured or DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS), *blob.filter)))
+
+    def node_task_id(self, blob: Blob) -> str:
+        settings = self._settings
+        return dragonfly2_task_id(
+            blob.url,
+            self._filtered_query_params(blob),
+            settings.dragonfly2_tag,
+            settings.dragonfly2_application,
+            settings.dragonfly2_piece_length,
+        )
+
+    def _body(self, blobs: Sequence[Blob]) -> dict[str, Any]:
+        first = blobs[0]
+        args: dict[str, Any] = {"type": "file"}
+        if len(blobs) == 1:
+            args["url"] = first.url
+        else:
+            args["urls"] = [blob.url for blob in blobs]
+        if first.headers:
+            args["headers"] = first.headers.reveal()
+        # Left out when nothing is to be filtered, so that the manager applies its default list;
+        # a URL's own signature parameters are named (the default list covers most, not all).
+        named = (*self._settings.dragonfly2_filtered_query_params, *first.filter)
+        if named:
+            args["filtered_query_params"] = "&".join(dict.fromkeys(named))
+        if self._settings.dragonfly2_tag:
+            args["tag"] = self._settings.dragonfly2_tag
+        if self._settings.dragonfly2_application:
+            args["application"] = self._settings.dragonfly2_application
+        if self._settings.dragonfly2_piece_length is not None:
+            args["piece_length"] = self._settings.dragonfly2_piece_length
         args["scope"] = self._settings.dragonfly2_scope
         body: dict[str, Any] = {"type": "preheat", "args": args}
         if self._settings.dragonfly2_clusters:
             body["scheduler_cluster_ids"] = list(self._settings.dragonfly2_clusters)
+        return body
+
+    def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
+        """One job for every blob (``args.urls``, managers v2.2.3 and later); each blob's task id is
+        ``<job id>#<its index in the job>``, which :meth:`status` reads that URL's result by.
+        Blobs are grouped by the headers and filter they need: a job carries one of each."""
+        if len(blobs) <= 1 or self.batch_size == 1:
+            return [self.create(target, blob) for blob in blobs]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, blob in enumerate(blobs):
+            key = (tuple(sorted(blob.headers.reveal().items())), blob.filter)
+            groups.setdefault(key, []).append(index)
+        answers: list[SupernodeTask | None] = [None] * len(blobs)
+        for indexes in groups.values():
+            for start in range(0, len(indexes), self.batch_size):
+                chunk = indexes[start : start + self.batch_size]
+                if len(chunk) == 1:
+                    answers[chunk[0]] = self.create(target, blobs[chunk[0]])
+                    continue
+                job_id, job, secrets = self._create_job(target, [blobs[i] for i in chunk])
+                for position, index in enumerate(chunk):
+                    answers[index] = _interpret(
+                        target, f"{job_id}#{position}", job, secrets, url=blobs[index].url
+                    )
+        return [answer for answer in answers if answer is not None]
+
+    def create(self, target: str, blob: Blob) -> SupernodeTask:
+        job_id, answer, secrets = self._create_job(target, [blob])
+        # A new job is PENDING; should a manager answer with one already finished, read it as status does.
+        return _interpret(target, job_id, answer, secrets)
+
+    def _create_job(self, target: str, blobs: Sequence[Blob]) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+        blob = blobs[0]
+        what = blob.label if len(blobs) == 1 else f"{len(blobs)} blobs ({blob.label}, ...)"
+        body = self._body(blobs)
         token = self._token()
         secrets = (token, *blob.headers.values())
-        response = self._send(
-            "POST", target, JOBS_PATH, f"accept the preheat of {blob.label}", token, json=body
-        )
+        response = self._send("POST", target, JOBS_PATH, f"accept the preheat of {what}", token, json=body)
         with response:
             code = response.status_code
             answer = json_body(response)
@@ -139,19 +235,22 @@ class Dragonfly2Driver(HttpTargetDriver):
                 raise PermanentFailure(_refused(target, code, _message(answer, response, secrets)))
             if code not in (200, 201):
                 raise PermanentFailure(
-                    f"Dragonfly 2 manager {display_target(target)} refused the preheat of {blob.label}: "
+                    f"Dragonfly 2 manager {display_target(target)} refused the preheat of {what}: "
                     f"HTTP {code}: {_message(answer, response, secrets)}"
                 )
         job_id = answer.get("id") if isinstance(answer, dict) else None
         if not isinstance(job_id, int) or isinstance(job_id, bool) or job_id < 0:
             raise PermanentFailure(
                 f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the preheat of "
-                f"{blob.label} without a job id: {_message(answer, response, secrets)}"
+                f"{what} without a job id: {_message(answer, response, secrets)}"
             )
-        # A new job is PENDING; should a manager answer with one already finished, read it as status does.
-        return _interpret(target, str(job_id), answer, secrets)
+        assert isinstance(answer, dict)
+        return str(job_id), answer, secrets
 
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
+        job_part, sep, index_part = supernode_task_id.partition("#")
+        if sep and _is_number(job_part) and _is_number(index_part):
+            return self._url_status(target, supernode_task_id, job_part, int(index_part))
         if not (supernode_task_id.isascii() and supernode_task_id.isdigit()):
             # Say so rather than ask: e.g. a Dragonfly 1 task id left over from before a switch of API.
             return SupernodeTask(
@@ -186,6 +285,68 @@ class Dragonfly2Driver(HttpTargetDriver):
                 )
         return _interpret(target, supernode_task_id, answer, (token,))
 
+    def _url_status(self, target: str, task_id: str, job_id: str, index: int) -> SupernodeTask:
+        """One URL of a many-URL job. The job is read once for all its URLs: the worker looks at
+        every blob of a round at once, and an answer at most JOB_ANSWER_REUSE_SECONDS old serves."""
+        answer = self._job_answer(target, job_id)
+        if isinstance(answer, SupernodeTask):
+            return replace(answer, task_id=task_id)
+        args = answer.get("args")
+        urls = args.get("urls") if isinstance(args, dict) else None
+        if not isinstance(urls, list) or index >= len(urls) or not isinstance(urls[index], str):
+            return SupernodeTask(
+                task_id,
+                BlobState.FAILED,
+                f"Dragonfly 2 job {job_id} on {display_target(target)} does not list URL {index} of its "
+                "'urls' (a manager older than v2.2.3? set PREHEAT_DRAGONFLY2_JOB_URLS=single)",
+            )
+        return _interpret(target, task_id, answer, (self._token(),), url=urls[index])
+
+    def _job_answer(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
+        key = (target, job_id)
+        with self._answers_lock:
+            lock = self._answer_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._answers_lock:
+                cached = self._answers.get(key)
+            if cached is not None and time.monotonic() - cached[0] < JOB_ANSWER_REUSE_SECONDS:
+                return cached[1]
+            answer = self._read_job(target, job_id)
+            with self._answers_lock:
+                self._answers[key] = (time.monotonic(), answer)
+                self._answers.move_to_end(key)
+                # A warm Lambda serves task after task: the least recently read jobs are dropped
+                # (at worst, one more read of a job still being watched).
+                while len(self._answers) > MAX_CACHED_JOBS:
+                    dropped, _ = self._answers.popitem(last=False)
+                    self._answer_locks.pop(dropped, None)
+            return answer
+
+    def _read_job(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
+        """The job object, or the blob's verdict when there is none to read."""
+        token = self._token()
+        response = self._send(
+            "GET", target, f"{JOBS_PATH}/{job_id}", f"answer the status of job {job_id}", token
+        )
+        with response:
+            code = response.status_code
+            answer = json_body(response)
+            if code == 404:
+                return SupernodeTask(
+                    job_id,
+                    BlobState.FAILED,
+                    f"Dragonfly 2 manager {display_target(target)} no longer knows job {job_id} "
+                    "(finished jobs are removed after 6 h)",
+                )
+            if code in (401, 403):
+                raise PermanentFailure(_refused(target, code, _message(answer, response, (token,))))
+            if code != 200 or not isinstance(answer, dict):
+                raise PermanentFailure(
+                    f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the status of job "
+                    f"{job_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
+                )
+        return answer
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     def _token(self) -> str:
@@ -212,25 +373,65 @@ class Dragonfly2Driver(HttpTargetDriver):
         return token
 
     def _send(self, method: str, target: str, path: str, what: str, token: str, **kwargs: Any) -> Response:
-        """``_send_with_retries`` with the token as a bearer: see there for what is retried."""
+        """``_send_with_retries`` with the token as a bearer: see there for what is retried.
+
+        A create answered 429 (the manager's per-cluster job rate limit) is a reason to wait and
+        try again, with exponential backoff and full jitter (workers limited together do not come
+        back together), for up to ``rate_limit_patience`` seconds: then RateLimited, which retries
+        the step, never a failed blob."""
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        return self._send_with_retries(method, target, path, what, headers=headers, **kwargs)
+        waited = 0.0
+        number = 0
+        while True:
+            try:
+                return self._send_with_retries(
+                    method, target, path, what, headers=headers, rate_limited=method == "POST", **kwargs
+                )
+            except Throttled as exc:
+                number += 1
+                self.rate_limited += 1
+                ceiling = min(RATE_LIMIT_MAX_DELAY, RATE_LIMIT_BASE_DELAY * 2 ** (number - 1))
+                delay = random.uniform(0, ceiling)  # noqa: S311 - not crypto
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, RATE_LIMIT_MAX_DELAY))
+                if waited + delay > self._rate_limit_patience:
+                    raise RateLimited(
+                        f"{self.SUBJECT} {display_target(target)} kept answering 429 ({exc.reason}) to the "
+                        f"preheat of {what.removeprefix('accept the preheat of ')} for {waited:.0f}s: "
+                        "its job rate limit; the step is retried"
+                    ) from None
+                waited += delay
+                self._sleep(delay)
 
 
 # -- reading a job ---------------------------------------------------------------------------------
 
 
-def _interpret(target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[str, ...]) -> SupernodeTask:
-    """Map a job object to the blob's state, reading its result rather than trusting its state."""
+def _interpret(  # noqa: PLR0911 - one answer per state the job and its result can be in
+    target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[str, ...], url: str | None = None
+) -> SupernodeTask:
+    """Map a job object to the blob's state, reading its result rather than trusting its state.
+
+    ``url`` names the blob's URL in a many-URL job: it is warm when it has a success task on every
+    scheduler cluster and no failure task, whatever became of the job's other URLs."""
     secrets = (*secrets, *_echoed_secrets(job))
     state = str(job.get("state") or "").strip().upper()
     if state in _PENDING:
         return SupernodeTask(job_id, BlobState.PENDING)
     args = job.get("args")
-    url = args.get("url") if isinstance(args, dict) else None
+    many = url is not None
+    if url is None:
+        url = args.get("url") if isinstance(args, dict) else None
     url = url if isinstance(url, str) else ""
     job_states = _job_states(job)
     where = f"Dragonfly 2 job {job_id} on {display_target(target)}"
+    if (
+        many
+        and state == _FAILURE
+        and not _tasks(job_states, "failure_tasks", url)
+        and _clusters_without_success(job_states, url) is None
+    ):
+        return SupernodeTask(job_id, BlobState.SUCCESS)
     if state == _FAILURE:
         errors = _unique(
             _quote(error, secrets, url) for s in job_states if (error := str(s.get("error") or "").strip())
@@ -264,6 +465,10 @@ def _interpret(target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[
         return SupernodeTask(job_id, BlobState.SUCCESS)
     # An unknown state would otherwise be polled until the task deadline; fail it now, loudly.
     return SupernodeTask(job_id, BlobState.FAILED, f"{where} is in an unknown state {_truncate(state)!r}")
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def _job_states(job: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -306,6 +511,7 @@ def _clusters_without_success(job_states: list[dict[str, Any]], url: str) -> str
 
 
 def _same_url(candidate: Any, url: str) -> bool:
+    # A task naming no URL counts for every URL of its job.
     return not candidate or not url or candidate == url
 
 

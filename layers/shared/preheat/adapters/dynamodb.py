@@ -43,6 +43,9 @@ MAX_BLOBS_BYTES = 320 * 1024
 ERROR_CUTS = (500, 160, 60)
 # Stored for a digest equal to its blob's label (every layer's), which is then stored once.
 _SAME_AS_LABEL = 1
+# Stored for a node task id equal to the blob's supernode task id (a Dragonfly 1 supernode's, unless
+# filter or identifier differ from the nodes'): 64 hex characters that do not compress, once not twice.
+_SAME_AS_SUPERNODE_ID = 1
 # The longest ``msg`` stored (the conclusion lists ten failures).
 MAX_MESSAGE_CHARS = 8000
 
@@ -61,10 +64,13 @@ def _encode(blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: boo
             b.state.value,
             _SAME_AS_LABEL if b.digest == b.label else b.digest,  # a layer's label is its digest
             b.size,
-            b.supernode_task_id if finished_ids or b.state is BlobState.PENDING else None,
+            supernode_id,
             _cut(b.error, error_chars),
+            b.url,
+            _SAME_AS_SUPERNODE_ID if supernode_id and b.node_task_id == supernode_id else b.node_task_id,
         ]
         for b in blobs
+        for supernode_id in [b.supernode_task_id if finished_ids or b.state is BlobState.PENDING else None]
     ]
     return zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), level=6)
 
@@ -90,11 +96,22 @@ def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
             state=BlobState(state),
             digest=label if digest == _SAME_AS_LABEL else digest,
             size=size,
-            supernode_task_id=task_id,
-            error=error,
+            supernode_task_id=row[5],
+            error=row[6],
+            # Rows written before the URL and node task id were recorded have seven columns.
+            url=row[7] if len(row) > 7 else None,
+            node_task_id=_node_task_id(row),
         )
-        for label, target, state, digest, size, task_id, error in rows
+        for row in rows
+        for label, target, state, digest, size in [row[:5]]
     )
+
+
+def _node_task_id(row: list[Any]) -> str | None:
+    if len(row) <= 8:
+        return None
+    node_task_id: str | None = row[5] if row[8] == _SAME_AS_SUPERNODE_ID else row[8]
+    return node_task_id
 
 
 class DynamoDBTaskStore:

@@ -10,7 +10,7 @@ its driver.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +25,8 @@ from preheat.adapters.http import (
     Timeout,
 )
 from preheat.errors import PermanentFailure, TransientFailure
+from preheat.models import Blob
+from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 
 DEFAULT_ATTEMPTS = 3
@@ -34,6 +36,15 @@ MAX_PING_THREADS = 16
 # worker.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
 POOL_SIZE = 128
 REDACTED = "<redacted>"
+
+
+class Throttled(Exception):
+    """A 429 answer the caller asked to handle itself (see ``_send_with_retries``)."""
+
+    def __init__(self, reason: str, retry_after: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class HttpTargetDriver:
@@ -68,6 +79,16 @@ class HttpTargetDriver:
     def targets(self) -> tuple[str, ...]:
         return self._settings.supernodes
 
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
+        return [self.create(target, blob) for blob in blobs]
+
+    def create(self, target: str, blob: Blob) -> SupernodeTask:
+        raise NotImplementedError
+
     def ping(self) -> Mapping[str, str | None]:
         targets = self.targets
         if not targets:
@@ -95,9 +116,11 @@ class HttpTargetDriver:
         *,
         headers: Mapping[str, str] | None = None,
         json: Any = None,
+        rate_limited: bool = False,
     ) -> Response:
         """The first answer that is neither 5xx nor 429; those, connection errors and timeouts are
-        retried with backoff, then raised as TransientFailure so that the worker tries again later."""
+        retried with backoff, then raised as TransientFailure so that the worker tries again later.
+        With ``rate_limited`` a 429 raises Throttled at once, for the caller to wait out."""
         timeout = self._settings.supernode_timeout_seconds
         reason = ""
         for attempt in range(1, self._attempts + 1):
@@ -121,6 +144,14 @@ class HttpTargetDriver:
             if response.status_code < 500 and response.status_code != 429:
                 return response
             reason = f"HTTP {response.status_code}"
+            if response.status_code == 429 and rate_limited:
+                with response:
+                    text = response.text.strip()[:80]
+                    retry_after = response.headers.get("Retry-After", "").strip()
+                raise Throttled(
+                    f"{reason}: {text}" if text else reason,
+                    float(retry_after) if retry_after.isdigit() else None,
+                )
         raise TransientFailure(
             f"{self.SUBJECT} {display_target(target)} did not {what} "
             f"after {self._attempts} attempts: {reason}"

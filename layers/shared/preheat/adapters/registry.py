@@ -1,5 +1,11 @@
 """The registry client: turns an image (or a file URL) into the blobs a supernode must download.
 
+By default (``PREHEAT_LAYER_URLS=registry``) a blob is the registry blob URL nodes ask for, under
+the host nodes name, with the credentials the supernode needs (the caller's, or the token exchanged
+for the manifest): no request per blob, and a file is its URL as given. Every URL handed over is
+checked against the outbound policy first. What follows about blob redirects is the spec's literal
+mode (``storage``), where the storage URL each blob redirects to is handed over instead.
+
 It speaks the Distribution pull API the way real registries answer (see the project's reference
 notes on registries): one ``Accept`` header naming every manifest type, Bearer token exchange, and
 blob redirects to signed storage URLs resolved with GET (a URL presigned for HEAD fails a GET).
@@ -35,7 +41,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
@@ -526,6 +532,14 @@ class HttpRegistryClient:
                 "are preheated per task: name the platforms you need in 'platform'"
             )
 
+        if self._settings.layer_urls == "registry":
+            blobs = self._registry_blobs(image, insecure, target, list(unique.values()), on_blob, label)
+            return ImageResolution(
+                blobs=blobs,
+                platforms=selection.names(),
+                skipped_attestations=selection.attestations,
+            )
+
         def resolve_blob(descriptor: _Descriptor) -> Blob:
             start = descriptor.url or image.blob_url(descriptor.digest, insecure)
             final = self._resolve_url(target, start, f"blob {descriptor.digest} of {label}")
@@ -547,6 +561,45 @@ class HttpRegistryClient:
             platforms=selection.names(),
             skipped_attestations=selection.attestations,
         )
+
+    def _registry_blobs(
+        self,
+        image: ImageReference,
+        insecure: bool,
+        target: _Target,
+        descriptors: list[_Descriptor],
+        on_blob: Callable[[Blob], None] | None,
+        label: str,
+    ) -> list[Blob]:
+        """The registry blob URLs nodes ask for (``PREHEAT_LAYER_URLS=registry``), under the host
+        nodes name, with what the supernode needs to download them: the caller's headers with its
+        Authorization, or the Bearer token exchanged for the manifest. No request per blob: the
+        manifest names every blob, and a supernode's download reports one that is missing."""
+        node_image = replace(image, registry=self._settings.node_host(image.registry))
+        credentials = target.credentials()
+        checked: set[Origin] = set()
+        blobs: list[Blob] = []
+        for descriptor in descriptors:
+            what = f"blob {descriptor.digest} of {label}"
+            if descriptor.url:
+                # A foreign layer lives elsewhere: its URL as the manifest gives it, and no credentials.
+                url, headers = descriptor.url, Credentials()
+            else:
+                url, headers = node_image.blob_url(descriptor.digest, insecure), credentials
+            if _origin(url) not in checked:
+                self._policy.check_handover(url, what)
+                checked.add(_origin(url))
+            blob = Blob(
+                url=url,
+                digest=descriptor.digest,
+                size=descriptor.size,
+                media_type=descriptor.media_type,
+                headers=headers,
+            )
+            if on_blob is not None:
+                on_blob(blob)
+            blobs.append(blob)
+        return blobs
 
     def _resolve_index(
         self,
@@ -602,6 +655,11 @@ class HttpRegistryClient:
         what = f"file {_display_url(url)}"
         self._policy.check_url(url, what)
         target = _Target.of(url, f"server {_display_host(url)}", None, headers, time_budget_seconds)
+        if self._settings.layer_urls == "registry":
+            # Nodes run dfget with the URL they were told about: that URL is the task, redirects
+            # and all (the supernode follows them itself).
+            self._policy.check_handover(url, what)
+            return Blob(url=url, headers=target.credentials())
         final = self._resolve_url(target, url, what)
         return Blob(
             url=final,

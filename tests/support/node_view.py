@@ -1,0 +1,147 @@
+"""What the node's-eye tests share (``tests/integration/test_node_view*.py``).
+
+The node's-eye view: after a preheat reaches SUCCESS, would a node's pull land on what it warmed?
+
+A node pulls through dfdaemon, which hands Dragonfly the registry blob URL the container runtime
+asked for (``http://<registry>/v2/<name>/blobs/<digest>``) and computes the task id from it. So for
+every blob of the image these tests compute, here, from the algorithms in the project's reference
+notes (not with the product's code), the Dragonfly 1 and Dragonfly 2 task ids of that URL, and
+check that the reference supernode, or the fake Dragonfly 2 manager's seed peer, holds each as
+SUCCESS with the blob's content. Against real Distribution registries: on the filesystem, behind
+htpasswd, behind token auth, and on S3 (moto) answering blob GETs with 307 to presigned URLs; plus a
+file URL that redirects, and a 120-layer image through the manager with its job rate limit on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from local.stack import LocalStack
+from tests.support.fixtures import require_tools
+from tests.support.registry import (
+    HTPASSWD_BINARY,
+    REGISTRY_BINARY,
+    SKOPEO_BINARY,
+    MotoS3Server,
+    OciImage,
+    RegistryServer,
+    TokenServer,
+    make_oci_layout,
+)
+
+TOKEN = "pat-node-view-0123456789abcdef"
+CLUSTER = 1
+REPOSITORY = "team/app"
+# Dragonfly 1 (supernode/daemon/mgr/task/manager.go): the key around a task id's material.
+DF1_KEY = ">I$pg-~AS~sP'rqu_`Oh&lz#9]\"=;nE%"
+
+
+def dragonfly1_task_id(url: str) -> str:
+    """generateTaskID for a node's dfget with no filter and no identifier (out of the box)."""
+    return hashlib.sha256(f"{DF1_KEY}{url}{DF1_KEY}".encode()).hexdigest()
+
+
+def dragonfly2_task_id(url: str) -> str:
+    """The client's URL-based id, out of the box: a URL without a query is left as it is by the
+    filtered-parameter step; no tag, application or piece length; then the task type."""
+    assert "?" not in url
+    return hashlib.sha256(f"{url}STANDARD".encode()).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
+# -- registries of every kind, each holding one image --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
+    layers = [f"node view layer {n}\n".encode() * (2000 * (n + 1)) for n in range(3)]
+    return make_oci_layout(tmp_path_factory.mktemp("node-view"), layers, config={"config": {"Cmd": ["sh"]}})
+
+
+@pytest.fixture(scope="module")
+def registries(tmp_path_factory: pytest.TempPathFactory, image: OciImage) -> Iterator[dict[str, Any]]:
+    """``kind -> (registry, header)``: the image pushed to each kind of registry, and the
+    ``header`` a caller sends to preheat it."""
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY, HTPASSWD_BINARY)
+    user = "preheat"
+    with (
+        RegistryServer(tmp_path_factory.mktemp("fs")) as plain,
+        RegistryServer(tmp_path_factory.mktemp("htpasswd"), users={user: secrets.token_urlsafe(12)}) as basic,
+        TokenServer({user: secrets.token_urlsafe(12)}, lifetime=300) as tokens,
+        RegistryServer(tmp_path_factory.mktemp("token"), token_auth=tokens) as token,
+        MotoS3Server() as s3,
+        RegistryServer(
+            tmp_path_factory.mktemp("s3"), users={user: secrets.token_urlsafe(12)}, s3=s3.bucket("node-view")
+        ) as on_s3,
+    ):
+        found: dict[str, Any] = {}
+        for kind, registry in (("filesystem", plain), ("htpasswd", basic), ("token", token), ("s3", on_s3)):
+            registry.push(image, f"{REPOSITORY}:v1")
+            header = {"Authorization": registry.basic_auth()} if registry.credentials else {}
+            found[kind] = (registry, header)
+        yield found
+
+
+@pytest.fixture(scope="module")
+def redirecting_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
+    """A file server whose ``/latest.bin`` redirects (302) to ``/model-v2.bin``."""
+    payload = b"model weights v2 " * 20_000
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/latest.bin":
+                self.send_response(302)
+                self.send_header("Location", "/model-v2.bin")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/latest.bin", payload
+    server.shutdown()
+    server.server_close()
+
+
+def preheat(stack: LocalStack, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    answer = requests.post(f"{stack.api_url}/api/preheat", json=body, timeout=10).json()
+    assert answer["code"] == 200, answer
+    task_id = answer["data"]["taskId"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data: dict[str, Any] = requests.get(
+            f"{stack.api_url}/api/preheat/{task_id}", params={"detail": "true"}, timeout=10
+        ).json()["data"]
+        if data["status"] != "RUNNING":
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"task {task_id} still RUNNING after {timeout:g} s")
+
+
+def blob_urls(registry: RegistryServer, image: OciImage, repository: str = REPOSITORY) -> dict[str, str]:
+    """digest -> the URL a node's runtime asks dfdaemon for."""
+    return {digest: f"http://{registry.host}/v2/{repository}/blobs/{digest}" for digest in image.blob_digests}
+
+
+KINDS = ("filesystem", "htpasswd", "token", "s3")

@@ -1,0 +1,202 @@
+"""Dragonfly 2 at scale: one job per task with ``args.urls`` (``PREHEAT_DRAGONFLY2_JOB_URLS=batch``,
+the default), each URL warm only with a success task on every cluster; one job per URL for older
+managers (``single``); and the manager's job rate limit (429 ``rate limit exceeded``) waited out with
+backoff, never a failed blob. Against the fake manager with its rate limit on."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local.dragonfly2_manager import FakeDragonfly2Manager
+from preheat.adapters.dragonfly2 import MAX_CACHED_JOBS, Dragonfly2Driver
+from preheat.errors import RateLimited
+from preheat.models import Blob, BlobState, Credentials
+from preheat.ports import SupernodeTask
+from preheat.settings import Settings
+from tests.unit.test_dragonfly2_driver import TOKEN, Origin, Sleeps
+
+BLOBS = {
+    f"/v2/app/blobs/sha256:{hashlib.sha256(f'b{n}'.encode()).hexdigest()}": f"b{n}".encode()
+    for n in range(30)
+}
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    server = Origin(BLOBS)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
+    started: list[FakeDragonfly2Manager] = []
+
+    def start(**kwargs: Any) -> FakeDragonfly2Manager:
+        kwargs.setdefault("clusters", {1: "east", 2: "west"})
+        manager = FakeDragonfly2Manager(tmp_path / f"cache-{len(started)}", TOKEN, **kwargs).start()
+        started.append(manager)
+        return manager
+
+    yield start
+    for manager in started:
+        manager.stop()
+
+
+def driver(target: str, sleep: Callable[[float], None], **settings: Any) -> Dragonfly2Driver:
+    config = Settings(
+        supernodes=(target,),
+        supernode_api="dragonfly2",
+        dragonfly2_token=TOKEN,
+        dragonfly2_clusters=(1, 2),
+        **settings,
+    )
+    return Dragonfly2Driver(config, backoff_seconds=0.01, sleep=sleep)
+
+
+def blobs(origin: Origin) -> list[Blob]:
+    return [
+        Blob(
+            url=origin.url(path),
+            digest=path.rsplit("/", 1)[1],
+            headers=Credentials({"Authorization": "Bearer x"}),
+        )
+        for path in BLOBS
+    ]
+
+
+def settle(subject: Dragonfly2Driver, target: str, tasks: list[SupernodeTask]) -> list[SupernodeTask]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tasks = [subject.status(target, t.task_id) if t.state is BlobState.PENDING else t for t in tasks]
+        if all(t.state is not BlobState.PENDING for t in tasks):
+            return tasks
+        time.sleep(0.02)
+    raise AssertionError("jobs stayed PENDING")
+
+
+def test_one_job_carries_every_url_and_each_is_read_from_its_result(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager()
+    subject = driver(manager.url, Sleeps())
+    items = blobs(origin)
+
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+
+    assert [t.state for t in tasks] == [BlobState.SUCCESS] * len(items)
+    assert [t.task_id for t in tasks] == [f"1#{n}" for n in range(len(items))]
+    creates = [r for r in manager.requests_seen if r["method"] == "POST"]
+    assert len(creates) == 1
+    assert creates[0]["body"]["args"]["urls"] == [blob.url for blob in items]
+    assert manager.admitted == 1
+    assert manager.rate_limited == 0
+    # Every URL is read from one job: far fewer status reads than URLs.
+    reads = [r for r in manager.requests_seen if r["method"] == "GET"]
+    assert len(reads) < len(items)
+
+
+def test_a_url_missing_from_a_cluster_result_is_not_warm_though_the_others_are(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    items = blobs(origin)[:3]
+    manager = start_manager(drop_urls=[items[1].url])
+    subject = driver(manager.url, Sleeps())
+
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+
+    assert [t.state for t in tasks] == [BlobState.SUCCESS, BlobState.FAILED, BlobState.SUCCESS]
+    assert "lists no seed peer that downloaded the file" in (tasks[1].error or "")
+
+
+def test_a_manager_that_does_not_list_urls_is_named_as_too_old(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager()
+    subject = driver(manager.url, Sleeps())
+    subject.create_batch(manager.url, blobs(origin)[:2])
+    job = manager.job(1)
+    assert job is not None
+    del manager._jobs[1].request.args["urls"]  # as a manager before v2.2.3 would store it
+
+    answer = subject.status(manager.url, "1#1")
+
+    assert answer.state is BlobState.FAILED
+    assert "PREHEAT_DRAGONFLY2_JOB_URLS=single" in (answer.error or "")
+
+
+def test_single_jobs_through_the_rate_limit_are_waited_out_not_failed(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager(job_rate_limit=10)
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        # The driver's waits are real here (the bucket refills with time), only shortened.
+        waits.append(seconds)
+        time.sleep(min(seconds, 0.2))
+
+    subject = driver(manager.url, wait, dragonfly2_job_urls="single")
+    items = blobs(origin)
+
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+
+    assert [t.state for t in tasks] == [BlobState.SUCCESS] * len(items)
+    assert manager.admitted == len(items)
+    # 30 creates against 10 a second in bursts of 10: some were refused, and waited out.
+    assert manager.rate_limited > 0
+    assert subject.rate_limited == manager.rate_limited
+    assert all(0 <= w <= 8 for w in waits)
+
+
+def test_a_rate_limit_that_outlasts_the_patience_retries_the_step(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager()
+    manager.inject_errors("POST", 50, status=429)
+    config = Settings(supernodes=(manager.url,), supernode_api="dragonfly2", dragonfly2_token=TOKEN)
+    subject = Dragonfly2Driver(config, sleep=lambda seconds: None, rate_limit_patience=5.0)
+
+    with pytest.raises(RateLimited, match="kept answering 429"):
+        subject.create(manager.url, blobs(origin)[0])
+
+
+def test_blobs_needing_other_headers_go_in_a_job_of_their_own(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager()
+    subject = driver(manager.url, Sleeps())
+    items = blobs(origin)[:4]
+    # A foreign layer is downloaded from elsewhere, without the registry's credentials.
+    items[2] = Blob(url=items[2].url, digest=items[2].digest)
+
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+
+    assert [t.state for t in tasks] == [BlobState.SUCCESS] * 4
+    creates = [r["body"]["args"] for r in manager.requests_seen if r["method"] == "POST"]
+    assert len(creates) == 2
+    assert creates[0]["urls"] == [items[0].url, items[1].url, items[3].url]
+    assert creates[0]["headers"] == {"Authorization": "<redacted>"}
+    assert creates[1]["url"] == items[2].url
+    assert "headers" not in creates[1]
+
+
+def test_a_warm_driver_keeps_no_more_job_answers_than_it_reuses(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    manager = start_manager(job_rate_limit=None)
+    subject = driver(manager.url, Sleeps())
+    for _ in range(80):
+        subject.create_batch(manager.url, blobs(origin)[:2])
+
+    for job in range(1, 81):
+        assert subject.status(manager.url, f"{job}#0").task_id == f"{job}#0"
+
+    assert len(subject._answers) == MAX_CACHED_JOBS
+    assert len(subject._answer_locks) <= MAX_CACHED_JOBS + 1
