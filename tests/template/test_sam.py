@@ -98,8 +98,17 @@ def test_each_function_is_granted_only_what_it_uses():
     from local.template import load_template
 
     template = load_template(ROOT / "template.yaml").raw
-    # Reads, and writes back FAIL "timed out" for a task read past its deadline.
-    assert _policy_actions(template, "StatusFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    # Reads, and writes back FAIL "timed out" for a task read past its deadline; lists through the
+    # index alone, signing its cursors with a key derived from the dedup key.
+    assert _policy_actions(template, "StatusFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+        "secretsmanager:GetSecretValue",
+    }
+    status_statements = template["Resources"]["StatusFunction"]["Properties"]["Policies"][0]["Statement"]
+    [query] = [s for s in status_statements if s["Action"] == ["dynamodb:Query"]]
+    assert query["Resource"].args == "${TasksTable.Arn}/index/ListIndex"
     assert _policy_actions(template, "CheckFunction") == set()
     assert _policy_actions(template, "PreheatFunction") == {
         "dynamodb:PutItem",
