@@ -277,3 +277,15 @@ def test_a_cursor_from_another_deployment_is_refused(store, service, clock):
     other = PreheatService(store, FakeQueue(), Settings(), clock=clock, dedup_key=lambda: b"o" * 32)
     with pytest.raises(InvalidRequest, match="'cursor'"):
         other.list_tasks(limit="1", cursor=cursor)
+
+
+def test_a_tasks_targeting_is_stored_and_shown_by_status_and_listing(store, service):
+    from preheat.models import Targeting
+
+    task = replace(make_task(1, status=TaskStatus.RUNNING), targeting=Targeting("all_peers", (1, 2), count=5))
+    put(store, task)
+    assert store.get(task.task_id) == task
+    [listed], _ = service.list_tasks()
+    for answer in (listed.to_api(), service.get(task.task_id).to_api()):
+        assert (answer["scope"], answer["clusterIds"], answer["count"]) == ("all_peers", [1, 2], 5)
+        assert "ips" not in answer

@@ -23,6 +23,7 @@ no Lambda waits on a supernode: the check re-queues itself with an SQS delay tha
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -44,6 +45,7 @@ from preheat.models import (
     Platform,
     PreheatType,
     Step,
+    Targeting,
     Task,
     TaskStatus,
     WorkerMessage,
@@ -130,7 +132,11 @@ class Worker:
             # Nothing could be warmed: a vacuous SUCCESS would be a lie.
             return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
-        with _Dispatch(self._send, targets, scope) as dispatch:
+        send = self._send
+        if task.targeting:
+            # Where the request wants its blobs to land travels with each blob to the driver.
+            send = functools.partial(self._send_targeted, targeting=task.targeting)
+        with _Dispatch(send, targets, scope) as dispatch:
             try:
                 resolution = self._resolve(task, headers, dispatch.submit, budget)
             except PermanentFailure as exc:
@@ -183,6 +189,9 @@ class Worker:
         if stored is None:
             return headers
         return Credentials({**headers.reveal(), **stored.reveal()})
+
+    def _send_targeted(self, blob: Blob, target: str, *, targeting: Targeting) -> BlobProgress:
+        return self._send(replace(blob, targeting=targeting), target)
 
     def _send(self, blob: Blob, target: str) -> BlobProgress:
         """Create ``blob`` on ``target``, and look at it shortly after if it is not done yet (a small

@@ -36,7 +36,7 @@ from preheat.adapters.http_target import (
     json_body,
 )
 from preheat.errors import PermanentFailure, TransientFailure
-from preheat.models import Blob, BlobState
+from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 
@@ -123,10 +123,11 @@ class Dragonfly2Driver(HttpTargetDriver):
             args["headers"] = blob.headers.reveal()
         if blob.filter:
             args["filtered_query_params"] = "&".join(blob.filter)
-        args["scope"] = self._settings.dragonfly2_scope
+        targeting, clusters = job_targeting(self._settings, blob.targeting)
+        args.update(targeting)
         body: dict[str, Any] = {"type": "preheat", "args": args}
-        if self._settings.dragonfly2_clusters:
-            body["scheduler_cluster_ids"] = list(self._settings.dragonfly2_clusters)
+        if clusters:
+            body["scheduler_cluster_ids"] = clusters
         token = self._token()
         secrets = (token, *blob.headers.values())
         response = self._send(
@@ -215,6 +216,20 @@ class Dragonfly2Driver(HttpTargetDriver):
         """``_send_with_retries`` with the token as a bearer: see there for what is retried."""
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         return self._send_with_retries(method, target, path, what, headers=headers, **kwargs)
+
+
+def job_targeting(settings: Settings, targeting: Targeting) -> tuple[dict[str, Any], list[int]]:
+    """Where a job goes: its ``args``' ``scope`` and ``ips``/``count``/``percentage``, and its
+    ``scheduler_cluster_ids`` (empty: every cluster). The request's targeting wins over the
+    deployment's ``PREHEAT_DRAGONFLY2_SCOPE`` and ``PREHEAT_DRAGONFLY2_CLUSTERS``."""
+    args: dict[str, Any] = {"scope": targeting.scope or settings.dragonfly2_scope}
+    if targeting.ips:
+        args["ips"] = list(targeting.ips)
+    if targeting.count:
+        args["count"] = targeting.count
+    if targeting.percentage:
+        args["percentage"] = targeting.percentage
+    return args, list(targeting.cluster_ids or settings.dragonfly2_clusters)
 
 
 # -- reading a job ---------------------------------------------------------------------------------
