@@ -19,7 +19,7 @@ export SAM_CLI_TELEMETRY := 0
 # sam build looks up python3.13 on PATH; the project venv provides it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run test lint format typecheck validate build bench invoke clean scan openapi debian-packages
+.PHONY: run test lint format typecheck validate build bench invoke clean scan openapi debian-packages test-packages
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
@@ -45,10 +45,15 @@ $(CHECKOV_VENV)/.installed:
 debian-packages:
 	@.ci/debian-packages
 
+# make test also needs chromium and chromium-driver for the console's browser tests
+# (PREHEAT_SKIP_BROWSER=1 opts out).
+test-packages:
+	@.ci/debian-packages --browser
+
 run: debian-packages $(VENV)/.installed
 	$(PY) -m local.stack
 
-test: debian-packages $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed lint typecheck
+test: test-packages $(VENV)/.installed $(SAM_VENV)/.installed $(CHECKOV_VENV)/.installed lint typecheck
 	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

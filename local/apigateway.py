@@ -32,7 +32,7 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from local.aws import LOCAL_ACCOUNT_ID
-from local.template import Resolver, Template
+from local.template import ApiEvent, Resolver, Template
 
 log = logging.getLogger("local.api")
 
@@ -54,9 +54,10 @@ class Route:
     stage: str
     pattern: re.Pattern[str]
     specificity: tuple[int, ...]  # per segment: 0 literal, 1 {param}, 2 {greedy+}; lower wins
+    public: bool = False  # the template gives it no security whatever AuthMode says (the console page)
 
     @classmethod
-    def create(cls, function: str, resource: str, method: str, stage: str) -> Route:
+    def create(cls, function: str, resource: str, method: str, stage: str, public: bool = False) -> Route:
         regex, ranks = "", []
         for segment in resource.strip("/").split("/") if resource.strip("/") else []:
             param = re.fullmatch(r"\{([^}+]+)(\+?)\}", segment)
@@ -69,7 +70,9 @@ class Route:
             else:
                 regex += f"/(?P<{param.group(1)}>[^/]+)"
                 ranks.append(1)
-        return cls(function, resource, method.upper(), stage, re.compile((regex or "/") + "$"), tuple(ranks))
+        return cls(
+            function, resource, method.upper(), stage, re.compile((regex or "/") + "$"), tuple(ranks), public
+        )
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.match(path)
@@ -78,10 +81,25 @@ class Route:
 
 def routes_from_template(template: Template, resolver: Resolver) -> list[Route]:
     return [
-        Route.create(spec.logical_id, event.path, event.method, template.api_stage(event, resolver))
+        Route.create(
+            spec.logical_id,
+            event.path,
+            event.method,
+            template.api_stage(event, resolver),
+            public=_always_open(template, event),
+        )
         for spec in template.functions.values()
         for event in spec.api_events
     ]
+
+
+def _always_open(template: Template, event: ApiEvent) -> bool:
+    """Whether the API's DefinitionBody gives the route a literal empty ``security`` (not one that
+    AuthMode chooses): such a route wants no key even when the local API does."""
+    api = template.resources.get(event.rest_api_id or "") or {}
+    paths = ((api.get("Properties") or {}).get("DefinitionBody") or {}).get("paths") or {}
+    method = (paths.get(event.path) or {}).get(event.method.lower()) or {}
+    return isinstance(method, dict) and method.get("security") == []
 
 
 def find_route(routes: Sequence[Route], method: str, path: str) -> tuple[Route, dict[str, str]] | None:
@@ -295,7 +313,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, payload = _gateway_error(
                 403, "Missing Authentication Token", "MissingAuthenticationTokenException"
             )
-        elif (refusal := gateway.refusal(self.headers.items())) is not None:
+        elif not found[0].public and (refusal := gateway.refusal(self.headers.items())) is not None:
             function = found[0].function
             status, headers, payload = refusal
         else:

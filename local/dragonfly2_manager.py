@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -253,6 +254,7 @@ def _args(raw: Any) -> dict[str, Any]:
     for key in ("filtered_query_params", "scope", "tag", "application", "username", "password", "platform"):
         if args.get(key) is not None and not isinstance(args[key], str):
             raise _Invalid(f"json: cannot unmarshal {key} into Go struct field of type string")
+    _check_peers(args)
     defaults: dict[str, Any] = {
         "scope": DEFAULT_SCOPE,
         "concurrent_count": DEFAULT_CONCURRENT_COUNT,
@@ -263,6 +265,29 @@ def _args(raw: Any) -> dict[str, Any]:
         if not args.get(key):
             args[key] = value
     return args
+
+
+def _check_peers(args: Mapping[str, Any]) -> None:
+    """The manager's bindings of ``scope`` and which peers (``ips``, ``count``, ``percentage``)."""
+    scope = args.get("scope")
+    if scope and scope not in ("single_seed_peer", "all_seed_peers", "all_peers"):
+        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Scope", "oneof"))
+    ips, count, percentage = args.get("ips"), args.get("count"), args.get("percentage")
+    if ips is not None:
+        if not isinstance(ips, list) or not 1 <= len(ips) <= 100:
+            raise _Invalid(_field_error("CreatePreheatJobRequest.Args.IPs", "max"))
+        for ip in ips:
+            try:
+                ipaddress.ip_address(ip)
+            except (TypeError, ValueError):
+                raise _Invalid(_field_error("CreatePreheatJobRequest.Args.IPs[0]", "ip")) from None
+    for name, value, most in (("Count", count, 200), ("Percentage", percentage, 100)):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most
+        ):
+            raise _Invalid(_field_error(f"CreatePreheatJobRequest.Args.{name}", "lte"))
+    if sum(value is not None for value in (ips, count, percentage)) > 1:
+        raise _Invalid("only one of ips, count and percentage can be given")
 
 
 def _headers(raw: Any) -> dict[str, str]:

@@ -469,6 +469,9 @@ def banner(stack: LocalStack) -> str:
     lines += [
         f"  curl -s{key} -XPOST {url}/api/preheat -d '{body}'",
         f"  curl -s{key} {url}/api/preheat/<taskId>",
+        f"  curl -s{key} '{url}/api/preheat?status=FAIL&limit=20'",
+        f"Console: {url}/console"
+        + ("  (type the API key once; it stays in that browser tab)" if stack.api_key else ""),
     ]
     if stack.scheduler is not None:
         for name, schedule in stack.scheduler.schedules.items():

@@ -92,6 +92,15 @@ class PreheatClient:
         path = f"/api/preheat/{quote(task_id, safe='')}"
         return self._call("GET", path, params={"detail": "true"} if detail else None)
 
+    def list(
+        self, status: str | None = None, type: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> Envelope:
+        params: dict[str, str] = {"limit": str(limit)}
+        for name, value in (("status", status), ("type", type), ("cursor", cursor)):
+            if value:
+                params[name] = value
+        return self._call("GET", "/api/preheat", params=params)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Envelope:
         where = display_url(self.endpoint)
         try:

@@ -29,6 +29,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+PAGE_SIZE = 100  # the API's largest page
+MAX_LISTED = 1000
 
 DEFAULT_TIMEOUT = 1800.0
 DEFAULT_INTERVAL = 1.0
@@ -93,6 +95,16 @@ def header_argument(text: str) -> tuple[str, str]:
             "the part before '=' is not a header name; write NAME=VALUE, e.g. Authorization=Bearer ..."
         )
     return name, value
+
+
+def limit_argument(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_LISTED:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_LISTED}, got {value}")
+    return value
 
 
 def seconds_argument(text: str) -> float:
@@ -224,6 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(status, in_subcommand=True)
     status.set_defaults(handler=_status)
 
+    listing = commands.add_parser(
+        "list",
+        help="list recent tasks, newest first",
+        description="List recent preheat tasks, newest first (one line each; --json: the API's answer).",
+    )
+    listing.add_argument("--status", choices=("RUNNING", "SUCCESS", "FAIL"), help="only tasks in this status")
+    listing.add_argument("--type", choices=("image", "file"), help="only images, or only files")
+    listing.add_argument(
+        "--limit",
+        type=limit_argument,
+        default=20,
+        metavar="N",
+        help=f"at most N tasks (default 20, at most {MAX_LISTED}; read {PAGE_SIZE} a page)",
+    )
+    _add_common_options(listing, in_subcommand=True)
+    listing.set_defaults(handler=_list)
+
     check = commands.add_parser(
         "check",
         help="check that the API reaches every supernode",
@@ -264,6 +293,26 @@ def _submit(args: argparse.Namespace, client: PreheatClient, out: Output) -> int
         return EXIT_OK
     out.line(f"task {task_id} submitted; waiting (Ctrl-C stops waiting, not the task)")
     return _follow(args, client, out, task_id, detail=False)
+
+
+def _list(args: argparse.Namespace, client: PreheatClient, out: Output) -> int:
+    tasks: list[Any] = []
+    cursor: str | None = None
+    while True:
+        answer = client.list(args.status, args.type, min(PAGE_SIZE, args.limit - len(tasks)), cursor)
+        if not answer.ok:
+            return out.api_error(answer)
+        tasks += answer.data.get("tasks") or []
+        cursor = answer.data.get("next")
+        if not cursor or len(tasks) >= args.limit:
+            break
+    # --json: one answer shaped like the API's, the pages joined; its next continues after the last.
+    out.envelope(Envelope({"code": 200, "data": {"tasks": tasks, "next": cursor}}))
+    for line in task_lines(tasks):
+        out.line(line)
+    if not tasks:
+        out.line("no tasks")
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace, client: PreheatClient, out: Output) -> int:
@@ -341,6 +390,22 @@ def summary(data: Mapping[str, Any]) -> list[str]:
         rows.append(("msg", str(data["msg"])))
     width = max(len(label) for label, _ in rows)
     return [f"{label:<{width}}  {value}" for label, value in rows] + blob_lines(data)
+
+
+def task_lines(tasks: Sequence[Any]) -> list[str]:
+    """``preheat list``: a line per task (id, status, blobs warm of total, start, URL), and a FAIL's msg."""
+    lines = []
+    for task in tasks:
+        if not isinstance(task, Mapping):
+            continue
+        layers = task.get("layers")
+        warm = f"{layers.get('succeeded')}/{layers.get('total')}" if isinstance(layers, Mapping) else "-"
+        started = str(task.get("startTime") or "")[:19].replace("T", " ")
+        status = str(task.get("status", ""))
+        lines.append(f"{task.get('taskId', '')}  {status:<7}  {warm:>7}  {started}  {task.get('url', '')}")
+        if status == "FAIL" and task.get("msg"):
+            lines.append(f"    {task['msg']}")
+    return lines
 
 
 def blob_lines(data: Mapping[str, Any]) -> list[str]:

@@ -269,3 +269,46 @@ def test_the_console_script_is_installed(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     for command in ("image", "file", "status", "check"):
         assert command in result.stdout
+
+
+def test_list_shows_tasks_newest_first_with_filters_pages_and_json(stack: LocalStack, tmp_path: Path):
+    import requests
+
+    # Files the reference supernode does not serve (404): the tasks end FAIL at once, saying why.
+    submitted = []
+    for n in range(5):
+        body = {"type": "file", "url": f"{stack.supernodes[0]}/files/list-{n}.bin"}
+        answer = requests.post(f"{stack.api_url}/api/preheat", json=body, timeout=10).json()
+        submitted.append(answer["data"]["taskId"])
+    for task_id in submitted:
+        result = run_cli(
+            "--endpoint", stack.api_url, "status", task_id, "--wait", "--interval", "0.1", cwd=tmp_path
+        )
+        assert result.returncode == 1, result.stderr
+
+    result = run_cli("--endpoint", stack.api_url, "list", "--status", "FAIL", "--limit", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("    ")]
+    assert [line.split()[0] for line in lines] == submitted[::-1][:3]
+    assert all(" FAIL " in line for line in lines)
+    assert "list-4.bin" in lines[0]
+    assert "404" in result.stdout  # each FAIL's message, under its line
+
+    # --json: the API's answer (tests/cli/test_cli_parts.py walks several pages).
+    result = run_cli(
+        "--endpoint", stack.api_url, "--json", "list", "--type", "file", "--limit", "150", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["code"] == 200
+    listed = [task["taskId"] for task in answer["data"]["tasks"]]
+    assert listed[:5] == submitted[::-1]
+    assert all(task["type"] == "file" for task in answer["data"]["tasks"])
+    assert answer["data"]["next"] is None
+
+    result = run_cli(
+        "--endpoint", stack.api_url, "list", "--status", "RUNNING", "--type", "image", cwd=tmp_path
+    )
+    assert (result.returncode, result.stdout) == (0, "no tasks\n")
+    for bad in (["--limit", "0"], ["--limit", "1001"], ["--status", "DONE"]):
+        assert run_cli("list", *bad, cwd=tmp_path).returncode == 2

@@ -225,3 +225,45 @@ def test_plain_lines_only_when_something_changed():
         "[   0.0s] RUNNING 3/4 blobs warmed (75%)",
         "[   0.0s] SUCCESS 4/4 blobs warmed (100%)",
     ]
+
+
+class PagedApi:
+    """Answers listings page by page from ``tasks``, recording each call's limit and cursor."""
+
+    def __init__(self, count: int) -> None:
+        self.tasks = [{"taskId": f"t{n}", "status": "SUCCESS", "url": f"u{n}"} for n in range(count)]
+        self.calls: list[tuple[int, str | None]] = []
+
+    def list(
+        self, status: Any = None, type: Any = None, limit: int = 20, cursor: str | None = None
+    ) -> Envelope:
+        self.calls.append((limit, cursor))
+        start = int(cursor or 0)
+        page = self.tasks[start : start + limit]
+        following = str(start + limit) if start + limit < len(self.tasks) else None
+        return Envelope({"code": 200, "data": {"tasks": page, "next": following}})
+
+
+def test_list_walks_pages_up_to_its_limit_and_joins_them(monkeypatch: pytest.MonkeyPatch):
+    from preheat_cli import main as cli
+
+    monkeypatch.setattr(cli, "PAGE_SIZE", 4)
+    api = PagedApi(10)
+    stdout = io.StringIO()
+    args = argparse.Namespace(status=None, type=None, limit=9)
+    assert cli._list(args, api, cli.Output(True, stdout, io.StringIO())) == 0  # type: ignore[arg-type]
+    answer = json.loads(stdout.getvalue())
+    assert [task["taskId"] for task in answer["data"]["tasks"]] == [f"t{n}" for n in range(9)]
+    assert answer["data"]["next"] == "9"  # where a later call would go on
+    assert api.calls == [(4, None), (4, "4"), (1, "8")]
+    # Plain output: a line per task.
+    stdout = io.StringIO()
+    assert (
+        cli._list(
+            argparse.Namespace(status=None, type=None, limit=20),
+            PagedApi(3),
+            cli.Output(False, stdout, io.StringIO()),
+        )
+        == 0
+    )  # type: ignore[arg-type]
+    assert [line.split()[0] for line in stdout.getvalue().splitlines()] == ["t0", "t1", "t2"]

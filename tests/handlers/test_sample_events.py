@@ -184,7 +184,7 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
         assert statement["Effect"] == "Allow"
         assert statement["Resource"] == "arn:aws:execute-api:us-east-1:123456789012:abcdef1234/v1/*"
     elif function == "OpenApiFunction":
-        assert api_body(answer)["paths"]
+        check_static_document(event, answer)
     elif function == "PreheatFunction":
         body = api_body(answer)
         if path.name == "preheat-invalid.json":
@@ -196,8 +196,7 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
             assert task is not None
             assert task.url == json.loads(event["body"])["url"]
     elif function == "StatusFunction":
-        body = api_body(answer)
-        assert body["code"] in (200, 404)
+        check_status_answer(event, answer)
     elif function == "ScheduledPreheatFunction":
         assert answer["rejected"] == []
         assert answer["failed"] == []
@@ -215,6 +214,26 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
         check_harbor_answer(function, event, answer, store)
     else:  # the SQS consumers
         assert answer == {"batchItemFailures": []}
+
+
+def check_static_document(event: dict[str, Any], answer: Any) -> None:
+    if event["resource"] == "/console":
+        assert answer["statusCode"] == 200
+        assert answer["headers"]["Content-Type"] == "text/html; charset=utf-8"
+        assert "script-src 'sha256-" in answer["headers"]["Content-Security-Policy"]
+        assert 'id="preheat-form"' in answer["body"]
+    else:
+        assert api_body(answer)["paths"]
+
+
+def check_status_answer(event: dict[str, Any], answer: Any) -> None:
+    body = api_body(answer)
+    if event["resource"] == "/api/preheat":  # the listing, filtered by the sample's query
+        assert body["code"] == 200, body
+        assert all(task["status"] == "SUCCESS" for task in body["data"]["tasks"])
+        assert "next" in body["data"]
+    else:
+        assert body["code"] in (200, 404)
 
 
 def check_harbor_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:

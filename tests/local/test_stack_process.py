@@ -125,6 +125,7 @@ def test_it_comes_up_on_localhost_and_joins_invoke(stack_process: StackProcess) 
         assert state[key].startswith("http://127.0.0.1:"), key
     assert f"Preheat API: {state['api_url']}" in stack_process.stdout
     assert f"curl -s -XPOST {state['api_url']}/api/preheat -d '" in stack_process.stdout
+    assert f"Console: {state['api_url']}/console" in stack_process.stdout
     assert state["supernodes"] == [state["reference_supernode"]]
     assert state["environment"]["PREHEAT_INSECURE_REGISTRIES"] == "localhost,127.0.0.1"
 

@@ -80,6 +80,7 @@ def test_project_template_functions_merge_globals_and_read_their_events(template
     assert template.functions["StatusFunction"].timeout == 30  # Globals
     assert template.functions["StatusFunction"].events == (
         ApiEvent("Status", "/api/preheat/{taskId}", "GET", "PreheatApi"),
+        ApiEvent("List", "/api/preheat", "GET", "PreheatApi"),
     )
     assert template.layer_dirs(worker) == (PROJECT_TEMPLATE.parent / "layers" / "shared",)
 

@@ -219,6 +219,11 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
         time.sleep(0.2)
     time.sleep(0.5)
 
+    # The listing (what the console shows) holds the same tasks.
+    listing = requests.get(f"{stack.api_url}/api/preheat", params={"limit": "100"}, timeout=10).json()
+    assert len(listing["data"]["tasks"]) >= 3
+    answers.append(listing)
+
     # The sinks.
     for answer in answers:
         assert_clean("a status answer", json.dumps(answer))

@@ -6,6 +6,7 @@ boundary so that the domain can change without breaking either.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,11 @@ from preheat.errors import InvalidRequest
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
 MAX_REQUESTED_PLATFORMS = 64
+# The Dragonfly 2 manager's own bounds on a preheat job's targeting (manager/types/job.go).
+TARGET_SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
+MAX_TARGET_IPS = 100
+MAX_TARGET_COUNT = 200
+MAX_TARGET_CLUSTERS = 100
 
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
@@ -302,6 +308,101 @@ def _split_reference(remainder: str, original: str) -> tuple[str, str | None, st
 
 
 @dataclass(frozen=True)
+class Targeting:
+    """Where a request wants its preheat to land (Dragonfly 2 only): the job's ``scope``, its
+    ``scheduler_cluster_ids`` and which peers (``ips``, a ``count`` or a ``percentage`` of them).
+
+    Empty fields mean "the deployment's default"; what is given wins over it.
+    """
+
+    scope: str | None = None
+    cluster_ids: tuple[int, ...] = ()
+    ips: tuple[str, ...] = ()
+    count: int | None = None
+    percentage: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.scope or self.cluster_ids or self.ips or self.count or self.percentage)
+
+    @classmethod
+    def parse(cls, body: Mapping[str, Any]) -> Targeting:
+        """The optional ``scope``, ``clusterIds``, ``ips``, ``count`` and ``percentage`` of a request,
+        checked as the Dragonfly 2 manager checks a job's (so that it cannot refuse the job later)."""
+        scope = body.get("scope")
+        if scope is not None and scope not in TARGET_SCOPES:
+            raise InvalidRequest(f"'scope' must be one of {', '.join(TARGET_SCOPES)}, got {_describe(scope)}")
+        clusters = _int_list(
+            body.get("clusterIds"), "clusterIds", MAX_TARGET_CLUSTERS, "scheduler cluster ids"
+        )
+        raw_ips = body.get("ips")
+        ips: list[str] = []
+        if raw_ips is not None:
+            if not isinstance(raw_ips, list) or not raw_ips:
+                raise InvalidRequest("'ips' must be a non-empty array of peer IP addresses")
+            if len(raw_ips) > MAX_TARGET_IPS:
+                raise InvalidRequest(
+                    f"'ips' names {len(raw_ips)} peers; at most {MAX_TARGET_IPS} are allowed"
+                )
+            for raw in raw_ips:
+                try:
+                    address = str(ipaddress.ip_address(raw)) if isinstance(raw, str) else None
+                except ValueError:
+                    address = None
+                if address is None:
+                    raise InvalidRequest(f"'ips' entries must be IP addresses, got {_describe(raw)}")
+                if address not in ips:
+                    ips.append(address)
+        count = _bounded_int(body.get("count"), "count", MAX_TARGET_COUNT)
+        percentage = _bounded_int(body.get("percentage"), "percentage", 100)
+        given = [
+            name for name, value in (("ips", ips), ("count", count), ("percentage", percentage)) if value
+        ]
+        if len(given) > 1:
+            raise InvalidRequest(
+                f"give only one of 'ips', 'count' and 'percentage', not {' and '.join(given)}"
+            )
+        return cls(scope, clusters, tuple(ips), count, percentage)
+
+    def to_api(self) -> dict[str, Any]:
+        """The request's fields as it named them (what the status answer shows, and the stored form)."""
+        data: dict[str, Any] = {}
+        if self.scope:
+            data["scope"] = self.scope
+        if self.cluster_ids:
+            data["clusterIds"] = list(self.cluster_ids)
+        if self.ips:
+            data["ips"] = list(self.ips)
+        if self.count:
+            data["count"] = self.count
+        if self.percentage:
+            data["percentage"] = self.percentage
+        return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded_int(value: Any, name: str, most: int) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 1 <= value <= most:
+        raise InvalidRequest(f"'{name}' must be a whole number from 1 to {most}, got {_describe(value)}")
+    result: int = value
+    return result
+
+
+def _int_list(value: Any, name: str, most: int, what: str) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+        raise InvalidRequest(f"'{name}' must be a non-empty array of {what} (whole numbers from 1)")
+    if len(value) > most:
+        raise InvalidRequest(f"'{name}' names {len(value)} {what}; at most {most} are allowed")
+    return tuple(dict.fromkeys(value))
+
+
+@dataclass(frozen=True)
 class PreheatRequest:
     """A validated request to preheat an image or a file."""
 
@@ -310,6 +411,7 @@ class PreheatRequest:
     headers: Credentials = field(default_factory=Credentials)
     image: ImageReference | None = None
     platforms: tuple[Platform, ...] = ()
+    targeting: Targeting = field(default_factory=Targeting)
 
     @classmethod
     def parse(cls, body: Any) -> PreheatRequest:
@@ -332,12 +434,13 @@ class PreheatRequest:
             raise InvalidRequest("'url' must not contain spaces or control characters")
         headers = _parse_headers(body.get("header"))
         platforms = parse_platforms(body.get("platform"))
+        targeting = Targeting.parse(body)
         if preheat_type is PreheatType.IMAGE:
-            return cls(preheat_type, url, headers, ImageReference.parse(url), platforms)
+            return cls(preheat_type, url, headers, ImageReference.parse(url), platforms, targeting)
         if platforms:
             raise InvalidRequest("'platform' applies to images only; leave it out for a file")
         _check_file_url(url)
-        return cls(preheat_type, url, headers)
+        return cls(preheat_type, url, headers, targeting=targeting)
 
 
 def _describe(value: Any) -> str:
@@ -390,6 +493,8 @@ class Blob:
     media_type: str | None = None
     headers: Credentials = field(default_factory=Credentials)
     filter: tuple[str, ...] = ()
+    # Where the request wants it (set by the worker from its task; Dragonfly 2 only).
+    targeting: Targeting = field(default_factory=Targeting)
 
     @property
     def label(self) -> str:
@@ -486,6 +591,9 @@ class Task:
     platforms: tuple[str, ...] = ()  # requested; empty means every platform of an index
     resolved_platforms: tuple[str, ...] = ()
     skipped_attestations: int = 0
+    targeting: Targeting = field(default_factory=Targeting)
+    # The counts alone, when the blobs were not read (a listing reads a summary, not the progress).
+    layer_counts: LayerCounts | None = None
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is TaskStatus.RUNNING and now >= self.deadline
@@ -507,8 +615,9 @@ class Task:
             data["platforms"] = list(self.resolved_platforms)
         if self.skipped_attestations:
             data["skippedAttestations"] = self.skipped_attestations
-        if self.blobs:
-            counts = LayerCounts.of(self.blobs)
+        data.update(self.targeting.to_api())
+        counts = LayerCounts.of(self.blobs) if self.blobs else self.layer_counts
+        if counts is not None:
             data["layers"] = {
                 "total": counts.total,
                 "succeeded": counts.succeeded,

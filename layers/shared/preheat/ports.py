@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from preheat.models import (
@@ -14,9 +15,19 @@ from preheat.models import (
     ImageReference,
     ImageResolution,
     Platform,
+    PreheatType,
     Task,
+    TaskStatus,
     WorkerMessage,
 )
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a listing, newest first; ``after`` is where the next page starts (None: no more)."""
+
+    tasks: tuple[Task, ...]
+    after: str | None
 
 
 class TaskStore(Protocol):
@@ -30,6 +41,20 @@ class TaskStore(Protocol):
     def save(self, task: Task, expected_check_seq: int) -> bool:
         """Replace the task's mutable state if its ``check_seq`` is still ``expected_check_seq``
         and it is not terminal yet. Returns False when another delivery got there first."""
+
+    def list_tasks(
+        self,
+        *,
+        limit: int,
+        status: TaskStatus | None = None,
+        type: PreheatType | None = None,
+        after: str | None = None,
+        now: datetime,
+    ) -> TaskPage:
+        """Up to ``limit`` tasks, newest first, created before position ``after`` (a page's
+        ``after``), of ``status`` (a RUNNING task past its deadline counts as FAIL) and ``type``.
+        A page may hold fewer than ``limit`` tasks and still have an ``after``: the store bounds
+        the work one call does."""
 
     def put_alias(self, alias: str, task: Task) -> bool:
         """Record ``alias`` (a key with a ``<kind>#`` prefix, e.g. ``job#123``) as another name of

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -11,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from preheat.errors import ClaimHeld, DependencyFailure, InvalidRequest, TaskNotFound
 from preheat.models import (
@@ -28,6 +31,11 @@ from preheat.ports import SupernodeDriver, TaskQueue, TaskStore
 from preheat.settings import Settings
 
 MAX_CLAIM_ATTEMPTS = 3
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+# Keys the listing cursor's MAC, derived from the dedup key so that a deployment needs no new secret.
+CURSOR_KEY_LABEL = b"preheat list cursor v1"
+CURSOR_MAC_BYTES = 16
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -104,6 +112,12 @@ class PreheatService:
         off PREHEAT_ALLOWED_REGISTRIES) is an InvalidRequest; names are judged by the worker.
         """
         check_request(request, self._settings)
+        if request.targeting and self._settings.supernode_api != "dragonfly2":
+            named = ", ".join(f"'{name}'" for name in request.targeting.to_api())
+            raise InvalidRequest(
+                f"{named}: the target has no such feature: Dragonfly 1 supernodes take no scope, clusters "
+                "or peers (they apply to PREHEAT_SUPERNODE_API=dragonfly2); leave them out"
+            )
         now = self._clock()
         platforms = self._platforms_for(request)
         task = Task(
@@ -114,6 +128,7 @@ class PreheatService:
             created_at=now,
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
             platforms=platforms,
+            targeting=request.targeting,
         )
         existing = self._create_unless_running(task, self._claim_for(request, platforms))
         if existing is not None:
@@ -159,8 +174,11 @@ class PreheatService:
             json.dumps(sorted((name.lower(), value) for name, value in request.headers.items())).encode(),
             hashlib.sha256,
         ).hexdigest()
-        identity = json.dumps([request.type.value, url, sorted(platforms), credentials])
-        return hashlib.sha256(identity.encode()).hexdigest()
+        identity: list[Any] = [request.type.value, url, sorted(platforms), credentials]
+        if request.targeting:
+            # Only when given, so that the claims of requests without targeting stay as they were.
+            identity.append(request.targeting.to_api())
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     def _platforms_for(self, request: PreheatRequest) -> tuple[str, ...]:
         if request.type is not PreheatType.IMAGE:
@@ -168,6 +186,70 @@ class PreheatService:
         if request.platforms:
             return tuple(str(platform) for platform in request.platforms)
         return self._settings.platforms
+
+    def list_tasks(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        limit: str | None = None,
+        cursor: str | None = None,
+    ) -> tuple[list[Task], str | None]:
+        """A page of tasks, newest first, and the cursor of the next page (None at the end).
+
+        Takes the query's raw strings; a bad one is an InvalidRequest saying what is allowed. The
+        cursor is opaque to callers and carries a MAC: a forged or altered one, or one used with
+        other filters than the page it came from, is refused rather than read.
+        """
+        wanted_status = _choice(status, "status", TaskStatus)
+        wanted_type = _choice(type, "type", PreheatType)
+        size = _page_size(limit)
+        after = self._open_cursor(cursor, wanted_status, wanted_type) if cursor is not None else None
+        now = self._clock()
+        page = self._store.list_tasks(
+            limit=size, status=wanted_status, type=wanted_type, after=after, now=now
+        )
+        tasks = [self._as_read(task, now) for task in page.tasks]
+        following = None if page.after is None else self._seal_cursor(page.after, wanted_status, wanted_type)
+        return tasks, following
+
+    def _cursor_key(self) -> bytes:
+        key = self._dedup_key() if self._dedup_key is not None else b"preheat-unkeyed"
+        return hmac.new(key, CURSOR_KEY_LABEL, hashlib.sha256).digest()
+
+    def _cursor_mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._cursor_key(), payload, hashlib.sha256).digest()[:CURSOR_MAC_BYTES]
+
+    def _seal_cursor(self, after: str, status: TaskStatus | None, type: PreheatType | None) -> str:
+        payload = json.dumps({"a": after, "s": status, "t": type}, separators=(",", ":")).encode()
+        return _b64(payload) + "." + _b64(self._cursor_mac(payload))
+
+    def _open_cursor(self, cursor: str, status: TaskStatus | None, type: PreheatType | None) -> str:
+        refused = InvalidRequest(
+            "'cursor' is not one this service gave out: pass the 'next' of the previous page as it is"
+        )
+        payload_text, _, mac_text = cursor.partition(".")
+        try:
+            payload, mac = _unb64(payload_text), _unb64(mac_text)
+        except (binascii.Error, ValueError):
+            raise refused from None
+        if not hmac.compare_digest(mac, self._cursor_mac(payload)):
+            raise refused
+        fields = json.loads(payload)
+        if fields.get("s") != status or fields.get("t") != type:
+            raise InvalidRequest(
+                "'cursor' belongs to a listing with other filters: keep 'status' and 'type' as they were "
+                "for the page that gave it, or start again without a cursor"
+            )
+        after: str = fields["a"]
+        return after
+
+    def _as_read(self, task: Task, now: datetime) -> Task:
+        """What a reader is told (as get() tells it, without writing): FAIL "timed out" past the deadline."""
+        if not task.is_expired(now):
+            return task
+        return replace(
+            task, status=TaskStatus.FAIL, finished_at=task.deadline, message=timed_out_message(task)
+        )
 
     def get(self, task_id: str) -> Task:
         if not TASK_ID_RE.match(task_id):
@@ -191,6 +273,34 @@ class PreheatService:
                 return expired
             return self._store.get(task_id) or expired
         return task
+
+
+def _choice(raw: str | None, name: str, allowed: type[TaskStatus] | type[PreheatType]) -> Any:
+    if raw is None:
+        return None
+    for member in allowed:
+        if raw == member.value:
+            return member
+    names = "|".join(member.value for member in allowed)
+    raise InvalidRequest(f"'{name}' must be one of {names}, got {raw[:32]!r}")
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise InvalidRequest(f"'limit' must be a whole number from 1 to {MAX_PAGE_SIZE}, got {raw[:32]!r}")
+    return int(raw)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    if not text or len(text) > 2048:
+        raise ValueError("bad length")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def unreachable_supernodes(driver: SupernodeDriver) -> Mapping[str, str]:

@@ -31,6 +31,7 @@ no Lambda waits on a supernode: the check re-queues itself with an SQS delay tha
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
@@ -54,6 +55,7 @@ from preheat.models import (
     Platform,
     PreheatType,
     Step,
+    Targeting,
     Task,
     TaskStatus,
     WorkerMessage,
@@ -181,11 +183,17 @@ class Worker:
             return self._finish(task, TaskStatus.FAIL, "no supernodes configured: set PREHEAT_SUPERNODES", ())
         targets, scope = self._supernodes.targets, self._settings.supernode_scope
         batch = self._supernodes.batch_size
+        # Where the request wants its blobs to land travels with each blob to the driver.
+        aimed = functools.partial(_aimed, task.targeting)
         with _Dispatch(self._send, self._send_batch, self._progress_of, targets, scope, batch) as dispatch:
+
+            def submit(blob: Blob) -> None:
+                dispatch.submit(aimed(blob))
+
             try:
-                resolution = self._resolve(task, headers, dispatch.submit, budget.left())
+                resolution = self._resolve(task, headers, submit, budget.left())
                 # Sends still unanswered when the step's time is up fail it, for a clean retry.
-                progress = dispatch.progress(resolution.blobs, budget.left())
+                progress = dispatch.progress([aimed(blob) for blob in resolution.blobs], budget.left())
             except PermanentFailure as exc:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
@@ -556,6 +564,10 @@ class _Dispatch:
         # Abandoned sends finish on their own (each is bounded by the driver's timeouts): the step
         # must end within its time, and a supernode joins the repeat a retry makes.
         self._pool.shutdown(wait=not self._abandoned, cancel_futures=self._abandoned)
+
+
+def _aimed(targeting: Targeting, blob: Blob) -> Blob:
+    return replace(blob, targeting=targeting) if targeting else blob
 
 
 def _key(blob: Blob) -> str:

@@ -41,7 +41,7 @@ from preheat.adapters.http_target import (
     json_body,
 )
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
-from preheat.models import Blob, BlobState
+from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
 from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_task_id
@@ -186,21 +186,22 @@ class Dragonfly2Driver(HttpTargetDriver):
             args["application"] = self._settings.dragonfly2_application
         if self._settings.dragonfly2_piece_length is not None:
             args["piece_length"] = self._settings.dragonfly2_piece_length
-        args["scope"] = self._settings.dragonfly2_scope
+        targeting, clusters = job_targeting(self._settings, first.targeting)
+        args.update(targeting)
         body: dict[str, Any] = {"type": "preheat", "args": args}
-        if self._settings.dragonfly2_clusters:
-            body["scheduler_cluster_ids"] = list(self._settings.dragonfly2_clusters)
+        if clusters:
+            body["scheduler_cluster_ids"] = clusters
         return body
 
     def create_batch(self, target: str, blobs: Sequence[Blob]) -> list[SupernodeTask]:
         """One job for every blob (``args.urls``, managers v2.2.3 and later); each blob's task id is
         ``<job id>#<its index in the job>``, which :meth:`status` reads that URL's result by.
-        Blobs are grouped by the headers and filter they need: a job carries one of each."""
+        Blobs are grouped by the headers, filter and targeting they need: a job carries one of each."""
         if len(blobs) <= 1 or self.batch_size == 1:
             return [self.create(target, blob) for blob in blobs]
         groups: dict[tuple[Any, ...], list[int]] = {}
         for index, blob in enumerate(blobs):
-            key = (tuple(sorted(blob.headers.reveal().items())), blob.filter)
+            key = (tuple(sorted(blob.headers.reveal().items())), blob.filter, blob.targeting)
             groups.setdefault(key, []).append(index)
         answers: list[SupernodeTask | None] = [None] * len(blobs)
         for indexes in groups.values():
@@ -402,6 +403,20 @@ class Dragonfly2Driver(HttpTargetDriver):
                     ) from None
                 waited += delay
                 self._sleep(delay)
+
+
+def job_targeting(settings: Settings, targeting: Targeting) -> tuple[dict[str, Any], list[int]]:
+    """Where a job goes: its ``args``' ``scope`` and ``ips``/``count``/``percentage``, and its
+    ``scheduler_cluster_ids`` (empty: every cluster). The request's targeting wins over the
+    deployment's ``PREHEAT_DRAGONFLY2_SCOPE`` and ``PREHEAT_DRAGONFLY2_CLUSTERS``."""
+    args: dict[str, Any] = {"scope": targeting.scope or settings.dragonfly2_scope}
+    if targeting.ips:
+        args["ips"] = list(targeting.ips)
+    if targeting.count:
+        args["count"] = targeting.count
+    if targeting.percentage:
+        args["percentage"] = targeting.percentage
+    return args, list(targeting.cluster_ids or settings.dragonfly2_clusters)
 
 
 # -- reading a job ---------------------------------------------------------------------------------

@@ -12,8 +12,12 @@ task ids, which only pending blobs need.
 from __future__ import annotations
 
 import functools
+import hashlib
+import heapq
 import json
 import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,16 +28,31 @@ from preheat.errors import ClaimHeld, DependencyFailure
 from preheat.models import (
     BlobProgress,
     BlobState,
+    LayerCounts,
     PreheatType,
+    Targeting,
     Task,
     TaskStatus,
     isoformat,
     parse_isoformat,
 )
+from preheat.ports import TaskPage
 from preheat.settings import Settings
 
 # Claims share the table with tasks; task ids are UUIDs, so the prefix cannot collide.
 CLAIM_PREFIX = "claim#"
+
+# The listing index (template.yaml's TasksTable ListIndex). Its partition key is one of LIST_SHARDS
+# values, chosen by a hash of the task id, and its sort key is the creation time then the task id.
+# Creation times only grow, so one partition key would take every write at its end (splitting a key
+# for heat cannot help an ever-growing sort key): sharding spreads a burst over LIST_SHARDS keys, and
+# a reader merges the shards, each already in order. Changing LIST_SHARDS hides the tasks of the
+# shards it drops until they expire.
+LIST_INDEX = "ListIndex"
+LIST_SHARDS = 8
+LIST_SHARD_PREFIX = "tasks#"
+# Items one listing call looks at (a filter that matches few tasks ends a page early, with a cursor).
+MAX_EXAMINED = 1000
 
 
 # The most the compressed blob progress may take of the item; the rest of it (url, msg, dates,
@@ -142,6 +161,10 @@ class DynamoDBTaskStore:
         }
         if task.platforms:
             item["platforms"] = {"L": [{"S": platform} for platform in task.platforms]}
+        if task.targeting:
+            item["targeting"] = {"S": json.dumps(task.targeting.to_api(), separators=(",", ":"))}
+        item["listShard"] = {"S": _list_shard(task.task_id)}
+        item["listSk"] = {"S": _list_position(task)}
         put_task = {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
         try:
             if claim is None:
@@ -212,6 +235,12 @@ class DynamoDBTaskStore:
         if task.blobs:
             values[":blobs"] = {"B": _blobs_to_binary(task.blobs)}
             sets.append("blobs = :blobs")
+            # A summary the listing index carries instead of the (large) blobs.
+            counts = LayerCounts.of(task.blobs)
+            values[":counts"] = {
+                "L": [{"N": str(n)} for n in (counts.total, counts.succeeded, counts.failed, counts.pending)]
+            }
+            sets.append("layerCounts = :counts")
         if task.message:
             values[":msg"] = {"S": _cut(task.message, MAX_MESSAGE_CHARS)}
             sets.append("#msg = :msg")
@@ -244,6 +273,73 @@ class DynamoDBTaskStore:
         except BotoCoreError as exc:
             raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
         return True
+
+    def list_tasks(
+        self,
+        *,
+        limit: int,
+        status: TaskStatus | None = None,
+        type: PreheatType | None = None,
+        after: str | None = None,
+        now: datetime,
+    ) -> TaskPage:
+        """Newest first from ListIndex: every shard read from ``after`` down, merged by position."""
+        filtered = status is not None or type is not None
+        per_shard = max(25, limit) if filtered else max(10, 2 * limit // LIST_SHARDS + 1)
+        shards = [f"{LIST_SHARD_PREFIX}{shard}" for shard in range(LIST_SHARDS)]
+        # The shards' first pages side by side: a page costs one round trip, not LIST_SHARDS.
+        with ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list") as pool:
+            first = list(pool.map(lambda shard: self._query(shard, after, per_shard, None), shards))
+        streams = [
+            self._stream(shard, after, per_shard, answer) for shard, answer in zip(shards, first, strict=True)
+        ]
+        merged = heapq.merge(*streams, key=lambda item: item["listSk"]["S"], reverse=True)
+        tasks: list[Task] = []
+        for examined, item in enumerate(merged, start=1):
+            position = item["listSk"]["S"]
+            task = _task_from_item(item)
+            shown = TaskStatus.FAIL if task.is_expired(now) else task.status
+            if (status is None or shown is status) and (type is None or task.type is type):
+                tasks.append(task)
+            if len(tasks) == limit or examined >= MAX_EXAMINED:
+                more = next(merged, None) is not None
+                return TaskPage(tuple(tasks), position if more else None)
+        return TaskPage(tuple(tasks), None)
+
+    def _query(
+        self, shard: str, after: str | None, page: int, start: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        condition = "listShard = :shard"
+        values: dict[str, Any] = {":shard": {"S": shard}}
+        if after is not None:
+            condition += " AND listSk < :after"
+            values[":after"] = {"S": after}
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": LIST_INDEX,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "Limit": page,
+        }
+        if start is not None:
+            request["ExclusiveStartKey"] = start
+        try:
+            answer: dict[str, Any] = self._client.query(**request)
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not list the tasks: {_reason(exc)}") from None
+        return answer
+
+    def _stream(
+        self, shard: str, after: str | None, page: int, answer: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
+        """One shard's items in index order, reading the next page only when the merge needs it."""
+        while True:
+            yield from answer.get("Items", [])
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return
+            answer = self._query(shard, after, page, start)
 
     # Aliases: other names of a task (the Dragonfly 2 compatible API's integer job ids). One item
     # each, written once with a condition; it expires with the task.
@@ -301,7 +397,38 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         platforms=_strings(item.get("platforms")),
         resolved_platforms=_strings(item.get("resolvedPlatforms")),
         skipped_attestations=int(item.get("skippedAttestations", {}).get("N", "0")),
+        targeting=_targeting(item.get("targeting")),
+        layer_counts=_layer_counts(item.get("layerCounts")) if blobs is None else None,
     )
+
+
+def _list_shard(task_id: str) -> str:
+    return f"{LIST_SHARD_PREFIX}{int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) % LIST_SHARDS}"
+
+
+def _list_position(task: Task) -> str:
+    """Sorts as the creation time (fixed-width ISO 8601, UTC), ties broken by the task id."""
+    return f"{isoformat(task.created_at)}#{task.task_id}"
+
+
+def _targeting(attribute: dict[str, Any] | None) -> Targeting:
+    if not attribute:
+        return Targeting()
+    data = json.loads(attribute["S"])
+    return Targeting(
+        scope=data.get("scope"),
+        cluster_ids=tuple(data.get("clusterIds", ())),
+        ips=tuple(data.get("ips", ())),
+        count=data.get("count"),
+        percentage=data.get("percentage"),
+    )
+
+
+def _layer_counts(attribute: dict[str, Any] | None) -> LayerCounts | None:
+    if not attribute:
+        return None
+    total, succeeded, failed, pending = (int(value["N"]) for value in attribute["L"])
+    return LayerCounts(total, succeeded, failed, pending)
 
 
 def _strings(attribute: dict[str, Any] | None) -> tuple[str, ...]:

@@ -79,6 +79,18 @@ def status_routes() -> Router:
         detail = router.current_event.get_query_string_value("detail", "false") or "false"
         return envelope(200, data=task.to_api(detail=detail.lower() in ("true", "1", "yes")))
 
+    @router.get("/api/preheat")
+    @tracer.capture_method(capture_response=False)
+    def listing() -> Response[str]:
+        query = router.current_event.query_string_parameters or {}
+        tasks, following = bootstrap.preheat_service().list_tasks(
+            status=query.get("status"),
+            type=query.get("type"),
+            limit=query.get("limit"),
+            cursor=query.get("cursor"),
+        )
+        return envelope(200, data={"tasks": [task.to_api() for task in tasks], "next": following})
+
     return router
 
 
