@@ -102,8 +102,11 @@ class Settings:
     registry_timeout_seconds: float = 10.0
     supernode_timeout_seconds: float = 5.0
     check_timeout_seconds: float = 2.0
-    check_window_seconds: float = 5.0  # how long one worker step watches the supernodes
-    check_interval_seconds: float = 0.25  # between looks within that window
+    # How long one worker step watches the supernodes (bounded by what the invocation has left and
+    # by the task's deadline); 0 hands every wait over to delayed check messages instead.
+    check_window_seconds: float = 90.0
+    check_interval_seconds: float = 0.25  # the longest pause between looks in a watch's first 5 s
+    watch_interval_seconds: float = 0.5  # ... and after them
     platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
     supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
     supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
@@ -118,6 +121,7 @@ class Settings:
     dragonfly2_token_secret: str = ""
     dragonfly2_clusters: tuple[int, ...] = ()
     dragonfly2_scope: str = "single_seed_peer"
+    event_bus: str = "default"  # the EventBridge bus completion events go to (name or ARN)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,6 +155,7 @@ class Settings:
             check_timeout_seconds=_positive_float(env, "PREHEAT_CHECK_TIMEOUT", cls.check_timeout_seconds),
             check_window_seconds=_non_negative_float(env, "PREHEAT_CHECK_WINDOW", cls.check_window_seconds),
             check_interval_seconds=_positive_float(env, "PREHEAT_CHECK_INTERVAL", cls.check_interval_seconds),
+            watch_interval_seconds=_positive_float(env, "PREHEAT_WATCH_INTERVAL", cls.watch_interval_seconds),
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
             supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
@@ -167,6 +172,7 @@ class Settings:
             dragonfly2_scope=_choice(
                 env, "PREHEAT_DRAGONFLY2_SCOPE", ("single_seed_peer", "all_seed_peers", "all_peers")
             ),
+            event_bus=env.get("PREHEAT_EVENT_BUS", "").strip() or cls.event_bus,
         )
 
     def is_insecure(self, host: str) -> bool:

@@ -50,7 +50,14 @@ from preheat.models import (
     utcnow,
 )
 from preheat.placement import targets_for
-from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
+from preheat.ports import (
+    CredentialStore,
+    EventPublisher,
+    RegistryClient,
+    SupernodeDriver,
+    TaskQueue,
+    TaskStore,
+)
 from preheat.service import timed_out_message
 from preheat.settings import Settings
 
@@ -66,6 +73,10 @@ FIRST_LOOK_SECONDS = 0.02
 # How long the start step watches before it records the blobs' progress for callers to see: most
 # tasks of small images end sooner, and are then written once, with their verdict.
 PROGRESS_AFTER_SECONDS = 0.5
+# A watch looks every check_interval_seconds for this long, then every watch_interval_seconds.
+QUICK_WATCH_SECONDS = 5.0
+# During a long watch, the layer counts callers see are recorded at most this often (when changed).
+PROGRESS_EVERY_SECONDS = 5.0
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
 MAX_PARALLEL_SUPERNODE_CALLS = 64
@@ -90,8 +101,10 @@ class Worker:
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         credentials: CredentialStore | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self._credentials = credentials
+        self._events = events
         self._store = store
         self._queue = queue
         self._registry = registry
@@ -111,6 +124,9 @@ class Worker:
             logger.warning("task %s no longer exists; dropping its %s message", message.task_id, message.step)
             return None
         if task.status.terminal:
+            # A message outliving its task's end is a redelivery, maybe of the very step whose
+            # completion event could not be put: announce again (consumers dedupe on the task id).
+            self._announce(task)
             return task
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
@@ -218,17 +234,24 @@ class Worker:
         blobs = task.blobs if looked else self._poll(task.blobs)
         # A start step's progress is not recorded yet (see the module notes).
         unrecorded = dispatching
+        # The watch ends at the deadline at the latest, so that end is noticed at once too.
+        window = min(window, max(0.0, (task.deadline - started).total_seconds()))
+        progress = _Progress(task, started)
         while _pending(blobs) and (self._clock() - started).total_seconds() + pause < window:
-            if unrecorded and (self._clock() - started).total_seconds() >= PROGRESS_AFTER_SECONDS:
+            if (unrecorded and (self._clock() - started).total_seconds() >= PROGRESS_AFTER_SECONDS) or (
+                not unrecorded and progress.due(blobs, self._clock())
+            ):
                 # Callers see the layer counts from here on; the check sequence is left alone.
                 if not self._store.save(replace(task, blobs=blobs), expected_check_seq=task.check_seq):
                     return task
                 unrecorded = False
+                progress.recorded(blobs, self._clock())
             self._sleep(pause)
             pending = _count_pending(blobs)
             blobs = self._poll(blobs)
             finishing = _count_pending(blobs) < pending
-            pause = quick if finishing else min(pause * 2, self._settings.check_interval_seconds)
+            pause = quick if finishing else min(pause * 2, self._longest_pause(started))
+        blobs = self._watch_to_deadline(task, blobs, window)
         task = replace(task, blobs=blobs)
         if not _pending(blobs):
             return self._conclude(task)
@@ -241,7 +264,8 @@ class Worker:
         next_seq = task.check_seq + 1
         self._queue.send(
             WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
-            delay_seconds=self._delay_for(task, next_seq),
+            # A watching deployment hands the watch on at once: a delay would be a blind spot.
+            delay_seconds=0 if window > 0 else self._delay_for(task, next_seq),
         )
         saved = replace(task, check_seq=next_seq, dispatched=True)
         if not self._store.save(saved, expected_check_seq=task.check_seq):
@@ -249,6 +273,25 @@ class Worker:
             logger.info("task %s was %s by another delivery", task.task_id, what)
             return task
         return saved
+
+    def _longest_pause(self, started: datetime) -> float:
+        """Between looks: ``check_interval_seconds`` while the watch is young (most blobs that
+        finish at all finish then), ``watch_interval_seconds`` once it has lasted
+        ``QUICK_WATCH_SECONDS``, which keeps a minutes-long watch cheap for the supernodes."""
+        if (self._clock() - started).total_seconds() < QUICK_WATCH_SECONDS:
+            return self._settings.check_interval_seconds
+        return max(self._settings.check_interval_seconds, self._settings.watch_interval_seconds)
+
+    def _watch_to_deadline(
+        self, task: Task, blobs: tuple[BlobProgress, ...], window: float
+    ) -> tuple[BlobProgress, ...]:
+        """When the deadline falls within the last pause of a watch, wait for it and look once
+        more: the task then ends FAIL "timed out" at its deadline, not a hand-over later."""
+        left = (task.deadline - self._clock()).total_seconds()
+        if not _pending(blobs) or window <= 0 or left <= 0 or left > self._settings.watch_interval_seconds:
+            return blobs
+        self._sleep(left)
+        return self._poll(blobs)
 
     def _look(self, blob: BlobProgress) -> BlobProgress:
         """The blob as its supernode now reports it (unchanged if it is not pending)."""
@@ -310,7 +353,33 @@ class Worker:
             logger.info("task %s was concluded by another delivery", task.task_id)
             return task
         logger.info("task %s finished %s", task.task_id, status.value)
+        self._announce(finished)
         return finished
+
+    def _announce(self, task: Task) -> None:
+        """Put the task's completion event. A failure (DependencyFailure) fails the step, so SQS
+        delivers its message again, and the terminal task found then is announced again."""
+        if self._events is not None:
+            self._events.task_finished(task)
+
+
+class _Progress:
+    """When a long watch records its progress: when the layer counts changed, at most every
+    ``PROGRESS_EVERY_SECONDS``, so a 100-layer image warming for minutes costs a write per 5 s at
+    most, not one per blob."""
+
+    def __init__(self, task: Task, now: datetime) -> None:
+        self._counts = LayerCounts.of(task.blobs)  # what the task read holds: on record
+        self._at = now
+
+    def due(self, blobs: tuple[BlobProgress, ...], now: datetime) -> bool:
+        return (now - self._at).total_seconds() >= PROGRESS_EVERY_SECONDS and LayerCounts.of(
+            blobs
+        ) != self._counts
+
+    def recorded(self, blobs: tuple[BlobProgress, ...], now: datetime) -> None:
+        self._counts = LayerCounts.of(blobs)
+        self._at = now
 
 
 class _Dispatch:
@@ -362,15 +431,24 @@ def _key(blob: Blob) -> str:
 
 
 def give_up(
-    store: TaskStore, message: WorkerMessage, receive_count: int, clock: Callable[[], datetime] = utcnow
+    store: TaskStore,
+    message: WorkerMessage,
+    receive_count: int,
+    clock: Callable[[], datetime] = utcnow,
+    events: EventPublisher | None = None,
 ) -> Task | None:
-    """End the task of a message that exhausted its receives as FAIL, saying why.
+    """End the task of a message that exhausted its receives as FAIL, saying why, and announce it.
 
-    Retries once on a conflicting write, since a late worker may have moved the task meanwhile.
+    Retries once on a conflicting write, since a late worker may have moved the task meanwhile. A
+    task found already ended is announced too: its message may have died of the announcement.
     """
     for _ in range(2):
         task = store.get(message.task_id)
-        if task is None or task.status.terminal:
+        if task is None:
+            return task
+        if task.status.terminal:
+            if events is not None:
+                events.task_finished(task)
             return task
         reason = f"the worker gave up on its '{message.step.value}' step after {receive_count} attempts"
         if task.message:
@@ -379,5 +457,7 @@ def give_up(
             task, status=TaskStatus.FAIL, message=reason, finished_at=clock(), check_seq=task.check_seq + 1
         )
         if store.save(failed, expected_check_seq=task.check_seq):
+            if events is not None:
+                events.task_finished(failed)
             return failed
     return store.get(message.task_id)
