@@ -13,7 +13,8 @@ Variables (all optional):
 * ``PREHEAT_SUPERNODES``: comma-separated supernode URLs to use instead of the reference supernode.
 * ``PREHEAT_DEMO_REGISTRY_PORT`` (5001, 0 picks a free port): the demo registry's; ``PREHEAT_DEMO_REGISTRY=0``
   turns the demo registry off.
-* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, the supernode cache and the registry's data go.
+* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, ``events.jsonl`` (every completion event, one
+  JSON line each, see :mod:`local.events`), the supernode cache and the registry's data go.
 * ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
 * ``PREHEAT_LOCAL_PARAMETERS``: a JSON object of template parameter values, like
   ``sam deploy --parameter-overrides`` (e.g. ``{"ScheduledPreheats": "[...]", "PreheatSchedule":
@@ -46,6 +47,7 @@ from typing import Any, Self
 
 from local.apigateway import ApiGateway, routes_from_template
 from local.aws import DEFAULT_NAME_PREFIX, LOCAL_ACCOUNT_ID, LOCAL_REGION, MotoServer, provision
+from local.events import EventFile
 from local.lambda_runtime import (
     EnvironmentPatch,
     LambdaRuntime,
@@ -65,6 +67,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 DEFAULT_LOCAL_DIR = PROJECT_ROOT / ".local"
 STATE_FILE_NAME = "stack.json"
+EVENTS_FILE_NAME = "events.jsonl"
+EVENT_BUS_PARAMETER = "EventBusName"
 
 # Template parameters the local stack gives values of its own (when the template declares them).
 SUPERNODES_PARAMETER = "Supernodes"
@@ -122,7 +126,9 @@ class LocalStack:
         schedules: bool = False,
         schedule_clock: Clock = utc_now,
         api_key: str | None = None,
+        events_file: str | Path | None = None,
     ) -> None:
+        self.events_file = None if events_file is None else Path(events_file)
         self.template = template if isinstance(template, Template) else Template.load(template)
         self.api_key = api_key or None
         self._api_port = api_port
@@ -152,6 +158,7 @@ class LocalStack:
         self._api: ApiGateway | None = None
         self._pollers: list[SqsPoller] = []
         self.scheduler: LocalScheduler | None = None
+        self._event_file: EventFile | None = None
         self.runtime: LambdaRuntime | None = None
         self.resources: dict[str, PhysicalResource] = {}
         self.environment: dict[str, str] = {}
@@ -199,6 +206,14 @@ class LocalStack:
             **local_aws_environment(self.moto_url),
             **union_environment(self.template, resolver, self._extra_env),
         }
+        if self.events_file is not None:
+            # Before the first function runs, so no event misses the rule.
+            self._event_file = EventFile(
+                self.moto_url,
+                self.events_file,
+                bus=parameters.get(EVENT_BUS_PARAMETER, ""),
+                name_prefix=self._name_prefix,
+            ).start()
         self._env_patch = EnvironmentPatch(self.environment)
         self._env_patch.apply()
         self._api = ApiGateway(
@@ -282,6 +297,10 @@ class LocalStack:
         if self._api is not None:
             self._api.stop()
             self._api = None
+        if self._event_file is not None:
+            # After the functions: the events of their last tasks are written too.
+            self._event_file.stop()
+            self._event_file = None
         if self._env_patch is not None:
             self._env_patch.restore()
             self._env_patch = None
@@ -356,6 +375,7 @@ class LocalStack:
             "reference_supernode": None if self.supernode is None else self.supernode.url,
             "demo_registry": None if self.registry is None else self.registry.host,
             "demo_image": self.demo_image,
+            "events_file": None if self.events_file is None else str(self.events_file),
             "resources": {
                 logical_id: {"ref": r.ref, "attributes": dict(r.attributes)}
                 for logical_id, r in self.resources.items()
@@ -439,6 +459,7 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         parameters=_parameters(environ) or None,
         schedules=environ.get("PREHEAT_LOCAL_SCHEDULES", "").strip().lower() in {"1", "true", "yes", "on"},
         api_key=environ.get("PREHEAT_API_KEY", "").strip() or None,
+        events_file=local_dir / EVENTS_FILE_NAME,
     )
 
 
@@ -459,6 +480,8 @@ def banner(stack: LocalStack) -> str:
         f"  curl -s{key} -XPOST {url}/api/preheat -d '{body}'",
         f"  curl -s{key} {url}/api/preheat/<taskId>",
     ]
+    if stack.events_file is not None:
+        lines.append(f"Completion events: tail -f {stack.events_file}")
     if stack.scheduler is not None:
         for name, schedule in stack.scheduler.schedules.items():
             lines.append(f"Schedule {schedule.describe()} (next {_iso(stack.scheduler.next_due(name))})")
