@@ -95,6 +95,9 @@ class LocalStack:
     fast. Without ``docker-registry`` or ``skopeo`` on PATH the stack logs how to install them and runs
     without it. Its data goes in ``registry_dir`` (kept), or in a temporary directory removed on stop.
 
+    ``events_file`` receives the completion events of the stack's bus (see :mod:`local.events`);
+    ``skip_pollers`` names functions whose queues the stack leaves to another process.
+
     ``api_key`` makes every route want that API key, as ``AuthMode=API_KEY`` does in AWS (see
     :mod:`local.apigateway`); None leaves the API open.
 
@@ -127,7 +130,9 @@ class LocalStack:
         schedule_clock: Clock = utc_now,
         api_key: str | None = None,
         events_file: str | Path | None = None,
+        skip_pollers: Sequence[str] = (),
     ) -> None:
+        self._skip_pollers = frozenset(skip_pollers)
         self.events_file = None if events_file is None else Path(events_file)
         self.template = template if isinstance(template, Template) else Template.load(template)
         self.api_key = api_key or None
@@ -224,6 +229,8 @@ class LocalStack:
             api_key=self.api_key,
         ).start()
         for spec in self.template.functions.values():
+            if spec.logical_id in self._skip_pollers:
+                continue  # polled by a process of its own (bench.throughput's worker)
             for event in spec.sqs_events:
                 queue = self.resources[event.queue]
                 poller = SqsPoller(

@@ -75,6 +75,8 @@ FIRST_LOOK_SECONDS = 0.02
 PROGRESS_AFTER_SECONDS = 0.5
 # A watch looks every check_interval_seconds for this long, then every watch_interval_seconds.
 QUICK_WATCH_SECONDS = 5.0
+# A step whose watch was shorter than this hands over with a delay, as without watching.
+MIN_WATCH_SECONDS = 1.0
 # During a long watch, the layer counts callers see are recorded at most this often (when changed).
 PROGRESS_EVERY_SECONDS = 5.0
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
@@ -264,8 +266,9 @@ class Worker:
         next_seq = task.check_seq + 1
         self._queue.send(
             WorkerMessage(task.task_id, Step.CHECK, seq=next_seq),
-            # A watching deployment hands the watch on at once: a delay would be a blind spot.
-            delay_seconds=0 if window > 0 else self._delay_for(task, next_seq),
+            # A watch is handed on at once: a delay would be a blind spot. (A step that could not
+            # watch, its invocation nearly spent, backs off instead of spinning the chain.)
+            delay_seconds=0 if window >= MIN_WATCH_SECONDS else self._delay_for(task, next_seq),
         )
         saved = replace(task, check_seq=next_seq, dispatched=True)
         if not self._store.save(saved, expected_check_seq=task.check_seq):
