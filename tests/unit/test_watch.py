@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -277,3 +278,49 @@ def test_a_task_whose_message_could_not_be_queued_is_announced():
     [announced] = world.events.finished
     assert announced.status is TaskStatus.FAIL
     assert announced.message.startswith("could not queue")
+
+
+def test_a_check_arriving_before_its_sender_recorded_it_waits_for_that_write():
+    """The watch hands over with no delay, so the next check may be received before the write
+    that follows its send; it must wait for that write, not drop itself as stale (the chain would
+    end with the task RUNNING)."""
+    world = World()
+    task_id = world.submit()
+    world.nodes.finish_at[FILE] = world.clock() + timedelta(seconds=150)
+    [start] = world.queue.take()
+    original_save = world.store.save
+    held: list[tuple[object, int]] = []
+
+    def late_save(task, expected_check_seq):
+        if task.check_seq == expected_check_seq + 1 and not held:
+            held.append((task, expected_check_seq))  # the sender is "between send and write"
+            return True
+        return original_save(task, expected_check_seq)
+
+    world.store.save = late_save
+    world.worker.handle(start, time_budget_seconds=BUDGET)
+    [check] = world.queue.take()
+    assert world.store.tasks[task_id].check_seq == 0  # not recorded yet
+    original_get = world.store.get
+    gets = []
+
+    def get(task_id):
+        gets.append(task_id)
+        if len(gets) == 3:  # the write lands while the check waits
+            world.store.save = original_save
+            original_save(*held[0])
+        return original_get(task_id)
+
+    world.store.get = get
+    world.worker.handle(check, time_budget_seconds=BUDGET)
+    assert world.store.tasks[task_id].status is TaskStatus.SUCCESS
+
+
+def test_a_check_whose_sender_died_before_recording_it_is_dropped_after_a_moment():
+    world = World()
+    task_id = world.submit()
+    world.store.tasks[task_id] = replace(world.store.tasks[task_id], dispatched=True, check_seq=3)
+    world.queue.take()
+    world.worker.handle(WorkerMessage(task_id, Step.CHECK, seq=4), time_budget_seconds=BUDGET)
+    assert world.queue.sent == []  # dropped: the sender's own message, redelivered, sends again
+    assert world.store.tasks[task_id].check_seq == 3

@@ -15,10 +15,17 @@ Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die
   on conditionally. A duplicate delivery, or the spare message of a worker that died between
   sending and writing, finds the sequence moved and is dropped: there is one chain of checks.
 
-Each step watches for at most ``check_window_seconds`` (polling every ``check_interval_seconds``),
-so a blob that finishes within seconds is noticed within a fraction of a second. Past the window
-no Lambda waits on a supernode: the check re-queues itself with an SQS delay that doubles from
+Each step watches for at most ``check_window_seconds`` (90 s by default; never past what the
+invocation has left, nor past the task's deadline), looking every ``check_interval_seconds`` at
+most in its first seconds and every ``watch_interval_seconds`` after them, so a blob is noticed
+within about half a second whether it takes 3 seconds or 3 minutes. When the window closes the
+check hands the watch on to the next check message at once; only a step that could not watch (a
+window of 0, or an invocation nearly spent) re-queues with an SQS delay that doubles from
 ``poll_initial_delay_seconds`` up to ``poll_max_delay_seconds``.
+
+Every end (SUCCESS or FAIL) is announced through the event publisher after its write; a step
+whose announcement fails is retried by redelivery, which finds the task ended and announces it
+again: at least once.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ PROGRESS_AFTER_SECONDS = 0.5
 QUICK_WATCH_SECONDS = 5.0
 # A step whose watch was shorter than this hands over with a delay, as without watching.
 MIN_WATCH_SECONDS = 1.0
+# How a check that arrived before its sender recorded it waits for that write: 2 s at most.
+HANDOVER_PAUSE_SECONDS = 0.05
+HANDOVER_LOOKS = 40
 # During a long watch, the layer counts callers see are recorded at most this often (when changed).
 PROGRESS_EVERY_SECONDS = 5.0
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
@@ -218,10 +228,27 @@ class Worker:
     # -- check: poll what is pending ----------------------------------------------------------
 
     def _check(self, task: Task, seq: int, window: float) -> Task:
+        if seq == task.check_seq + 1:
+            task = self._await_handover(task, seq)
         if seq != task.check_seq or not task.dispatched:
             logger.info("dropping stale check %s of task %s (at %s)", seq, task.task_id, task.check_seq)
             return task
         return self._watch_then_requeue(task, window, dispatching=False)
+
+    def _await_handover(self, task: Task, seq: int) -> Task:
+        """The task once the step that sent check ``seq`` has recorded it. A watch hands over with
+        no delay, and its next check may arrive before the write that follows the send (see the
+        module notes): that check waits a moment for it rather than being dropped as stale. A
+        sender that died in between never writes; its own message, redelivered, sends again."""
+        for _ in range(HANDOVER_LOOKS):
+            self._sleep(HANDOVER_PAUSE_SECONDS)
+            current = self._store.get(task.task_id)
+            if current is None:
+                return task
+            task = current
+            if task.check_seq >= seq or task.status.terminal:
+                break
+        return task
 
     def _watch_then_requeue(
         self, task: Task, window: float, *, dispatching: bool, looked: bool = False
