@@ -121,7 +121,9 @@ def function_script(spec: FunctionSpec, layer_dirs: Sequence[Path], factories: S
         + "import importlib as _importlib\n"
         + f"_handler = getattr(_importlib.import_module({module!r}), {spec.handler_name!r})\n"
         + "_imported = _time.perf_counter()\n"
-        + "from preheat import bootstrap as _bootstrap\n"
+        # The composition root only where the function reaches it: a handler that builds nothing
+        # (the authorizer, the OpenAPI document) never imports it, nor its tracer.
+        + ("from preheat import bootstrap as _bootstrap\n" if factories else "")
         + calls
         + _CHILD_REPORT
     )
