@@ -14,20 +14,23 @@ must reach SUCCESS or FAIL, read in bulk straight from the table (BatchGetItem, 
 all have or ``--timeout`` passes. Each task's URL is read back too: a request that recorded another
 request's body would show there.
 
-The floor is what the API cannot do without, measured in the same run against the same moto
-server at the same concurrency: as many pairs of ``PutItem`` (an item shaped like a new task) and
-``SendMessage`` (a body shaped like the worker's first message), sent by ``--clients`` threads each
-with boto3 clients of its own, to twins of the task table and of the worker's queue created from
-the same template definitions under another name prefix. No poller reads the twin queue (its
-messages are not tasks), but a thread of the benchmark drains it as the worker drains the service's
-(receive 10, delete them): moto's SendMessage counts every message of its queue, so a queue left to
-fill would slow the floor down as the round goes on.
+The floor is what the API cannot do without, measured in the same run against the same moto server
+at the same concurrency: as many pairs of ``TransactWriteItems`` (an item shaped like a new task
+and its claim, as the service writes them) and ``SendMessage`` (a body shaped like the worker's
+first message), sent by ``--clients`` threads each with boto3 clients of its own, to twins of the
+task table and of the worker's queue created from the same template definitions under another name
+prefix. No poller reads the twin queue (its messages are not tasks), but a thread of the benchmark
+drains it as the worker drains the service's (receive 10, delete them): moto's SendMessage counts
+every message of its queue, so a queue left to fill would slow the floor down as the round goes on.
 
 Floor and service rounds alternate, floor first, after a warm-up of each that is not counted (it
 loads the execution environments the clients keep busy: cold starts are ``cold_start``'s business);
-each figure is the median of its rounds. The heap built by then (moto, botocore's models, the
-stack) is frozen out of the garbage collector before the first counted round, as ``latency`` does:
-its full collections would stall every thread at random, in both kinds of round alike.
+each rate is the median of its rounds, and the ratio the median of each round's ratio to the floor
+round just before it (their spread is in the detail). The worker's SQS poller runs in a process of
+its own (``bench._worker_process``), as Lambda runs the worker apart from the API. The heap built
+by then (moto, botocore's models, the stack) is frozen out of the garbage collector before the
+first counted round, as ``latency`` does: its full collections would stall every thread at random,
+in both kinds of round alike.
 
 Beside the figures the JSON keeps sequential timings of single moto calls taken after the rounds
 (``moto_call_ms``): PutItem, and TransactWriteItems of a task and its claim (the write the service
@@ -566,8 +569,10 @@ def report(args: argparse.Namespace, measured: Measured) -> dict[str, Any]:
     submitted = args.requests * args.rounds
     floor_rate = median(r.per_second for r in measured.floor)
     service_rate = median(r.per_second for r in measured.service)
-    ratio = service_rate / floor_rate
+    # Each service round is set against the floor round just before it: on a machine whose load
+    # drifts (other work on the same cores), a pair sees the same conditions, two medians may not.
     ratios = [s.per_second / f.per_second for f, s in zip(measured.floor, measured.service, strict=True)]
+    ratio = median(ratios)
     spread = (
         f"rounds {min(r.per_second for r in measured.service):.1f} to "
         f"{max(r.per_second for r in measured.service):.1f} req/s (floor "
@@ -598,8 +603,8 @@ def report(args: argparse.Namespace, measured: Measured) -> dict[str, Any]:
             "at least",
             "x",
             label="API / floor (TransactWriteItems + SendMessage)",
-            detail=f"{service_rate:.1f} vs {floor_rate:.1f} per second; each round's ratio "
-            f"{min(ratios):.2f} to {max(ratios):.2f}; moto TransactWriteItems "
+            detail=f"median of the rounds' ratios ({', '.join(f'{r:.2f}' for r in ratios)}); medians "
+            f"{service_rate:.1f} vs {floor_rate:.1f} per second; moto TransactWriteItems "
             f"{moto['TransactWriteItems_service_table']:.1f} ms at {moto['service_table_items']} items, "
             f"{moto['TransactWriteItems_empty_table']:.1f} ms empty, PutItem {moto['PutItem']:.1f} ms",
         ),
