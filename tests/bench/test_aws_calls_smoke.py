@@ -30,6 +30,11 @@ def test_aws_calls_benchmark_counts_the_calls_of_each_image(tmp_path: Path):
     for layers in ("layers_1", "layers_3"):
         cost = result["cost"]["per_1000_preheats"][layers]
         assert cost["by_service"]["lambda"] > 0
+    for case in result["cases"].values():
+        # The POST and the worker's step, timed.
+        assert {"PreheatFunction", "WorkerFunction"} <= {
+            i["function"] for i in case["runs"][0]["invocations"]
+        }
         assert cost["by_service"]["eventbridge"] > 0  # the completion event
     for case in result["cases"].values():
         [run] = case["runs"]
