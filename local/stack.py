@@ -16,6 +16,8 @@ Variables (all optional):
 * ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, ``events.jsonl`` (every completion event, one
   JSON line each, see :mod:`local.events`), the supernode cache and the registry's data go.
 * ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
+* ``PREHEAT_LOCAL_POLLERS`` (8): threads polling each SQS queue, each handling one batch at a time (a
+  worker batch may watch its supernodes for 90 s, so 8 threads watch up to 40 tasks at once).
 * ``PREHEAT_LOCAL_PARAMETERS``: a JSON object of template parameter values, like
   ``sam deploy --parameter-overrides`` (e.g. ``{"ScheduledPreheats": "[...]", "PreheatSchedule":
   "rate(1 minute)"}``).
@@ -68,6 +70,7 @@ DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 DEFAULT_LOCAL_DIR = PROJECT_ROOT / ".local"
 STATE_FILE_NAME = "stack.json"
 EVENTS_FILE_NAME = "events.jsonl"
+DEFAULT_LOCAL_POLLERS = 8
 EVENT_BUS_PARAMETER = "EventBusName"
 
 # Template parameters the local stack gives values of its own (when the template declares them).
@@ -423,6 +426,17 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
         raise SystemExit(f"{name} must be a port number, got {raw!r}") from None
 
 
+def _count(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return value
+
+
 def _enabled(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "").strip().lower() not in {"0", "false", "no", "off"}
 
@@ -467,6 +481,9 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         schedules=environ.get("PREHEAT_LOCAL_SCHEDULES", "").strip().lower() in {"1", "true", "yes", "on"},
         api_key=environ.get("PREHEAT_API_KEY", "").strip() or None,
         events_file=local_dir / EVENTS_FILE_NAME,
+        # A worker step watches its supernodes for up to 90 s: each poller thread holds one batch
+        # (5 tasks) that long, where Lambda would start more environments.
+        poller_concurrency=_count(environ, "PREHEAT_LOCAL_POLLERS", DEFAULT_LOCAL_POLLERS),
     )
 
 
