@@ -47,7 +47,6 @@ NOT_BENCHMARKS = frozenset({"common"})
 # --quick sizes for the benchmarks that do not name their own (QUICK_ARGS).
 QUICK_DEFAULTS: dict[str, list[str]] = {
     "registry_resolve": ["--runs", "2"],
-    "completion_notice": ["--runs", "6", "--parallel", "3"],
 }
 
 

@@ -16,11 +16,19 @@ benchmark then reads the task from the table (uncounted) until it is no longer R
 until no call has been made for a moment, so that the last write is counted. No status is read
 through the API: how often a caller polls is the caller's business, not the task's.
 
-The figure counts DynamoDB and SQS calls (any other service's are listed beside it). The dedup
+The figure counts DynamoDB, SQS and EventBridge calls (the completion event; any other service's are
+listed beside it). The dedup
 key's Secrets Manager read is not among them: powertools' ``get_secret`` caches it for an hour per
 execution environment, through a session of its own, so it is not a cost of each task.
 
 Target: the same count for every layer count, and at most 10.
+
+The cost per 1000 preheats of each image follows from what was measured: the calls, the task item's
+size (a DynamoDB write unit per KB), the functions' invocations and their durations at the
+template's MemorySize, priced at AWS list prices (``PRICES_USD``), plus what a caller adds (the
+POST and one status read through API Gateway and the authorizer). The anchor it is set against is
+the monthly cost of the smallest Dragonfly 2 manager deployment (manager, MySQL, Redis); the
+target is a day of it.
 Results go to ``bench/results/aws_calls.json``; each figure is ``{value, target, met, ...}``.
 """
 
@@ -37,6 +45,7 @@ from typing import Any
 from bench import RESULTS
 from bench.common import (
     CallCounter,
+    InvocationTimer,
     api_session,
     figure,
     figure_rows,
@@ -48,14 +57,16 @@ from local.aws import client as local_client
 from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, make_oci_layout, missing_tools
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
+from local.template import Template
 from preheat.adapters import aws
 
 NAME = "aws_calls"
+TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 REPOSITORY_PREFIX = "bench/calls"
 TARGET_MAX_CALLS = 10
 SETTLE_SECONDS = 0.5
 # What the figure counts; any other service's calls are listed beside it.
-COUNTED_SERVICES = ("dynamodb", "sqs")
+COUNTED_SERVICES = ("dynamodb", "sqs", "events")
 # Every blob of the largest image may download at once: the task ends within the first step.
 MAX_SUPERNODE_DOWNLOADS = 256
 QUIET_FUNCTIONS = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
@@ -105,6 +116,7 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
         raise SystemExit(f"{' and '.join(missing)} not installed (apt-get install docker-registry skopeo)")
     tags = [f"run{n}" for n in range(runs)]
     counter = CallCounter()
+    timer = InvocationTimer()
     results: dict[int, list[dict[str, Any]]] = {layers: [] for layers in layer_counts}
     session = None
     try:
@@ -113,6 +125,8 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
             with RegistryServer(scratch / "registry") as registry:
                 repositories = {n: push_image(registry, scratch / "layouts", n, tags) for n in layer_counts}
                 with (
+                    # Before the stack: its API stand-in and pollers hold the runtime's invoke.
+                    timer,
                     ReferenceSupernode(
                         scratch / "cache", max_concurrent_downloads=MAX_SUPERNODE_DOWNLOADS
                     ).start() as supernode,
@@ -136,6 +150,7 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                                 supernode.delete(supernode_task)
                             settle(counter)
                             counter.take()
+                            timer.take()
                             answer = http.post(
                                 f"{stack.api_url}/api/preheat",
                                 json={
@@ -148,6 +163,10 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                             status = wait_for_verdict(dynamodb, table_name, task_id)
                             settle(counter)
                             calls, requests_sent = counter.take()
+                            invocations = timer.take()
+                            item = dynamodb.get_item(
+                                TableName=table_name, Key={"pk": {"S": task_id}}, ConsistentRead=True
+                            )["Item"]
                             results[layers].append(
                                 {
                                     "status": status,
@@ -158,6 +177,11 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                                         if name.split(":")[0] in COUNTED_SERVICES
                                     ),
                                     "http_requests": requests_sent,
+                                    "invocations": [
+                                        {"function": name, "ms": round(seconds * 1000, 1)}
+                                        for name, seconds in invocations
+                                    ],
+                                    "task_item_bytes": item_bytes(item),
                                     "supernode_tasks": len(supernode.tasks()),
                                 }
                             )
@@ -168,6 +192,78 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
             session.unregister("before-call", counter.on_call)
             session.unregister("before-send", counter.on_send)
     return results
+
+
+# -- what a preheat costs -------------------------------------------------------------------------
+
+# Public AWS list prices, us-east-1, as of 2026; arm64 Lambda, on-demand DynamoDB, standard SQS,
+# REST API Gateway. https://aws.amazon.com/lambda/pricing/, https://aws.amazon.com/dynamodb/pricing/on-demand/,
+# https://aws.amazon.com/sqs/pricing/, https://aws.amazon.com/api-gateway/pricing/,
+# https://aws.amazon.com/eventbridge/pricing/, https://aws.amazon.com/xray/pricing/
+PRICES_USD = {
+    "lambda_gb_second": 0.0000133334,
+    "lambda_request": 0.20 / 1e6,
+    "dynamodb_write_unit": 0.625 / 1e6,
+    "dynamodb_read_unit": 0.125 / 1e6,
+    "sqs_request": 0.40 / 1e6,
+    "api_request": 3.50 / 1e6,
+    "eventbridge_event": 1.00 / 1e6,
+    "xray_trace": 5.00 / 1e6,
+}
+# The anchor: the smallest Dragonfly 2 manager deployment a team would run instead, a month (730 h)
+# at on-demand list prices: the manager on an EC2 t4g.medium (2 vCPU, 4 GiB, as Dragonfly's Helm
+# chart sizes it; $0.0336/h), MySQL on RDS db.t4g.micro single-AZ ($0.016/h) with 20 GB gp3
+# ($0.115/GB-month), Redis on ElastiCache cache.t4g.micro ($0.016/h).
+ANCHOR_MONTHLY_USD = round(730 * 0.0336 + 730 * 0.016 + 20 * 0.115 + 730 * 0.016, 2)
+ANCHOR_PARTS = "manager EC2 t4g.medium, RDS MySQL db.t4g.micro + 20 GB gp3, ElastiCache Redis cache.t4g.micro"
+# Per preheat, besides what is measured: the caller's POST and one status read (or none, with the
+# completion event), each through the API key authorizer (no authorizer cache: see the template).
+API_REQUESTS_PER_PREHEAT = 2
+# Each SQS message is also received and deleted by the worker's event source.
+SQS_REQUESTS_PER_MESSAGE = 3
+
+
+def item_bytes(item: Mapping[str, Any]) -> int:
+    """DynamoDB's size of an item: names plus values (numbers counted as their digits)."""
+
+    def size(value: Mapping[str, Any]) -> int:
+        (kind, inner), *_ = value.items()
+        if kind == "M":
+            return 3 + sum(len(k) + size(v) for k, v in inner.items())
+        if kind == "L":
+            return 3 + sum(size(v) for v in inner)
+        if kind in {"BOOL", "NULL"}:
+            return 1
+        return len(inner if isinstance(inner, str) else str(inner))
+
+    return sum(len(name) + size(value) for name, value in item.items())
+
+
+def cost_per_1000(record: Mapping[str, Any], memory_mb: Mapping[str, int]) -> dict[str, float]:
+    """Dollars per 1000 preheats like ``record``, by service."""
+    calls = record["calls"]
+    wru_update = max(1, -(-record["task_item_bytes"] // 1024))
+    # A transactional write costs two units per KB of each item (the task and its claim).
+    writes = 2 * 2 * calls.get("dynamodb:TransactWriteItems", 0) + wru_update * calls.get(
+        "dynamodb:UpdateItem", 0
+    )
+    reads = max(1, -(-record["task_item_bytes"] // 4096)) * calls.get("dynamodb:GetItem", 0)
+    messages = calls.get("sqs:SendMessage", 0)
+    gb_seconds = sum(
+        memory_mb.get(call["function"], 128) / 1024 * max(call["ms"], 1.0) / 1000
+        for call in record["invocations"]
+    )
+    # The API's own functions (POST, and the status read and authorizer the run did not make).
+    invocations = len(record["invocations"]) + 2 * API_REQUESTS_PER_PREHEAT - 1
+    usd = {
+        "lambda": gb_seconds * PRICES_USD["lambda_gb_second"] + invocations * PRICES_USD["lambda_request"],
+        "dynamodb": writes * PRICES_USD["dynamodb_write_unit"] + reads * PRICES_USD["dynamodb_read_unit"],
+        "sqs": messages * SQS_REQUESTS_PER_MESSAGE * PRICES_USD["sqs_request"],
+        "api_gateway": API_REQUESTS_PER_PREHEAT * PRICES_USD["api_request"],
+        "eventbridge": calls.get("events:PutEvents", 0) * PRICES_USD["eventbridge_event"],
+        "xray": (API_REQUESTS_PER_PREHEAT + messages) * PRICES_USD["xray_trace"],
+    }
+    return {service: round(value * 1000, 5) for service, value in usd.items()}
 
 
 def report(
@@ -198,6 +294,25 @@ def report(
             label=f"AWS calls per task, {layers} layer{'s' if layers != 1 else ''}",
             detail=breakdown,
         )
+    memory_mb = {
+        logical_id: spec.memory_size for logical_id, spec in Template.load(TEMPLATE).functions.items()
+    }
+    costs: dict[str, Any] = {}
+    for layers in layer_counts:
+        most = max(results[layers], key=lambda record: sum(call["ms"] for call in record["invocations"]))
+        by_service = cost_per_1000(most, memory_mb)
+        total = round(sum(by_service.values()), 4)
+        costs[f"layers_{layers}"] = {"usd_per_1000": total, "by_service": by_service}
+        figures[f"cost_{layers}"] = figure(
+            total,
+            round(ANCHOR_MONTHLY_USD / 30, 2),
+            "at most",
+            "USD",
+            label=f"$ per 1000 preheats, {layers} layer{'s' if layers != 1 else ''}",
+            detail=", ".join(f"{service} {value:.4f}" for service, value in by_service.items())
+            + f"; target: a day of the smallest Dragonfly 2 manager (${ANCHOR_MONTHLY_USD:.2f} a month: "
+            f"{ANCHOR_PARTS})",
+        )
     spread = max(totals.values()) - min(totals.values())
     counts = " vs ".join(f"{totals[n]} ({n})" for n in layer_counts)
     figures["spread"] = figure(
@@ -220,6 +335,16 @@ def report(
             ),
         },
         "cases": cases,
+        "cost": {
+            "per_1000_preheats": costs,
+            "prices_usd": PRICES_USD,
+            "anchor_monthly_usd": ANCHOR_MONTHLY_USD,
+            "anchor": ANCHOR_PARTS,
+            "assumed": f"{API_REQUESTS_PER_PREHEAT} API requests per preheat (POST, one status read), each "
+            "with an authorizer invocation (counted as invocations; their few milliseconds are not "
+            "measured here); SQS receive and delete per message; Lambda durations as measured here, at "
+            "the template's MemorySize",
+        },
         "figures": figures,
     }
 

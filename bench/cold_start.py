@@ -7,13 +7,17 @@ environment does before its first invocation: with the function's directory and 
 first on ``sys.path`` (``/var/task``, ``/opt/python``), the template's variables for the function
 (resources given dummy names), Lambda's own variables (so powertools' Tracer is on, as with the
 template's ``Tracing: Active``) and dummy AWS credentials (no network is needed), it imports the
-handler module and calls the bootstrap factories the function uses, building their boto3 clients
+handler module and calls the bootstrap factories the function uses, building their botocore clients
 (``task_store()._client``, ``task_queue()._client``) and domain objects. The AWS clients a function
 builds are read from its IAM policies in the template (DynamoDB actions: the task store's client;
 SQS: the queue's).
 
-The floor of a function is a fresh process that imports boto3 and builds the same clients (with
-the adapters' client config), and nothing else: what any Python Lambda using those clients pays.
+The floor of a function is a fresh process that imports botocore and builds the same clients from
+one session (with the adapters' client config), and nothing else: what any Python Lambda using those
+clients pays. A function that builds no AWS client (the authorizer, the OpenAPI document, the
+supernode check) is compared with a process that imports the powertools Logger and builds one, the
+least any powertools-instrumented handler loads. (The completion events' client is built on a
+task's end, not at cold start, so it is in neither.)
 
 Each process times itself from its first statement to its last (the interpreter's own start-up,
 the same for both, is left out), and reports its peak RSS: ``VmHWM`` from ``/proc/self/status``
@@ -117,21 +121,44 @@ def function_script(spec: FunctionSpec, layer_dirs: Sequence[Path], factories: S
         + "import importlib as _importlib\n"
         + f"_handler = getattr(_importlib.import_module({module!r}), {spec.handler_name!r})\n"
         + "_imported = _time.perf_counter()\n"
-        + "from preheat import bootstrap as _bootstrap\n"
+        # The composition root only where the function reaches it: a handler that builds nothing
+        # (the authorizer, the OpenAPI document) never imports it, nor its tracer.
+        + ("from preheat import bootstrap as _bootstrap\n" if factories else "")
         + calls
         + _CHILD_REPORT
     )
 
 
 def floor_script(services: Sequence[str]) -> str:
-    clients = "\n".join(f"boto3.client({service!r}, config={CLIENT_CONFIG})" for service in services)
+    """The floor of a function: what any Python Lambda doing the same must load. With AWS clients,
+    botocore and the same clients built from one session (what the adapters use; boto3 would add its
+    resource layer and s3transfer, which no function loads); without, the powertools Logger every
+    handler of this kind starts with."""
+    if not services:
+        return (
+            _CHILD_PREAMBLE
+            + "from aws_lambda_powertools import Logger\n"
+            + "_imported = _time.perf_counter()\n"
+            + "Logger()\n"
+            + _CHILD_REPORT
+        )
+    clients = "\n".join(
+        f"_session.create_client({service!r}, config={CLIENT_CONFIG})" for service in services
+    )
     return (
         _CHILD_PREAMBLE
-        + "import boto3\nfrom botocore.config import Config\n"
+        + "import botocore.session\nfrom botocore.config import Config\n"
         + "_imported = _time.perf_counter()\n"
+        + "_session = botocore.session.get_session()\n"
         + clients
         + _CHILD_REPORT
     )
+
+
+def floor_text(services: Sequence[str]) -> str:
+    if not services:
+        return "import the powertools Logger, build one"
+    return f"import botocore, build {', '.join(services)} from one session"
 
 
 # -- what each function is --------------------------------------------------------------------
@@ -397,7 +424,7 @@ def report(
         details[function.logical_id] = {
             "handler": f"{function.spec.code_uri.relative_to(PROJECT_ROOT)}/{function.spec.handler}",
             "factories": list(function.factories),
-            "floor": f"import boto3, build {clients}",
+            "floor": floor_text(function.services),
             "median_ms": round(seconds * 1000, 1),
             "median_import_ms": round(median(s.import_seconds for s in samples) * 1000, 1),
             "median_wall_ms": round(median(s.wall_seconds for s in samples) * 1000, 1),

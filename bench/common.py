@@ -382,3 +382,47 @@ def preheat_and_wait(
             raise TaskFailed(f"task {task_id} ended {data['status']}: {data.get('msg')}")
         time.sleep(poll_interval)
     raise TaskFailed(f"task {task_id} still RUNNING after {timeout:g} s")
+
+
+# -- timing the functions' invocations ----------------------------------------------------------
+
+
+class InvocationTimer:
+    """Times every function invocation of the local stacks started in this process while it is
+    entered (patched on ``LambdaRuntime``, whose ``invoke`` the API stand-in and the pollers call)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, float]] = []
+        self._lock = threading.Lock()
+        self._original: Any = None
+
+    def __enter__(self) -> InvocationTimer:
+        from local.lambda_runtime import LambdaRuntime  # noqa: PLC0415
+
+        original = self._original = LambdaRuntime.invoke
+        timer = self
+
+        def invoke(runtime: Any, logical_id: str, event: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(runtime, logical_id, event)
+            finally:
+                with timer._lock:
+                    timer.records.append((logical_id, time.perf_counter() - started))
+
+        LambdaRuntime.invoke = invoke  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from local.lambda_runtime import LambdaRuntime  # noqa: PLC0415
+
+        LambdaRuntime.invoke = self._original  # type: ignore[method-assign]
+
+    def durations(self, logical_id: str) -> list[float]:
+        with self._lock:
+            return [seconds for name, seconds in self.records if name == logical_id]
+
+    def take(self) -> list[tuple[str, float]]:
+        with self._lock:
+            taken, self.records = self.records, []
+        return taken

@@ -13,8 +13,11 @@ Variables (all optional):
 * ``PREHEAT_SUPERNODES``: comma-separated supernode URLs to use instead of the reference supernode.
 * ``PREHEAT_DEMO_REGISTRY_PORT`` (5001, 0 picks a free port): the demo registry's; ``PREHEAT_DEMO_REGISTRY=0``
   turns the demo registry off.
-* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, the supernode cache and the registry's data go.
+* ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, ``events.jsonl`` (every completion event, one
+  JSON line each, see :mod:`local.events`), the supernode cache and the registry's data go.
 * ``PREHEAT_LOCAL_VISIBILITY_TIMEOUT``: seconds, replaces every queue's VisibilityTimeout.
+* ``PREHEAT_LOCAL_POLLERS`` (8): threads polling each SQS queue, each handling one batch at a time (a
+  worker batch may watch its supernodes for 90 s, so 8 threads watch up to 40 tasks at once).
 * ``PREHEAT_LOCAL_PARAMETERS``: a JSON object of template parameter values, like
   ``sam deploy --parameter-overrides`` (e.g. ``{"ScheduledPreheats": "[...]", "PreheatSchedule":
   "rate(1 minute)"}``).
@@ -46,6 +49,7 @@ from typing import Any, Self
 
 from local.apigateway import ApiGateway, routes_from_template
 from local.aws import DEFAULT_NAME_PREFIX, LOCAL_ACCOUNT_ID, LOCAL_REGION, MotoServer, provision
+from local.events import EventFile
 from local.lambda_runtime import (
     EnvironmentPatch,
     LambdaRuntime,
@@ -68,6 +72,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 DEFAULT_LOCAL_DIR = PROJECT_ROOT / ".local"
 STATE_FILE_NAME = "stack.json"
+EVENTS_FILE_NAME = "events.jsonl"
+DEFAULT_LOCAL_POLLERS = 8
+EVENT_BUS_PARAMETER = "EventBusName"
 
 # Template parameters the local stack gives values of its own (when the template declares them).
 SUPERNODES_PARAMETER = "Supernodes"
@@ -93,6 +100,9 @@ class LocalStack:
     image (:attr:`demo_image`); None (the default) starts none, which keeps stacks that do not need one
     fast. Without ``docker-registry`` or ``skopeo`` on PATH the stack logs how to install them and runs
     without it. Its data goes in ``registry_dir`` (kept), or in a temporary directory removed on stop.
+
+    ``events_file`` receives the completion events of the stack's bus (see :mod:`local.events`);
+    ``skip_pollers`` names functions whose queues the stack leaves to another process.
 
     ``api_key`` makes every route want that API key, as ``AuthMode=API_KEY`` does in AWS (see
     :mod:`local.apigateway`); None leaves the API open.
@@ -125,7 +135,11 @@ class LocalStack:
         schedules: bool = False,
         schedule_clock: Clock = utc_now,
         api_key: str | None = None,
+        events_file: str | Path | None = None,
+        skip_pollers: Sequence[str] = (),
     ) -> None:
+        self._skip_pollers = frozenset(skip_pollers)
+        self.events_file = None if events_file is None else Path(events_file)
         self.template = template if isinstance(template, Template) else Template.load(template)
         self.api_key = api_key or None
         self._api_port = api_port
@@ -155,6 +169,7 @@ class LocalStack:
         self._api: ApiGateway | None = None
         self._pollers: list[SqsPoller] = []
         self.scheduler: LocalScheduler | None = None
+        self._event_file: EventFile | None = None
         self.runtime: LambdaRuntime | None = None
         self.resources: dict[str, PhysicalResource] = {}
         self.environment: dict[str, str] = {}
@@ -202,6 +217,14 @@ class LocalStack:
             **local_aws_environment(self.moto_url),
             **union_environment(self.template, resolver, self._extra_env),
         }
+        if self.events_file is not None:
+            # Before the first function runs, so no event misses the rule.
+            self._event_file = EventFile(
+                self.moto_url,
+                self.events_file,
+                bus=parameters.get(EVENT_BUS_PARAMETER, ""),
+                name_prefix=self._name_prefix,
+            ).start()
         self._env_patch = EnvironmentPatch(self.environment)
         self._env_patch.apply()
         self._api = ApiGateway(
@@ -212,6 +235,8 @@ class LocalStack:
             api_key=self.api_key,
         ).start()
         for spec in self.template.functions.values():
+            if spec.logical_id in self._skip_pollers:
+                continue  # polled by a process of its own (bench.throughput's worker)
             for event in spec.sqs_events:
                 queue = self.resources[event.queue]
                 poller = SqsPoller(
@@ -293,6 +318,10 @@ class LocalStack:
         if self._api is not None:
             self._api.stop()
             self._api = None
+        if self._event_file is not None:
+            # After the functions: the events of their last tasks are written too.
+            self._event_file.stop()
+            self._event_file = None
         if self._env_patch is not None:
             self._env_patch.restore()
             self._env_patch = None
@@ -367,6 +396,7 @@ class LocalStack:
             "reference_supernode": None if self.supernode is None else self.supernode.url,
             "demo_registry": None if self.registry is None else self.registry.host,
             "demo_image": self.demo_image,
+            "events_file": None if self.events_file is None else str(self.events_file),
             "resources": {
                 logical_id: {"ref": r.ref, "attributes": dict(r.attributes)}
                 for logical_id, r in self.resources.items()
@@ -405,6 +435,17 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
         return int(raw) if raw else default
     except ValueError:
         raise SystemExit(f"{name} must be a port number, got {raw!r}") from None
+
+
+def _count(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{name} must be a whole number of at least 1, got {raw!r}")
+    return value
 
 
 def _enabled(environ: Mapping[str, str], name: str) -> bool:
@@ -450,6 +491,10 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         parameters=_parameters(environ) or None,
         schedules=environ.get("PREHEAT_LOCAL_SCHEDULES", "").strip().lower() in {"1", "true", "yes", "on"},
         api_key=environ.get("PREHEAT_API_KEY", "").strip() or None,
+        events_file=local_dir / EVENTS_FILE_NAME,
+        # A worker step watches its supernodes for up to 90 s: each poller thread holds one batch
+        # (5 tasks) that long, where Lambda would start more environments.
+        poller_concurrency=_count(environ, "PREHEAT_LOCAL_POLLERS", DEFAULT_LOCAL_POLLERS),
     )
 
 
@@ -473,6 +518,8 @@ def banner(stack: LocalStack) -> str:
         f"Console: {url}/console"
         + ("  (type the API key once; it stays in that browser tab)" if stack.api_key else ""),
     ]
+    if stack.events_file is not None:
+        lines.append(f"Completion events: tail -f {stack.events_file}")
     if stack.scheduler is not None:
         for name, schedule in stack.scheduler.schedules.items():
             lines.append(f"Schedule {schedule.describe()} (next {_iso(stack.scheduler.next_due(name))})")

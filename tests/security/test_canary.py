@@ -79,6 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, records: Everything) -> Iter
             "PREHEAT_RETRY_MAX_DELAY": "2",
             "PREHEAT_TASK_TIMEOUT": "15",
         },
+        events_file=tmp_path_factory.mktemp("events") / "events.jsonl",
     ) as running:
         yield running
 
@@ -244,6 +245,18 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
     assert_clean("the handlers' logs", logged)
     assert_clean("what the handlers printed (metrics)", printed.out + printed.err)
     assert_clean("log records", "\n".join(records.lines))
+    # The completion events of the three tasks, as the bus delivered them.
+    assert stack.events_file is not None
+    task_ids = {answer["data"]["taskId"] for answer in answers if answer.get("code") == 200}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        events = stack.events_file.read_text(encoding="utf-8")
+        if all(task_id in events for task_id in task_ids):
+            break
+        time.sleep(0.2)
+    assert len(task_ids) == 3
+    assert all(task_id in events for task_id in task_ids)
+    assert_clean("the completion events", events)
     # The one place it may go besides the registry: the supernode, told to fetch from the registry.
     assert stack.supernode is not None
     assert_clean(

@@ -209,3 +209,17 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class FakeEvents:
+    """An event publisher keeping the finished tasks it was told of; ``fail_next`` refuses puts."""
+
+    def __init__(self) -> None:
+        self.finished: list[Task] = []
+        self.fail_next = 0
+
+    def task_finished(self, task: Task) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise DependencyFailure("events down")
+        self.finished.append(task)

@@ -98,13 +98,14 @@ def test_each_function_is_granted_only_what_it_uses():
     from local.template import load_template
 
     template = load_template(ROOT / "template.yaml").raw
-    # Reads, and writes back FAIL "timed out" for a task read past its deadline; lists through the
-    # index alone, signing its cursors with a key derived from the dedup key.
+    # Reads, and writes back FAIL "timed out" for a task read past its deadline (announcing that
+    # FAIL); lists through the index alone, signing its cursors with a key derived from the dedup key.
     assert _policy_actions(template, "StatusFunction") == {
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "dynamodb:Query",
         "secretsmanager:GetSecretValue",
+        "events:PutEvents",
     }
     status_statements = template["Resources"]["StatusFunction"]["Properties"]["Policies"][0]["Statement"]
     [query] = [s for s in status_statements if s["Action"] == ["dynamodb:Query"]]
@@ -116,6 +117,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:GetItem",  # the task holding an identical request's claim
         "secretsmanager:GetSecretValue",  # the dedup key
         "sqs:SendMessage",
+        "events:PutEvents",  # a task whose message could not be queued ends FAIL, announced
     }
     assert _policy_actions(template, "WorkerFunction") == {
         "dynamodb:GetItem",
@@ -128,8 +130,13 @@ def test_each_function_is_granted_only_what_it_uses():
         "ecr:BatchGetImage",
         "ecr:GetDownloadUrlForLayer",
         "secretsmanager:GetSecretValue",
+        "events:PutEvents",
     }
-    assert _policy_actions(template, "DeadLetterFunction") == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    assert _policy_actions(template, "DeadLetterFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "events:PutEvents",
+    }
     # The authorizer reads only the request (API Gateway holds and checks the keys); the OpenAPI
     # document is a file of the layer.
     assert _policy_actions(template, "ApiKeyAuthorizerFunction") == set()
@@ -142,6 +149,41 @@ def test_each_function_is_granted_only_what_it_uses():
     # job id aliases: PutItem/GetItem) and read like GET /api/preheat/{taskId}.
     for harbor in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
         assert _policy_actions(template, harbor) == _policy_actions(template, "PreheatFunction")
+
+
+def test_completion_events_may_go_to_the_configured_bus_only():
+    from local.template import load_template
+
+    template = load_template(ROOT / "template.yaml").raw
+    granted = set()
+    for function in template["Resources"]:
+        if template["Resources"][function]["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in _policies(template, function):
+            for statement in policy.get("Statement", []):
+                if "events:PutEvents" in statement["Action"]:
+                    assert statement["Action"] == ["events:PutEvents"]
+                    assert statement["Resource"].args.endswith(":event-bus/${EventBusName}")
+                    granted.add(function)
+    # Every function that can end a task, and no other.
+    assert granted == {
+        "PreheatFunction",
+        "StatusFunction",
+        "WorkerFunction",
+        "DeadLetterFunction",
+        "ScheduledPreheatFunction",
+        "HarborDragonfly1Function",
+        "HarborDragonfly2Function",
+    }
+    assert template["Parameters"]["EventBusName"]["Default"] == "default"
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["PREHEAT_EVENT_BUS"].name == "EventBusName"
+    # The SNS topic and its rule exist only when asked for; the rule matches exactly our events.
+    for resource in ("TaskEventsTopic", "TaskEventsTopicPolicy", "TaskEventsRule"):
+        assert template["Resources"][resource]["Condition"] == "CreateNotificationTopic"
+    rule = template["Resources"]["TaskEventsRule"]["Properties"]
+    assert rule["EventPattern"] == {"source": ["preheat"], "detail-type": ["Preheat Task Finished"]}
+    assert rule["EventBusName"].name == "EventBusName"
 
 
 def test_only_get_authorization_token_is_granted_on_every_resource():

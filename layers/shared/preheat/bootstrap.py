@@ -17,6 +17,7 @@ from preheat.settings import get_settings
 
 if TYPE_CHECKING:
     from preheat.adapters.dynamodb import DynamoDBTaskStore
+    from preheat.adapters.eventbridge import EventBridgePublisher
     from preheat.adapters.sqs import SqsTaskQueue
     from preheat.ports import SupernodeDriver
     from preheat.service import PreheatService
@@ -40,6 +41,15 @@ def task_queue() -> SqsTaskQueue:
 
     trace_calls("botocore")
     return SqsTaskQueue(get_settings())
+
+
+@functools.cache
+def event_publisher() -> EventBridgePublisher:
+    """Completion events; its client is built on the first event, not at cold start."""
+    from preheat.adapters.eventbridge import EventBridgePublisher
+
+    trace_calls("botocore")
+    return EventBridgePublisher(get_settings())
 
 
 @functools.cache
@@ -75,7 +85,9 @@ def dedup_key() -> bytes:
 def preheat_service() -> PreheatService:
     from preheat.service import PreheatService
 
-    return PreheatService(task_store(), task_queue(), get_settings(), dedup_key=dedup_key)
+    return PreheatService(
+        task_store(), task_queue(), get_settings(), dedup_key=dedup_key, events=event_publisher()
+    )
 
 
 @functools.cache
@@ -93,6 +105,7 @@ def worker() -> Worker:
         supernode_driver(),
         settings,
         credentials=AwsCredentialStore(settings),
+        events=event_publisher(),
     )
 
 
@@ -104,7 +117,7 @@ def reset_execution_environment() -> None:
     aws = sys.modules.get("preheat.adapters.aws")
     if aws is not None:
         aws.session.cache_clear()
-    for factory in (task_store, task_queue, supernode_driver, preheat_service, worker):
+    for factory in (task_store, task_queue, event_publisher, supernode_driver, preheat_service, worker):
         factory.cache_clear()
     # powertools' get_secret keeps its Secrets Manager client (and what it read) for the process.
     parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")

@@ -136,3 +136,10 @@ class CredentialStore(Protocol):
     def for_registry(self, registry: str) -> Credentials | None:
         """Headers that authenticate to ``registry`` (``host`` or ``host:port``) when the request
         brought none: ECR tokens, or credentials an operator stored for that host."""
+
+
+class EventPublisher(Protocol):
+    def task_finished(self, task: Task) -> None:
+        """Announce that ``task`` ended (SUCCESS or FAIL). At least once: a caller that cannot tell
+        whether an earlier announcement went out announces again; consumers dedupe on the task id.
+        Raises DependencyFailure when the event could not be put."""

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -27,8 +28,10 @@ from preheat.models import (
     utcnow,
 )
 from preheat.network import check_request
-from preheat.ports import SupernodeDriver, TaskQueue, TaskStore
+from preheat.ports import EventPublisher, SupernodeDriver, TaskQueue, TaskStore
 from preheat.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 MAX_CLAIM_ATTEMPTS = 3
 DEFAULT_PAGE_SIZE = 20
@@ -87,7 +90,9 @@ class PreheatService:
         clock: Callable[[], datetime] = utcnow,
         id_factory: Callable[[], str] = new_task_id,
         dedup_key: Callable[[], bytes] | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
+        self._events = events
         self._store = store
         self._queue = queue
         self._settings = settings
@@ -141,7 +146,8 @@ class PreheatService:
             )
             # Should this write fail too, the deadline check in get() still ends the task as FAIL.
             with contextlib.suppress(DependencyFailure):
-                self._store.save(failed, expected_check_seq=task.check_seq)
+                if self._store.save(failed, expected_check_seq=task.check_seq):
+                    self._announce(failed)
             raise
         return task
 
@@ -270,9 +276,21 @@ class PreheatService:
                 check_seq=task.check_seq + 1,
             )
             if self._store.save(expired, expected_check_seq=task.check_seq):
+                self._announce(expired)
                 return expired
             return self._store.get(task_id) or expired
         return task
+
+    def _announce(self, task: Task) -> None:
+        """The completion event of a task this service ended. A reader must get its answer even
+        when EventBridge fails: the failure is logged, and a check message still on its way for the
+        task announces it again when it finds the task ended (see Worker.handle)."""
+        if self._events is None:
+            return
+        try:
+            self._events.task_finished(task)
+        except DependencyFailure as exc:
+            logger.error("task %s ended %s, but its event was not put: %s", task.task_id, task.status, exc)
 
 
 def _choice(raw: str | None, name: str, allowed: type[TaskStatus] | type[PreheatType]) -> Any:

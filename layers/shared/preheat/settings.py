@@ -130,8 +130,11 @@ class Settings:
     registry_timeout_seconds: float = 10.0
     supernode_timeout_seconds: float = 5.0
     check_timeout_seconds: float = 2.0
-    check_window_seconds: float = 5.0  # how long one worker step watches the supernodes
-    check_interval_seconds: float = 0.25  # between looks within that window
+    # How long one worker step watches the supernodes (bounded by what the invocation has left and
+    # by the task's deadline); 0 hands every wait over to delayed check messages instead.
+    check_window_seconds: float = 90.0
+    check_interval_seconds: float = 0.25  # the longest pause between looks in a watch's first 5 s
+    watch_interval_seconds: float = 0.5  # ... and after them
     # A step that failed for a reason worth retrying comes back after this, doubling per attempt
     # (with jitter, and no sooner than a Retry-After asks) up to the cap.
     retry_base_delay_seconds: float = 1.0
@@ -163,6 +166,7 @@ class Settings:
     dragonfly2_piece_length: int | None = None
     dragonfly2_filtered_query_params: tuple[str, ...] = ()  # empty: the client's default list
     dragonfly2_job_urls: str = "batch"  # one job per task with args.urls, or "single" (one per URL)
+    event_bus: str = "default"  # the EventBridge bus completion events go to (name or ARN)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -203,6 +207,7 @@ class Settings:
                 _positive_float(env, "PREHEAT_RETRY_MAX_DELAY", cls.retry_max_delay_seconds),
                 43200.0,  # SQS's longest visibility timeout
             ),
+            watch_interval_seconds=_positive_float(env, "PREHEAT_WATCH_INTERVAL", cls.watch_interval_seconds),
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
             supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
@@ -228,6 +233,7 @@ class Settings:
             dragonfly2_piece_length=_optional_positive_int(env, "PREHEAT_DRAGONFLY2_PIECE_LENGTH"),
             dragonfly2_filtered_query_params=_params(env.get("PREHEAT_DRAGONFLY2_FILTERED_QUERY_PARAMS", "")),
             dragonfly2_job_urls=_choice(env, "PREHEAT_DRAGONFLY2_JOB_URLS", ("batch", "single")),
+            event_bus=env.get("PREHEAT_EVENT_BUS", "").strip() or cls.event_bus,
         )
 
     def node_host(self, registry: str) -> str:

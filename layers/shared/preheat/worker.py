@@ -23,10 +23,17 @@ by its deadline or by the dead-letter consumer says what it was waiting for and 
 Every step keeps its whole work (resolution, sends, watch) within the time budget it is given, and
 nothing a server answers escapes as anything but a failure with a message.
 
-Each step watches for at most ``check_window_seconds`` (polling every ``check_interval_seconds``),
-so a blob that finishes within seconds is noticed within a fraction of a second. Past the window
-no Lambda waits on a supernode: the check re-queues itself with an SQS delay that doubles from
+Each step watches for at most ``check_window_seconds`` (90 s by default; never past what the
+invocation has left, nor past the task's deadline), looking every ``check_interval_seconds`` at
+most in its first seconds and every ``watch_interval_seconds`` after them, so a blob is noticed
+within about half a second whether it takes 3 seconds or 3 minutes. When the window closes the
+check hands the watch on to the next check message at once; only a step that could not watch (a
+window of 0, or an invocation nearly spent) re-queues with an SQS delay that doubles from
 ``poll_initial_delay_seconds`` up to ``poll_max_delay_seconds``.
+
+Every end (SUCCESS or FAIL) is announced through the event publisher after its write; a step
+whose announcement fails is retried by redelivery, which finds the task ended and announces it
+again: at least once.
 """
 
 from __future__ import annotations
@@ -62,7 +69,14 @@ from preheat.models import (
     utcnow,
 )
 from preheat.placement import targets_for
-from preheat.ports import CredentialStore, RegistryClient, SupernodeDriver, TaskQueue, TaskStore
+from preheat.ports import (
+    CredentialStore,
+    EventPublisher,
+    RegistryClient,
+    SupernodeDriver,
+    TaskQueue,
+    TaskStore,
+)
 from preheat.service import RETRYING_PREFIX, last_error, timed_out_message, waiting_for
 from preheat.settings import Settings
 from preheat.task_ids import without_params
@@ -81,6 +95,15 @@ FIRST_LOOK_SECONDS = 0.02
 # How long the start step watches before it records the blobs' progress for callers to see: most
 # tasks of small images end sooner, and are then written once, with their verdict.
 PROGRESS_AFTER_SECONDS = 0.5
+# A watch looks every check_interval_seconds for this long, then every watch_interval_seconds.
+QUICK_WATCH_SECONDS = 5.0
+# A step whose watch was shorter than this hands over with a delay, as without watching.
+MIN_WATCH_SECONDS = 1.0
+# How a check that arrived before its sender recorded it waits for that write: 2 s at most.
+HANDOVER_PAUSE_SECONDS = 0.05
+HANDOVER_LOOKS = 40
+# During a long watch, the layer counts callers see are recorded at most this often (when changed).
+PROGRESS_EVERY_SECONDS = 5.0
 # Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
 # costs two round trips, not seven.
 MAX_PARALLEL_SUPERNODE_CALLS = 64
@@ -137,8 +160,10 @@ class Worker:
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         credentials: CredentialStore | None = None,
+        events: EventPublisher | None = None,
     ) -> None:
         self._credentials = credentials
+        self._events = events
         self._store = store
         self._queue = queue
         self._registry = registry
@@ -159,6 +184,9 @@ class Worker:
             logger.warning("task %s no longer exists; dropping its %s message", message.task_id, message.step)
             return None
         if task.status.terminal:
+            # A message outliving its task's end is a redelivery, maybe of the very step whose
+            # completion event could not be put: announce again (consumers dedupe on the task id).
+            self._announce(task)
             return task
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
@@ -304,12 +332,29 @@ class Worker:
     # -- check: poll what is pending ----------------------------------------------------------
 
     def _check(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
+        if message.seq == task.check_seq + 1:
+            task = self._await_handover(task, message.seq)
         if not is_current(task, message):
             logger.info(
                 "dropping stale check %s of task %s (at %s)", message.seq, task.task_id, task.check_seq
             )
             return task
         return self._watch_then_requeue(task, self._window(budget), dispatching=False)
+
+    def _await_handover(self, task: Task, seq: int) -> Task:
+        """The task once the step that sent check ``seq`` has recorded it. A watch hands over with
+        no delay, and its next check may arrive before the write that follows the send (see the
+        module notes): that check waits a moment for it rather than being dropped as stale. A
+        sender that died in between never writes; its own message, redelivered, sends again."""
+        for _ in range(HANDOVER_LOOKS):
+            self._sleep(HANDOVER_PAUSE_SECONDS)
+            current = self._store.get(task.task_id)
+            if current is None:
+                return task
+            task = current
+            if task.check_seq >= seq or task.status.terminal:
+                break
+        return task
 
     def _watch_then_requeue(
         self, task: Task, window: float, *, dispatching: bool, looked: bool = False
@@ -324,17 +369,24 @@ class Worker:
         blobs = task.blobs if looked else self._poll(task.blobs)
         # A start step's progress is not recorded yet (see the module notes).
         unrecorded = dispatching
+        # The watch ends at the deadline at the latest, so that end is noticed at once too.
+        window = min(window, max(0.0, (task.deadline - started).total_seconds()))
+        progress = _Progress(task, started)
         while _pending(blobs) and (self._clock() - started).total_seconds() + pause < window:
-            if unrecorded and (self._clock() - started).total_seconds() >= PROGRESS_AFTER_SECONDS:
+            if (unrecorded and (self._clock() - started).total_seconds() >= PROGRESS_AFTER_SECONDS) or (
+                not unrecorded and progress.due(blobs, self._clock())
+            ):
                 # Callers see the layer counts from here on; the check sequence is left alone.
                 if not self._store.save(replace(task, blobs=blobs), expected_check_seq=task.check_seq):
                     return task
                 unrecorded = False
+                progress.recorded(blobs, self._clock())
             self._sleep(pause)
             pending = _count_pending(blobs)
             blobs = self._poll(blobs)
             finishing = _count_pending(blobs) < pending
-            pause = quick if finishing else min(pause * 2, self._settings.check_interval_seconds)
+            pause = quick if finishing else min(pause * 2, self._longest_pause(started))
+        blobs = self._watch_to_deadline(task, blobs, window)
         task = replace(task, blobs=blobs)
         if not _pending(blobs):
             return self._conclude(task)
@@ -350,7 +402,9 @@ class Worker:
         chain = secrets.token_hex(8)
         self._queue.send(
             WorkerMessage(task.task_id, Step.CHECK, seq=next_seq, chain=chain),
-            delay_seconds=self._delay_for(task, next_seq),
+            # A watch is handed on at once: a delay would be a blind spot. (A step that could not
+            # watch, its invocation nearly spent, backs off instead of spinning the chain.)
+            delay_seconds=0 if window >= MIN_WATCH_SECONDS else self._delay_for(task, next_seq),
         )
         saved = replace(task, check_seq=next_seq, dispatched=True, check_chain=chain)
         if not self._store.save(saved, expected_check_seq=task.check_seq):
@@ -358,6 +412,25 @@ class Worker:
             logger.info("task %s was %s by another delivery", task.task_id, what)
             return task
         return saved
+
+    def _longest_pause(self, started: datetime) -> float:
+        """Between looks: ``check_interval_seconds`` while the watch is young (most blobs that
+        finish at all finish then), ``watch_interval_seconds`` once it has lasted
+        ``QUICK_WATCH_SECONDS``, which keeps a minutes-long watch cheap for the supernodes."""
+        if (self._clock() - started).total_seconds() < QUICK_WATCH_SECONDS:
+            return self._settings.check_interval_seconds
+        return max(self._settings.check_interval_seconds, self._settings.watch_interval_seconds)
+
+    def _watch_to_deadline(
+        self, task: Task, blobs: tuple[BlobProgress, ...], window: float
+    ) -> tuple[BlobProgress, ...]:
+        """When the deadline falls within the last pause of a watch, wait for it and look once
+        more: the task then ends FAIL "timed out" at its deadline, not a hand-over later."""
+        left = (task.deadline - self._clock()).total_seconds()
+        if not _pending(blobs) or window <= 0 or left <= 0 or left > self._settings.watch_interval_seconds:
+            return blobs
+        self._sleep(left)
+        return self._poll(blobs)
 
     def _look(self, blob: BlobProgress) -> BlobProgress:
         """The blob as its supernode now reports it (unchanged if it is not pending)."""
@@ -433,7 +506,33 @@ class Worker:
             logger.info("task %s was concluded by another delivery", task.task_id)
             return task
         logger.info("task %s finished %s", task.task_id, status.value)
+        self._announce(finished)
         return finished
+
+    def _announce(self, task: Task) -> None:
+        """Put the task's completion event. A failure (DependencyFailure) fails the step, so SQS
+        delivers its message again, and the terminal task found then is announced again."""
+        if self._events is not None:
+            self._events.task_finished(task)
+
+
+class _Progress:
+    """When a long watch records its progress: when the layer counts changed, at most every
+    ``PROGRESS_EVERY_SECONDS``, so a 100-layer image warming for minutes costs a write per 5 s at
+    most, not one per blob."""
+
+    def __init__(self, task: Task, now: datetime) -> None:
+        self._counts = LayerCounts.of(task.blobs)  # what the task read holds: on record
+        self._at = now
+
+    def due(self, blobs: tuple[BlobProgress, ...], now: datetime) -> bool:
+        return (now - self._at).total_seconds() >= PROGRESS_EVERY_SECONDS and LayerCounts.of(
+            blobs
+        ) != self._counts
+
+    def recorded(self, blobs: tuple[BlobProgress, ...], now: datetime) -> None:
+        self._counts = LayerCounts.of(blobs)
+        self._at = now
 
 
 class _Dispatch:
@@ -585,17 +684,26 @@ def is_current(task: Task, message: WorkerMessage) -> bool:
 
 
 def give_up(
-    store: TaskStore, message: WorkerMessage, receive_count: int, clock: Callable[[], datetime] = utcnow
+    store: TaskStore,
+    message: WorkerMessage,
+    receive_count: int,
+    clock: Callable[[], datetime] = utcnow,
+    events: EventPublisher | None = None,
 ) -> Task | None:
     """End the task of a message that exhausted its receives as FAIL, saying what it was waiting
-    for and the last error it met; unless the message is stale (the task moved on to another step,
-    driven by another message), which leaves the task alone.
+    for and the last error it met, and announce it; unless the message is stale (the task moved on
+    to another step, driven by another message), which leaves the task alone.
 
-    Retries once on a conflicting write, since a late worker may have moved the task meanwhile.
+    Retries once on a conflicting write, since a late worker may have moved the task meanwhile. A
+    task found already ended is announced too: its message may have died of the announcement.
     """
     for _ in range(2):
         task = store.get(message.task_id)
-        if task is None or task.status.terminal:
+        if task is None:
+            return task
+        if task.status.terminal:
+            if events is not None:
+                events.task_finished(task)
             return task
         if not is_current(task, message):
             logger.info(
@@ -617,5 +725,7 @@ def give_up(
             task, status=TaskStatus.FAIL, message=reason, finished_at=clock(), check_seq=task.check_seq + 1
         )
         if store.save(failed, expected_check_seq=task.check_seq):
+            if events is not None:
+                events.task_finished(failed)
             return failed
     return store.get(message.task_id)

@@ -92,7 +92,7 @@ def fail_dead_letter(record: SQSRecord) -> None:
         logger.error("dead letter is not a worker message; dropped", extra={"message_id": record.message_id})
         metrics.add_metric(name="MalformedDeadLetters", unit=MetricUnit.Count, value=1)
         return
-    task = give_up(bootstrap.task_store(), message, attempts)
+    task = give_up(bootstrap.task_store(), message, attempts, events=bootstrap.event_publisher())
     logger.error(
         "worker message exhausted its receives; its task is marked FAIL unless it moved on",
         extra={

@@ -1,0 +1,48 @@
+"""Completion events on EventBridge: one PutEvents entry per finished task."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from preheat.adapters import aws
+from preheat.errors import DependencyFailure
+from preheat.events import DETAIL_TYPE, SOURCE, finished_detail
+from preheat.models import Task
+from preheat.settings import Settings
+
+
+class EventBridgePublisher:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self._bus = settings.event_bus
+        self._injected_client = client
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        return self._injected_client or aws.client("events")
+
+    def task_finished(self, task: Task) -> None:
+        entry: dict[str, Any] = {
+            "Source": SOURCE,
+            "DetailType": DETAIL_TYPE,
+            "Detail": json.dumps(finished_detail(task), separators=(",", ":")),
+            "EventBusName": self._bus,
+        }
+        if task.finished_at is not None:
+            entry["Time"] = task.finished_at
+        try:
+            answer = self._client.put_events(Entries=[entry])
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise DependencyFailure(f"could not put the completion event: {code}") from None
+        except BotoCoreError as exc:
+            raise DependencyFailure(f"could not put the completion event: {type(exc).__name__}") from None
+        # PutEvents answers 200 even when an entry is refused (throttled, bus missing): say so.
+        if answer.get("FailedEntryCount"):
+            [failed] = answer.get("Entries") or [{}]
+            raise DependencyFailure(
+                f"could not put the completion event: {failed.get('ErrorCode', 'refused')}"
+            )

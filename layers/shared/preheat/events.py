@@ -1,0 +1,29 @@
+"""The completion event: what the service announces when a task ends (see README, "Completion events")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from preheat.models import Task
+
+SOURCE = "preheat"
+DETAIL_TYPE = "Preheat Task Finished"
+
+
+def finished_detail(task: Task) -> dict[str, Any]:
+    """The event's ``detail``: the status answer's fields, built from the task item, which never
+    holds a header value (credentials travel only in the first SQS message)."""
+    answer = task.to_api()
+    detail: dict[str, Any] = {
+        "taskId": answer["taskId"],
+        "status": answer["status"],
+        "type": answer["type"],
+        "url": answer["url"],
+        "platforms": answer.get("platforms") or answer.get("platform") or [],
+        "layers": answer.get("layers") or {"total": 0, "succeeded": 0, "failed": 0, "pending": 0},
+        "startTime": answer["startTime"],
+        "finishTime": answer["finishTime"],
+    }
+    if task.status.value == "FAIL":
+        detail["msg"] = answer.get("msg") or "failed"
+    return detail
