@@ -565,8 +565,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         "worker-killed-after-send-in-start",
         "worker: invocation dies after start sent check 1, before saving it",
         "SUCCESS",
-        target=DELAYED,
+        # RUNNING until the kill: however long the start step watches, it has a check 1 to send.
+        target=SLOW,
         worker="kill-send-1",
+        held_until_fired=True,
     ),
     Scenario(
         "worker-killed-after-send-in-check",
