@@ -209,6 +209,18 @@ def test_it_starts_a_preheat_from_the_form_and_sees_it_reach_success(
     detail = by_id(browser, "detail").text
     assert stack.supernodes[0] in detail
     assert task_id in detail
+    # The task id a node will compute for the blob, as the status detail gives it (whole on hover),
+    # without pushing the page wider than the window.
+    status = requests.get(
+        f"{stack.api_url}/api/preheat/{task_id}?detail=true", headers={"x-api-key": API_KEY}, timeout=10
+    ).json()
+    node_task_id = status["data"]["blobs"][0]["nodeTaskId"]
+    assert node_task_id[:16] in by_id(browser, "blobs").text
+    titles = browser.execute_script(
+        "return [...document.querySelectorAll('#blobs td span')].map((s) => s.title)"
+    )
+    assert node_task_id in titles
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     # The credential went to the API and nowhere on the page.
     assert by_id(browser, "f-auth").get_attribute("value") == ""
     assert canary not in browser.page_source

@@ -116,6 +116,17 @@ def test_a_refused_download_says_the_credentials_handed_over_lapsed(world):
     assert "credentials handed over with the blob URLs were refused or had expired" in message
 
 
+def test_a_failure_naming_a_port_with_401_in_it_is_not_taken_for_a_refused_download(world):
+    task_id = world.submit()
+    world.deliver_all()
+    world.nodes.finish()
+    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "cannot connect to 127.0.0.1:40151 (task 4019ab)")
+    world.deliver_all()
+    message = world.task(task_id).message or ""
+    assert "cannot connect to 127.0.0.1:40151" in message
+    assert "credentials" not in message
+
+
 def test_layers_already_warm_finish_at_once_without_a_check(world):
     world.nodes.warm = {blob.label for blob in LAYERS}
     task_id = world.submit()

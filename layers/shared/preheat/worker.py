@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -84,6 +85,9 @@ from preheat.task_ids import without_params
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# An HTTP 401 in a supernode's error, not the digits of a port, an address or a task id.
+_UNAUTHORIZED = re.compile(r"(?<![\w.:/-])401(?![\w.])")
 
 
 FIRST_RELOOK_SECONDS = 0.05
@@ -483,7 +487,11 @@ class Worker:
         more = f" (and {len(failed) - 10} more)" if len(failed) > 10 else ""
         noun = "layer" if task.type is PreheatType.IMAGE else "file"
         message = f"{counts.failed} of {counts.total} {noun}(s) failed to preheat: {reasons}{more}"
-        if self._settings.layer_urls == "registry" and any("401" in (blob.error or "") for blob in failed):
+        if (
+            task.type is PreheatType.IMAGE
+            and self._settings.layer_urls == "registry"
+            and any(_UNAUTHORIZED.search(blob.error or "") for blob in failed)
+        ):
             # The supernode downloads with the credentials handed over; a Bearer token lives minutes.
             message += (
                 " (HTTP 401: the registry credentials handed over with the blob URLs were refused or "
