@@ -21,7 +21,6 @@ credentials: no message this module builds quotes them, and text from a manager 
 from __future__ import annotations
 
 import json
-import random
 import re
 import threading
 import time
@@ -34,12 +33,13 @@ from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
-    REDACTED,
     HttpTargetDriver,
     Throttled,
     display_target,
     json_body,
 )
+from preheat.adapters.quoting import scrub, truncate
+from preheat.adapters.retry import RetryPolicy
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
@@ -60,9 +60,15 @@ MAX_CACHED_JOBS = 64
 RATE_LIMIT_BASE_DELAY = 0.5
 RATE_LIMIT_MAX_DELAY = 8.0
 RATE_LIMIT_PATIENCE_SECONDS = 60.0
+RATE_LIMIT_POLICY = RetryPolicy(
+    attempts=1,  # bounded by the patience, not by a count
+    backoff_seconds=RATE_LIMIT_BASE_DELAY,
+    max_delay_seconds=RATE_LIMIT_MAX_DELAY,
+    retry_after_cap_seconds=RATE_LIMIT_MAX_DELAY,
+)
+# Cut in the middle when quoted: Go errors wrap their root cause at the end.
 MAX_QUOTED_CHARS = 400
 MAX_NAMED_HOSTS = 5
-MIN_SCRUBBED_CHARS = 4
 
 JOBS_PATH = "/oapi/v1/jobs"
 UNCONFIGURED_MESSAGE = (
@@ -391,10 +397,7 @@ class Dragonfly2Driver(HttpTargetDriver):
             except Throttled as exc:
                 number += 1
                 self.rate_limited += 1
-                ceiling = min(RATE_LIMIT_MAX_DELAY, RATE_LIMIT_BASE_DELAY * 2 ** (number - 1))
-                delay = random.uniform(0, ceiling)  # noqa: S311 - not crypto
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, RATE_LIMIT_MAX_DELAY))
+                delay = RATE_LIMIT_POLICY.delay(number, exc.retry_after)
                 if waited + delay > self._rate_limit_patience:
                     raise RateLimited(
                         f"{self.SUBJECT} {display_target(target)} kept answering 429 ({exc.reason}) to the "
@@ -479,7 +482,8 @@ def _interpret(  # noqa: PLR0911 - one answer per state the job and its result c
             )
         return SupernodeTask(job_id, BlobState.SUCCESS)
     # An unknown state would otherwise be polled until the task deadline; fail it now, loudly.
-    return SupernodeTask(job_id, BlobState.FAILED, f"{where} is in an unknown state {_truncate(state)!r}")
+    shown = truncate(state, MAX_QUOTED_CHARS, keep_end=True)
+    return SupernodeTask(job_id, BlobState.FAILED, f"{where} is in an unknown state {shown!r}")
 
 
 def _is_number(text: str) -> bool:
@@ -566,7 +570,7 @@ def _echoed_secrets(job: Any) -> tuple[str, ...]:
 
 def _quote(text: str, secrets: tuple[str, ...], url: str = "") -> str:
     """Text from a manager, fit to be quoted: scrubbed, then cut."""
-    return _truncate(_scrub(text, secrets, url))
+    return truncate(_scrub(text, secrets, url), MAX_QUOTED_CHARS, keep_end=True)
 
 
 def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
@@ -574,11 +578,7 @@ def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
     signature). Replacing happens before any cut, which could leave half a secret that no longer matches."""
     if url and "?" in url:
         text = text.replace(url, url.split("?", 1)[0])
-    for secret in sorted(secrets, key=len, reverse=True):
-        # A value of a character or three is no credential, and replacing it would garble the text.
-        if len(secret) >= MIN_SCRUBBED_CHARS:
-            text = text.replace(secret, REDACTED)
-    return text
+    return scrub(text, secrets)
 
 
 # -- reading answers -------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def _message(answer: Any, response: Response, secrets: tuple[str, ...]) -> str:
                 break
     text = text or response.text.strip()
     text = _scrub(text, (*secrets, *_echoed_secrets(answer)))
-    return _truncate(text) if text else "(empty body)"
+    return truncate(text, MAX_QUOTED_CHARS, keep_end=True) if text else "(empty body)"
 
 
 def _refused(target: str, code: int, message: str) -> str:
@@ -638,11 +638,3 @@ def _secret_error_code(exc: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     match = _ERROR_CODE_RE.search(str(exc))
     return match.group(1) if match else type(exc).__name__
-
-
-def _truncate(text: str) -> str:
-    """At most about MAX_QUOTED_CHARS, cut in the middle: Go errors wrap their root cause at the end."""
-    if len(text) <= MAX_QUOTED_CHARS:
-        return text
-    head = MAX_QUOTED_CHARS // 4
-    return f"{text[:head]}...{text[-(MAX_QUOTED_CHARS - head) :]}"

@@ -34,31 +34,28 @@ import binascii
 import contextlib
 import hashlib
 import logging
-import random
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from preheat.adapters.http import (
-    ConnectionFailed,
     GuardedPoolManager,
     HttpClient,
     InvalidHeader,
     InvalidUrl,
     RequestError,
     Response,
-    Timeout,
 )
 from preheat.adapters.http import loads as _loads
+from preheat.adapters.quoting import failure_reason, scrub, secrets_of, truncate
+from preheat.adapters.retry import RetryPolicy, parse_retry_after
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, find_refusal
@@ -107,7 +104,6 @@ MAX_TOKEN_BYTES = 1024 * 1024
 # refresh swap the cached token meanwhile.
 MAX_AUTH_ROUNDS = 4
 MAX_ERROR_BYTES = 64 * 1024
-MAX_QUOTED_CHARS = 300
 MAX_PLATFORM_NAME_CHARS = 64
 
 # Requests in flight at once per resolution (manifests of an index, then blobs). A blob costs two
@@ -209,9 +205,6 @@ _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 _CHALLENGE_TOKEN_RE = re.compile(r"[\s,]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)")
 _CHALLENGE_PARAM_RE = re.compile(r'\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 _QUOTED_PAIR_RE = re.compile(r"\\(.)")
-_ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\"()\]]+)")
-_REDACTED = "<redacted>"
-_MIN_SECRET_CHARS = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -361,7 +354,7 @@ class _Target:
             extra=extra,
             caller_auth=caller_auth,
             authorization=caller_auth,
-            secrets=_secrets_of(revealed.values()),
+            secrets=secrets_of(revealed.values()),
             deadline=None if time_budget_seconds is None else _now() + time_budget_seconds,
         )
 
@@ -387,7 +380,7 @@ class _Target:
         with self.lock:
             self.authorization = authorization
             if secret not in self.secrets:
-                self.secrets.extend(_secrets_of([secret, authorization]))
+                self.secrets.extend(secrets_of([secret, authorization]))
 
     def request_headers(self, authorization: str | None, own: dict[str, str] | None = None) -> dict[str, str]:
         """The caller's headers, then ours (``own``, e.g. Accept) in place of any of the same name."""
@@ -414,10 +407,8 @@ class _Target:
     def scrub(self, text: str) -> str:
         # Replace before cutting: a cut could leave half a secret that no longer matches.
         with self.lock:
-            secrets = sorted(self.secrets, key=len, reverse=True)
-        for secret in secrets:
-            text = text.replace(secret, _REDACTED)
-        return _truncate(text)
+            secrets = list(self.secrets)
+        return truncate(scrub(text, secrets))
 
 
 class _TokenCache:
@@ -483,9 +474,7 @@ class HttpRegistryClient:
         # A client passed in is used as given (its pool is the caller's to guard).
         self._http = http if http is not None else _new_client(max_workers, self._policy)
         self._max_workers = max_workers
-        self._attempts = attempts
-        self._backoff_seconds = backoff_seconds
-        self._retry_after_cap = retry_after_cap_seconds
+        self._retry = RetryPolicy(attempts, backoff_seconds, retry_after_cap_seconds=retry_after_cap_seconds)
         self._sleep = sleep
         self._timeout = settings.registry_timeout_seconds
         self._tokens = _TokenCache()
@@ -702,7 +691,8 @@ class HttpRegistryClient:
                 if _now() > deadline:
                     raise _Retry(f"the answer took longer than {3 * self._timeout:g}s to arrive")
         except RequestError as exc:
-            raise _Retry(f"the answer was cut off ({_failure_reason(exc, self._timeout, target)})") from None
+            reason = failure_reason(exc, f"{self._timeout:g}", target.scrub)
+            raise _Retry(f"the answer was cut off ({reason})") from None
         return b"".join(chunks)
 
     # -- auth ----------------------------------------------------------------------------------
@@ -772,7 +762,7 @@ class HttpRegistryClient:
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise PermanentFailure(
-                f"{target.name} names a token service that is not an http(s) URL: {_truncate(realm)!r}"
+                f"{target.name} names a token service that is not an http(s) URL: {truncate(realm)!r}"
             )
         params = [("service", service)] if service else []
         params += [("scope", item) for item in scope.split()]
@@ -903,7 +893,7 @@ class HttpRegistryClient:
         except RequestError as exc:
             refused = find_refusal(exc)
             if refused is None:
-                raise _Retry(_failure_reason(exc, timeout, target)) from None
+                raise _Retry(failure_reason(exc, f"{timeout:g}", target.scrub)) from None
             failure = AddressRefused(str(refused))
         if failure is not None:
             # Raised out of the handler: the exception it replaces holds the header value or URL,
@@ -911,7 +901,7 @@ class HttpRegistryClient:
             raise failure
         if response.status_code == 429 or response.status_code >= 500:
             with response:
-                retry_after = _retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 reason = f"HTTP {response.status_code}{_error_detail(response, target)}"
             raise _Retry(f"{urlsplit(url).netloc} answered {reason}", retry_after)
         return response
@@ -920,17 +910,14 @@ class HttpRegistryClient:
         reason = ""
         retry_after: float | None = None
         number = 0
-        for number in range(1, self._attempts + 1):
+        for number in range(1, self._retry.attempts + 1):
             try:
                 return attempt()
             except _Retry as exc:
                 reason, retry_after = exc.reason, exc.retry_after
-                if number == self._attempts or target.cancelled.is_set():
+                if number == self._retry.attempts or target.cancelled.is_set():
                     break
-                # Full jitter: workers that failed together do not come back together.
-                delay = random.uniform(0, self._backoff_seconds * 2 ** (number - 1))  # noqa: S311 - not crypto
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, self._retry_after_cap))
+                delay = self._retry.delay(number, exc.retry_after)
                 logger.info(
                     "retrying registry request",
                     extra={"what": what, "reason": reason, "attempt": number, "delay": round(delay, 3)},
@@ -1034,25 +1021,6 @@ def _exchangeable(authorization: str | None) -> bool:
 def _token_key(challenge: tuple[str, str, str], authorization: str | None) -> _TokenKey:
     fingerprint = hashlib.sha256(authorization.encode()).hexdigest() if authorization else ""
     return (*challenge, fingerprint)
-
-
-def _secrets_of(values: Iterable[str]) -> list[str]:
-    """The values to scrub from quoted text: each header value, each of its words, and what a
-    Basic header encodes (a registry could echo the user name or password)."""
-    secrets: list[str] = []
-    for value in values:
-        candidates = [value, *value.split()]
-        scheme, _, encoded = value.strip().partition(" ")
-        if scheme.lower() == "basic":
-            try:
-                decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                decoded = ""
-            candidates += [decoded, *decoded.split(":", 1)]
-        for candidate in candidates:
-            if len(candidate) >= _MIN_SECRET_CHARS and candidate.lower() not in ("basic", "bearer"):
-                secrets.append(candidate)
-    return secrets
 
 
 def _parse_challenges(header: str) -> dict[str, dict[str, str]]:
@@ -1281,32 +1249,6 @@ def _error_detail(response: Response, target: _Target) -> str:
     return f": {target.scrub(detail)}" if detail else ""
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-def _failure_reason(exc: RequestError, timeout: float, target: _Target) -> str:
-    """A short reason from the exception, never its whole text (which quotes the URL, signature
-    included)."""
-    if isinstance(exc, Timeout):
-        return f"timed out after {timeout:g}s"
-    match = _ERRNO_RE.search(str(exc))
-    if isinstance(exc, ConnectionFailed):
-        return f"connection failed ({target.scrub(match.group(1).strip())})" if match else "connection failed"
-    return f"request failed ({type(exc).__name__})"
-
-
 def _first_failure(futures: list[Future[Any]], done: set[Future[Any]]) -> BaseException:
     """The first failed future in submission order, preferring a permanent failure: retrying the
     whole task cannot help while one blob is missing for good."""
@@ -1333,7 +1275,3 @@ def _display_host(url: str) -> str:
     scheme, host, port = _origin(url)
     host = f"[{host}]" if ":" in host else host
     return host if port == (443 if scheme == "https" else 80) else f"{host}:{port}"
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= MAX_QUOTED_CHARS else f"{text[:MAX_QUOTED_CHARS]}..."
