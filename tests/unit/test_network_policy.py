@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from preheat import bootstrap
 from preheat.adapters.http import ConnectionFailed, GuardedPoolManager, HttpClient
-from preheat.adapters.registry import OCI_MANIFEST, HttpRegistryClient
+from preheat.adapters.registry import HttpRegistryClient
+from preheat.adapters.registry_manifests import OCI_MANIFEST
 from preheat.entrypoints.api import build_resolver, preheat_routes
 from preheat.errors import InvalidRequest, PermanentFailure, TransientFailure
 from preheat.models import Credentials, ImageReference, PreheatRequest, PreheatType, TaskStatus
