@@ -11,15 +11,13 @@ import pytest
 
 from preheat import bootstrap
 from preheat.entrypoints.harbor import (
-    JOB_ALIAS_PREFIX,
     build_dragonfly1_resolver,
     build_dragonfly2_resolver,
     dragonfly1_answer,
     dragonfly2_job,
-    job_id_candidates,
 )
 from preheat.models import BlobProgress, BlobState, TaskStatus, utcnow
-from preheat.service import PreheatService
+from preheat.service import JOB_ALIAS_PREFIX, PreheatService, job_id_candidates
 from preheat.settings import Settings
 from tests.support.fakes import FakeQueue, FakeTaskStore
 

@@ -570,6 +570,15 @@ class LayerCounts:
         return cls(total, succeeded, failed, total - succeeded - failed)
 
 
+TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# How a step that will be retried marks the task's msg: the error it met, kept for the end.
+RETRYING_PREFIX = "retrying after: "
+
+
+def is_task_id(text: str) -> bool:
+    return TASK_ID_RE.match(text) is not None
+
+
 @dataclass(frozen=True)
 class Task:
     """A preheat task. ``check_seq`` orders the worker's check messages (see worker.py)."""
@@ -597,6 +606,36 @@ class Task:
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is TaskStatus.RUNNING and now >= self.deadline
+
+    def waiting_for(self) -> str:
+        """What a RUNNING task is waiting for, as the end of a message."""
+        if not self.dispatched and not self.blobs:
+            source = "the registry" if self.type is PreheatType.IMAGE else "the file's server"
+            return f"waiting for {source} to resolve {self.url}"
+        pending = sorted({blob.label for blob in self.blobs if blob.state is BlobState.PENDING})
+        if not pending:
+            return "waiting for its next step"
+        shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
+        return f"waiting for the supernodes; still pending: {shown}"
+
+    def last_error(self) -> str | None:
+        """The last error a RUNNING task met: its step's, or else a pending blob's failed look."""
+        if self.message and self.message.startswith(RETRYING_PREFIX):
+            return self.message.removeprefix(RETRYING_PREFIX)
+        for blob in self.blobs:
+            if blob.state is BlobState.PENDING and blob.error:
+                return f"{blob.label} on {blob.target}: {blob.error}"
+        return self.message or None
+
+    def timed_out_message(self) -> str:
+        """Why a task ended at its deadline: what it was waiting for, and the last error it met."""
+        message = (
+            f"timed out: still RUNNING at the deadline {self.deadline.isoformat()}, {self.waiting_for()}"
+        )
+        last = self.last_error()
+        if last:
+            message += f"; last error: {last}"
+        return message
 
     def to_api(self, detail: bool = False) -> dict[str, Any]:
         """The status answer's ``data``: the spec's ``taskId`` and ``status``, then extras

@@ -52,6 +52,7 @@ from typing import Self, TypeVar
 
 from preheat.errors import PermanentFailure, PreheatError, RateLimited, TransientFailure
 from preheat.models import (
+    RETRYING_PREFIX,
     Blob,
     BlobProgress,
     BlobState,
@@ -77,7 +78,6 @@ from preheat.ports import (
     TaskQueue,
     TaskStore,
 )
-from preheat.service import RETRYING_PREFIX, last_error, timed_out_message, waiting_for
 from preheat.settings import Settings
 from preheat.task_ids import without_params
 
@@ -189,7 +189,7 @@ class Worker:
             self._announce(task)
             return task
         if task.is_expired(self._clock()):
-            return self._finish(task, TaskStatus.FAIL, timed_out_message(task), task.blobs)
+            return self._finish(task, TaskStatus.FAIL, task.timed_out_message(), task.blobs)
         budget = _Budget(time_budget_seconds)
         if message.step is Step.START:
             return self._start(task, message.headers, budget)
@@ -391,7 +391,7 @@ class Worker:
         if not _pending(blobs):
             return self._conclude(task)
         if self._clock() >= task.deadline:
-            return self._finish(task, TaskStatus.FAIL, timed_out_message(task), blobs)
+            return self._finish(task, TaskStatus.FAIL, task.timed_out_message(), blobs)
         # A task handed over to checks has its progress on record before the first check is sent,
         # however short its watch was.
         if unrecorded and not self._store.save(task, expected_check_seq=task.check_seq):
@@ -716,9 +716,9 @@ def give_up(
             return task
         reason = (
             f"the worker gave up on its '{message.step.value}' step after {receive_count} attempts, "
-            f"{waiting_for(task)}"
+            f"{task.waiting_for()}"
         )
-        last = last_error(task)
+        last = task.last_error()
         if last:
             reason += f"; last error: {last}"
         failed = replace(
