@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from local.background import BackgroundServer
+from local.background import BackgroundServer, LocalHTTPServer
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,7 @@ class StubResponse:
 Handler = Callable[[StubRequest], StubResponse]
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 drops the SYNs of a client opening 16 connections at once, and
-    # each dropped one costs a second before it is sent again.
-    request_queue_size = 128
-
+class _QuietServer(LocalHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client closing a connection it no longer wants (a blob it did not read) is normal.
         if not isinstance(sys.exc_info()[1], ConnectionError):
