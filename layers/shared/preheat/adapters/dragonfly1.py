@@ -11,15 +11,11 @@ builds quotes them, and text a supernode answers with is scrubbed of them before
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from preheat.adapters.http import HttpClient, Response
+from preheat.adapters.http import Response
 from preheat.adapters.http_target import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BACKOFF_SECONDS,
     HttpTargetDriver,
     display_target,
     json_body,
@@ -28,7 +24,6 @@ from preheat.adapters.quoting import scrub, truncate
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
-from preheat.settings import Settings
 from preheat.task_ids import dragonfly1_task_id
 
 # A supernode task id goes into a URL path and into the task's record: the Go supernode's are 64
@@ -56,23 +51,6 @@ class Dragonfly1Driver(HttpTargetDriver):
     SUBJECT = "supernode"
     PING_PATH = "/_ping"
     PING_THREAD_PREFIX = "df1-ping"
-
-    def __init__(
-        self,
-        settings: Settings,
-        http: HttpClient | None = None,
-        *,
-        attempts: int = DEFAULT_ATTEMPTS,
-        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(
-            settings,
-            http,
-            attempts=attempts,
-            backoff_seconds=backoff_seconds,
-            sleep=sleep,
-        )
 
     def _filter(self, blob: Blob) -> tuple[str, ...]:
         """The blob's signature parameters, then those the nodes' dfget is configured to filter."""

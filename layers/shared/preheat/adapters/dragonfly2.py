@@ -266,30 +266,9 @@ class Dragonfly2Driver(HttpTargetDriver):
                 f"{supernode_task_id!r:.80} is not a Dragonfly 2 job id (PREHEAT_SUPERNODE_API changed?)",
             )
         token = self._token()
-        response = self._send(
-            "GET",
-            target,
-            f"{JOBS_PATH}/{supernode_task_id}",
-            f"answer the status of job {supernode_task_id}",
-            token,
-        )
-        with response:
-            code = response.status_code
-            answer = json_body(response)
-            if code == 404:
-                return SupernodeTask(
-                    supernode_task_id,
-                    BlobState.FAILED,
-                    f"Dragonfly 2 manager {display_target(target)} no longer knows job {supernode_task_id} "
-                    "(finished jobs are removed after 6 h)",
-                )
-            if code in (401, 403):
-                raise PermanentFailure(_refused(target, code, _message(answer, response, (token,))))
-            if code != 200 or not isinstance(answer, dict):
-                raise PermanentFailure(
-                    f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the status of job "
-                    f"{supernode_task_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
-                )
+        answer = self._read_job(target, supernode_task_id, token)
+        if isinstance(answer, SupernodeTask):
+            return answer
         return _interpret(target, supernode_task_id, answer, (token,))
 
     def _url_status(self, target: str, task_id: str, job_id: str, index: int) -> SupernodeTask:
@@ -318,7 +297,7 @@ class Dragonfly2Driver(HttpTargetDriver):
                 cached = self._answers.get(key)
             if cached is not None and time.monotonic() - cached[0] < JOB_ANSWER_REUSE_SECONDS:
                 return cached[1]
-            answer = self._read_job(target, job_id)
+            answer = self._read_job(target, job_id, self._token())
             with self._answers_lock:
                 self._answers[key] = (time.monotonic(), answer)
                 self._answers.move_to_end(key)
@@ -329,9 +308,8 @@ class Dragonfly2Driver(HttpTargetDriver):
                     self._answer_locks.pop(dropped, None)
             return answer
 
-    def _read_job(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
+    def _read_job(self, target: str, job_id: str, token: str) -> dict[str, Any] | SupernodeTask:
         """The job object, or the blob's verdict when there is none to read."""
-        token = self._token()
         response = self._send(
             "GET", target, f"{JOBS_PATH}/{job_id}", f"answer the status of job {job_id}", token
         )

@@ -60,10 +60,10 @@ class HttpTargetDriver:
     def __init__(
         self,
         settings: Settings,
-        http: HttpClient | None,
+        http: HttpClient | None = None,
         *,
-        attempts: int,
-        backoff_seconds: float,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if attempts < 1:
