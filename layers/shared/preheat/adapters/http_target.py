@@ -33,7 +33,7 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 0.2
 MAX_PING_THREADS = 16
 # Pooled connections for the calls the worker makes at once: up to
-# worker.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
+# dispatch.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
 POOL_SIZE = 128
 
 
