@@ -65,7 +65,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy layers/shared/preheat functions local cli/preheat_cli
+	$(VENV)/bin/mypy layers/shared/preheat functions local testing cli/preheat_cli
 
 validate: $(SAM_VENV)/.installed
 	$(SAM) validate --lint

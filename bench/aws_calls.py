@@ -54,7 +54,8 @@ from bench.common import (
     write_result,
 )
 from local.aws import client as local_client
-from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, make_oci_layout, missing_tools
+from local.oci_layout import make_oci_layout
+from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, missing_tools
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from local.template import Template

@@ -91,16 +91,8 @@ from bench.common import (
     write_result,
 )
 from local.aws import client as local_client
-from local.registry import (
-    OCI_INDEX,
-    OCI_MANIFEST,
-    REGISTRY_BINARY,
-    SKOPEO_BINARY,
-    RegistryServer,
-    make_oci_index_layout,
-    make_oci_layout,
-    missing_tools,
-)
+from local.oci_layout import OCI_INDEX, OCI_MANIFEST, make_oci_index_layout, make_oci_layout
+from local.registry import REGISTRY_BINARY, SKOPEO_BINARY, RegistryServer, missing_tools
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from preheat.adapters.registry import DEFAULT_MAX_WORKERS as REGISTRY_MAX_WORKERS

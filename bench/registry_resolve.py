@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.registry_resolve [--layers 100] [--delay-ms 50] [--runs 5]
 
-What it runs against: a stub registry on 127.0.0.1 (two :class:`local.registry.StubServer` origins,
+What it runs against: a stub registry on 127.0.0.1 (two :class:`testing.stub_server.StubServer` origins,
 the standard library's threaded HTTP server: no Docker, nothing to install) that behaves like a
 registry whose blobs live in S3:
 
@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import RESULTS
-from local.registry import Handler, StubRequest, StubResponse, StubServer, digest_of
+from local.oci_layout import digest_of
 from preheat.adapters.registry import DEFAULT_MAX_WORKERS, HttpRegistryClient
 from preheat.models import Credentials, ImageReference
 from preheat.settings import Settings
+from testing.stub_server import Handler, StubRequest, StubResponse, StubServer
 
 NAME = "registry_resolve"
 REPOSITORY = "bench/app"

@@ -40,8 +40,8 @@ from bench import RESULTS
 from bench.cold_start import PEAK_RSS_KB, TEMPLATE, functions_of, lambda_environment
 from bench.common import figure, figure_rows, table, write_result
 from bench.registry_resolve import DelayedOrigins
-from local.registry import StubRequest, StubResponse, StubServer
 from local.template import Template
+from testing.stub_server import StubRequest, StubResponse, StubServer
 
 NAME = "worker_memory"
 WORKER = "WorkerFunction"

@@ -20,18 +20,18 @@ import logging
 import re
 import secrets
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from local.aws import LOCAL_ACCOUNT_ID
+from local.background import BackgroundServer, LocalHTTPServer
 from local.template import ApiEvent, Resolver, Template
 
 log = logging.getLogger("local.api")
@@ -255,8 +255,7 @@ def layer_key_extractor() -> KeyExtractor:
     return extract_api_key
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LocalHTTPServer):
     # API Gateway takes any number of connections at once; socketserver's backlog of 5 would drop (or,
     # with SYN cookies, reset) connections of a burst of clients.
     request_queue_size = 128
@@ -402,7 +401,7 @@ class ApiGateway:
         self._extract_key = layer_key_extractor() if self.api_key else None
         self._address = (host, port)
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: BackgroundServer | None = None
 
     def refusal(self, headers: Sequence[tuple[str, str]]) -> tuple[int, list[tuple[str, str]], bytes] | None:
         """API Gateway's answer to a request without the API key (None: let it through)."""
@@ -418,13 +417,7 @@ class ApiGateway:
     def start(self) -> Self:
         if self._server is None:
             self._server = _Server(self._address, self)
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
-                name="local-api",
-                daemon=True,
-            )
-            self._thread.start()
+            self._served = BackgroundServer(self._server, "local-api", poll_interval=0.1)
             log.info(
                 "API listening on %s (%d routes%s)",
                 self.url,
@@ -435,11 +428,9 @@ class ApiGateway:
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
+        if server is not None and self._served is not None:
+            self._served.close()
+            self._served = None
 
     @property
     def url(self) -> str:

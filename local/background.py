@@ -1,4 +1,5 @@
-"""A local HTTP server served on a daemon thread: the one mechanism behind the stub registries,
+"""A local HTTP server served on a daemon thread: the one mechanism behind the local stack's fake
+servers (API Gateway, the reference supernode, the Dragonfly 2 manager) and the stub registries,
 proxies and fault-injecting servers of the tests and benchmarks."""
 
 from __future__ import annotations
@@ -7,6 +8,16 @@ import threading
 from http.server import ThreadingHTTPServer
 from types import TracebackType
 from typing import Self
+
+
+class LocalHTTPServer(ThreadingHTTPServer):
+    """The ThreadingHTTPServer every local server builds on: handler threads that do not hold up the
+    process's exit, and a listen backlog for bursts (socketserver's default of 5 drops the SYNs of a
+    client opening many connections at once, and each dropped one costs a second before it is sent
+    again)."""
+
+    daemon_threads = True
+    request_queue_size = 128
 
 
 class BackgroundServer:

@@ -73,13 +73,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from local.background import BackgroundServer, LocalHTTPServer
 from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
 
 log = logging.getLogger("local.dragonfly2_manager")
@@ -406,7 +407,7 @@ class FakeDragonfly2Manager:
         self.rate_limited = 0  # creates answered 429
         self._node_tasks: dict[str, str] = {}  # Dragonfly 2 task id -> seed peer task id
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: BackgroundServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -415,13 +416,7 @@ class FakeDragonfly2Manager:
             return self
         self.seed.start()
         self._server = _Server((self._host, self._port), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="df2-manager-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._served = BackgroundServer(self._server, "df2-manager-http", poll_interval=0.1)
         log.info("fake Dragonfly 2 manager listening on %s, cache %s", self.url, self.seed.cache_dir)
         return self
 
@@ -429,10 +424,9 @@ class FakeDragonfly2Manager:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._served is not None:
+            self._served.close()
+            self._served = None
         self.seed.stop()
 
     def __enter__(self) -> Self:
@@ -749,8 +743,7 @@ class FakeDragonfly2Manager:
         }
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LocalHTTPServer):
     allow_reuse_address = True
     # The worker creates a hundred jobs at once: socketserver's backlog of 5 would make the
     # connections beyond it wait a second for their handshake to be retried.

@@ -25,7 +25,7 @@ a context of its own, and the attributes live in a ``ContextVar``), so concurren
 by side, as in Lambda's many environments, and never read each other's events. Everything else a
 resolver holds (its routing context, middlewares, routes) belongs to its instance, and so to one
 environment. What the layer's modules hold stays shared, as it is by the worker's concurrent batches:
-the powertools Logger's appended keys and the Metrics set of ``preheat.entrypoints.observability``
+the powertools Logger's appended keys and the Metrics set of ``preheat.observability``
 (log lines and metrics only, never a request or its answer).
 """
 

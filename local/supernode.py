@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from time import monotonic
 from types import FrameType, TracebackType
@@ -49,6 +49,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import requests.adapters
+
+from local.background import BackgroundServer, LocalHTTPServer
 
 log = logging.getLogger("local.supernode")
 
@@ -263,7 +265,7 @@ class ReferenceSupernode:
         self._hashes: dict[str, tuple[int, str]] = {}
         self._stopping = threading.Event()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._served: BackgroundServer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._session: requests.Session | None = None
 
@@ -276,13 +278,7 @@ class ReferenceSupernode:
         self._pool = ThreadPoolExecutor(self._max_concurrent, thread_name_prefix="supernode-download")
         self._session = _download_session(self._max_concurrent)
         self._server = _Server((self._host, self._port), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="supernode-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._served = BackgroundServer(self._server, "supernode-http", poll_interval=0.1)
         log.info("reference supernode listening on %s, cache %s", self.url, self.cache_dir)
         return self
 
@@ -291,10 +287,9 @@ class ReferenceSupernode:
         if server is None:
             return
         self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._served is not None:
+            self._served.close()
+            self._served = None
         if self._pool is not None:
             # Downloads in flight notice ``_stopping`` at their next chunk.
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -544,8 +539,7 @@ def _error(status: HTTPStatus, message: str) -> tuple[int, dict[str, Any]]:
     return status, {"code": int(status), "message": message}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(LocalHTTPServer):
     allow_reuse_address = True
     # A worker sends a hundred blobs at once: with socketserver's backlog of 5 the connections beyond
     # it would wait a second for the handshake to be retried (a real supernode, in Go, takes them).

@@ -7,7 +7,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from preheat.entrypoints.authorizer import Unauthorized, authorize
-from preheat.entrypoints.observability import logger
+from preheat.observability import logger
 
 
 # The event's headers carry the key (and maybe registry credentials): never logged.

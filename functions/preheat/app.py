@@ -6,7 +6,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from preheat.entrypoints.api import build_resolver, preheat_routes
-from preheat.entrypoints.observability import logger, metrics, tracer
+from preheat.observability import logger, metrics, tracer
 
 app = build_resolver(preheat_routes())
 

@@ -6,7 +6,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from preheat.entrypoints.events import handle_event
-from preheat.entrypoints.observability import logger, metrics, tracer
+from preheat.observability import logger, metrics, tracer
 
 
 # Schedule inputs may carry registry credentials (an entry's header): never logged, whatever

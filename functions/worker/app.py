@@ -5,8 +5,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.entrypoints.queue import handle_steps
+from preheat.observability import logger, metrics, tracer
 
 
 # Events carry credentials (the worker's message body): never logged, whatever

@@ -21,6 +21,7 @@ from preheat.entrypoints.authorizer import (
     extract_api_key,
     key_fingerprint,
 )
+from tests.support.lambda_context import LambdaContext
 
 KEY = "k3yOfTheUsagePlan0123456789abcdefABCDEF"
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,16 +131,15 @@ def test_the_authorizer_handler_answers_the_sample_event_and_never_logs_the_key(
     key = extract_api_key(event["headers"])
     assert key is not None
 
-    class Context:
-        function_name = "ApiKeyAuthorizerFunction"
-        memory_limit_in_mb = 128
-        invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:authorizer"
-        aws_request_id = "req-1"
-
-    answer = handler(event, Context())
+    context = LambdaContext(
+        function_name="ApiKeyAuthorizerFunction",
+        memory_limit_in_mb=128,
+        invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:authorizer",
+    )
+    answer = handler(event, context)
     assert answer["usageIdentifierKey"] == key
     with pytest.raises(Unauthorized):
-        handler(dict(event, headers={"Accept": "*/*"}, multiValueHeaders={}), Context())
+        handler(dict(event, headers={"Accept": "*/*"}, multiValueHeaders={}), context)
     output = capsys.readouterr()
     assert key not in output.out + output.err
 

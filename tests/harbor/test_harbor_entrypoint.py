@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,30 +11,18 @@ import pytest
 
 from preheat import bootstrap
 from preheat.entrypoints.harbor import (
-    JOB_ALIAS_PREFIX,
     build_dragonfly1_resolver,
     build_dragonfly2_resolver,
     dragonfly1_answer,
     dragonfly2_job,
-    job_id_candidates,
 )
 from preheat.models import BlobProgress, BlobState, TaskStatus, utcnow
-from preheat.service import PreheatService
+from preheat.service import JOB_ALIAS_PREFIX, PreheatService, job_id_candidates
 from preheat.settings import Settings
 from tests.support.fakes import FakeQueue, FakeTaskStore
+from tests.support.lambda_context import LambdaContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
-
-
-@dataclass
-class Context:
-    function_name: str = "test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    aws_request_id: str = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 @pytest.fixture
@@ -49,7 +37,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> FakeTaskStore:
 def call(api: int, event_file: str, **overrides: Any) -> tuple[int, Any]:
     event = json.loads((EVENTS / event_file).read_text()) | overrides
     resolver = build_dragonfly1_resolver() if api == 1 else build_dragonfly2_resolver()
-    answer = resolver.resolve(event, Context())
+    answer = resolver.resolve(event, LambdaContext())
     body = answer["body"]
     return answer["statusCode"], body if body == "OK" else json.loads(body)
 

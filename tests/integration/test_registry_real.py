@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from preheat.adapters.registry import (
+from preheat.adapters.registry import HttpRegistryClient
+from preheat.adapters.registry_manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     DOCKER_SCHEMA1_SIGNED,
     MANIFEST_ACCEPT,
-    HttpRegistryClient,
 )
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, Credentials, ImageReference, Platform

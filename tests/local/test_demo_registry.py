@@ -10,14 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from local.registry import (
-    DEMO_REFERENCE,
-    OCI_MANIFEST,
-    REGISTRY_BINARY,
-    SKOPEO_BINARY,
-    OciImage,
-    make_demo_layout,
-)
+from local.oci_layout import OCI_MANIFEST, OciImage
+from local.registry import DEMO_REFERENCE, REGISTRY_BINARY, SKOPEO_BINARY, make_demo_layout
 from local.stack import DEFAULT_DEMO_REGISTRY_PORT, LocalStack, stack_from_environ
 from tests.local.support import PROJECT_TEMPLATE, wait_for
 from tests.support.fixtures import require_tools

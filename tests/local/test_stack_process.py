@@ -19,7 +19,8 @@ import pytest
 import requests
 
 from local.aws import client
-from local.registry import OCI_MANIFEST, REGISTRY_BINARY, SKOPEO_BINARY
+from local.oci_layout import OCI_MANIFEST
+from local.registry import REGISTRY_BINARY, SKOPEO_BINARY
 from tests.local.support import wait_for
 from tests.support.fixtures import require_tools
 

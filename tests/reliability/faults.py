@@ -34,14 +34,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 
-from local.background import BackgroundServer
+from local.background import BackgroundServer, LocalHTTPServer
 from local.poller import SqsPoller
 from local.stack import LocalStack
 
@@ -146,10 +146,8 @@ class Seen:
     fault: Fault
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _QuietServer(LocalHTTPServer):
     allow_reuse_address = True
-    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients that time out or hang up are what these servers are for.

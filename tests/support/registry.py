@@ -1,6 +1,6 @@
 """Registries for tests: the real Distribution registry, its token server, OCI layouts and the
-scripted stub server (from :mod:`local.registry`, re-exported here for the tests that import them
-from this module), and moto's S3 for the registry's blobs.
+scripted stub server (from :mod:`local.registry`, :mod:`local.oci_layout` and :mod:`testing`,
+re-exported here for the tests that import them from this module), and moto's S3 for the registry's blobs.
 
 - :class:`MotoS3Server` is moto's S3 in a thread, for a :class:`RegistryServer` keeping its blobs
   in S3 (blob GETs then redirect to presigned URLs on another origin).
@@ -14,34 +14,32 @@ import urllib.request
 from types import TracebackType
 from typing import Self
 
-from local.registry import (
-    HTPASSWD_BINARY,
+from local.oci_layout import (
     IN_TOTO,
     OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
-    REGISTRY_BINARY,
-    SKOPEO_BINARY,
-    Handler,
     LayerSpec,
     OciImage,
     OciIndex,
-    RegistryServer,
-    S3Storage,
-    StubRequest,
-    StubResponse,
-    StubServer,
-    TokenRequest,
-    TokenServer,
     digest_of,
-    free_port,
     make_layer_tar,
     make_oci_index_layout,
     make_oci_layout,
+)
+from local.registry import (
+    HTPASSWD_BINARY,
+    REGISTRY_BINARY,
+    SKOPEO_BINARY,
+    RegistryServer,
+    S3Storage,
+    free_port,
     missing_tools,
 )
+from testing.stub_server import Handler, StubRequest, StubResponse, StubServer
+from testing.token_server import TokenRequest, TokenServer
 
 __all__ = [
     "HTPASSWD_BINARY",

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from preheat.models import TaskStatus
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from tests.support.fakes import FakeQueue, FakeTaskStore
+from tests.support.lambda_context import LambdaContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 DIGEST = "sha256:" + "ab" * 32
@@ -272,15 +272,11 @@ def test_an_ecr_push_from_a_bad_account_or_region_is_rejected(store: FakeTaskSto
     assert store.tasks == {}
 
 
-@dataclass
-class Context:
-    function_name: str = "scheduled"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:scheduled"
-    aws_request_id: str = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
+SCHEDULED_CONTEXT = LambdaContext(
+    function_name="scheduled",
+    invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:scheduled",
+    remaining_millis=60_000,
+)
 
 
 def test_the_handler_never_logs_the_event_even_when_told_to(
@@ -302,7 +298,7 @@ def test_the_handler_never_logs_the_event_even_when_told_to(
             {"type": "image", "url": "registry.example.com/a:b", "header": {"Authorization": SECRET}}
         ]
     }
-    answer = app.lambda_handler(event, Context())
+    answer = app.lambda_handler(event, SCHEDULED_CONTEXT)
     assert len(answer["taskIds"]) == 1
     assert "preheat task submitted" in logs.text()
     assert SECRET not in logs.text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +14,14 @@ from preheat.models import TaskStatus
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from tests.support.fakes import FakeQueue, FakeSupernodes, FakeTaskStore
+from tests.support.lambda_context import LambdaContext
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
-@dataclass
-class Context:
-    function_name: str = "test"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    aws_request_id: str = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
 def call(router: Any, event_file: str, **overrides: Any) -> dict[str, Any]:
     event = json.loads((EVENTS / event_file).read_text()) | overrides
-    answer = build_resolver(router()).resolve(event, Context())
+    answer = build_resolver(router()).resolve(event, LambdaContext())
     assert answer["statusCode"] == 200
     assert answer["multiValueHeaders"]["Content-Type"] == ["application/json"]
     body: dict[str, Any] = json.loads(answer["body"])

@@ -81,7 +81,7 @@ def test_a_function_loads_only_what_it_uses(function: cold_start.Function):
     )
     assert not loaded, f"{function.logical_id} loads {sorted({name.split('.')[0] for name in loaded})}"
     # The handler really was imported and its clients built (the list is not vacuously clean).
-    assert "preheat.entrypoints.observability" in modules or function.logical_id == "OpenApiFunction"
+    assert "preheat.observability" in modules or function.logical_id == "OpenApiFunction"
 
 
 # What X-Ray patches in each function: the libraries its adapters call through, and no others.

@@ -25,6 +25,7 @@ from preheat.models import BlobProgress, BlobState, PreheatType, Task, TaskStatu
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from tests.support.fakes import Clock, FakeQueue
+from tests.support.lambda_context import LambdaContext
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -213,19 +214,9 @@ def _resolve(query: dict[str, str] | None) -> dict[str, Any]:
     event = json.loads((EVENTS / "list.json").read_text())
     event["queryStringParameters"] = query
     event["multiValueQueryStringParameters"] = {k: [v] for k, v in query.items()} if query else None
-    answer = build_resolver(status_routes()).resolve(event, _Context())
+    answer = build_resolver(status_routes()).resolve(event, LambdaContext())
     assert answer["statusCode"] == 200
     return json.loads(answer["body"])
-
-
-class _Context:
-    function_name = "test"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    aws_request_id = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 def _tampered(cursor: str) -> str:

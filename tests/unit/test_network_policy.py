@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from preheat import bootstrap
 from preheat.adapters.http import ConnectionFailed, GuardedPoolManager, HttpClient
-from preheat.adapters.registry import OCI_MANIFEST, HttpRegistryClient
+from preheat.adapters.registry import HttpRegistryClient
+from preheat.adapters.registry_manifests import OCI_MANIFEST
 from preheat.entrypoints.api import build_resolver, preheat_routes
 from preheat.errors import InvalidRequest, PermanentFailure, TransientFailure
 from preheat.models import Credentials, ImageReference, PreheatRequest, PreheatType, TaskStatus
@@ -42,6 +43,7 @@ from preheat.service import PreheatService
 from preheat.settings import Settings
 from preheat.worker import Worker
 from tests.support.fakes import Clock, FakeQueue, FakeSupernodes, FakeTaskStore
+from tests.support.lambda_context import LambdaContext
 from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
 
 LOOPBACK = ("127.0.0.0/8", "::1/128")
@@ -750,7 +752,7 @@ def test_the_api_answers_a_refused_url_with_code_400(monkeypatch: pytest.MonkeyP
         "isBase64Encoded": False,
     }
 
-    answer = build_resolver(preheat_routes()).resolve(event, ApiContext())
+    answer = build_resolver(preheat_routes()).resolve(event, LambdaContext())
 
     assert json.loads(answer["body"]) == {
         "code": 400,
@@ -758,13 +760,3 @@ def test_the_api_answers_a_refused_url_with_code_400(monkeypatch: pytest.MonkeyP
         f"{ALLOW_HINT}",
     }
     assert store.tasks == {}
-
-
-class ApiContext:
-    function_name = "test"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:test"
-    aws_request_id = "req-1"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000

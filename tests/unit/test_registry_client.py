@@ -16,17 +16,16 @@ from typing import Any
 import pytest
 
 from preheat.adapters import registry as registry_module
-from preheat.adapters.registry import (
+from preheat.adapters.registry import PROBE_RANGE, HttpRegistryClient
+from preheat.adapters.registry_manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     DOCKER_SCHEMA1_SIGNED,
     MANIFEST_ACCEPT,
     OCI_INDEX,
     OCI_MANIFEST,
-    PROBE_RANGE,
-    HttpRegistryClient,
-    signature_params,
 )
+from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, Platform
 from preheat.settings import Settings

@@ -12,7 +12,7 @@ import functools
 import sys
 from typing import TYPE_CHECKING
 
-from preheat.entrypoints.observability import trace_calls
+from preheat.observability import trace_calls
 from preheat.settings import get_settings
 
 if TYPE_CHECKING:

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -18,13 +17,13 @@ from typing import Any
 
 from preheat.errors import ClaimHeld, DependencyFailure, InvalidRequest, TaskNotFound
 from preheat.models import (
-    BlobState,
     PreheatRequest,
     PreheatType,
     Step,
     Task,
     TaskStatus,
     WorkerMessage,
+    is_task_id,
     utcnow,
 )
 from preheat.network import check_request
@@ -39,46 +38,21 @@ MAX_PAGE_SIZE = 100
 # Keys the listing cursor's MAC, derived from the dedup key so that a deployment needs no new secret.
 CURSOR_KEY_LABEL = b"preheat list cursor v1"
 CURSOR_MAC_BYTES = 16
-TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
 def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-# How a step that will be retried marks the task's msg: the error it met, kept for the end.
-RETRYING_PREFIX = "retrying after: "
+JOB_ALIAS_PREFIX = "job#"
+JOB_ID_MAX = (1 << 52) - 1  # 13 hex digits: exact in a float64, so JSON parsers of any language keep it
 
 
-def waiting_for(task: Task) -> str:
-    """What a RUNNING task is waiting for, as the end of a message."""
-    if not task.dispatched and not task.blobs:
-        source = "the registry" if task.type is PreheatType.IMAGE else "the file's server"
-        return f"waiting for {source} to resolve {task.url}"
-    pending = sorted({blob.label for blob in task.blobs if blob.state is BlobState.PENDING})
-    if not pending:
-        return "waiting for its next step"
-    shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
-    return f"waiting for the supernodes; still pending: {shown}"
-
-
-def last_error(task: Task) -> str | None:
-    """The last error a RUNNING task met: its step's, or else a pending blob's failed look."""
-    if task.message and task.message.startswith(RETRYING_PREFIX):
-        return task.message.removeprefix(RETRYING_PREFIX)
-    for blob in task.blobs:
-        if blob.state is BlobState.PENDING and blob.error:
-            return f"{blob.label} on {blob.target}: {blob.error}"
-    return task.message or None
-
-
-def timed_out_message(task: Task) -> str:
-    """Why a task ended at its deadline: what it was waiting for, and the last error it met."""
-    message = f"timed out: still RUNNING at the deadline {task.deadline.isoformat()}, {waiting_for(task)}"
-    last = last_error(task)
-    if last:
-        message += f"; last error: {last}"
-    return message
+def job_id_candidates(task_id: str) -> list[int]:
+    """The integers a task may be known by as a Dragonfly 2 job, in order of preference (each at
+    most 2**52 - 1)."""
+    digits = task_id.replace("-", "")
+    return [n for n in (int(digits[:13], 16), int(digits[-13:], 16)) if n]
 
 
 class PreheatService:
@@ -254,11 +228,11 @@ class PreheatService:
         if not task.is_expired(now):
             return task
         return replace(
-            task, status=TaskStatus.FAIL, finished_at=task.deadline, message=timed_out_message(task)
+            task, status=TaskStatus.FAIL, finished_at=task.deadline, message=task.timed_out_message()
         )
 
     def get(self, task_id: str) -> Task:
-        if not TASK_ID_RE.match(task_id):
+        if not is_task_id(task_id):
             raise InvalidRequest(
                 f"taskId {task_id[:80]!r} is not a task id: use the 'taskId' that POST /api/preheat returned"
             )
@@ -272,7 +246,7 @@ class PreheatService:
                 task,
                 status=TaskStatus.FAIL,
                 finished_at=task.deadline,
-                message=timed_out_message(task),
+                message=task.timed_out_message(),
                 check_seq=task.check_seq + 1,
             )
             if self._store.save(expired, expected_check_seq=task.check_seq):
@@ -280,6 +254,26 @@ class PreheatService:
                 return expired
             return self._store.get(task_id) or expired
         return task
+
+    def job_id_for(self, task: Task) -> int:
+        """The task's integer job id (a Dragonfly 2 job id is a JSON integer, while tasks are
+        UUIDs): taken from the task's UUID, its first 13 hex digits or its last 13 should those
+        name another task, and recorded as an alias item ``job#<int>`` beside the task, so a job
+        costs one write more than a task. Idempotent for a task that already has one, as when an
+        identical running request answers the same task."""
+        for candidate in job_id_candidates(task.task_id):
+            if self._store.put_alias(f"{JOB_ALIAS_PREFIX}{candidate}", task):
+                return candidate
+        raise DependencyFailure("could not give the task a job id: try again")
+
+    def get_job(self, job_id: str) -> Task:
+        """The task a job id (as the caller wrote it) names; TaskNotFound when none."""
+        task_id = None
+        if job_id.isdigit() and 0 < int(job_id) <= JOB_ID_MAX:
+            task_id = self._store.get_alias(f"{JOB_ALIAS_PREFIX}{int(job_id)}")
+        if task_id is None:
+            raise TaskNotFound("record not found")
+        return self.get(task_id)
 
     def _announce(self, task: Task) -> None:
         """The completion event of a task this service ended. A reader must get its answer even

@@ -5,41 +5,39 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from preheat.errors import InvalidRequest
 from preheat.models import parse_platforms
+
+N = TypeVar("N", int, float)
 
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive(env: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], kind: str) -> N:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"{name} must be greater than 0, got {value}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _positive(env, name, default, int, "a whole number")
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {value}")
-    return value
+    return _positive(env, name, default, float, "a number")
 
 
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -11,27 +11,21 @@ builds quotes them, and text a supernode answers with is scrubbed of them before
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from preheat.adapters.http import HttpClient, Response
+from preheat.adapters.http import Response
 from preheat.adapters.http_target import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BACKOFF_SECONDS,
-    REDACTED,
     HttpTargetDriver,
     display_target,
     json_body,
 )
+from preheat.adapters.quoting import scrub, truncate
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
-from preheat.settings import Settings
 from preheat.task_ids import dragonfly1_task_id
 
-MAX_QUOTED_CHARS = 300
 # A supernode task id goes into a URL path and into the task's record: the Go supernode's are 64
 # hex digits, the Java one's shorter; an id beyond this is not one.
 MAX_TASK_ID_CHARS = 256
@@ -57,23 +51,6 @@ class Dragonfly1Driver(HttpTargetDriver):
     SUBJECT = "supernode"
     PING_PATH = "/_ping"
     PING_THREAD_PREFIX = "df1-ping"
-
-    def __init__(
-        self,
-        settings: Settings,
-        http: HttpClient | None = None,
-        *,
-        attempts: int = DEFAULT_ATTEMPTS,
-        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        super().__init__(
-            settings,
-            http,
-            attempts=attempts,
-            backoff_seconds=backoff_seconds,
-            sleep=sleep,
-        )
 
     def _filter(self, blob: Blob) -> tuple[str, ...]:
         """The blob's signature parameters, then those the nodes' dfget is configured to filter."""
@@ -154,13 +131,13 @@ class Dragonfly1Driver(HttpTargetDriver):
             return SupernodeTask(
                 supernode_task_id,
                 BlobState.FAILED,
-                f"supernode {display_target(target)} failed task {supernode_task_id}: {_truncate(reason)}",
+                f"supernode {display_target(target)} failed task {supernode_task_id}: {truncate(reason)}",
             )
         # An unknown status would otherwise be polled until the task deadline; fail it now, loudly.
         return SupernodeTask(
             supernode_task_id,
             BlobState.FAILED,
-            f"supernode {display_target(target)} answered an unknown status {_truncate(status)!r} "
+            f"supernode {display_target(target)} answered an unknown status {truncate(status)!r} "
             f"for task {supernode_task_id}",
         )
 
@@ -177,11 +154,8 @@ def _message(answer: Any, response: Response, secrets: tuple[str, ...] = ()) -> 
             if isinstance(value, str) and value.strip():
                 text = value.strip()
                 break
-    text = text or response.text.strip()
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return _truncate(text) if text else "(empty body)"
+    text = scrub(text or response.text.strip(), secrets)
+    return truncate(text) if text else "(empty body)"
 
 
 def _existing_id(answer: Any, message: str) -> str | None:
@@ -191,7 +165,3 @@ def _existing_id(answer: Any, message: str) -> str | None:
             return task_id
     match = _EXISTING_ID_RE.search(message)
     return match.group(1) if match else None
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= MAX_QUOTED_CHARS else f"{text[:MAX_QUOTED_CHARS]}..."

@@ -21,25 +21,26 @@ credentials: no message this module builds quotes them, and text from a manager 
 from __future__ import annotations
 
 import json
-import random
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from preheat.adapters.dragonfly2_jobs import MAX_QUOTED_CHARS, echoed_secrets, interpret_job, scrub_job_text
 from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BACKOFF_SECONDS,
-    REDACTED,
     HttpTargetDriver,
     Throttled,
     display_target,
     json_body,
 )
+from preheat.adapters.quoting import truncate
+from preheat.adapters.retry import RetryPolicy
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
@@ -60,9 +61,12 @@ MAX_CACHED_JOBS = 64
 RATE_LIMIT_BASE_DELAY = 0.5
 RATE_LIMIT_MAX_DELAY = 8.0
 RATE_LIMIT_PATIENCE_SECONDS = 60.0
-MAX_QUOTED_CHARS = 400
-MAX_NAMED_HOSTS = 5
-MIN_SCRUBBED_CHARS = 4
+RATE_LIMIT_POLICY = RetryPolicy(
+    attempts=1,  # bounded by the patience, not by a count
+    backoff_seconds=RATE_LIMIT_BASE_DELAY,
+    max_delay_seconds=RATE_LIMIT_MAX_DELAY,
+    retry_after_cap_seconds=RATE_LIMIT_MAX_DELAY,
+)
 
 JOBS_PATH = "/oapi/v1/jobs"
 UNCONFIGURED_MESSAGE = (
@@ -72,9 +76,6 @@ UNCONFIGURED_MESSAGE = (
 )
 
 # Machinery task states (github.com/dragonflyoss/machinery): every one but the last two is "not yet".
-_PENDING = frozenset({"PENDING", "RECEIVED", "STARTED", "RETRY"})
-_SUCCESS = "SUCCESS"
-_FAILURE = "FAILURE"
 # Secrets Manager error codes that another try will not fix.
 _PERMANENT_SECRET_ERRORS = frozenset(
     {
@@ -212,7 +213,7 @@ class Dragonfly2Driver(HttpTargetDriver):
                     continue
                 job_id, job, secrets = self._create_job(target, [blobs[i] for i in chunk])
                 for position, index in enumerate(chunk):
-                    answers[index] = _interpret(
+                    answers[index] = interpret_job(
                         target, f"{job_id}#{position}", job, secrets, url=blobs[index].url
                     )
         return [answer for answer in answers if answer is not None]
@@ -220,7 +221,7 @@ class Dragonfly2Driver(HttpTargetDriver):
     def create(self, target: str, blob: Blob) -> SupernodeTask:
         job_id, answer, secrets = self._create_job(target, [blob])
         # A new job is PENDING; should a manager answer with one already finished, read it as status does.
-        return _interpret(target, job_id, answer, secrets)
+        return interpret_job(target, job_id, answer, secrets)
 
     def _create_job(self, target: str, blobs: Sequence[Blob]) -> tuple[str, dict[str, Any], tuple[str, ...]]:
         blob = blobs[0]
@@ -260,31 +261,10 @@ class Dragonfly2Driver(HttpTargetDriver):
                 f"{supernode_task_id!r:.80} is not a Dragonfly 2 job id (PREHEAT_SUPERNODE_API changed?)",
             )
         token = self._token()
-        response = self._send(
-            "GET",
-            target,
-            f"{JOBS_PATH}/{supernode_task_id}",
-            f"answer the status of job {supernode_task_id}",
-            token,
-        )
-        with response:
-            code = response.status_code
-            answer = json_body(response)
-            if code == 404:
-                return SupernodeTask(
-                    supernode_task_id,
-                    BlobState.FAILED,
-                    f"Dragonfly 2 manager {display_target(target)} no longer knows job {supernode_task_id} "
-                    "(finished jobs are removed after 6 h)",
-                )
-            if code in (401, 403):
-                raise PermanentFailure(_refused(target, code, _message(answer, response, (token,))))
-            if code != 200 or not isinstance(answer, dict):
-                raise PermanentFailure(
-                    f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the status of job "
-                    f"{supernode_task_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
-                )
-        return _interpret(target, supernode_task_id, answer, (token,))
+        answer = self._read_job(target, supernode_task_id, token)
+        if isinstance(answer, SupernodeTask):
+            return answer
+        return interpret_job(target, supernode_task_id, answer, (token,))
 
     def _url_status(self, target: str, task_id: str, job_id: str, index: int) -> SupernodeTask:
         """One URL of a many-URL job. The job is read once for all its URLs: the worker looks at
@@ -301,7 +281,7 @@ class Dragonfly2Driver(HttpTargetDriver):
                 f"Dragonfly 2 job {job_id} on {display_target(target)} does not list URL {index} of its "
                 "'urls' (a manager older than v2.2.3? set PREHEAT_DRAGONFLY2_JOB_URLS=single)",
             )
-        return _interpret(target, task_id, answer, (self._token(),), url=urls[index])
+        return interpret_job(target, task_id, answer, (self._token(),), url=urls[index])
 
     def _job_answer(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
         key = (target, job_id)
@@ -312,7 +292,7 @@ class Dragonfly2Driver(HttpTargetDriver):
                 cached = self._answers.get(key)
             if cached is not None and time.monotonic() - cached[0] < JOB_ANSWER_REUSE_SECONDS:
                 return cached[1]
-            answer = self._read_job(target, job_id)
+            answer = self._read_job(target, job_id, self._token())
             with self._answers_lock:
                 self._answers[key] = (time.monotonic(), answer)
                 self._answers.move_to_end(key)
@@ -323,9 +303,8 @@ class Dragonfly2Driver(HttpTargetDriver):
                     self._answer_locks.pop(dropped, None)
             return answer
 
-    def _read_job(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
+    def _read_job(self, target: str, job_id: str, token: str) -> dict[str, Any] | SupernodeTask:
         """The job object, or the blob's verdict when there is none to read."""
-        token = self._token()
         response = self._send(
             "GET", target, f"{JOBS_PATH}/{job_id}", f"answer the status of job {job_id}", token
         )
@@ -344,7 +323,7 @@ class Dragonfly2Driver(HttpTargetDriver):
             if code != 200 or not isinstance(answer, dict):
                 raise PermanentFailure(
                     f"Dragonfly 2 manager {display_target(target)} answered HTTP {code} to the status of job "
-                    f"{job_id}: {_message(answer, response, (token, *_echoed_secrets(answer)))}"
+                    f"{job_id}: {_message(answer, response, (token, *echoed_secrets(answer)))}"
                 )
         return answer
 
@@ -391,10 +370,7 @@ class Dragonfly2Driver(HttpTargetDriver):
             except Throttled as exc:
                 number += 1
                 self.rate_limited += 1
-                ceiling = min(RATE_LIMIT_MAX_DELAY, RATE_LIMIT_BASE_DELAY * 2 ** (number - 1))
-                delay = random.uniform(0, ceiling)  # noqa: S311 - not crypto
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, RATE_LIMIT_MAX_DELAY))
+                delay = RATE_LIMIT_POLICY.delay(number, exc.retry_after)
                 if waited + delay > self._rate_limit_patience:
                     raise RateLimited(
                         f"{self.SUBJECT} {display_target(target)} kept answering 429 ({exc.reason}) to the "
@@ -419,166 +395,8 @@ def job_targeting(settings: Settings, targeting: Targeting) -> tuple[dict[str, A
     return args, list(targeting.cluster_ids or settings.dragonfly2_clusters)
 
 
-# -- reading a job ---------------------------------------------------------------------------------
-
-
-def _interpret(  # noqa: PLR0911 - one answer per state the job and its result can be in
-    target: str, job_id: str, job: Mapping[str, Any], secrets: tuple[str, ...], url: str | None = None
-) -> SupernodeTask:
-    """Map a job object to the blob's state, reading its result rather than trusting its state.
-
-    ``url`` names the blob's URL in a many-URL job: it is warm when it has a success task on every
-    scheduler cluster and no failure task, whatever became of the job's other URLs."""
-    secrets = (*secrets, *_echoed_secrets(job))
-    state = str(job.get("state") or "").strip().upper()
-    if state in _PENDING:
-        return SupernodeTask(job_id, BlobState.PENDING)
-    args = job.get("args")
-    many = url is not None
-    if url is None:
-        url = args.get("url") if isinstance(args, dict) else None
-    url = url if isinstance(url, str) else ""
-    job_states = _job_states(job)
-    where = f"Dragonfly 2 job {job_id} on {display_target(target)}"
-    if (
-        many
-        and state == _FAILURE
-        and not _tasks(job_states, "failure_tasks", url)
-        and _clusters_without_success(job_states, url) is None
-    ):
-        return SupernodeTask(job_id, BlobState.SUCCESS)
-    if state == _FAILURE:
-        errors = _unique(
-            _quote(error, secrets, url) for s in job_states if (error := str(s.get("error") or "").strip())
-        )
-        failures = _describe_failures(_tasks(job_states, "failure_tasks", url), secrets, url)
-        reason = "; ".join([*errors, failures] if failures else errors) or "no reason given"
-        return SupernodeTask(job_id, BlobState.FAILED, f"{where} failed: {reason}")
-    if state == _SUCCESS:
-        failed = _tasks(job_states, "failure_tasks", url)
-        if failed:
-            return SupernodeTask(
-                job_id,
-                BlobState.FAILED,
-                f"{where} reported SUCCESS but the download failed on "
-                f"{_describe_failures(failed, secrets, url)}",
-            )
-        missing = _clusters_without_success(job_states, url)
-        if missing is not None:
-            scope = args.get("scope") if isinstance(args, dict) else None
-            hint = (
-                " (a single_seed_peer preheat leaves a failed download out of the result: the scheduler's "
-                "log says why)"
-                if scope in (None, "", "single_seed_peer")
-                else ""
-            )
-            return SupernodeTask(
-                job_id,
-                BlobState.FAILED,
-                f"{where} reported SUCCESS but {missing} lists no seed peer that downloaded the file{hint}",
-            )
-        return SupernodeTask(job_id, BlobState.SUCCESS)
-    # An unknown state would otherwise be polled until the task deadline; fail it now, loudly.
-    return SupernodeTask(job_id, BlobState.FAILED, f"{where} is in an unknown state {_truncate(state)!r}")
-
-
 def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
-
-
-def _job_states(job: Mapping[str, Any]) -> list[dict[str, Any]]:
-    result = job.get("result")
-    states = result.get("job_states") if isinstance(result, dict) else None
-    return [state for state in states if isinstance(state, dict)] if isinstance(states, list) else []
-
-
-def _results(job_state: Mapping[str, Any]) -> list[dict[str, Any]]:
-    results = job_state.get("results")
-    return [result for result in results if isinstance(result, dict)] if isinstance(results, list) else []
-
-
-def _tasks(job_states: list[dict[str, Any]], key: str, url: str) -> list[dict[str, Any]]:
-    """The ``key`` tasks of every result that are about ``url`` (a task naming no URL counts: the job
-    holds one URL only)."""
-    found = []
-    for job_state in job_states:
-        for result in _results(job_state):
-            tasks = result.get(key)
-            for task in tasks if isinstance(tasks, list) else []:
-                if isinstance(task, dict) and _same_url(task.get("url"), url):
-                    found.append(task)
-    return found
-
-
-def _clusters_without_success(job_states: list[dict[str, Any]], url: str) -> str | None:
-    """What lacks a success task for ``url`` (each scheduler cluster of the job must have one), or None."""
-    if not job_states:
-        return "its result"
-    lacking: list[str] = []
-    for index, job_state in enumerate(job_states, start=1):
-        if _tasks([job_state], "success_tasks", url):
-            continue
-        clusters = [r["scheduler_cluster_id"] for r in _results(job_state) if "scheduler_cluster_id" in r]
-        lacking.append(f"scheduler cluster {clusters[0]}" if clusters else f"job state {index}")
-    if not lacking:
-        return None
-    return ", ".join(lacking[:MAX_NAMED_HOSTS]) + (" and more" if len(lacking) > MAX_NAMED_HOSTS else "")
-
-
-def _same_url(candidate: Any, url: str) -> bool:
-    # A task naming no URL counts for every URL of its job.
-    return not candidate or not url or candidate == url
-
-
-def _describe_failures(tasks: list[dict[str, Any]], secrets: tuple[str, ...], url: str) -> str:
-    """``host (ip): description`` for the first few failure tasks."""
-    if not tasks:
-        return ""
-    parts: list[str] = []
-    for task in tasks[:MAX_NAMED_HOSTS]:
-        hostname = str(task.get("hostname") or "").strip() or "an unnamed host"
-        ip = str(task.get("ip") or "").strip()
-        description = str(task.get("description") or "").strip() or "no description"
-        host = f"{hostname} ({ip})" if ip and ip != hostname else hostname
-        parts.append(f"{_quote(host, secrets, url)}: {_quote(description, secrets, url)}")
-    more = len(tasks) - MAX_NAMED_HOSTS
-    return "; ".join(parts) + (f"; and {more} more host(s)" if more > 0 else "")
-
-
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
-
-
-def _echoed_secrets(job: Any) -> tuple[str, ...]:
-    """Credentials a manager echoes back in a job's ``args`` (it stores them with the job)."""
-    args = job.get("args") if isinstance(job, dict) else None
-    if not isinstance(args, dict):
-        return ()
-    found: list[str] = []
-    headers = args.get("headers")
-    if isinstance(headers, dict):
-        found.extend(value for value in headers.values() if isinstance(value, str))
-    password = args.get("password")
-    if isinstance(password, str):
-        found.append(password)
-    return tuple(found)
-
-
-def _quote(text: str, secrets: tuple[str, ...], url: str = "") -> str:
-    """Text from a manager, fit to be quoted: scrubbed, then cut."""
-    return _truncate(_scrub(text, secrets, url))
-
-
-def _scrub(text: str, secrets: tuple[str, ...], url: str = "") -> str:
-    """``text`` without credentials, and with the job's URL shown without its query (which may hold a
-    signature). Replacing happens before any cut, which could leave half a secret that no longer matches."""
-    if url and "?" in url:
-        text = text.replace(url, url.split("?", 1)[0])
-    for secret in sorted(secrets, key=len, reverse=True):
-        # A value of a character or three is no credential, and replacing it would garble the text.
-        if len(secret) >= MIN_SCRUBBED_CHARS:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 # -- reading answers -------------------------------------------------------------------------------
@@ -597,8 +415,8 @@ def _message(answer: Any, response: Response, secrets: tuple[str, ...]) -> str:
                 text = json.dumps(value)
                 break
     text = text or response.text.strip()
-    text = _scrub(text, (*secrets, *_echoed_secrets(answer)))
-    return _truncate(text) if text else "(empty body)"
+    text = scrub_job_text(text, (*secrets, *echoed_secrets(answer)))
+    return truncate(text, MAX_QUOTED_CHARS, keep_end=True) if text else "(empty body)"
 
 
 def _refused(target: str, code: int, message: str) -> str:
@@ -638,11 +456,3 @@ def _secret_error_code(exc: BaseException) -> str:
         seen = seen.__cause__ or seen.__context__
     match = _ERROR_CODE_RE.search(str(exc))
     return match.group(1) if match else type(exc).__name__
-
-
-def _truncate(text: str) -> str:
-    """At most about MAX_QUOTED_CHARS, cut in the middle: Go errors wrap their root cause at the end."""
-    if len(text) <= MAX_QUOTED_CHARS:
-        return text
-    head = MAX_QUOTED_CHARS // 4
-    return f"{text[:head]}...{text[-(MAX_QUOTED_CHARS - head) :]}"

@@ -18,12 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 from preheat.adapters.http import (
     DEFAULT_MAX_BODY,
     BodyTooLarge,
-    ConnectionFailed,
     HttpClient,
     RequestError,
     Response,
-    Timeout,
 )
+from preheat.adapters.quoting import failure_reason
+from preheat.adapters.retry import RetryPolicy, parse_retry_after
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob
 from preheat.ports import SupernodeTask
@@ -33,9 +33,8 @@ DEFAULT_ATTEMPTS = 3
 DEFAULT_BACKOFF_SECONDS = 0.2
 MAX_PING_THREADS = 16
 # Pooled connections for the calls the worker makes at once: up to
-# worker.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
+# dispatch.MAX_PARALLEL_SUPERNODE_CALLS per step, with a batch's records running side by side.
 POOL_SIZE = 128
-REDACTED = "<redacted>"
 
 
 class Throttled(Exception):
@@ -61,18 +60,18 @@ class HttpTargetDriver:
     def __init__(
         self,
         settings: Settings,
-        http: HttpClient | None,
+        http: HttpClient | None = None,
         *,
-        attempts: int,
-        backoff_seconds: float,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._settings = settings
         self._http = http if http is not None else HttpClient(pool_size=POOL_SIZE)
-        self._attempts = attempts
-        self._backoff_seconds = backoff_seconds
+        # No jitter: a supernode's own retries are few and spaced by the worker's step backoff.
+        self._retry = RetryPolicy(attempts, backoff_seconds, jitter=False)
         self._sleep = sleep
 
     @property
@@ -123,9 +122,9 @@ class HttpTargetDriver:
         With ``rate_limited`` a 429 raises Throttled at once, for the caller to wait out."""
         timeout = self._settings.supernode_timeout_seconds
         reason = ""
-        for attempt in range(1, self._attempts + 1):
+        for attempt in range(1, self._retry.attempts + 1):
             if attempt > 1:
-                self._sleep(self._backoff_seconds * 2 ** (attempt - 2))
+                self._sleep(self._retry.delay(attempt - 1))
             try:
                 # Redirects are not followed: neither API redirects, and a request's body and headers
                 # carry credentials that must not be replayed to wherever a Location points.
@@ -147,29 +146,12 @@ class HttpTargetDriver:
             if response.status_code == 429 and rate_limited:
                 with response:
                     text = response.text.strip()[:80]
-                    retry_after = response.headers.get("Retry-After", "").strip()
-                raise Throttled(
-                    f"{reason}: {text}" if text else reason,
-                    float(retry_after) if retry_after.isdigit() else None,
-                )
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                raise Throttled(f"{reason}: {text}" if text else reason, retry_after)
         raise TransientFailure(
             f"{self.SUBJECT} {display_target(target)} did not {what} "
-            f"after {self._attempts} attempts: {reason}"
+            f"after {self._retry.attempts} attempts: {reason}"
         )
-
-
-def failure_reason(exc: RequestError, timeout: float) -> str:
-    """A short reason built from the exception's type, never its text (which quotes the request)."""
-    if isinstance(exc, Timeout):
-        return f"timed out after {timeout}s"
-    if isinstance(exc, ConnectionFailed):
-        cause = repr(exc).lower()
-        if "refused" in cause:
-            return "connection refused"
-        if "name or service not known" in cause or "nodename nor servname" in cause or "resolution" in cause:
-            return "host not found"
-        return "connection failed"
-    return f"request failed ({type(exc).__name__})"
 
 
 def json_body(response: Response) -> Any:

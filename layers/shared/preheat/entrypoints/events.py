@@ -32,9 +32,9 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from preheat import bootstrap
-from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.errors import DependencyFailure, InvalidRequest
 from preheat.models import PreheatRequest
+from preheat.observability import logger, metrics, tracer
 
 # EventBridge Scheduler and CloudFormation parameters carry a few KiB; a hand-made invocation could
 # carry thousands of entries, more than one invocation should submit before its timeout.

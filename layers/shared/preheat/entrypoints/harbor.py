@@ -10,45 +10,29 @@ Unlike the spec's API these answer with real HTTP status codes (400 bad body, 40
 when a dependency fails), as the servers they imitate do and as Harbor expects.
 
 A Dragonfly 2 job id is a JSON integer (Harbor decodes it into a Go ``int``), while tasks are
-UUIDs: the integer is taken from the task's UUID (its first 13 hex digits, or its last 13 should
-those name another task) and recorded as an alias item ``job#<int>`` beside the task, so creating
-a job costs one PutItem more than POST /api/preheat. The spec's API is unchanged.
+UUIDs: the domain service gives each job's task an integer alias (see ``PreheatService.job_id_for``).
+The spec's API is unchanged.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from preheat import bootstrap
-from preheat.entrypoints.api import json_body
-from preheat.entrypoints.observability import logger, metrics, tracer
-from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
-from preheat.models import BlobState, ImageReference, PreheatRequest, PreheatType, Task, TaskStatus, isoformat
-from preheat.service import TASK_ID_RE
-
-JOB_ALIAS_PREFIX = "job#"
-JOB_ID_MAX = (1 << 52) - 1  # 13 hex digits: exact in a float64, so JSON parsers of any language keep it
+from preheat.entrypoints.resolver import build_resolver_with, json_body, submit
+from preheat.errors import InvalidRequest, TaskNotFound
+from preheat.models import BlobState, ImageReference, PreheatType, Task, TaskStatus, is_task_id, isoformat
+from preheat.observability import tracer
 
 
 def _json(status: int, body: Any) -> Response[str]:
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
-
-
-def _submit(body: dict[str, Any]) -> Task:
-    request = PreheatRequest.parse(body)
-    task = bootstrap.preheat_service().submit(request)
-    logger.append_keys(task_id=task.task_id)
-    logger.info("preheat task submitted", extra={"type": task.type.value, "url": task.url})
-    metrics.add_metric(name="TasksSubmitted", unit=MetricUnit.Count, value=1)
-    return task
 
 
 def _object_body(event: BaseProxyEvent) -> dict[str, Any]:
@@ -101,7 +85,7 @@ def dragonfly1_routes() -> Router:
         # Harbor also sends image, tag, digest and extra_attrs (and the supernode's own filter and
         # identifier exist): accepted and ignored, the URL says it all.
         body = _object_body(router.current_event)
-        task = _submit(
+        task = submit(
             {
                 "type": body.get("type"),
                 "url": body.get("url"),
@@ -113,7 +97,7 @@ def dragonfly1_routes() -> Router:
     @router.get("/preheats/<task_id>")
     @tracer.capture_method(capture_response=False)
     def status(task_id: str) -> Response[str]:
-        if not TASK_ID_RE.match(task_id):
+        if not is_task_id(task_id):
             raise TaskNotFound(f"preheat task {task_id[:80]!r} not found")
         return _json(200, dragonfly1_answer(bootstrap.preheat_service().get(task_id)))
 
@@ -128,22 +112,6 @@ def _dragonfly1_error(status: int, message: str) -> Response[str]:
 # --- Dragonfly 2 manager style -----------------------------------------------------------------
 
 DF2_STATE = {TaskStatus.RUNNING: "PENDING", TaskStatus.SUCCESS: "SUCCESS", TaskStatus.FAIL: "FAILURE"}
-
-
-def job_id_candidates(task_id: str) -> list[int]:
-    """The integers a task may be known by, in order of preference (each at most 2**52 - 1)."""
-    digits = task_id.replace("-", "")
-    return [n for n in (int(digits[:13], 16), int(digits[-13:], 16)) if n]
-
-
-def job_id_for(task: Task) -> int:
-    """The task's integer job id, recorded as an alias of the task (idempotent for a task that
-    already has one, as when an identical running request answers the same task)."""
-    store = bootstrap.task_store()
-    for candidate in job_id_candidates(task.task_id):
-        if store.put_alias(f"{JOB_ALIAS_PREFIX}{candidate}", task):
-            return candidate
-    raise DependencyFailure("could not give the task a job id: try again")
 
 
 def _blob_url(task: Task, label: str) -> str:
@@ -235,18 +203,14 @@ def dragonfly2_routes() -> Router:
     @router.post("/oapi/v1/jobs")
     @tracer.capture_method(capture_response=False)
     def create() -> Response[str]:
-        task = _submit(_job_request(_object_body(router.current_event)))
-        return _json(200, dragonfly2_job(task, job_id_for(task)))
+        task = submit(_job_request(_object_body(router.current_event)))
+        return _json(200, dragonfly2_job(task, bootstrap.preheat_service().job_id_for(task)))
 
     @router.get("/oapi/v1/jobs/<job_id>")
     @tracer.capture_method(capture_response=False)
     def status(job_id: str) -> Response[str]:
-        task_id = None
-        if job_id.isdigit() and 0 < int(job_id) <= JOB_ID_MAX:
-            task_id = bootstrap.task_store().get_alias(f"{JOB_ALIAS_PREFIX}{int(job_id)}")
-        if task_id is None:
-            raise TaskNotFound("record not found")
-        return _json(200, dragonfly2_job(bootstrap.preheat_service().get(task_id), int(job_id)))
+        task = bootstrap.preheat_service().get_job(job_id)
+        return _json(200, dragonfly2_job(task, int(job_id)))
 
     return router
 
@@ -259,43 +223,9 @@ def _dragonfly2_error(status: int, message: str) -> Response[str]:
 # --- Resolvers ---------------------------------------------------------------------------------
 
 
-def build_harbor_resolver(
-    router: Router, error: Callable[[int, str], Response[str]]
-) -> APIGatewayRestResolver:
-    app = APIGatewayRestResolver()
-    app.include_router(router)
-
-    @app.exception_handler(InvalidRequest)
-    def invalid(exc: InvalidRequest) -> Response[str]:
-        metrics.add_metric(name="InvalidRequests", unit=MetricUnit.Count, value=1)
-        return error(400, str(exc))
-
-    @app.exception_handler(TaskNotFound)
-    def not_found(exc: TaskNotFound) -> Response[str]:
-        return error(404, str(exc))
-
-    @app.exception_handler(DependencyFailure)
-    def dependency(exc: DependencyFailure) -> Response[str]:
-        logger.error("dependency failure", extra={"reason": str(exc)})
-        metrics.add_metric(name="DependencyFailures", unit=MetricUnit.Count, value=1)
-        return error(500, f"service unavailable, try again: {exc}")
-
-    @app.exception_handler(Exception)
-    def unexpected(exc: Exception) -> Response[str]:
-        logger.exception("unexpected error")
-        return error(500, "internal error; the request id in the logs has the details")
-
-    @app.not_found
-    def no_route(exc: Exception) -> Response[str]:
-        event = app.current_event
-        return error(404, f"no route for {event.http_method} {event.path}")
-
-    return app
-
-
 def build_dragonfly1_resolver() -> APIGatewayRestResolver:
-    return build_harbor_resolver(dragonfly1_routes(), _dragonfly1_error)
+    return build_resolver_with(dragonfly1_routes(), _dragonfly1_error)
 
 
 def build_dragonfly2_resolver() -> APIGatewayRestResolver:
-    return build_harbor_resolver(dragonfly2_routes(), _dragonfly2_error)
+    return build_resolver_with(dragonfly2_routes(), _dragonfly2_error)

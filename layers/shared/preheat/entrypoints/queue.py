@@ -19,9 +19,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from preheat import bootstrap
-from preheat.entrypoints.observability import logger, metrics, tracer
 from preheat.errors import DependencyFailure, TransientFailure
 from preheat.models import WorkerMessage, utcnow
+from preheat.observability import logger, metrics, tracer
 from preheat.settings import get_settings
 from preheat.worker import give_up, retry_delay
 

@@ -1,0 +1,165 @@
+"""One start step's dispatch: each blob sent to its supernodes as soon as the registry client has
+resolved it, a breaker for a supernode whose creates keep failing, and the results in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Self, TypeVar
+
+from preheat.errors import RateLimited, TransientFailure
+from preheat.models import (
+    Blob,
+    BlobProgress,
+    BlobState,
+)
+from preheat.placement import targets_for
+
+# Its failures are the worker's, and logged as such.
+logger = logging.getLogger("preheat.worker")
+
+_T = TypeVar("_T")
+
+# Supernode calls in flight at once per step: a round of creates or looks for a 100-layer image
+# costs two round trips, not seven.
+MAX_PARALLEL_SUPERNODE_CALLS = 64
+# Creates on one supernode that failed for a reason worth retrying, one after another, before the
+# step stops sending it the rest: a supernode that accepts connections and never answers costs the
+# step one round of timeouts, not one per blob.
+BREAKER_FAILURES = 3
+
+
+class Dispatch:
+    """The blobs of one start step, each sent to its supernodes as soon as the registry client has
+    resolved it, while it resolves the others: a blob's create and first look overlap the other
+    blobs' registry round trips instead of waiting for the slowest of them.
+
+    ``submit`` is called from the registry client's threads; ``progress`` sends whatever was not
+    submitted yet (a client that resolves in one go), waits for every send, and lists the results
+    in the resolution's order. Leaving the ``with`` block waits for sends still in flight (a failed
+    resolution's), which are harmless: a supernode joins a repeated create.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Blob, str], BlobProgress],
+        send_batch: Callable[[Sequence[Blob], str], list[BlobProgress]],
+        describe: Callable[[Blob, str], BlobProgress],
+        targets: tuple[str, ...],
+        scope: str,
+        batch_size: int = 1,
+    ) -> None:
+        self._send = send
+        self._describe = describe
+        self._send_batch = send_batch
+        self._targets = targets
+        self._scope = scope
+        self._batch_size = batch_size
+        self._pool = ThreadPoolExecutor(MAX_PARALLEL_SUPERNODE_CALLS, thread_name_prefix="dispatch")
+        self._sent: dict[str, list[Future[BlobProgress]]] = {}
+        self._lock = threading.Lock()
+        # Per target: transient create failures in a row, and the last one's message.
+        self._failures: dict[str, tuple[int, str]] = {}
+        self._abandoned = False
+
+    def _guarded(self, blob: Blob, target: str) -> BlobProgress:
+        """``send``, turning its failures into a FAILED blob; a target whose creates keep failing
+        for reasons worth retrying gets no more of this step's creates (see BREAKER_FAILURES)."""
+        progress = self._describe(blob, target)
+        with self._lock:
+            failures, last = self._failures.get(target, (0, ""))
+        if failures >= BREAKER_FAILURES:
+            return progress.with_state(
+                BlobState.FAILED,
+                f"not sent: this supernode failed the {failures} preheats before it ({last})",
+            )
+        try:
+            sent = self._send(blob, target)
+        except RateLimited:
+            raise  # waited out by retrying the step, never a failed blob
+        except TransientFailure as exc:
+            with self._lock:
+                count = self._failures.get(target, (0, ""))[0] + 1
+                self._failures[target] = (count, str(exc))
+            return progress.with_state(BlobState.FAILED, str(exc))
+        except Exception as exc:
+            logger.exception("sending %s to %s failed unexpectedly", blob.label, target)
+            return progress.with_state(
+                BlobState.FAILED,
+                f"the answer of {target} to the preheat of {blob.label} could not be "
+                f"read ({type(exc).__name__})",
+            )
+        with self._lock:
+            self._failures.pop(target, None)
+        return sent
+
+    def submit(self, blob: Blob) -> None:
+        if self._batch_size > 1:
+            return  # a target that takes many blobs at once gets them all in ``progress``
+        with self._lock:
+            if _key(blob) in self._sent:
+                return
+            self._sent[_key(blob)] = [
+                self._pool.submit(self._guarded, blob, target)
+                for target in targets_for(blob, self._targets, self._scope)
+            ]
+
+    def progress(self, blobs: Sequence[Blob], time_left: float | None = None) -> tuple[BlobProgress, ...]:
+        """Every blob's result, waiting at most ``time_left`` seconds in all: sends still unanswered
+        then raise TransientFailure (and are abandoned, not waited for)."""
+        if self._batch_size > 1:
+            return self._batches(blobs, time_left)
+        for blob in blobs:
+            self.submit(blob)
+        with self._lock:
+            sent = [self._sent[_key(blob)] for blob in blobs]
+        futures = [future for group in sent for future in group]
+        return tuple(self._results(futures, time_left))
+
+    def _results(self, futures: Sequence[Future[_T]], time_left: float | None) -> list[_T]:
+        _, unanswered = wait(futures, timeout=time_left)
+        if unanswered:
+            self._abandoned = True
+            with self._lock:
+                failing = {target: last for target, (_, last) in self._failures.items()}
+            detail = f"; last error: {next(iter(failing.values()))}" if failing else ""
+            raise TransientFailure(
+                f"{len(unanswered)} of {len(futures)} preheat requests to the supernodes were still "
+                f"unanswered when the step's time ran out{detail}"
+            )
+        return [future.result() for future in futures]
+
+    def _batches(self, blobs: Sequence[Blob], time_left: float | None) -> tuple[BlobProgress, ...]:
+        """Every blob in as few creates as the target allows: per target, chunks of ``batch_size``."""
+        unique = list({_key(blob): blob for blob in blobs}.values())
+        by_target: dict[str, list[Blob]] = {}
+        for blob in unique:
+            for target in targets_for(blob, self._targets, self._scope):
+                by_target.setdefault(target, []).append(blob)
+        size = self._batch_size
+        futures = [
+            self._pool.submit(self._send_batch, assigned[start : start + size], target)
+            for target, assigned in by_target.items()
+            for start in range(0, len(assigned), size)
+        ]
+        answered = self._results(futures, time_left)
+        done = {(item.label, item.target): item for items in answered for item in items}
+        return tuple(
+            done[(blob.label, target)]
+            for blob in unique
+            for target in targets_for(blob, self._targets, self._scope)
+        )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Abandoned sends finish on their own (each is bounded by the driver's timeouts): the step
+        # must end within its time, and a supernode joins the repeat a retry makes.
+        self._pool.shutdown(wait=not self._abandoned, cancel_futures=self._abandoned)
+
+
+def _key(blob: Blob) -> str:
+    return blob.digest or blob.url

@@ -1,0 +1,138 @@
+"""The domain task: what a task is, and the blobs it moves to the supernodes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from preheat.models.answers import LayerCounts, blob_answer, task_answer
+from preheat.models.common import BlobState, Credentials, PreheatType, TaskStatus
+from preheat.models.request import Targeting
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One thing a supernode must download: an image layer or config, or a plain file.
+
+    ``headers`` are what the supernode must send to ``url`` (registry auth when the URL is the
+    registry itself); they are credentials and never stored.
+    """
+
+    url: str
+    digest: str | None = None
+    size: int | None = None
+    media_type: str | None = None
+    headers: Credentials = field(default_factory=Credentials)
+    filter: tuple[str, ...] = ()
+    # Where the request wants it (set by the worker from its task; Dragonfly 2 only).
+    targeting: Targeting = field(default_factory=Targeting)
+
+    @property
+    def label(self) -> str:
+        """How messages name this blob: its digest, else its URL without the query string."""
+        return self.digest or self.url.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class ImageResolution:
+    """What the registry said an image is: its blobs, and which platform images they came from."""
+
+    blobs: list[Blob]
+    platforms: tuple[str, ...] = ()  # the platform images taken from an index (empty for one manifest)
+    skipped_attestations: int = 0
+
+
+@dataclass(frozen=True)
+class BlobProgress:
+    """A blob on one supernode, as the task records it."""
+
+    label: str
+    target: str
+    state: BlobState = BlobState.PENDING
+    digest: str | None = None
+    size: int | None = None
+    supernode_task_id: str | None = None
+    error: str | None = None
+    # The URL handed over (signature parameters left out) and the task id a node computes for it.
+    url: str | None = None
+    node_task_id: str | None = None
+
+    def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
+        return replace(self, state=state, error=error)
+
+    def to_api(self) -> dict[str, Any]:
+        return blob_answer(self)
+
+
+TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+# How a step that will be retried marks the task's msg: the error it met, kept for the end.
+RETRYING_PREFIX = "retrying after: "
+
+
+def is_task_id(text: str) -> bool:
+    return TASK_ID_RE.match(text) is not None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A preheat task. ``check_seq`` orders the worker's check messages (see worker.py)."""
+
+    task_id: str
+    type: PreheatType
+    url: str
+    status: TaskStatus
+    created_at: datetime
+    deadline: datetime
+    finished_at: datetime | None = None
+    message: str | None = None
+    blobs: tuple[BlobProgress, ...] = ()
+    dispatched: bool = False
+    check_seq: int = 0
+    # The token of the one check message the task waits for (see worker.py): a check that carries
+    # another is a duplicate's, and is dropped.
+    check_chain: str = ""
+    platforms: tuple[str, ...] = ()  # requested; empty means every platform of an index
+    resolved_platforms: tuple[str, ...] = ()
+    skipped_attestations: int = 0
+    targeting: Targeting = field(default_factory=Targeting)
+    # The counts alone, when the blobs were not read (a listing reads a summary, not the progress).
+    layer_counts: LayerCounts | None = None
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.status is TaskStatus.RUNNING and now >= self.deadline
+
+    def waiting_for(self) -> str:
+        """What a RUNNING task is waiting for, as the end of a message."""
+        if not self.dispatched and not self.blobs:
+            source = "the registry" if self.type is PreheatType.IMAGE else "the file's server"
+            return f"waiting for {source} to resolve {self.url}"
+        pending = sorted({blob.label for blob in self.blobs if blob.state is BlobState.PENDING})
+        if not pending:
+            return "waiting for its next step"
+        shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
+        return f"waiting for the supernodes; still pending: {shown}"
+
+    def last_error(self) -> str | None:
+        """The last error a RUNNING task met: its step's, or else a pending blob's failed look."""
+        if self.message and self.message.startswith(RETRYING_PREFIX):
+            return self.message.removeprefix(RETRYING_PREFIX)
+        for blob in self.blobs:
+            if blob.state is BlobState.PENDING and blob.error:
+                return f"{blob.label} on {blob.target}: {blob.error}"
+        return self.message or None
+
+    def timed_out_message(self) -> str:
+        """Why a task ended at its deadline: what it was waiting for, and the last error it met."""
+        message = (
+            f"timed out: still RUNNING at the deadline {self.deadline.isoformat()}, {self.waiting_for()}"
+        )
+        last = self.last_error()
+        if last:
+            message += f"; last error: {last}"
+        return message
+
+    def to_api(self, detail: bool = False) -> dict[str, Any]:
+        """The status answer's ``data`` (see ``task_answer``)."""
+        return task_answer(self, detail)
