@@ -7,6 +7,7 @@ so a change to the template is a change to the local stack.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import secrets
@@ -204,6 +205,42 @@ def cheap_index_queries() -> None:
         setattr(Table, "query", query)  # noqa: B010
 
 
+_ATOMIC_UPDATES_INSTALLED = threading.Lock()
+
+
+def atomic_updates() -> None:
+    """Make moto's UpdateItem all or nothing, as DynamoDB's is.
+
+    moto applies an update's SET actions one at a time, checking the item's size at each: an update
+    it refuses part-way (an item grown past 400 KB) leaves the actions before it applied, a task
+    FAIL without its finishedAt, say, which DynamoDB never does. The item's attributes are kept
+    aside and put back when the update fails. Idempotent.
+    """
+    from moto.dynamodb import models  # noqa: PLC0415
+
+    with _ATOMIC_UPDATES_INSTALLED:
+        if getattr(models.DynamoDBBackend.update_item, "_atomic", False):
+            return
+        original = models.DynamoDBBackend.update_item
+
+        def update_item(self: Any, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            try:
+                table = self.get_table(table_name)
+                item = table.get_item(*self.get_keys_value(table, key))
+            except Exception:  # the update itself reports what is wrong with its table or key
+                item = None
+            kept = copy.deepcopy(item.attrs) if item is not None else None
+            try:
+                return original(self, table_name, key, *args, **kwargs)
+            except Exception:
+                if item is not None:
+                    item.attrs = kept
+                raise
+
+        update_item._atomic = True  # type: ignore[attr-defined]
+        setattr(models.DynamoDBBackend, "update_item", update_item)  # noqa: B010
+
+
 class MotoServer:
     """moto in server mode on a background thread; ``port=0`` binds a free port (read it from ``url``).
 
@@ -246,6 +283,7 @@ class MotoServer:
                     probe.bind(self._address)
             cheap_transaction_backups()
             cheap_index_queries()
+            atomic_updates()
             self._server.start()
             self._started = True
             requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()

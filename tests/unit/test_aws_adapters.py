@@ -364,6 +364,30 @@ def test_a_failed_write_is_reported_by_its_code_never_by_what_the_server_said():
     assert str(raised.value) == "could not record the task: 500"
 
 
+def test_an_update_refused_part_way_leaves_the_item_as_it_was(aws):
+    """The local moto applies an update whole or not at all, as DynamoDB does
+    (local.aws.atomic_updates): an update whose last action makes the item too large changes
+    nothing, not even the actions before it."""
+    url, resources = aws
+    table = resources["TasksTable"].ref
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    before = {"pk": {"S": "upd#big"}, "status": {"S": "RUNNING"}, "n": {"N": "1"}}
+    client.put_item(TableName=table, Item=before)
+    with pytest.raises(ClientError, match="ValidationException"):
+        client.update_item(
+            TableName=table,
+            Key={"pk": {"S": "upd#big"}},
+            UpdateExpression="SET #status = :fail, n = :two, big = :big",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":fail": {"S": "FAIL"},
+                ":two": {"N": "2"},
+                ":big": {"S": "x" * 410_000},
+            },
+        )
+    assert client.get_item(TableName=table, Key={"pk": {"S": "upd#big"}})["Item"] == before
+
+
 def test_a_failed_transaction_leaves_every_item_as_it_was(aws):
     """The local moto backs a transaction up by the items it names rather than by the whole table
     (local.aws.cheap_transaction_backups): a transaction cancelled by its last item still undoes a
