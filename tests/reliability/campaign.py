@@ -805,7 +805,8 @@ def run_campaign(work: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Outcom
                 mid_flight.extend(
                     pk for pk, item in items.items() if item.get("status", {}).get("S") == "RUNNING"
                 )
-                outage.outage(MOTO_OUTAGE_SECONDS)
+                # Down until a step of the service met it: a watch may go seconds without a call.
+                outage.outage(MOTO_OUTAGE_SECONDS, until=lambda: worker_faults.aws_failure_count() >= 1)
 
             for case in cases:
                 if case.hold is not None:

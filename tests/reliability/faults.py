@@ -686,12 +686,20 @@ class MotoOutage:
             self.windows[-1] = (down, time.monotonic())
             log.warning("moto started again on %s:%s with its state", self.host, self.port)
 
-    def outage(self, seconds: float) -> None:
-        """Stop now, and start again ``seconds`` later on another thread."""
+    def outage(self, seconds: float, until: Callable[[], bool] | None = None, longest: float = 60.0) -> None:
+        """Stop now, and start again on another thread once ``seconds`` have passed and ``until``
+        holds (at most ``longest`` seconds in all): an outage that must meet a step lasts until one
+        did, however the steps happen to be timed."""
         self.stop()
-        timer = threading.Timer(seconds, self.start)
-        timer.daemon = True
-        timer.start()
+        down = time.monotonic()
+
+        def restart() -> None:
+            time.sleep(seconds)
+            while until is not None and not until() and time.monotonic() - down < longest:
+                time.sleep(0.05)
+            self.start()
+
+        threading.Thread(target=restart, name="moto-outage", daemon=True).start()
 
 
 # -- the worker dies between steps --------------------------------------------------------------
@@ -741,6 +749,10 @@ class WorkerFaults:
         self._task_repository: dict[str, str] = {}
         self._done: set[tuple[str, str]] = set()
         self._killed_pending_crash: set[str] = set()
+
+    def aws_failure_count(self) -> int:
+        with self._lock:
+            return sum(self.aws_failures.values())
 
     def _once(self, what: str, repository: str, task_id: str) -> bool:
         with self._lock:
