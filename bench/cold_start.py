@@ -76,6 +76,31 @@ CLIENT_FACTORIES = {"dynamodb": "task_store._client", "sqs": "task_queue._client
 # The adapters' botocore config (preheat.adapters.dynamodb / sqs): the floor builds its clients alike.
 CLIENT_CONFIG = "Config(retries={'mode': 'standard', 'max_attempts': 3}, connect_timeout=2, read_timeout=5)"
 
+# The powertools utilities a function may load, each with what loading it takes (in this order: the
+# tracer before its patches), keyed by a module that shows it loaded. A function's "toolkit" is its
+# floor plus the pieces its own process loaded: what it pays before a line of the project's code.
+POWERTOOLS_PIECES: dict[str, str] = {
+    "aws_lambda_powertools.logging.logger": (
+        "from aws_lambda_powertools import Logger\nLogger(service='bench')\n"
+    ),
+    "aws_lambda_powertools.metrics.metrics": (
+        "from aws_lambda_powertools import Metrics\nMetrics(namespace='bench', service='bench')\n"
+    ),
+    "aws_xray_sdk.core": (
+        "from aws_lambda_powertools import Tracer\n_tracer = Tracer(service='bench', auto_patch=False)\n"
+    ),
+    "aws_xray_sdk.ext.botocore.patch": "_tracer.patch(['botocore'])\n",
+    "aws_xray_sdk.ext.httplib.patch": "_tracer.patch(['httplib'])\n",
+    "aws_lambda_powertools.event_handler": (
+        "from aws_lambda_powertools.event_handler import APIGatewayRestResolver\nAPIGatewayRestResolver()\n"
+    ),
+    "aws_lambda_powertools.utilities.batch": (
+        "from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType\n"
+        "BatchProcessor(EventType.SQS)\n"
+    ),
+    "aws_lambda_powertools.utilities.parameters": "import aws_lambda_powertools.utilities.parameters\n",
+}
+
 _CHILD_PREAMBLE = """\
 import time as _time
 _started = _time.perf_counter()
@@ -103,7 +128,10 @@ import json as _json
     + PEAK_RSS_KB
     + """
 print(_json.dumps({"seconds": _done - _started, "import_seconds": _imported - _started,
-                   "maxrss_kb": _peak_kb()}))
+                   "maxrss_kb": _peak_kb(),
+                   "loaded": [_m for _m in """
+    + repr(list(POWERTOOLS_PIECES))
+    + """ if _m in _sys.modules]}))
 """
 )
 
@@ -127,6 +155,13 @@ def function_script(spec: FunctionSpec, layer_dirs: Sequence[Path], factories: S
         + calls
         + _CHILD_REPORT
     )
+
+
+def toolkit_script(services: Sequence[str], loaded: Sequence[str]) -> str:
+    """The floor, then the powertools utilities a function loaded (``loaded``: keys of
+    ``POWERTOOLS_PIECES``), built as the function builds them: what it pays before its own code."""
+    pieces = "".join(code for piece, code in POWERTOOLS_PIECES.items() if piece in loaded)
+    return floor_script(services).removesuffix(_CHILD_REPORT) + "\n" + pieces + _CHILD_REPORT
 
 
 def floor_script(services: Sequence[str]) -> str:
@@ -273,6 +308,7 @@ class Sample:
     import_seconds: float
     wall_seconds: float
     maxrss_mib: float
+    loaded: tuple[str, ...] = ()
 
 
 def run_child(
@@ -287,7 +323,9 @@ def run_child(
     if done.returncode != 0:
         raise RuntimeError(f"cold start process failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    sample = Sample(report["seconds"], report["import_seconds"], wall, report["maxrss_kb"] / 1024)
+    sample = Sample(
+        report["seconds"], report["import_seconds"], wall, report["maxrss_kb"] / 1024, tuple(report["loaded"])
+    )
     return sample, done.stderr
 
 
@@ -356,22 +394,46 @@ def heavy_imports(function_stderr: str, floor_stderr: str, top: int = 8) -> dict
     }
 
 
-def measure(
-    functions: Sequence[Function], runs: int
-) -> tuple[dict[str, list[Sample]], dict[str, list[Sample]]]:
+@dataclass
+class Measured:
+    by_function: dict[str, list[Sample]]
+    by_floor: dict[str, list[Sample]]
+    by_toolkit: dict[str, list[Sample]]  # by function: its floor and the powertools it loaded
+    loaded: dict[str, tuple[str, ...]]  # by function
+
+
+def measure(functions: Sequence[Function], runs: int) -> Measured:
     floors = {function.floor_key: function.services for function in functions}
     floor_env = base_environment()
-    by_function: dict[str, list[Sample]] = {function.logical_id: [] for function in functions}
-    by_floor: dict[str, list[Sample]] = {key: [] for key in floors}
+    # A first run of each function, not counted, names the powertools utilities it loads.
+    loaded = {
+        function.logical_id: run_child(
+            function_script(function.spec, function.layer_dirs, function.factories),
+            lambda_environment(function),
+            function.spec.code_uri,
+        )[0].loaded
+        for function in functions
+    }
+    measured = Measured(
+        {function.logical_id: [] for function in functions},
+        {key: [] for key in floors},
+        {function.logical_id: [] for function in functions},
+        loaded,
+    )
     for _ in range(runs):
         for function in functions:
             script = function_script(function.spec, function.layer_dirs, function.factories)
             sample, _ = run_child(script, lambda_environment(function), function.spec.code_uri)
-            by_function[function.logical_id].append(sample)
+            measured.by_function[function.logical_id].append(sample)
+            # Under the function's variables: outside Lambda, X-Ray's recorder builds a sampler
+            # with a client of its own, which no function pays.
+            toolkit = toolkit_script(function.services, loaded[function.logical_id])
+            sample, _ = run_child(toolkit, lambda_environment(function), PROJECT_ROOT)
+            measured.by_toolkit[function.logical_id].append(sample)
         for key, services in floors.items():
             sample, _ = run_child(floor_script(services), floor_env, PROJECT_ROOT)
-            by_floor[key].append(sample)
-    return by_function, by_floor
+            measured.by_floor[key].append(sample)
+    return measured
 
 
 def diagnose(function: Function, runs: int = DIAGNOSIS_RUNS, top: int = 8) -> dict[str, Any]:
@@ -403,8 +465,7 @@ def diagnose(function: Function, runs: int = DIAGNOSIS_RUNS, top: int = 8) -> di
 
 def report(
     functions: Sequence[Function],
-    by_function: Mapping[str, list[Sample]],
-    by_floor: Mapping[str, list[Sample]],
+    measured: Measured,
     runs: int,
     *,
     diagnose_all: bool,
@@ -413,10 +474,11 @@ def report(
     figures: dict[str, Any] = {}
     details: dict[str, Any] = {}
     for function in functions:
-        samples = by_function[function.logical_id]
-        floor = by_floor[function.floor_key]
+        samples = measured.by_function[function.logical_id]
+        floor = measured.by_floor[function.floor_key]
         seconds = median(s.seconds for s in samples)
         floor_seconds = median(s.seconds for s in floor)
+        toolkit_seconds = median(s.seconds for s in measured.by_toolkit[function.logical_id])
         rss = max(s.maxrss_mib for s in samples)
         floor_rss = max(s.maxrss_mib for s in floor)
         ratio = seconds / floor_seconds
@@ -431,6 +493,10 @@ def report(
             "floor_median_ms": round(floor_seconds * 1000, 1),
             "floor_median_wall_ms": round(median(s.wall_seconds for s in floor) * 1000, 1),
             "ratio": round(ratio, 3),
+            "powertools_loaded": list(measured.loaded[function.logical_id]),
+            "toolkit_median_ms": round(toolkit_seconds * 1000, 1),
+            "toolkit_ratio": round(toolkit_seconds / floor_seconds, 3),
+            "own_code_ms": round((seconds - toolkit_seconds) * 1000, 1),
             "peak_rss_mib": round(rss, 1),
             "floor_peak_rss_mib": round(floor_rss, 1),
             "memory_size_mb": function.spec.memory_size,
@@ -476,14 +542,18 @@ def render(result: Mapping[str, Any]) -> str:
     lines = [
         f"cold start: import the handler and build its clients, median of {result['setup']['runs']} "
         "fresh processes",
+        "(+powertools: the floor plus the powertools utilities the function loads, built alike; "
+        "own: the function less that)",
         f"{'function':<{width}} {'median':>9} {'(import)':>9} {'floor':>9} {'ratio':>7} "
-        f"{'RSS':>10} {'floor RSS':>10}",
+        f"{'+powertools':>12} {'own':>7} {'RSS':>10} {'floor RSS':>10}",
     ]
     for logical_id, item in result["functions"].items():
         lines.append(
             f"{logical_id:<{width}} {item['median_ms']:>7.0f}ms {item['median_import_ms']:>7.0f}ms "
-            f"{item['floor_median_ms']:>7.0f}ms {item['ratio']:>6.2f}x {item['peak_rss_mib']:>6.1f} MiB "
-            f"{item['floor_peak_rss_mib']:>6.1f} MiB"
+            f"{item['floor_median_ms']:>7.0f}ms {item['ratio']:>6.2f}x "
+            f"{item['toolkit_median_ms']:>5.0f}ms {item['toolkit_ratio']:>4.2f}x "
+            f"{item['own_code_ms']:>5.0f}ms "
+            f"{item['peak_rss_mib']:>6.1f} MiB {item['floor_peak_rss_mib']:>6.1f} MiB"
         )
     for logical_id, item in result["functions"].items():
         heavy = item.get("heavy_imports")
@@ -521,11 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"no such function in {args.template.name}: {', '.join(sorted(unknown))}")
     functions = functions_of(template, wanted)
-    by_function, by_floor = measure(functions, args.runs)
     result = report(
         functions,
-        by_function,
-        by_floor,
+        measure(functions, args.runs),
         args.runs,
         diagnose_all=args.importtime,
         diagnosis_runs=args.diagnosis_runs,

@@ -67,3 +67,30 @@ def test_cold_start_benchmark_writes_its_figures(tmp_path: Path):
     assert status["peak_rss_mib"] > status["floor_peak_rss_mib"] > 5
     assert status["heavy_imports"]["beyond_floor_ms"] > 0
     assert status["heavy_imports"]["runs"] == 1
+    # The breakdown: the Status function loads the logger, the tracer (patching botocore) and the
+    # event handler, and its "+powertools" process loads the same.
+    assert {
+        "aws_lambda_powertools.logging.logger",
+        "aws_xray_sdk.ext.botocore.patch",
+        "aws_lambda_powertools.event_handler",
+    } <= set(status["powertools_loaded"])
+    assert "aws_lambda_powertools.utilities.batch" not in status["powertools_loaded"]
+    assert status["floor_median_ms"] < status["toolkit_median_ms"]
+    assert status["own_code_ms"] == pytest.approx(status["median_ms"] - status["toolkit_median_ms"], abs=0.2)
+
+
+def test_the_toolkit_of_a_function_is_its_floor_and_the_powertools_it_loaded():
+    loaded = ("aws_lambda_powertools.utilities.batch", "aws_xray_sdk.core", "aws_xray_sdk.ext.botocore.patch")
+
+    script = cold_start.toolkit_script(("dynamodb",), loaded)
+
+    assert script.startswith(cold_start.floor_script(("dynamodb",)).removesuffix(cold_start._CHILD_REPORT))
+    assert script.endswith(cold_start._CHILD_REPORT)
+    # The tracer is built before it patches, whatever order the function reported them in.
+    assert (
+        script.index("Tracer(")
+        < script.index("_tracer.patch(['botocore'])")
+        < script.index("BatchProcessor(")
+    )
+    assert "APIGatewayRestResolver" not in script
+    compile(script, "toolkit", "exec")
