@@ -15,9 +15,8 @@ from preheat.models import (
     ImageReference,
     ImageResolution,
     Platform,
-    PreheatType,
     Task,
-    TaskStatus,
+    TaskQuery,
     WorkerMessage,
 )
 
@@ -42,19 +41,10 @@ class TaskStore(Protocol):
         """Replace the task's mutable state if its ``check_seq`` is still ``expected_check_seq``
         and it is not terminal yet. Returns False when another delivery got there first."""
 
-    def list_tasks(
-        self,
-        *,
-        limit: int,
-        status: TaskStatus | None = None,
-        type: PreheatType | None = None,
-        after: str | None = None,
-        now: datetime,
-    ) -> TaskPage:
-        """Up to ``limit`` tasks, newest first, created before position ``after`` (a page's
-        ``after``), of ``status`` (a RUNNING task past its deadline counts as FAIL) and ``type``.
-        A page may hold fewer than ``limit`` tasks and still have an ``after``: the store bounds
-        the work one call does."""
+    def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
+        """Up to ``query.limit`` tasks, newest first, that ``query`` matches at ``now`` (see
+        TaskQuery). A page may hold fewer than ``limit`` tasks and still have an ``after``: the store
+        bounds the work one call does."""
 
     def put_alias(self, alias: str, task: Task) -> bool:
         """Record ``alias`` (a key with a ``<kind>#`` prefix, e.g. ``job#123``) as another name of
