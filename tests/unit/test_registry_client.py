@@ -28,6 +28,7 @@ from preheat.adapters.registry_manifests import (
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, Platform
+from preheat.ports import ResolveOptions
 from preheat.settings import Settings
 from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
 
@@ -1358,7 +1359,9 @@ def test_each_blob_is_handed_over_as_soon_as_it_resolves(fake: StubRegistry):
             release.set()
 
     fake.blob_answer = answer
-    resolution = HttpRegistryClient(SETTINGS).resolve_image(fake.image("v1"), Credentials(), on_blob=on_blob)
+    resolution = HttpRegistryClient(SETTINGS).resolve_image(
+        fake.image("v1"), Credentials(), options=ResolveOptions(on_blob=on_blob)
+    )
 
     assert slow_digest not in {blob.digest for blob in handed[:2]}
     assert sorted(blob.digest for blob in handed) == sorted(blob.digest for blob in resolution.blobs)
@@ -1375,7 +1378,7 @@ def test_a_resolution_stops_when_its_time_budget_runs_out(fake: StubRegistry):
     started = time.monotonic()
 
     with pytest.raises(TransientFailure, match="the step's time ran out before it was done") as caught:
-        client.resolve_image(fake.image("v1"), Credentials(), time_budget_seconds=0.5)
+        client.resolve_image(fake.image("v1"), Credentials(), options=ResolveOptions(time_budget_seconds=0.5))
 
     assert time.monotonic() - started < 5  # not 4 attempts of the 10 s registry timeout
     assert "gave up after 4 attempts" not in str(caught.value)
@@ -1389,7 +1392,7 @@ def test_a_file_resolution_keeps_to_its_time_budget_too(fake: StubRegistry):
     url = fake.image("v2").blob_url(layer, insecure=True)
 
     with pytest.raises(TransientFailure, match="time ran out"):
-        client.resolve_file(url, Credentials(), time_budget_seconds=0.3)
+        client.resolve_file(url, Credentials(), ResolveOptions(time_budget_seconds=0.3))
 
 
 # -- hostile answers: each is a failure with a message, transient or permanent as it deserves ------

@@ -16,6 +16,7 @@ from preheat.models import (
     Step,
     TaskStatus,
 )
+from preheat.ports import UNBOUNDED
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up, retry_delay
@@ -499,7 +500,8 @@ class HandingOverRegistry:
     def __init__(self, nodes: FakeSupernodes, fail_after: int | None = None, error: Exception | None = None):
         self.nodes, self.fail_after, self.error = nodes, fail_after, error
 
-    def resolve_image(self, image, headers, platforms=(), on_blob=None, time_budget_seconds=None):
+    def resolve_image(self, image, headers, platforms=(), options=UNBOUNDED):
+        on_blob = options.on_blob
         assert on_blob is not None, "the worker must take blobs as they resolve"
         for number, blob in enumerate(LAYERS):
             if number == self.fail_after:
@@ -512,7 +514,7 @@ class HandingOverRegistry:
                 time.sleep(0.002)
         return ImageResolution(list(reversed(LAYERS)))  # the result's order is the one kept
 
-    def resolve_file(self, url, headers, time_budget_seconds=None):
+    def resolve_file(self, url, headers, options=UNBOUNDED):
         raise AssertionError("not a file")
 
 

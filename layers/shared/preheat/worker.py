@@ -73,6 +73,7 @@ from preheat.ports import (
     CredentialStore,
     EventPublisher,
     RegistryClient,
+    ResolveOptions,
     SupernodeDriver,
     TaskQueue,
     TaskStore,
@@ -259,16 +260,11 @@ class Worker:
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
+            options = ResolveOptions(budget, on_blob)
             return self._registry.resolve_image(
-                image,
-                self._authenticated(image, headers),
-                platforms,
-                on_blob=on_blob,
-                time_budget_seconds=budget,
+                image, self._authenticated(image, headers), platforms, options
             )
-        return ImageResolution(
-            blobs=[self._registry.resolve_file(task.url, headers, time_budget_seconds=budget)]
-        )
+        return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers, ResolveOptions(budget))])
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
         """The request's headers, plus stored credentials for the registry when it brought none
