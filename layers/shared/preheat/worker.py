@@ -78,6 +78,7 @@ from preheat.ports import (
     TaskQueue,
     TaskStore,
 )
+from preheat.retry import Jitter, RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import without_params
 
@@ -118,11 +119,14 @@ def retry_delay(
     it still backs off; half random, so tasks that failed together do not come back together), and
     no sooner than a server's ``Retry-After`` (itself capped)."""
     cap = settings.retry_max_delay_seconds
-    ceiling = min(cap, settings.retry_base_delay_seconds * float(1 << min(max(attempt, 1) - 1, 30)))
-    delay = ceiling / 2 + rand() * ceiling / 2
-    if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(retry_after, cap))
-    return delay
+    policy = RetryPolicy(
+        attempts=1,  # SQS counts a step's attempts (the queue's maxReceiveCount), not this policy
+        backoff_seconds=settings.retry_base_delay_seconds,
+        jitter=Jitter.EQUAL,
+        max_delay_seconds=cap,
+        retry_after_cap_seconds=cap,
+    )
+    return policy.delay(attempt, retry_after, rand)
 
 
 class _Budget:

@@ -70,12 +70,12 @@ from preheat.adapters.registry_target import (
     error_detail,
     origin_of,
 )
-from preheat.adapters.retry import RetryPolicy, parse_retry_after
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, find_refusal
 from preheat.ports import UNBOUNDED, ResolveOptions
+from preheat.retry import RetryPolicy, parse_retry_after
 from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
