@@ -12,9 +12,10 @@ How it counts: a botocore ``before-call`` hook on the project's botocore session
 the local stack has started (which resets it, as a new execution environment); the local SQS poller,
 standing in for Lambda's event source mapping, and this benchmark's own reads of the table use
 sessions of their own and are not counted. Each run is one POST through the local API; the
-benchmark then reads the task from the table (uncounted) until it is no longer RUNNING, and waits
-until no call has been made for a moment, so that the last write is counted. No status is read
-through the API: how often a caller polls is the caller's business, not the task's.
+benchmark then waits for the task's completion event (the last call its worker makes, seen by a hook
+on the same session; its status is the run's) and for that worker invocation to end, so that every
+call of the task is counted and none of the next. No status is read through the API: how often a
+caller polls is the caller's business, not the task's.
 
 The figure counts DynamoDB, SQS and EventBridge calls (the completion event; any other service's are
 listed beside it). The dedup
@@ -37,7 +38,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,13 @@ from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from local.template import Template
 from preheat.adapters import aws
+from testing.completion_events import CompletionEvents
 
 NAME = "aws_calls"
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 REPOSITORY_PREFIX = "bench/calls"
 TARGET_MAX_CALLS = 10
-SETTLE_SECONDS = 0.5
+WORKER = "WorkerFunction"
 # What the figure counts; any other service's calls are listed beside it.
 COUNTED_SERVICES = ("dynamodb", "sqs", "events")
 # Every blob of the largest image may download at once: the task ends within the first step.
@@ -86,37 +87,13 @@ def push_image(registry: RegistryServer, scratch: Path, layers: int, tags: Seque
     return repository
 
 
-def wait_for_verdict(dynamodb: Any, table_name: str, task_id: str, timeout: float = 60.0) -> str:
-    """The task's status once it is no longer RUNNING, read straight from the table (uncounted)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        item = dynamodb.get_item(TableName=table_name, Key={"pk": {"S": task_id}}).get("Item")
-        status = None if item is None else str(item["status"]["S"])
-        if status is not None and status != "RUNNING":
-            return status
-        time.sleep(0.02)
-    raise RuntimeError(f"task {task_id} still RUNNING after {timeout:g} s")
-
-
-def settle(counter: CallCounter, quiet: float = SETTLE_SECONDS, limit: float = 10.0) -> None:
-    """Wait until no call has been counted for ``quiet`` seconds (at most ``limit``)."""
-    deadline = time.monotonic() + limit
-    seen, since = counter.total(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = counter.total()
-        if now != seen:
-            seen, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
-
-
 def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, Any]]]:
     missing = missing_tools(REGISTRY_BINARY, SKOPEO_BINARY)
     if missing:
         raise SystemExit(f"{' and '.join(missing)} not installed (apt-get install docker-registry skopeo)")
     tags = [f"run{n}" for n in range(runs)]
     counter = CallCounter()
+    announced = CompletionEvents()
     timer = InvocationTimer()
     results: dict[int, list[dict[str, Any]]] = {layers: [] for layers in layer_counts}
     session = None
@@ -141,6 +118,7 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                     session = aws.session()
                     session.register("before-call", counter.on_call)
                     session.register("before-send", counter.on_send)
+                    announced.register(session)
                     dynamodb = local_client("dynamodb", stack.moto_url)
                     table_name = stack.table_name("TasksTable")
                     for tag in tags:
@@ -149,7 +127,6 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                             # end the task at dispatch, one write sooner than a real first preheat.
                             for supernode_task in supernode.tasks():
                                 supernode.delete(supernode_task)
-                            settle(counter)
                             counter.take()
                             timer.take()
                             answer = http.post(
@@ -161,8 +138,10 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
                                 timeout=30,
                             ).json()
                             task_id = answer["data"]["taskId"]
-                            status = wait_for_verdict(dynamodb, table_name, task_id)
-                            settle(counter)
+                            # The completion event is the last call of the task's worker, whose
+                            # invocation then ends: all the task cost is counted, and nothing after.
+                            status = announced.wait(task_id)
+                            timer.wait_for(WORKER)
                             calls, requests_sent = counter.take()
                             invocations = timer.take()
                             item = dynamodb.get_item(
@@ -192,6 +171,7 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
         if session is not None:
             session.unregister("before-call", counter.on_call)
             session.unregister("before-send", counter.on_send)
+            announced.unregister(session)
     return results
 
 

@@ -393,7 +393,7 @@ class InvocationTimer:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, float]] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._original: Any = None
 
     def __enter__(self) -> InvocationTimer:
@@ -409,6 +409,7 @@ class InvocationTimer:
             finally:
                 with timer._lock:
                     timer.records.append((logical_id, time.perf_counter() - started))
+                    timer._lock.notify_all()
 
         LambdaRuntime.invoke = invoke  # type: ignore[method-assign,assignment]
         return self
@@ -426,3 +427,9 @@ class InvocationTimer:
         with self._lock:
             taken, self.records = self.records, []
         return taken
+
+    def wait_for(self, logical_id: str, timeout: float = 60.0) -> None:
+        """Until an invocation of ``logical_id`` has ended since the last :meth:`take`."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: any(name == logical_id for name, _ in self.records), timeout):
+                raise RuntimeError(f"no invocation of {logical_id} ended within {timeout:g} s")

@@ -19,13 +19,11 @@ import json
 import logging
 import re
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -42,7 +40,6 @@ KeyExtractor = Callable[[Sequence[tuple[str, str]]], str | None]
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's request payload quota
 INTEGRATION_TIMEOUT_SECONDS = 29  # API Gateway's default integration timeout
 LOCAL_API_ID = "local"
-SHARED_LAYER_DIR = Path(__file__).resolve().parent.parent / "layers" / "shared"
 _PROXY_RESPONSE_KEYS = frozenset({"statusCode", "headers", "multiValueHeaders", "body", "isBase64Encoded"})
 
 
@@ -246,10 +243,9 @@ def _gateway_error(status: int, message: str, error_type: str) -> tuple[int, lis
 
 
 def layer_key_extractor() -> KeyExtractor:
-    """The deployed authorizer's ``extract_api_key``, from the shared layer (put on the path as Lambda
-    puts it on /opt/python), so the local check takes keys exactly the way AWS does."""
-    if str(SHARED_LAYER_DIR) not in sys.path:
-        sys.path.insert(0, str(SHARED_LAYER_DIR))
+    """The deployed authorizer's ``extract_api_key``, from the shared layer (on the path as Lambda
+    puts it on /opt/python, see ``local``), so the local check takes keys exactly the way AWS does.
+    Imported when first asked for: it brings powertools along."""
     from preheat.entrypoints.authorizer import extract_api_key  # noqa: PLC0415
 
     return extract_api_key

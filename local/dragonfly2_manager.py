@@ -82,6 +82,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from local.background import BackgroundServer, LocalHTTPServer
 from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
+from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS
 
 log = logging.getLogger("local.dragonfly2_manager")
 
@@ -96,43 +97,10 @@ DEFAULT_SCOPE = SCOPES[0]
 DEFAULT_CONCURRENT_COUNT = 50
 DEFAULT_TIMEOUT_NS = 30 * 60 * 1_000_000_000
 DEFAULT_JOB_TTL = 6 * 3600.0
-# internal pkg/net/http RawDefaultFilteredQueryParams: S3, GCS, OSS, OBS, COS signature params and "ns".
-DEFAULT_FILTERED_QUERY_PARAMS = "&".join(
-    (
-        "X-Amz-Algorithm",
-        "X-Amz-Credential",
-        "X-Amz-Date",
-        "X-Amz-Expires",
-        "X-Amz-SignedHeaders",
-        "X-Amz-Signature",
-        "X-Amz-Security-Token",
-        "X-Amz-User-Agent",
-        "X-Goog-Algorithm",
-        "X-Goog-Credential",
-        "X-Goog-Date",
-        "X-Goog-Expires",
-        "X-Goog-SignedHeaders",
-        "X-Goog-Signature",
-        "OSSAccessKeyId",
-        "Expires",
-        "Signature",
-        "SecurityToken",
-        "AccessKeyId",
-        "Signature",
-        "Expires",
-        "X-Obs-Date",
-        "X-Obs-Security-Token",
-        "q-sign-algorithm",
-        "q-ak",
-        "q-sign-time",
-        "q-key-time",
-        "q-header-list",
-        "q-url-param-list",
-        "q-signature",
-        "x-cos-security-token",
-        "ns",
-    )
-)
+# The default the manager fills in (internal pkg/net/http RawDefaultFilteredQueryParams: S3, GCS,
+# OSS, OBS, COS signature params and "ns"), the very list nodes filter by: the service's. (The
+# manager's own string names OSS's and OBS's "Signature" and "Expires" twice, which filters nothing more.)
+DEFAULT_FILTERED_QUERY_PARAMS = "&".join(DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS)
 
 # manager/middlewares/ratelimiter.go: job creates naming scheduler clusters, per cluster.
 DEFAULT_JOB_RATE_LIMIT = 10.0

@@ -1,1 +1,2 @@
-"""Test and benchmark doubles: servers whose answers a test scripts (not part of ``make run``)."""
+"""Test and benchmark doubles: servers whose answers a test scripts, and a probe of what the code
+puts on AWS (not part of ``make run``)."""

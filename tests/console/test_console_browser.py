@@ -6,7 +6,6 @@ tmp_path (look at them)."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import secrets
 import shutil
@@ -19,6 +18,7 @@ import pytest
 import requests
 
 from local.stack import LocalStack
+from tests.support.http_server import QuietHandler, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack"), pytest.mark.timeout(180)]
 
@@ -36,7 +36,7 @@ class Files:
         self.release = threading.Event()
         files = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 name = self.path.split("?", 1)[0]
                 if name.startswith("/held-"):
@@ -51,22 +51,14 @@ class Files:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(PAYLOAD)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._server = serve(Handler, "console-files")
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+        return f"{self._server.url}/{name}"
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture(scope="module")

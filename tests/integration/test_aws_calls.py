@@ -11,18 +11,16 @@ not for a while."""
 from __future__ import annotations
 
 import collections
-import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
-from local.aws import client as local_client
 from local.stack import LocalStack
 from preheat.adapters import aws
+from testing.completion_events import CompletionEvents
 from tests.support.registry import RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -31,9 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 class CallCounter:
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
+        self.completion_events = CompletionEvents()
         self._lock = threading.Lock()
-        self._announced = threading.Condition(self._lock)
-        self._announced_tasks: set[str] = set()
 
     def __call__(self, model: Any, params: dict[str, Any], **_: Any) -> None:
         name = f"{model.service_model.service_name}:{model.name}"
@@ -41,16 +38,6 @@ class CallCounter:
             name = "dynamodb:UpdateItem (progress)"
         with self._lock:
             self.calls[name] += 1
-            if name == "events:PutEvents":
-                self._announced_tasks.update(
-                    json.loads(entry["Detail"])["taskId"] for entry in params.get("Entries", [])
-                )
-                self._announced.notify_all()
-
-    def wait_announced(self, task_id: str, timeout: float = 60) -> None:
-        with self._lock:
-            if not self._announced.wait_for(lambda: task_id in self._announced_tasks, timeout):
-                raise AssertionError(f"no completion event for {task_id} within {timeout} s")
 
     def take(self) -> collections.Counter[str]:
         with self._lock:
@@ -72,10 +59,12 @@ def counted_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lo
         # environment would. Every client the adapters build comes from it.
         session = aws.session()
         session.register("before-parameter-build", counter)
+        counter.completion_events.register(session)
         try:
             yield stack, counter
         finally:
             session.unregister("before-parameter-build", counter)
+            counter.completion_events.unregister(session)
 
 
 def preheat_and_wait(stack: LocalStack, counter: CallCounter, url: str) -> str:
@@ -83,17 +72,8 @@ def preheat_and_wait(stack: LocalStack, counter: CallCounter, url: str) -> str:
         f"{stack.api_url}/api/preheat", json={"type": "image", "url": url}, timeout=10
     ).json()
     task_id: str = answer["data"]["taskId"]
-    # Read the outcome straight from the table: status reads are the caller's, not the task's.
-    dynamodb = local_client("dynamodb", stack.moto_url)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        item = dynamodb.get_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})["Item"]
-        if item["status"]["S"] != "RUNNING":
-            status: str = item["status"]["S"]
-            counter.wait_announced(task_id)
-            return status
-        time.sleep(0.05)
-    raise AssertionError("still RUNNING after 60 s")
+    # The outcome as its completion event told it: status reads are the caller's, not the task's.
+    return counter.completion_events.wait(task_id)
 
 
 def test_a_100_layer_image_costs_the_same_aws_calls_as_a_1_layer_image(

@@ -3,18 +3,15 @@ own puts them there (and the functions are told so), not on the default bus."""
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import requests
 
 from local.aws import client as local_client
 from local.stack import LocalStack
+from tests.support.http_server import serve_directory
+from tests.support.local_stack import submit, wait_for_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 
@@ -33,20 +30,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="module")
 def nothing_here(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A file server that has no files: a preheat of one ends FAIL at once (404 is permanent)."""
-    root = tmp_path_factory.mktemp("empty")
-
-    class Empty(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(tmp_path_factory.mktemp("empty")) as server:
+        yield server.url
 
 
 def test_events_go_to_the_named_bus(stack: LocalStack, nothing_here: str):
@@ -58,17 +43,6 @@ def test_events_go_to_the_named_bus(stack: LocalStack, nothing_here: str):
     ]
     assert events.list_rules(EventBusName="default")["Rules"] == []
     # A task that ends at once (its file does not exist: 404 is permanent) is announced on that bus.
-    answer = requests.post(
-        f"{stack.api_url}/api/preheat",
-        json={"type": "file", "url": f"{nothing_here}/none.bin"},
-        timeout=10,
-    ).json()
-    task_id = answer["data"]["taskId"]
-    assert stack.events_file is not None
-    lines: list[dict[str, Any]] = []
-    for _ in range(600):
-        lines = [json.loads(line) for line in stack.events_file.read_text(encoding="utf-8").splitlines()]
-        if lines:
-            break
-        time.sleep(0.1)
-    assert [(event["detail"]["taskId"], event["detail"]["status"]) for event in lines] == [(task_id, "FAIL")]
+    task_id = submit(stack, {"type": "file", "url": f"{nothing_here}/none.bin"})
+    events = wait_for_events(stack, bool, timeout=60)
+    assert [(event["detail"]["taskId"], event["detail"]["status"]) for event in events] == [(task_id, "FAIL")]

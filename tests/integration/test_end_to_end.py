@@ -5,8 +5,6 @@ supernode, which really downloads every blob and checks its digest."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +13,8 @@ import pytest
 import requests
 
 from local.stack import LocalStack
+from tests.support.http_server import serve_directory
+from tests.support.local_stack import ended, submit
 from tests.support.registry import OciImage, RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -48,21 +48,8 @@ def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     root = tmp_path_factory.mktemp("files")
     payload = b"model weights " * 50_000
     (root / "model.bin").write_bytes(payload)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    # The worker resolves a file with a GET it closes unread (see registries.md): not an error here.
-    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", payload
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as server:
+        yield server.url, payload
 
 
 def api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -71,28 +58,6 @@ def api(stack: LocalStack, method: str, path: str, **kwargs: Any) -> dict[str, A
     assert response.headers["Content-Type"] == "application/json"
     body: dict[str, Any] = response.json()
     return body
-
-
-def preheat(stack: LocalStack, body: dict[str, Any]) -> str:
-    answer = api(stack, "POST", "/api/preheat", json=body)
-    assert answer["code"] == 200, answer
-    task_id: str = answer["data"]["taskId"]
-    return task_id
-
-
-def wait_until_done(stack: LocalStack, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        answer = api(stack, "GET", f"/api/preheat/{task_id}")
-        assert answer["code"] == 200, answer
-        data: dict[str, Any] = answer["data"]
-        seen.append(data["status"])
-        if data["status"] != "RUNNING":
-            assert seen[0] == "RUNNING" or len(seen) == 1
-            return data
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} still RUNNING after {timeout}s")
 
 
 def manifest_blobs(registry: RegistryServer, name: str, tag: str) -> set[str]:
@@ -123,8 +88,8 @@ def test_an_image_is_preheated_to_success_and_every_blob_lands_in_the_cache(
     assert len(expected) == 4
 
     started = time.monotonic()
-    task_id = preheat(stack, {"type": "image", "url": f"{registry.host}/e2e/{fmt}:v1"})
-    data = wait_until_done(stack, task_id)
+    task_id = submit(stack, {"type": "image", "url": f"{registry.host}/e2e/{fmt}:v1"})
+    data = ended(stack, task_id)
     elapsed = time.monotonic() - started
 
     assert data["status"] == "SUCCESS", data
@@ -142,7 +107,7 @@ def test_the_harbor_manifest_url_and_digest_forms_preheat_the_same_image(
         f"http://{registry.host}/v2/e2e/harbor/manifests/v1",
         f"{registry.host}/e2e/harbor@{digest}",
     ):
-        data = wait_until_done(stack, preheat(stack, {"type": "image", "url": url, "header": {}}))
+        data = ended(stack, submit(stack, {"type": "image", "url": url, "header": {}}))
         assert data["status"] == "SUCCESS", data
         assert data["url"] == url
         assert data["layers"]["total"] == 4
@@ -150,16 +115,14 @@ def test_the_harbor_manifest_url_and_digest_forms_preheat_the_same_image(
 
 def test_a_file_is_preheated_into_the_cache(stack: LocalStack, file_server: tuple[str, bytes]):
     base, payload = file_server
-    data = wait_until_done(stack, preheat(stack, {"type": "file", "url": f"{base}/model.bin"}))
+    data = ended(stack, submit(stack, {"type": "file", "url": f"{base}/model.bin"}))
     assert data["status"] == "SUCCESS", data
     assert data["layers"] == {"total": 1, "succeeded": 1, "failed": 0, "pending": 0}
     assert f"sha256:{hashlib.sha256(payload).hexdigest()}" in cached_digests(stack)
 
 
 def test_a_missing_tag_ends_fail_with_a_clear_message(stack: LocalStack, registry: RegistryServer):
-    data = wait_until_done(
-        stack, preheat(stack, {"type": "image", "url": f"{registry.host}/e2e/nothing:here"})
-    )
+    data = ended(stack, submit(stack, {"type": "image", "url": f"{registry.host}/e2e/nothing:here"}))
     assert data["status"] == "FAIL"
     assert "not found" in data["msg"]
     assert "e2e/nothing" in data["msg"]
@@ -168,7 +131,7 @@ def test_a_missing_tag_ends_fail_with_a_clear_message(stack: LocalStack, registr
 
 def test_a_missing_file_ends_fail_naming_it(stack: LocalStack, file_server: tuple[str, bytes]):
     base, _ = file_server
-    data = wait_until_done(stack, preheat(stack, {"type": "file", "url": f"{base}/absent.bin"}))
+    data = ended(stack, submit(stack, {"type": "file", "url": f"{base}/absent.bin"}))
     assert data["status"] == "FAIL"
     assert "absent.bin" in data["msg"]
 
@@ -215,10 +178,10 @@ def test_credentials_sent_in_header_reach_the_registry_but_no_answer(
 ):
     registry.push(three_layers, "e2e/secret:v1", fmt="oci")
     canary = "Bearer canary-e2e-0123456789"
-    task_id = preheat(
+    task_id = submit(
         stack, {"type": "image", "url": f"{registry.host}/e2e/secret:v1", "header": {"X-Trace": canary}}
     )
-    data = wait_until_done(stack, task_id)
+    data = ended(stack, task_id)
     assert data["status"] == "SUCCESS"
     import boto3
 

@@ -12,21 +12,11 @@ import pytest
 import requests
 
 from local.stack import LocalStack
-from tests.support.node_view import (
-    KINDS,
-    REPOSITORY,
-    blob_urls,
-    dragonfly1_task_id,
-    image,
-    preheat,
-    redirecting_files,
-    registries,
-    sha256_of,
-)
+from tests.support.node_view import KINDS, REPOSITORY, blob_urls, dragonfly1_task_id, preheat, sha256_of
 from tests.support.registry import OciImage
 
+pytest_plugins = ["tests.support.node_view"]  # image, registries, redirecting_files
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
-__all__ = ["image", "redirecting_files", "registries"]  # fixtures, used by name
 
 
 @pytest.fixture(scope="module")

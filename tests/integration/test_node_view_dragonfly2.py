@@ -12,24 +12,21 @@ import pytest
 
 from local.dragonfly2_manager import FakeDragonfly2Manager
 from local.stack import LocalStack
+from tests.support.local_stack import dragonfly2_stack
 from tests.support.node_view import (
+    CLUSTER,
     KINDS,
     REPOSITORY,
+    TOKEN,
     blob_urls,
     dragonfly2_task_id,
-    image,
     preheat,
-    redirecting_files,
-    registries,
     sha256_of,
 )
 from tests.support.registry import OciImage, make_oci_layout
 
+pytest_plugins = ["tests.support.node_view"]  # image, registries, redirecting_files
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
-__all__ = ["image", "redirecting_files", "registries"]  # fixtures, used by name
-
-TOKEN = "pat-node-view-0123456789abcdef"
-CLUSTER = 1
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +43,12 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeDragonfly2
 def dragonfly2(
     manager: FakeDragonfly2Manager, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalStack]:
-    with LocalStack(
-        supernodes=[manager.url],
-        parameters={"SupernodeApi": "dragonfly2", "Dragonfly2Clusters": str(CLUSTER)},
-        extra_env={"PREHEAT_DRAGONFLY2_TOKEN": TOKEN, "PREHEAT_POLL_MAX_DELAY": "1"},
-        cache_dir=tmp_path_factory.mktemp("unused"),
+    with dragonfly2_stack(
+        manager,
+        TOKEN,
+        tmp_path_factory.mktemp("unused"),
+        parameters={"Dragonfly2Clusters": str(CLUSTER)},
+        extra_env={"PREHEAT_POLL_MAX_DELAY": "1"},
     ) as running:
         yield running
 

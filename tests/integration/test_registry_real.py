@@ -19,19 +19,19 @@ from preheat.adapters.registry_manifests import (
 )
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, Credentials, ImageReference, Platform
-from preheat.settings import Settings
-from tests.support.registry import OciImage, OciIndex, RegistryServer, make_oci_index_layout, make_oci_layout
+from tests.support.registry import (
+    OciImage,
+    OciIndex,
+    RegistryServer,
+    loopback_settings,
+    make_oci_index_layout,
+    make_oci_layout,
+)
 
-pytest_plugins = ["tests.support.fixtures"]
 # One worker owns the session's registries instead of every xdist worker starting its own.
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
-# The registries listen on loopback, which the outbound policy refuses unless allowed.
-SETTINGS = Settings(
-    insecure_registries=frozenset({"127.0.0.1"}),
-    registry_timeout_seconds=5.0,
-    allowed_networks=("127.0.0.0/8", "::1/128"),
-)
+SETTINGS = loopback_settings(registry_timeout_seconds=5.0)
 
 # How a caller may name the same image: by tag, by digest, and as a manifest URL of either.
 URL_FORMS: dict[str, Callable[[str, str, str, str], str]] = {

@@ -19,7 +19,6 @@ from preheat.adapters import registry as registry_module
 from preheat.adapters.registry import HttpRegistryClient
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, Credentials, ImageReference
-from preheat.settings import Settings
 from tests.support.fixtures import require_tools
 from tests.support.registry import (
     REGISTRY_BINARY,
@@ -28,17 +27,12 @@ from tests.support.registry import (
     RegistryServer,
     TokenRequest,
     TokenServer,
+    loopback_settings,
 )
 
-pytest_plugins = ["tests.support.fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("registry")]
 
-# The registries listen on loopback, which the outbound policy refuses unless allowed.
-SETTINGS = Settings(
-    insecure_registries=frozenset({"127.0.0.1"}),
-    registry_timeout_seconds=5.0,
-    allowed_networks=("127.0.0.0/8", "::1/128"),
-)
+SETTINGS = loopback_settings(registry_timeout_seconds=5.0)
 USER = "preheat"
 LIFETIME = 300
 

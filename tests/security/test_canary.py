@@ -19,6 +19,7 @@ import requests
 from local.aws import client as local_client
 from local.stack import LocalStack
 from tests.support.fixtures import require_tools
+from tests.support.local_stack import status_answers, submit, wait_for_events
 from tests.support.registry import OciImage, RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -105,23 +106,10 @@ def handler_output(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     service_logger.setLevel(level)
 
 
-def wait(stack: LocalStack, task_id: str, detail: bool = True) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer: dict[str, Any] = requests.get(
-            f"{stack.api_url}/api/preheat/{task_id}", params={"detail": str(detail).lower()}, timeout=10
-        ).json()
-        if answer["data"]["status"] != "RUNNING":
-            return answer
-        time.sleep(0.1)
-    raise AssertionError("still RUNNING")
-
-
-def submit(stack: LocalStack, body: dict[str, Any]) -> str:
-    answer = requests.post(f"{stack.api_url}/api/preheat", json=body, timeout=10).json()
-    assert answer["code"] == 200, answer
-    task_id: str = answer["data"]["taskId"]
-    return task_id
+def preheated_answer(stack: LocalStack, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit ``body``; the task's last status answer (with detail), once it ended."""
+    *_, answer = status_answers(stack, submit(stack, body), detail=True)
+    return answer
 
 
 def assert_clean(where: str, text: str) -> None:
@@ -138,52 +126,20 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
     handler_output: list[str],
 ):
     answers = []
-    good = secured_registry.basic_auth("preheat", CANARY_PASSWORD)
+    image = f"{secured_registry.host}/canary/app:v1"
     # Success with the canary as the registry password.
-    answers.append(
-        wait(
-            stack,
-            submit(
-                stack,
-                {
-                    "type": "image",
-                    "url": f"{secured_registry.host}/canary/app:v1",
-                    "header": {"Authorization": good, "X-Extra": CANARY_TOKEN},
-                },
-            ),
-        )
-    )
+    good = {"Authorization": secured_registry.basic_auth("preheat", CANARY_PASSWORD), "X-Extra": CANARY_TOKEN}
+    answers.append(preheated_answer(stack, {"type": "image", "url": image, "header": good}))
     assert answers[-1]["data"]["status"] == "SUCCESS", answers[-1]
     # Refused credentials: the failure message must say so without repeating them.
-    wrong = secured_registry.basic_auth("preheat", CANARY_TOKEN)
-    answers.append(
-        wait(
-            stack,
-            submit(
-                stack,
-                {
-                    "type": "image",
-                    "url": f"{secured_registry.host}/canary/app:v1",
-                    "header": {"Authorization": wrong},
-                },
-            ),
-        )
-    )
+    wrong = {"Authorization": secured_registry.basic_auth("preheat", CANARY_TOKEN)}
+    answers.append(preheated_answer(stack, {"type": "image", "url": image, "header": wrong}))
     assert answers[-1]["data"]["status"] == "FAIL"
     assert "refused" in answers[-1]["data"]["msg"] or "credentials" in answers[-1]["data"]["msg"]
     # An unreachable file server with a bearer canary: retried, then failed at its deadline.
+    bearer = {"Authorization": f"Bearer {CANARY_TOKEN}"}
     answers.append(
-        wait(
-            stack,
-            submit(
-                stack,
-                {
-                    "type": "file",
-                    "url": "http://127.0.0.1:9/never.bin",
-                    "header": {"Authorization": f"Bearer {CANARY_TOKEN}"},
-                },
-            ),
-        )
+        preheated_answer(stack, {"type": "file", "url": "http://127.0.0.1:9/never.bin", "header": bearer})
     )
     # Bad input carrying the canary.
     bad = requests.post(
@@ -252,12 +208,8 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
         for answer in answers
         if answer.get("code") == 200 and "taskId" in answer.get("data", {})
     }
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        events = stack.events_file.read_text(encoding="utf-8")
-        if all(task_id in events for task_id in task_ids):
-            break
-        time.sleep(0.2)
+    wait_for_events(stack, lambda events: task_ids <= {event["detail"]["taskId"] for event in events}, 20)
+    events = stack.events_file.read_text(encoding="utf-8")
     assert len(task_ids) == 3
     assert all(task_id in events for task_id in task_ids)
     assert_clean("the completion events", events)

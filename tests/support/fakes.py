@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +20,7 @@ from preheat.models import (
     TaskStatus,
     WorkerMessage,
 )
-from preheat.ports import SupernodeTask
+from preheat.ports import UNBOUNDED, ResolveOptions, SupernodeTask
 
 
 class FakeTaskStore:
@@ -119,10 +119,9 @@ class FakeRegistry:
         image: ImageReference,
         headers: Credentials,
         platforms: Sequence[Platform] = (),
-        on_blob: Callable[[Blob], None] | None = None,
-        time_budget_seconds: float | None = None,
+        options: ResolveOptions = UNBOUNDED,
     ) -> ImageResolution:
-        self.seen_budgets.append(time_budget_seconds)
+        self.seen_budgets.append(options.time_budget_seconds)
         self.seen_headers.append(headers)
         self.seen_platforms.append(tuple(platforms))
         if self.errors:
@@ -134,12 +133,11 @@ class FakeRegistry:
         # Half the blobs are handed over as they resolve, the rest only in the result: the worker
         # must dispatch both kinds (a client may resolve in one go).
         for blob in blobs[: len(blobs) // 2]:
-            if on_blob is not None:
-                on_blob(blob)
+            options.found(blob)
         return ImageResolution(blobs, tuple(str(p) for p in platforms))
 
-    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
-        self.seen_budgets.append(time_budget_seconds)
+    def resolve_file(self, url: str, headers: Credentials, options: ResolveOptions = UNBOUNDED) -> Blob:
+        self.seen_budgets.append(options.time_budget_seconds)
         self.seen_headers.append(headers)
         if self.errors:
             raise self.errors.pop(0)

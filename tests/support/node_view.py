@@ -10,24 +10,24 @@ check that the reference supernode, or the fake Dragonfly 2 manager's seed peer,
 SUCCESS with the blob's content. Against real Distribution registries: on the filesystem, behind
 htpasswd, behind token auth, and on S3 (moto) answering blob GETs with 307 to presigned URLs; plus a
 file URL that redirects, and a 120-layer image through the manager with its job rate limit on.
+
+A test module loads the fixtures with ``pytest_plugins = ["tests.support.node_view"]``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import secrets
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from local.stack import LocalStack
 from tests.support.fixtures import require_tools
+from tests.support.http_server import QuietHandler, serve
+from tests.support.local_stack import preheated
 from tests.support.registry import (
     HTPASSWD_BINARY,
     REGISTRY_BINARY,
@@ -96,47 +96,25 @@ def registries(tmp_path_factory: pytest.TempPathFactory, image: OciImage) -> Ite
 
 
 @pytest.fixture(scope="module")
-def redirecting_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
+def redirecting_files() -> Iterator[tuple[str, bytes]]:
     """A file server whose ``/latest.bin`` redirects (302) to ``/model-v2.bin``."""
     payload = b"model weights v2 " * 20_000
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             if self.path == "/latest.bin":
-                self.send_response(302)
-                self.send_header("Location", "/model-v2.bin")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                self.answer(b"", 302, {"Location": "/model-v2.bin"})
                 return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            self.answer(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/latest.bin", payload
-    server.shutdown()
-    server.server_close()
+    with serve(Handler) as server:
+        yield f"{server.url}/latest.bin", payload
 
 
 def preheat(stack: LocalStack, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
-    answer = requests.post(f"{stack.api_url}/api/preheat", json=body, timeout=10).json()
-    assert answer["code"] == 200, answer
-    task_id = answer["data"]["taskId"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data: dict[str, Any] = requests.get(
-            f"{stack.api_url}/api/preheat/{task_id}", params={"detail": "true"}, timeout=10
-        ).json()["data"]
-        if data["status"] != "RUNNING":
-            return data
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} still RUNNING after {timeout:g} s")
+    """The task's status, with its blobs' detail (the URLs handed over and the ids nodes compute),
+    once it is no longer RUNNING."""
+    return preheated(stack, body, timeout=timeout, detail=True)
 
 
 def blob_urls(registry: RegistryServer, image: OciImage, repository: str = REPOSITORY) -> dict[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import urllib.request
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from local.oci_layout import (
     IN_TOTO,
@@ -38,12 +38,14 @@ from local.registry import (
     free_port,
     missing_tools,
 )
+from preheat.settings import Settings
 from testing.stub_server import Handler, StubRequest, StubResponse, StubServer
 from testing.token_server import TokenRequest, TokenServer
 
 __all__ = [
     "HTPASSWD_BINARY",
     "IN_TOTO",
+    "LOOPBACK",
     "OCI_CONFIG",
     "OCI_INDEX",
     "OCI_LAYER",
@@ -65,11 +67,22 @@ __all__ = [
     "TokenServer",
     "digest_of",
     "free_port",
+    "loopback_settings",
     "make_layer_tar",
     "make_oci_index_layout",
     "make_oci_layout",
     "missing_tools",
 ]
+
+
+# The addresses the tests' registries and stub servers listen on.
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+def loopback_settings(**overrides: Any) -> Settings:
+    """Settings for a client of the tests' registries: they listen on loopback and speak plain HTTP,
+    which the outbound policy refuses unless allowed."""
+    return Settings(insecure_registries=frozenset({"127.0.0.1"}), allowed_networks=LOOPBACK, **overrides)
 
 
 # -- moto's S3, for a registry that keeps its blobs there ----------------------------------------

@@ -4,9 +4,7 @@ worker and the reference supernode; tasks read back through the status API, as a
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +17,8 @@ import requests
 from local.schedules import Firing
 from local.stack import LocalStack
 from tests.local.support import wait_for
+from tests.support.http_server import serve_directory
+from tests.support.local_stack import ended
 from tests.support.registry import OciImage, RegistryServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -44,20 +44,8 @@ def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("files")
     for name in ("scheduled.bin", "mixed.bin", "single.bin"):
         (root / name).write_bytes(name.encode() * 10_000)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_directory(root) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +82,6 @@ def status(stack: LocalStack, task_id: str) -> dict[str, Any]:
     assert body["code"] == 200, body
     data: dict[str, Any] = body["data"]
     return data
-
-
-def finished(stack: LocalStack, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    return wait_for(lambda: (data := status(stack, task_id))["status"] != "RUNNING" and data, timeout=timeout)
 
 
 def emf_total(output: str, metric: str) -> float:
@@ -146,7 +130,7 @@ def test_good_entries_become_tasks_and_bad_ones_are_rejected_and_counted(
         "127.0.0.1:1/team/app:v1",
         ["linux/arm64"],
     )
-    done = finished(stack, file_task)
+    done = ended(stack, file_task)
     assert (done["type"], done["url"], done["status"]) == ("file", f"{file_server}/mixed.bin", "SUCCESS")
 
 
@@ -154,7 +138,7 @@ def test_a_single_request_object_is_one_task(stack: LocalStack, file_server: str
     answer = stack.invoke(FUNCTION, {"type": "file", "url": f"{file_server}/single.bin"})
     (task_id,) = answer["taskIds"]
     assert answer["rejected"] == []
-    assert finished(stack, task_id)["status"] == "SUCCESS"
+    assert ended(stack, task_id)["status"] == "SUCCESS"
 
 
 def test_an_ecr_push_event_preheats_the_image_by_digest(stack: LocalStack):
@@ -199,7 +183,7 @@ def test_the_template_schedule_fires_when_its_time_comes(stack: LocalStack, cloc
     assert firing.error is None, firing.error
     assert firing.result["rejected"] == []
     (task_id,) = firing.result["taskIds"]
-    done = finished(stack, task_id)
+    done = ended(stack, task_id)
     assert (done["url"], done["status"]) == (f"{file_server}/scheduled.bin", "SUCCESS")
     next_due = scheduler.next_due(SCHEDULE)
     assert next_due is not None
@@ -222,7 +206,7 @@ def test_a_scheduled_image_is_preheated_like_one_from_the_api(
         FUNCTION, {"preheats": [{"type": "image", "url": f"{registry.host}/scheduled/app:nightly"}]}
     )
     (task_id,) = answer["taskIds"]
-    done = finished(stack, task_id)
+    done = ended(stack, task_id)
     assert done["status"] == "SUCCESS", done
     assert done["layers"]["succeeded"] == done["layers"]["total"] == 3  # config and two layers
 

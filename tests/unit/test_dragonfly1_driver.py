@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeDriver
 from preheat.settings import Settings
+from tests.support.http_server import QuietHandler, serve
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -40,8 +39,8 @@ class Fake:
     def __post_init__(self) -> None:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self) -> None:
+        class Handler(QuietHandler):
+            def respond(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 fake.calls.append((self.command, self.path, json.loads(raw) if raw else None))
@@ -54,33 +53,21 @@ class Fake:
                     return
                 status, body = answer
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.answer(payload, status, {"Content-Type": "application/json"})
 
-            do_GET = do_POST = answer
+            do_GET = do_POST = respond
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        self._server = serve(Handler, "fake-supernode")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self._server.url
 
     def count(self, method: str, path: str) -> int:
         return sum(call[:2] == (method, path) for call in self.calls)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture
@@ -396,7 +383,7 @@ def test_wrong_types_and_invalid_utf8_are_failures_with_a_message(fake: Any) -> 
 
 
 def test_a_truncated_answer_is_transient(fake: Any) -> None:
-    class Truncating(BaseHTTPRequestHandler):
+    class Truncating(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(201)
@@ -404,15 +391,8 @@ def test_a_truncated_answer_is_transient(fake: Any) -> None:
             self.end_headers()
             self.wfile.write(b'{"ID": "abc')  # then the connection closes
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Truncating)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        with pytest.raises(TransientFailure, match="after 3 attempts: connection failed"):
-            driver(url).create(url, blob())
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        serve(Truncating) as server,
+        pytest.raises(TransientFailure, match="after 3 attempts: connection failed"),
+    ):
+        driver(server.url).create(server.url, blob())

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,9 @@ from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeDriver, SupernodeTask
 from preheat.settings import Settings
+from tests.support.dragonfly2 import manager_starter
+from tests.support.http_server import QuietHandler, serve
+from tests.support.origin import Origin
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -33,40 +35,6 @@ DATA = b"layer bytes" * 100
 DIGEST = f"sha256:{hashlib.sha256(DATA).hexdigest()}"
 
 
-class Origin:
-    """Serves ``blobs`` (path -> bytes; anything else is 404) and records each request's headers."""
-
-    def __init__(self, blobs: dict[str, bytes]) -> None:
-        self.blobs = blobs
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                origin.seen.append((self.path, dict(self.headers)))
-                body = origin.blobs.get(self.path.split("?", 1)[0])
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class Sleeps(list[float]):
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
@@ -74,23 +42,14 @@ class Sleeps(list[float]):
 
 @pytest.fixture
 def origin() -> Iterator[Origin]:
-    server = Origin({f"/v2/app/blobs/{DIGEST}": DATA})
-    yield server
-    server.close()
+    with closing(Origin({f"/v2/app/blobs/{DIGEST}": DATA})) as server:
+        yield server
 
 
 @pytest.fixture
 def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
-    started: list[FakeDragonfly2Manager] = []
-
-    def start(**kwargs: Any) -> FakeDragonfly2Manager:
-        manager = FakeDragonfly2Manager(tmp_path / f"cache-{len(started)}", TOKEN, **kwargs).start()
-        started.append(manager)
-        return manager
-
-    yield start
-    for manager in started:
-        manager.stop()
+    with manager_starter(tmp_path, TOKEN) as start:
+        yield start
 
 
 @pytest.fixture
@@ -560,32 +519,19 @@ def test_hostile_manager_answers_are_failures_with_a_message() -> None:
         b'{"id": "\xff\xfe", "message": "\xff"}',
     ]
 
-    class Hostile(BaseHTTPRequestHandler):
+    class Hostile(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = bodies.pop(0)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(bodies.pop(0), headers={"Content-Type": "application/json"})
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serve(Hostile) as server:
+        url = server.url
         subject = driver(url)
         reasons = []
         for _ in range(4):
             with pytest.raises(PermanentFailure) as failure:
                 subject.create(url, blob("http://registry.test/v2/app/blobs/x"))
             reasons.append(str(failure.value))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "answered more than 1048576 bytes" in reasons[1]
     for reason in reasons:
         assert f"Dragonfly 2 manager {url}" in reason

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from preheat.errors import RateLimited
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeTask
 from preheat.settings import Settings
-from tests.unit.test_dragonfly2_driver import TOKEN, Origin, Sleeps
+from tests.support.dragonfly2 import manager_starter
+from tests.support.origin import Origin
+from tests.unit.test_dragonfly2_driver import TOKEN, Sleeps
 
 BLOBS = {
     f"/v2/app/blobs/sha256:{hashlib.sha256(f'b{n}'.encode()).hexdigest()}": f"b{n}".encode()
@@ -29,24 +32,14 @@ BLOBS = {
 
 @pytest.fixture
 def origin() -> Iterator[Origin]:
-    server = Origin(BLOBS)
-    yield server
-    server.close()
+    with closing(Origin(BLOBS)) as server:
+        yield server
 
 
 @pytest.fixture
 def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
-    started: list[FakeDragonfly2Manager] = []
-
-    def start(**kwargs: Any) -> FakeDragonfly2Manager:
-        kwargs.setdefault("clusters", {1: "east", 2: "west"})
-        manager = FakeDragonfly2Manager(tmp_path / f"cache-{len(started)}", TOKEN, **kwargs).start()
-        started.append(manager)
-        return manager
-
-    yield start
-    for manager in started:
-        manager.stop()
+    with manager_starter(tmp_path, TOKEN, clusters={1: "east", 2: "west"}) as start:
+        yield start
 
 
 def driver(target: str, sleep: Callable[[float], None], **settings: Any) -> Dragonfly2Driver:

@@ -9,10 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 import requests
 
 from local.supernode import ReferenceSupernode
+from tests.support.origin import Origin
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -32,67 +32,10 @@ def sha256(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
-class Origin:
-    """An upstream server: serves ``files`` by path, answers ``redirects`` with 302, records what it saw.
-
-    While ``gate`` is cleared, file answers wait for it, so a test can hold a download RUNNING."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.redirects: dict[str, str] = {}
-        self.seen: list[tuple[str, dict[str, str]]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                origin.seen.append((self.path, dict(self.headers.items())))
-                if path in origin.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", origin.redirects[path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = origin.files.get(path)
-                if body is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                origin.gate.wait(10)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def requests_to(self, path: str) -> list[dict[str, str]]:
-        return [headers for seen_path, headers in self.seen if seen_path.split("?", 1)[0] == path]
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def origin() -> Iterator[Origin]:
-    server = Origin()
-    yield server
-    server.close()
+    with closing(Origin()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,20 +29,14 @@ from preheat.adapters.registry_manifests import (
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, Platform
-from preheat.settings import Settings
-from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of
+from preheat.ports import ResolveOptions
+from tests.support.registry import StubRequest, StubResponse, StubServer, digest_of, loopback_settings
 
 # The stubs listen on loopback, which the outbound policy refuses unless allowed.
-LOOPBACK = ("127.0.0.0/8", "::1/128")
 # These tests pin the spec's literal mode (storage URLs, redirects followed); registry blob URLs,
 # the default, are tested in test_registry_urls.py.
 STORAGE = "storage"
-SETTINGS = Settings(
-    insecure_registries=frozenset({"127.0.0.1"}),
-    registry_timeout_seconds=1.0,
-    allowed_networks=LOOPBACK,
-    layer_urls=STORAGE,
-)
+SETTINGS = loopback_settings(registry_timeout_seconds=1.0, layer_urls=STORAGE)
 CANARY = "canary-Zq8wX3secret"
 AMZ_QUERY = (
     "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F20250101%2Fus-east-1%2Fs3%2Faws4_request"
@@ -1112,12 +1107,7 @@ def test_server_error_forever_is_transient(
 def test_slow_registry_times_out(fake: StubRegistry):
     fake.add_image("v1", [b"layer"])
     fake.script.extend(StubResponse(200, b"{}", delay=1.0) for _ in range(4))
-    settings = Settings(
-        insecure_registries=frozenset({"127.0.0.1"}),
-        registry_timeout_seconds=0.1,
-        allowed_networks=LOOPBACK,
-        layer_urls=STORAGE,
-    )
+    settings = replace(SETTINGS, registry_timeout_seconds=0.1)
     client = HttpRegistryClient(settings, sleep=lambda seconds: None)
     started = time.monotonic()
 
@@ -1130,12 +1120,7 @@ def test_slow_storage_times_out(fake: StubRegistry, storage: StubServer):
     fake.add_image("v1", [b"layer"])
     fake.blob_answer = lambda request, digest: StubResponse.redirect(f"http://{storage.host}/{digest}")
     storage.handler = lambda request: StubResponse(200, b"late", delay=1.0)
-    settings = Settings(
-        insecure_registries=frozenset({"127.0.0.1"}),
-        registry_timeout_seconds=0.1,
-        allowed_networks=LOOPBACK,
-        layer_urls=STORAGE,
-    )
+    settings = replace(SETTINGS, registry_timeout_seconds=0.1)
     client = HttpRegistryClient(settings, attempts=2, sleep=lambda seconds: None)
     started = time.monotonic()
 
@@ -1358,7 +1343,9 @@ def test_each_blob_is_handed_over_as_soon_as_it_resolves(fake: StubRegistry):
             release.set()
 
     fake.blob_answer = answer
-    resolution = HttpRegistryClient(SETTINGS).resolve_image(fake.image("v1"), Credentials(), on_blob=on_blob)
+    resolution = HttpRegistryClient(SETTINGS).resolve_image(
+        fake.image("v1"), Credentials(), options=ResolveOptions(on_blob=on_blob)
+    )
 
     assert slow_digest not in {blob.digest for blob in handed[:2]}
     assert sorted(blob.digest for blob in handed) == sorted(blob.digest for blob in resolution.blobs)
@@ -1375,7 +1362,7 @@ def test_a_resolution_stops_when_its_time_budget_runs_out(fake: StubRegistry):
     started = time.monotonic()
 
     with pytest.raises(TransientFailure, match="the step's time ran out before it was done") as caught:
-        client.resolve_image(fake.image("v1"), Credentials(), time_budget_seconds=0.5)
+        client.resolve_image(fake.image("v1"), Credentials(), options=ResolveOptions(time_budget_seconds=0.5))
 
     assert time.monotonic() - started < 5  # not 4 attempts of the 10 s registry timeout
     assert "gave up after 4 attempts" not in str(caught.value)
@@ -1389,7 +1376,7 @@ def test_a_file_resolution_keeps_to_its_time_budget_too(fake: StubRegistry):
     url = fake.image("v2").blob_url(layer, insecure=True)
 
     with pytest.raises(TransientFailure, match="time ran out"):
-        client.resolve_file(url, Credentials(), time_budget_seconds=0.3)
+        client.resolve_file(url, Credentials(), ResolveOptions(time_budget_seconds=0.3))
 
 
 # -- hostile answers: each is a failure with a message, transient or permanent as it deserves ------

@@ -14,6 +14,7 @@ from preheat.adapters.registry import HttpRegistryClient
 from preheat.errors import PermanentFailure
 from preheat.models import Credentials
 from preheat.network import AddressRefused
+from preheat.ports import ResolveOptions
 from preheat.settings import Settings
 from tests.support.registry import StubResponse, StubServer, digest_of
 from tests.unit.test_registry_client import (
@@ -50,7 +51,7 @@ def test_blobs_are_the_registry_urls_with_the_token_and_no_request_per_blob(
     seen: list[str] = []
 
     resolved = client.resolve_image(
-        fake.image("v1"), Credentials(), on_blob=lambda blob: seen.append(blob.url)
+        fake.image("v1"), Credentials(), options=ResolveOptions(on_blob=lambda blob: seen.append(blob.url))
     ).blobs
 
     assert digests(resolved) == blobs

@@ -16,6 +16,7 @@ from preheat.models import (
     Step,
     TaskStatus,
 )
+from preheat.ports import UNBOUNDED
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up, retry_delay
@@ -41,6 +42,12 @@ class World:
         body = body or {"type": "image", "url": IMAGE, "header": {"Authorization": "Basic czNjcjN0"}}
         return self.service.submit(PreheatRequest.parse(body)).task_id
 
+    def run(self, body=None):
+        """Submit ``body`` and deliver its start step; the task as that step left it."""
+        task_id = self.submit(body)
+        self.deliver_all()
+        return self.task(task_id)
+
     def deliver_all(self):
         """Deliver what is queued, once each, in order; returns what was delivered."""
         messages = self.queue.take()
@@ -50,6 +57,35 @@ class World:
 
     def task(self, task_id):
         return self.store.tasks[task_id]
+
+    def one_layer_fails(self, error):
+        """Run a task whose layers all warm but LAYERS[1], which fails with ``error``; the task."""
+        task_id = self.submit()
+        self.deliver_all()
+        self.nodes.finish()
+        self.nodes.finish(LAYERS[1].label, BlobState.FAILED, error)
+        self.deliver_all()
+        return self.task(task_id)
+
+    def start_fails(self, error="registry answered 503"):
+        """Submit a task whose start step meets the registry's transient ``error``; the task's id and
+        the start message, for a redelivery or the dead-letter consumer."""
+        self.registry.errors.append(TransientFailure(error))
+        task_id = self.submit()
+        [start] = self.queue.take()
+        with pytest.raises(TransientFailure):
+            self.worker.handle(start)
+        return task_id, start
+
+    def give_up(self, message, receive_count=50):
+        return give_up(self.store, message, receive_count=receive_count, clock=self.clock)
+
+    def late_worker(self, task_id):
+        """A worker whose reads of the task answer what it is now, as if it read just before
+        another delivery of the same step wrote it (two concurrent deliveries)."""
+        return Worker(
+            _Stale(self.store, task_id), self.queue, self.registry, self.nodes, SETTINGS, clock=self.clock
+        )
 
 
 @pytest.fixture
@@ -93,12 +129,7 @@ def test_the_check_delay_doubles_up_to_its_cap(world):
 
 
 def test_a_layer_failed_on_a_supernode_fails_the_task_naming_the_layer_and_reason(world):
-    task_id = world.submit()
-    world.deliver_all()
-    world.nodes.finish()
-    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "digest mismatch")
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.one_layer_fails("digest mismatch")
     assert task.status is TaskStatus.FAIL
     assert LAYERS[1].digest in (task.message or "")
     assert "digest mismatch" in (task.message or "")
@@ -106,23 +137,13 @@ def test_a_layer_failed_on_a_supernode_fails_the_task_naming_the_layer_and_reaso
 
 
 def test_a_refused_download_says_the_credentials_handed_over_lapsed(world):
-    task_id = world.submit()
-    world.deliver_all()
-    world.nodes.finish()
-    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "GET http://reg/v2/app/blobs/x answered HTTP 401")
-    world.deliver_all()
-    message = world.task(task_id).message or ""
+    message = world.one_layer_fails("GET http://reg/v2/app/blobs/x answered HTTP 401").message or ""
     assert "answered HTTP 401" in message
     assert "credentials handed over with the blob URLs were refused or had expired" in message
 
 
 def test_a_failure_naming_a_port_with_401_in_it_is_not_taken_for_a_refused_download(world):
-    task_id = world.submit()
-    world.deliver_all()
-    world.nodes.finish()
-    world.nodes.finish(LAYERS[1].label, BlobState.FAILED, "cannot connect to 127.0.0.1:40151 (task 4019ab)")
-    world.deliver_all()
-    message = world.task(task_id).message or ""
+    message = world.one_layer_fails("cannot connect to 127.0.0.1:40151 (task 4019ab)").message or ""
     assert "cannot connect to 127.0.0.1:40151" in message
     assert "credentials" not in message
 
@@ -136,9 +157,7 @@ def test_layers_already_warm_finish_at_once_without_a_check(world):
 
 
 def test_a_missing_image_fails_with_the_registry_reason(world):
-    task_id = world.submit({"type": "image", "url": "h.io/app:missing"})
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run({"type": "image", "url": "h.io/app:missing"})
     assert task.status is TaskStatus.FAIL
     assert "not found" in (task.message or "")
     assert world.nodes.creates == []
@@ -170,11 +189,7 @@ def test_an_unreachable_supernode_fails_the_task_naming_it():
 
 
 def test_a_transient_registry_failure_is_retried_by_redelivery_and_noted(world):
-    world.registry.errors.append(TransientFailure("registry answered 503"))
-    task_id = world.submit()
-    [start] = world.queue.take()
-    with pytest.raises(TransientFailure):
-        world.worker.handle(start)
+    task_id, start = world.start_fails()
     assert world.task(task_id).status is TaskStatus.RUNNING
     assert "503" in (world.task(task_id).message or "")
     world.worker.handle(start)  # redelivery
@@ -183,12 +198,8 @@ def test_a_transient_registry_failure_is_retried_by_redelivery_and_noted(world):
 
 
 def test_the_dead_letter_consumer_fails_the_task_with_the_last_error(world):
-    world.registry.errors.append(TransientFailure("registry answered 503"))
-    world.submit()
-    [start] = world.queue.take()
-    with pytest.raises(TransientFailure):
-        world.worker.handle(start)
-    task = give_up(world.store, start, receive_count=5, clock=world.clock)
+    _, start = world.start_fails()
+    task = world.give_up(start, receive_count=5)
     assert task is not None
     assert task.status is TaskStatus.FAIL
     assert "after 5 attempts" in (task.message or "")
@@ -270,9 +281,7 @@ def test_a_supernode_rejecting_a_blob_marks_it_failed():
         raise PermanentFailure(f"supernode {target} refused {blob.label}: bad url")
 
     world.nodes.create = reject
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "refused" in (task.message or "")
 
@@ -330,9 +339,7 @@ def test_blobs_finishing_soon_conclude_in_the_start_step_with_two_writes():
     world = watching_world()
     # Looks: one FIRST_LOOK_SECONDS after each create, then 0.05, 0.15 and 0.35 s after the last.
     world.nodes.finish_after_polls = 4
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.SUCCESS
     assert world.queue.sent == []  # no check message was needed
     assert world.store.writes == 2  # created, finished: the progress never needed recording
@@ -483,9 +490,7 @@ def test_detail_lists_every_blob_on_every_supernode_without_credentials():
 
 def test_without_supernodes_a_task_fails_instead_of_succeeding_with_nothing_warmed():
     world = World(targets=())
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "PREHEAT_SUPERNODES" in (task.message or "")
     assert world.registry.seen_headers == []  # nothing resolved for nothing to warm
@@ -499,7 +504,8 @@ class HandingOverRegistry:
     def __init__(self, nodes: FakeSupernodes, fail_after: int | None = None, error: Exception | None = None):
         self.nodes, self.fail_after, self.error = nodes, fail_after, error
 
-    def resolve_image(self, image, headers, platforms=(), on_blob=None, time_budget_seconds=None):
+    def resolve_image(self, image, headers, platforms=(), options=UNBOUNDED):
+        on_blob = options.on_blob
         assert on_blob is not None, "the worker must take blobs as they resolve"
         for number, blob in enumerate(LAYERS):
             if number == self.fail_after:
@@ -512,7 +518,7 @@ class HandingOverRegistry:
                 time.sleep(0.002)
         return ImageResolution(list(reversed(LAYERS)))  # the result's order is the one kept
 
-    def resolve_file(self, url, headers, time_budget_seconds=None):
+    def resolve_file(self, url, headers, options=UNBOUNDED):
         raise AssertionError("not a file")
 
 
@@ -638,12 +644,8 @@ def test_a_check_timing_out_names_the_pending_blobs_and_the_last_failed_look(wor
 
 
 def test_the_dead_letter_consumer_names_what_the_task_waited_for(world):
-    world.registry.errors.append(TransientFailure("registry answered 503"))
-    world.submit()
-    [start] = world.queue.take()
-    with pytest.raises(TransientFailure):
-        world.worker.handle(start)
-    task = give_up(world.store, start, receive_count=50, clock=world.clock)
+    _, start = world.start_fails()
+    task = world.give_up(start, receive_count=50)
     assert task is not None
     assert task.status is TaskStatus.FAIL
     assert task.message == (
@@ -656,12 +658,12 @@ def test_the_dead_letter_consumer_leaves_a_task_whose_step_moved_on_alone(world)
     task_id = world.submit()
     [start] = world.queue.take()
     world.worker.handle(start)  # dispatched: a dead copy of the start is stale
-    assert give_up(world.store, start, receive_count=50, clock=world.clock).status is TaskStatus.RUNNING
+    assert world.give_up(start).status is TaskStatus.RUNNING
     [check] = world.queue.take()
     world.worker.handle(check)  # check 1 sent check 2: a dead check 1 is stale too
-    assert give_up(world.store, check, receive_count=50, clock=world.clock).status is TaskStatus.RUNNING
+    assert world.give_up(check).status is TaskStatus.RUNNING
     [current] = world.queue.take()
-    ended = give_up(world.store, current, receive_count=50, clock=world.clock)
+    ended = world.give_up(current)
     assert ended is not None
     assert ended.status is TaskStatus.FAIL
     assert "still pending: " in (ended.message or "")
@@ -686,9 +688,7 @@ def test_concurrent_deliveries_of_one_check_leave_one_chain(world):
     task_id = world.submit()
     world.deliver_all()
     [check] = world.queue.take()
-    late = Worker(
-        _Stale(world.store, task_id), world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock
-    )
+    late = world.late_worker(task_id)
     world.worker.handle(check)
     late.handle(check)  # read the task before the first delivery's write: sends a check, loses the write
     both = world.queue.take()
@@ -705,9 +705,7 @@ def test_concurrent_deliveries_of_one_check_leave_one_chain(world):
 def test_concurrent_deliveries_of_one_start_leave_one_chain(world):
     task_id = world.submit()
     [start] = world.queue.take()
-    late = Worker(
-        _Stale(world.store, task_id), world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock
-    )
+    late = world.late_worker(task_id)
     world.worker.handle(start)
     late.handle(start)  # resolved and sent too, but its progress write lost: it hands over nothing
     [check] = world.queue.take()
@@ -731,9 +729,7 @@ def test_a_supernode_that_never_answers_costs_the_step_one_round_of_failures():
         raise TransientFailure(f"supernode {target} did not accept the preheat of {blob.label}: timed out")
 
     world.nodes.create = silent
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "200 of 200 layer(s) failed to preheat" in (task.message or "")
     assert "timed out" in (task.message or "")
@@ -763,9 +759,7 @@ def test_sends_still_unanswered_when_the_step_runs_out_of_time_fail_it_for_a_ret
 
 def test_an_unexpected_error_reading_the_registry_fails_the_task_instead_of_crashing(world):
     world.registry.errors.append(RecursionError("maximum recursion depth exceeded"))
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "its server's answer could not be read (RecursionError)" in (task.message or "")
 
@@ -774,8 +768,6 @@ def test_an_unexpected_error_reading_a_supernode_fails_the_blob_instead_of_crash
     world.nodes.create = lambda target, blob: (_ for _ in ()).throw(
         UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")
     )
-    task_id = world.submit()
-    world.deliver_all()
-    task = world.task(task_id)
+    task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "could not be read (UnicodeDecodeError)" in (task.message or "")

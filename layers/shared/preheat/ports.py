@@ -15,9 +15,8 @@ from preheat.models import (
     ImageReference,
     ImageResolution,
     Platform,
-    PreheatType,
     Task,
-    TaskStatus,
+    TaskQuery,
     WorkerMessage,
 )
 
@@ -42,19 +41,10 @@ class TaskStore(Protocol):
         """Replace the task's mutable state if its ``check_seq`` is still ``expected_check_seq``
         and it is not terminal yet. Returns False when another delivery got there first."""
 
-    def list_tasks(
-        self,
-        *,
-        limit: int,
-        status: TaskStatus | None = None,
-        type: PreheatType | None = None,
-        after: str | None = None,
-        now: datetime,
-    ) -> TaskPage:
-        """Up to ``limit`` tasks, newest first, created before position ``after`` (a page's
-        ``after``), of ``status`` (a RUNNING task past its deadline counts as FAIL) and ``type``.
-        A page may hold fewer than ``limit`` tasks and still have an ``after``: the store bounds
-        the work one call does."""
+    def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
+        """Up to ``query.limit`` tasks, newest first, that ``query`` matches at ``now`` (see
+        TaskQuery). A page may hold fewer than ``limit`` tasks and still have an ``after``: the store
+        bounds the work one call does."""
 
     def put_alias(self, alias: str, task: Task) -> bool:
         """Record ``alias`` (a key with a ``<kind>#`` prefix, e.g. ``job#123``) as another name of
@@ -73,21 +63,39 @@ class TaskQueue(Protocol):
         seconds), instead of after the queue's visibility timeout. DependencyFailure if refused."""
 
 
+@dataclass(frozen=True)
+class ResolveOptions:
+    """How a resolution runs, apart from what it resolves.
+
+    Past ``time_budget_seconds`` (None: unbounded) no request is started and none is waited for: the
+    resolution raises TransientFailure. ``on_blob`` is called with each blob of an image as soon as
+    its URL is known, from the client's threads, so that the caller can start on it while the
+    others resolve; a resolution that fails may have called it for some blobs. (A file has one
+    blob: it is the answer, and ``on_blob`` is not called.)"""
+
+    time_budget_seconds: float | None = None
+    on_blob: Callable[[Blob], None] | None = None
+
+    def found(self, blob: Blob) -> None:
+        """Hand ``blob`` to ``on_blob``, if there is one."""
+        if self.on_blob is not None:
+            self.on_blob(blob)
+
+
+# No time budget, no blob handed over before the answer.
+UNBOUNDED = ResolveOptions()
+
+
 class RegistryClient(Protocol):
     def resolve_image(
         self,
         image: ImageReference,
         headers: Credentials,
         platforms: Sequence[Platform] = (),
-        on_blob: Callable[[Blob], None] | None = None,
-        time_budget_seconds: float | None = None,
+        options: ResolveOptions = UNBOUNDED,
     ) -> ImageResolution:
-        """Every blob of the image (config included), each with its real download URL, once each.
-
-        ``on_blob`` is called with each blob as soon as its URL is known, from the client's threads,
-        so that the caller can start on it while the others resolve; a resolution that fails may
-        have called it for some blobs. Past ``time_budget_seconds`` no request is started and none
-        is waited for: the resolution raises TransientFailure.
+        """Every blob of the image (config included), each with its real download URL, once each,
+        within ``options`` (see ResolveOptions).
 
         An index or manifest list is narrowed to ``platforms`` when given (PermanentFailure naming
         the platforms it has when one is missing), else every platform image except attestations.
@@ -95,8 +103,8 @@ class RegistryClient(Protocol):
         Raises PermanentFailure (missing image, refused credentials, unsupported manifest) or
         TransientFailure (timeouts, 5xx after retries)."""
 
-    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
-        """The file's real download URL after redirects (within ``time_budget_seconds``, as above)."""
+    def resolve_file(self, url: str, headers: Credentials, options: ResolveOptions = UNBOUNDED) -> Blob:
+        """The file's real download URL after redirects (within ``options.time_budget_seconds``)."""
 
 
 @dataclass(frozen=True)

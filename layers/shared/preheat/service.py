@@ -21,6 +21,7 @@ from preheat.models import (
     PreheatType,
     Step,
     Task,
+    TaskQuery,
     TaskStatus,
     WorkerMessage,
     is_task_id,
@@ -185,9 +186,7 @@ class PreheatService:
         size = _page_size(limit)
         after = self._open_cursor(cursor, wanted_status, wanted_type) if cursor is not None else None
         now = self._clock()
-        page = self._store.list_tasks(
-            limit=size, status=wanted_status, type=wanted_type, after=after, now=now
-        )
+        page = self._store.list_tasks(TaskQuery(size, wanted_status, wanted_type, after), now=now)
         tasks = [self._as_read(task, now) for task in page.tasks]
         following = None if page.after is None else self._seal_cursor(page.after, wanted_status, wanted_type)
         return tasks, following

@@ -73,10 +73,12 @@ from preheat.ports import (
     CredentialStore,
     EventPublisher,
     RegistryClient,
+    ResolveOptions,
     SupernodeDriver,
     TaskQueue,
     TaskStore,
 )
+from preheat.retry import Jitter, RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import without_params
 
@@ -117,11 +119,14 @@ def retry_delay(
     it still backs off; half random, so tasks that failed together do not come back together), and
     no sooner than a server's ``Retry-After`` (itself capped)."""
     cap = settings.retry_max_delay_seconds
-    ceiling = min(cap, settings.retry_base_delay_seconds * float(1 << min(max(attempt, 1) - 1, 30)))
-    delay = ceiling / 2 + rand() * ceiling / 2
-    if retry_after is not None and retry_after > 0:
-        delay = max(delay, min(retry_after, cap))
-    return delay
+    policy = RetryPolicy(
+        attempts=1,  # SQS counts a step's attempts (the queue's maxReceiveCount), not this policy
+        backoff_seconds=settings.retry_base_delay_seconds,
+        jitter=Jitter.EQUAL,
+        max_delay_seconds=cap,
+        retry_after_cap_seconds=cap,
+    )
+    return policy.delay(attempt, retry_after, rand)
 
 
 class _Budget:
@@ -259,16 +264,11 @@ class Worker:
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
+            options = ResolveOptions(budget, on_blob)
             return self._registry.resolve_image(
-                image,
-                self._authenticated(image, headers),
-                platforms,
-                on_blob=on_blob,
-                time_budget_seconds=budget,
+                image, self._authenticated(image, headers), platforms, options
             )
-        return ImageResolution(
-            blobs=[self._registry.resolve_file(task.url, headers, time_budget_seconds=budget)]
-        )
+        return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers, ResolveOptions(budget))])
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
         """The request's headers, plus stored credentials for the registry when it brought none

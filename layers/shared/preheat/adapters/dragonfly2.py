@@ -40,10 +40,10 @@ from preheat.adapters.http_target import (
     json_body,
 )
 from preheat.adapters.quoting import truncate
-from preheat.adapters.retry import RetryPolicy
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
+from preheat.retry import RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_task_id
 

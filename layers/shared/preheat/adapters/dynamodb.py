@@ -32,6 +32,7 @@ from preheat.models import (
     PreheatType,
     Targeting,
     Task,
+    TaskQuery,
     TaskStatus,
     isoformat,
     parse_isoformat,
@@ -277,18 +278,10 @@ class DynamoDBTaskStore:
             raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
         return True
 
-    def list_tasks(
-        self,
-        *,
-        limit: int,
-        status: TaskStatus | None = None,
-        type: PreheatType | None = None,
-        after: str | None = None,
-        now: datetime,
-    ) -> TaskPage:
-        """Newest first from ListIndex: every shard read from ``after`` down, merged by position."""
-        filtered = status is not None or type is not None
-        per_shard = max(25, limit) if filtered else max(10, 2 * limit // LIST_SHARDS + 1)
+    def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
+        """Newest first from ListIndex: every shard read from ``query.after`` down, merged by position."""
+        limit, after = query.limit, query.after
+        per_shard = max(25, limit) if query.filtered else max(10, 2 * limit // LIST_SHARDS + 1)
         shards = [f"{LIST_SHARD_PREFIX}{shard}" for shard in range(LIST_SHARDS)]
         # The shards' first pages side by side: a page costs one round trip, not LIST_SHARDS.
         with ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list") as pool:
@@ -301,8 +294,7 @@ class DynamoDBTaskStore:
         for examined, item in enumerate(merged, start=1):
             position = item["listSk"]["S"]
             task = _task_from_item(item)
-            shown = TaskStatus.FAIL if task.is_expired(now) else task.status
-            if (status is None or shown is status) and (type is None or task.type is type):
+            if query.matches(task, now):
                 tasks.append(task)
             if len(tasks) == limit or examined >= MAX_EXAMINED:
                 more = next(merged, None) is not None

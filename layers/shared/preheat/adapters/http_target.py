@@ -23,10 +23,10 @@ from preheat.adapters.http import (
     Response,
 )
 from preheat.adapters.quoting import failure_reason
-from preheat.adapters.retry import RetryPolicy, parse_retry_after
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob
 from preheat.ports import SupernodeTask
+from preheat.retry import Jitter, RetryPolicy, parse_retry_after
 from preheat.settings import Settings
 
 DEFAULT_ATTEMPTS = 3
@@ -71,7 +71,7 @@ class HttpTargetDriver:
         self._settings = settings
         self._http = http if http is not None else HttpClient(pool_size=POOL_SIZE)
         # No jitter: a supernode's own retries are few and spaced by the worker's step backoff.
-        self._retry = RetryPolicy(attempts, backoff_seconds, jitter=False)
+        self._retry = RetryPolicy(attempts, backoff_seconds, jitter=Jitter.NONE)
         self._sleep = sleep
 
     @property

@@ -70,11 +70,12 @@ from preheat.adapters.registry_target import (
     error_detail,
     origin_of,
 )
-from preheat.adapters.retry import RetryPolicy, parse_retry_after
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, find_refusal
+from preheat.ports import UNBOUNDED, ResolveOptions
+from preheat.retry import RetryPolicy, parse_retry_after
 from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -147,15 +148,19 @@ class HttpRegistryClient:
         image: ImageReference,
         headers: Credentials,
         platforms: Sequence[Platform] = (),
-        on_blob: Callable[[Blob], None] | None = None,
-        time_budget_seconds: float | None = None,
+        options: ResolveOptions = UNBOUNDED,
     ) -> ImageResolution:
         insecure = self._settings.is_insecure(image.registry)
         base_url = image.base_url(insecure)
         label = str(image)
         self._policy.check_url(base_url, f"manifest for {label}")
         target = Target.of(
-            base_url, f"registry {image.registry}", image.repository, headers, time_budget_seconds, _now
+            base_url,
+            f"registry {image.registry}",
+            image.repository,
+            headers,
+            options.time_budget_seconds,
+            _now,
         )
         self._auth.reuse_token(target)
 
@@ -179,7 +184,7 @@ class HttpRegistryClient:
             )
 
         if self._settings.layer_urls == "registry":
-            blobs = self._registry_blobs(image, insecure, target, list(unique.values()), on_blob, label)
+            blobs = self._registry_blobs(image, insecure, target, list(unique.values()), options, label)
             return ImageResolution(
                 blobs=blobs,
                 platforms=selection.names(),
@@ -197,8 +202,7 @@ class HttpRegistryClient:
                 headers=target.credentials() if target.owns(final) else Credentials(),
                 filter=signature_params(final),
             )
-            if on_blob is not None:
-                on_blob(blob)
+            options.found(blob)
             return blob
 
         blobs = self._map(target, resolve_blob, list(unique.values()))
@@ -214,7 +218,7 @@ class HttpRegistryClient:
         insecure: bool,
         target: Target,
         descriptors: list[Descriptor],
-        on_blob: Callable[[Blob], None] | None,
+        options: ResolveOptions,
         label: str,
     ) -> list[Blob]:
         """The registry blob URLs nodes ask for (``PREHEAT_LAYER_URLS=registry``), under the host
@@ -242,8 +246,7 @@ class HttpRegistryClient:
                 media_type=descriptor.media_type,
                 headers=headers,
             )
-            if on_blob is not None:
-                on_blob(blob)
+            options.found(blob)
             blobs.append(blob)
         return blobs
 
@@ -297,10 +300,12 @@ class HttpRegistryClient:
         selection.check(requested, label)
         return descriptors, selection
 
-    def resolve_file(self, url: str, headers: Credentials, time_budget_seconds: float | None = None) -> Blob:
+    def resolve_file(self, url: str, headers: Credentials, options: ResolveOptions = UNBOUNDED) -> Blob:
         what = f"file {display_url(url)}"
         self._policy.check_url(url, what)
-        target = Target.of(url, f"server {display_host(url)}", None, headers, time_budget_seconds, _now)
+        target = Target.of(
+            url, f"server {display_host(url)}", None, headers, options.time_budget_seconds, _now
+        )
         if self._settings.layer_urls == "registry":
             # Nodes run dfget with the URL they were told about: that URL is the task, redirects
             # and all (the supernode follows them itself).

@@ -32,6 +32,7 @@ from preheat.models.task import (
     BlobProgress,
     ImageResolution,
     Task,
+    TaskQuery,
     is_task_id,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "Step",
     "Targeting",
     "Task",
+    "TaskQuery",
     "TaskStatus",
     "WorkerMessage",
     "is_task_id",

@@ -136,3 +136,24 @@ class Task:
     def to_api(self, detail: bool = False) -> dict[str, Any]:
         """The status answer's ``data`` (see ``task_answer``)."""
         return task_answer(self, detail)
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Which tasks a listing asks for: up to ``limit``, newest first, created before position
+    ``after`` (a page's ``after``), of ``status`` and ``type`` when given."""
+
+    limit: int
+    status: TaskStatus | None = None
+    type: PreheatType | None = None
+    after: str | None = None
+
+    @property
+    def filtered(self) -> bool:
+        return self.status is not None or self.type is not None
+
+    def matches(self, task: Task, now: datetime) -> bool:
+        """Whether ``task`` is one the query asks for; a RUNNING task past its deadline counts as
+        FAIL, as its status answer says."""
+        shown = TaskStatus.FAIL if task.is_expired(now) else task.status
+        return (self.status is None or shown is self.status) and (self.type is None or task.type is self.type)
