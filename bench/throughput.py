@@ -732,7 +732,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--worker-concurrency", type=int, default=4, help="SQS poller threads for the worker (default 4)"
     )
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for a round's tasks to end (120)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds for a round's tasks to end (120)"
+    )
     stack_variables(parser)
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
     args = parser.parse_args(argv)
