@@ -241,6 +241,29 @@ def atomic_updates() -> None:
         setattr(models.DynamoDBBackend, "update_item", update_item)  # noqa: B010
 
 
+def _threaded_server(host: str, port: int) -> Any:
+    """moto's ThreadedMotoServer, its app behind :class:`_DynamoDBOneAtATime` (not started)."""
+    # Imported here: moto loads every backend, which `python -m local.invoke` does not need.
+    from moto.moto_server.werkzeug_app import (  # noqa: PLC0415
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    class _Server(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = _DynamoDBOneAtATime(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return _Server(ip_address=host, port=port, verbose=False)
+
+
 class MotoServer:
     """moto in server mode on a background thread; ``port=0`` binds a free port (read it from ``url``).
 
@@ -250,28 +273,8 @@ class MotoServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        # Imported here: moto loads every backend, which `python -m local.invoke` does not need.
-        from moto.moto_server.werkzeug_app import (  # noqa: PLC0415
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-        )
-        from moto.server import ThreadedMotoServer  # noqa: PLC0415
-        from werkzeug.serving import make_server  # noqa: PLC0415
-
-        class _Server(ThreadedMotoServer):
-            """moto's threaded server, its app behind :class:`_DynamoDBOneAtATime`."""
-
-            def _server_entry(self) -> None:
-                app = _DynamoDBOneAtATime(DomainDispatcherApplication(create_backend_app))
-                self._server = make_server(
-                    self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
-                )
-                self._server_ready_event.set()
-                self._server.serve_forever()
-
         self._address = (host, port)
-        self._server = _Server(ip_address=host, port=port, verbose=False)
+        self._server = _threaded_server(host, port)
         self._started = False
 
     def start(self) -> Self:
@@ -289,6 +292,20 @@ class MotoServer:
             requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
             log.info("moto listening on %s", self.url)
         return self
+
+    def go_down(self) -> None:
+        """Stop answering, as an outage would: connections are refused, moto's state is kept."""
+        self._server.stop()
+        # ThreadedMotoServer.stop() leaves the socket listening: connections would hang, not fail.
+        self._server._server.server_close()
+
+    def come_back(self) -> None:
+        """Answer again after :meth:`go_down`, on the same address, with the state moto kept (and
+        DynamoDB's requests one at a time, as before: a plain ThreadedMotoServer would let them
+        race inside moto and corrupt its tables)."""
+        host, port = self._server.get_host_and_port()
+        self._server = _threaded_server(host, port)
+        self._server.start()
 
     def stop(self) -> None:
         if self._started:

@@ -7,8 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
-from local.aws import LOCAL_ACCOUNT_ID, LOCAL_REGION, MotoServer, client, lookup, provision
+from local.aws import (
+    LOCAL_ACCOUNT_ID,
+    LOCAL_REGION,
+    MotoServer,
+    _DynamoDBOneAtATime,
+    client,
+    lookup,
+    provision,
+)
 from local.lambda_runtime import (
     EnvConflictError,
     LambdaRuntime,
@@ -245,3 +254,26 @@ def test_a_reference_without_a_local_value_names_what_is_missing(template: Templ
         function_environment(template.functions["CheckFunction"], resolver)
     with pytest.raises(TemplateError, match="parameter Supernodes has no default"):
         resolver.resolve(Ref("Supernodes"))
+
+
+def test_moto_comes_back_after_an_outage_with_its_state_and_dynamodb_one_at_a_time(moto: MotoServer) -> None:
+    dynamodb = client("dynamodb", moto.url)
+    dynamodb.create_table(
+        TableName="outage",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.put_item(TableName="outage", Item={"pk": {"S": "kept"}})
+    url = moto.url
+
+    moto.go_down()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/moto-api/", timeout=2)
+    moto.come_back()
+
+    assert moto.url == url
+    assert dynamodb.get_item(TableName="outage", Key={"pk": {"S": "kept"}})["Item"] == {"pk": {"S": "kept"}}
+    # The server that came back serializes DynamoDB's requests as the first one did: without it,
+    # concurrent writes race inside moto's tables (the fault suite's corrupted tasks).
+    assert isinstance(moto._server._server.app, _DynamoDBOneAtATime)

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from local.aws import MotoServer
 from local.background import BackgroundServer, LocalHTTPServer
 from local.poller import SqsPoller
 from local.stack import LocalStack
@@ -644,47 +645,33 @@ class ClosedPort:
 
 
 class MotoOutage:
-    """Stops the stack's moto HTTP server and starts another on the same port, keeping the state.
-
-    moto keeps its state per process, not per server, so a new server sees every table item and
-    queued message of the old one. ``local.aws.MotoServer.start()`` cannot be used for the restart:
-    it resets that state (``POST /moto-api/reset``); this reaches its ThreadedMotoServer instead
-    (``MotoServer`` would need a ``restart(reset=False)`` for tests to do it without private access).
-    """
+    """Takes the stack's moto down and brings it back on the same port with its state
+    (``MotoServer.go_down`` and ``come_back``)."""
 
     def __init__(self, stack: LocalStack) -> None:
         self._stack = stack
-        parts = urlsplit(stack.moto_url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 0
         self.windows: list[tuple[float, float]] = []  # (down at, up at), time.monotonic()
         self._lock = threading.Lock()
 
-    def _moto(self) -> Any:
+    def _moto(self) -> MotoServer:
         moto = self._stack._moto
         assert moto is not None, "the stack is not started"
         return moto
 
     def stop(self) -> float:
         with self._lock:
-            threaded = self._moto()._server
-            threaded.stop()
-            # ThreadedMotoServer.stop() leaves the socket listening: connections would hang, not fail.
-            threaded._server.server_close()
+            self._moto().go_down()
             down = time.monotonic()
             self.windows.append((down, float("nan")))
-            log.warning("moto stopped (%s:%s)", self.host, self.port)
+            log.warning("moto stopped (%s)", self._stack.moto_url)
             return down
 
     def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
         with self._lock:
-            replacement = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-            replacement.start()
-            self._moto()._server = replacement  # so that the stack's stop() stops this one
+            self._moto().come_back()
             down, _ = self.windows[-1]
             self.windows[-1] = (down, time.monotonic())
-            log.warning("moto started again on %s:%s with its state", self.host, self.port)
+            log.warning("moto started again on %s with its state", self._stack.moto_url)
 
     def outage(self, seconds: float, until: Callable[[], bool] | None = None, longest: float = 60.0) -> None:
         """Stop now, and start again on another thread once ``seconds`` have passed and ``until``
