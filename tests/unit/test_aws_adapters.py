@@ -17,7 +17,7 @@ from local.aws import MotoServer, provision
 from local.template import Template
 from preheat.adapters.dynamodb import DynamoDBTaskStore
 from preheat.adapters.sqs import SqsTaskQueue
-from preheat.errors import DependencyFailure
+from preheat.errors import DependencyFailure, ProgressTooLarge
 from preheat.models import (
     BlobProgress,
     BlobState,
@@ -237,6 +237,44 @@ def test_an_item_at_the_service_limits_with_long_errors_stays_under_dynamodbs_li
         assert original.error.startswith(kept.error.removesuffix("..."))
         assert kept.error.startswith("supernode http://supernode-")
     # Big items would push other tests' items past the first page of their scans.
+    client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
+
+
+def test_progress_beyond_any_cut_is_refused_while_running_and_dropped_from_an_ended_task(store, aws):
+    """Eight supernodes at once for an image at the blob limit: 8192 blob copies, whose ids alone do
+    not fit in an item however short the errors. A RUNNING task is refused before DynamoDB would
+    refuse it (ProgressTooLarge, which the worker turns into FAIL); an ended one is written with its
+    counts and message, without the per-blob detail, so that no task is left RUNNING by its size."""
+    rng = random.Random(8)
+    three = _failed_everywhere(rng, 0)
+    blobs = tuple(
+        replace(
+            blob,
+            target=f"http://supernode-{n}.example.internal:8002",
+            state=BlobState.PENDING,  # a pending copy keeps its supernode's task id, to poll it
+            error=None,
+            supernode_task_id=f"{rng.getrandbits(256):064x}",
+            node_task_id=f"{rng.getrandbits(256):064x}",
+        )
+        for blob in three[::3]
+        for n in range(8)
+    )
+    task = new_task("00000000-0000-4000-8000-000000008192")
+    store.create(task)
+
+    with pytest.raises(ProgressTooLarge, match="8192 blob copies") as refused:
+        store.save(replace(task, blobs=blobs, check_seq=1), expected_check_seq=0)
+    assert refused.value.blobs == blobs
+    assert store.get(task.task_id) == task  # nothing written
+
+    failed = replace(task, blobs=blobs, status=TaskStatus.FAIL, message=str(refused.value), check_seq=1)
+    assert store.save(failed, expected_check_seq=0)
+    stored = store.get(task.task_id)
+    assert stored is not None
+    assert (stored.status, stored.blobs, stored.message) == (TaskStatus.FAIL, (), str(refused.value))
+    assert stored.to_api()["layers"] == {"total": 1024, "succeeded": 0, "failed": 0, "pending": 1024}
+    url, resources = aws
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
     client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
 
 

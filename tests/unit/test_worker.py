@@ -3,23 +3,26 @@
 import hashlib
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.errors import PermanentFailure, ProgressTooLarge, TransientFailure
 from preheat.models import (
     Blob,
     BlobState,
     Credentials,
     ImageResolution,
+    LayerCounts,
     PreheatRequest,
     Step,
     TaskStatus,
 )
 from preheat.ports import UNBOUNDED
+from preheat.retry import step_retry_delay
 from preheat.service import PreheatService
 from preheat.settings import Settings
-from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up, retry_delay
+from preheat.worker import FIRST_LOOK_SECONDS, Worker, give_up
 from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
 
 SETTINGS = Settings(
@@ -599,18 +602,18 @@ def test_the_start_step_resolves_within_what_the_invocation_has_left(world):
 
 def test_the_retry_delay_doubles_with_jitter_up_to_its_cap():
     settings = Settings(retry_base_delay_seconds=1.0, retry_max_delay_seconds=60.0)
-    lowest = [retry_delay(attempt, settings, rand=lambda: 0.0) for attempt in range(1, 10)]
-    highest = [retry_delay(attempt, settings, rand=lambda: 1.0) for attempt in range(1, 10)]
+    lowest = [step_retry_delay(attempt, settings, rand=lambda: 0.0) for attempt in range(1, 10)]
+    highest = [step_retry_delay(attempt, settings, rand=lambda: 1.0) for attempt in range(1, 10)]
     assert highest == [1, 2, 4, 8, 16, 32, 60, 60, 60]
     assert lowest == [delay / 2 for delay in highest]  # half of it is jitter, half is backoff
-    assert retry_delay(1000, settings) <= 60
+    assert step_retry_delay(1000, settings) <= 60
 
 
 def test_the_retry_delay_honours_retry_after_within_the_cap():
     settings = Settings(retry_base_delay_seconds=1.0, retry_max_delay_seconds=60.0)
-    assert retry_delay(1, settings, retry_after=30, rand=lambda: 0.0) == 30
-    assert retry_delay(1, settings, retry_after=3600, rand=lambda: 0.0) == 60
-    assert retry_delay(7, settings, retry_after=1, rand=lambda: 1.0) == 60  # never sooner than backoff
+    assert step_retry_delay(1, settings, retry_after=30, rand=lambda: 0.0) == 30
+    assert step_retry_delay(1, settings, retry_after=3600, rand=lambda: 0.0) == 60
+    assert step_retry_delay(7, settings, retry_after=1, rand=lambda: 1.0) == 60  # never sooner than backoff
 
 
 def test_a_task_failing_until_its_deadline_ends_fail_naming_what_it_waited_for_and_the_error(world):
@@ -771,3 +774,36 @@ def test_an_unexpected_error_reading_a_supernode_fails_the_blob_instead_of_crash
     task = world.run()
     assert task.status is TaskStatus.FAIL
     assert "could not be read (UnicodeDecodeError)" in (task.message or "")
+
+
+class _SmallItemStore(FakeTaskStore):
+    """Refuses progress of more than ``limit`` blob copies on a RUNNING task, and drops the detail
+    of an ended one, as the DynamoDB store does with progress that no cut makes fit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def save(self, task, expected_check_seq):
+        if len(task.blobs) > self.limit:
+            if not task.status.terminal:
+                raise ProgressTooLarge(
+                    f"the progress of {len(task.blobs)} blob copies is too large", task.blobs
+                )
+            task = replace(task, blobs=(), layer_counts=LayerCounts.of(task.blobs))
+        return super().save(task, expected_check_seq)
+
+
+def test_progress_too_large_to_record_ends_the_task_fail_with_its_counts_not_in_a_retry_loop():
+    world = World()
+    world.store = _SmallItemStore(limit=5)  # 3 layers x 2 supernodes = 6 copies
+    world.service = PreheatService(world.store, world.queue, SETTINGS, clock=world.clock)
+    world.worker = Worker(world.store, world.queue, world.registry, world.nodes, SETTINGS, clock=world.clock)
+
+    task = world.run()
+
+    assert task.status is TaskStatus.FAIL
+    assert task.finished_at is not None
+    assert task.message == "the progress of 6 blob copies is too large"
+    assert task.to_api()["layers"] == {"total": 3, "succeeded": 0, "failed": 0, "pending": 3}
+    assert world.queue.sent == []  # ended: no check follows

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from preheat.models import BlobProgress
 
 
 class PreheatError(Exception):
@@ -26,6 +30,17 @@ class PermanentFailure(PreheatError):
 
     The worker ends the task FAIL with this message; retrying would not help.
     """
+
+
+class ProgressTooLarge(PermanentFailure):
+    """The task's blob progress cannot be recorded in its store item, even cut to its least (a
+    1000-layer image on many supernodes at once). A terminal task is recorded without the per-blob
+    detail instead, so that the worker ends the task FAIL with this message and ``blobs`` (the
+    progress that did not fit: its counts are kept)."""
+
+    def __init__(self, message: str, blobs: tuple[BlobProgress, ...]) -> None:
+        super().__init__(message)
+        self.blobs = blobs
 
 
 class TransientFailure(PreheatError):

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from preheat.settings import Settings
 
 # Doublings beyond this change nothing a cap would not (2**30 base delays are decades), and keep a
 # huge failure count from overflowing a float.
@@ -68,3 +72,24 @@ def parse_retry_after(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def step_retry_delay(
+    attempt: int,
+    settings: Settings,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds until a step that failed on its ``attempt``-th try is tried again: doubling from
+    ``retry_base_delay_seconds`` up to ``retry_max_delay_seconds``, with equal jitter (half fixed, so
+    it still backs off; half random, so tasks that failed together do not come back together), and
+    no sooner than a server's ``Retry-After`` (itself capped)."""
+    cap = settings.retry_max_delay_seconds
+    policy = RetryPolicy(
+        attempts=1,  # SQS counts a step's attempts (the queue's maxReceiveCount), not this policy
+        backoff_seconds=settings.retry_base_delay_seconds,
+        jitter=Jitter.EQUAL,
+        max_delay_seconds=cap,
+        retry_after_cap_seconds=cap,
+    )
+    return policy.delay(attempt, retry_after, rand)

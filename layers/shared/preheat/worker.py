@@ -18,8 +18,9 @@ Steps and why each is safe to run twice (SQS delivers at least once; Lambdas die
   there is one chain of checks, even when two deliveries of one step run at the same moment.
 
 A step that fails for a reason worth retrying (a registry's 503, DynamoDB throttling) leaves its
-error on the task and is retried by SQS after a backoff of seconds (``retry_delay``); a task ended
-by its deadline or by the dead-letter consumer says what it was waiting for and that last error.
+error on the task and is retried by SQS after a backoff of seconds
+(``preheat.retry.step_retry_delay``); a task ended by its deadline or by the dead-letter consumer
+says what it was waiting for and that last error.
 Every step keeps its whole work (resolution, sends, watch) within the time budget it is given, and
 nothing a server answers escapes as anything but a failure with a message.
 
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import re
 import secrets
 import time
@@ -50,7 +50,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from preheat.dispatch import MAX_PARALLEL_SUPERNODE_CALLS, Dispatch
-from preheat.errors import PermanentFailure, PreheatError, RateLimited, TransientFailure
+from preheat.errors import PermanentFailure, PreheatError, ProgressTooLarge, RateLimited, TransientFailure
 from preheat.models import (
     RETRYING_PREFIX,
     Blob,
@@ -78,7 +78,6 @@ from preheat.ports import (
     TaskQueue,
     TaskStore,
 )
-from preheat.retry import Jitter, RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import without_params
 
@@ -106,27 +105,6 @@ HANDOVER_PAUSE_SECONDS = 0.05
 HANDOVER_LOOKS = 40
 # During a long watch, the layer counts callers see are recorded at most this often (when changed).
 PROGRESS_EVERY_SECONDS = 5.0
-
-
-def retry_delay(
-    attempt: int,
-    settings: Settings,
-    retry_after: float | None = None,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Seconds until a step that failed on its ``attempt``-th try is tried again: doubling from
-    ``retry_base_delay_seconds`` up to ``retry_max_delay_seconds``, with equal jitter (half fixed, so
-    it still backs off; half random, so tasks that failed together do not come back together), and
-    no sooner than a server's ``Retry-After`` (itself capped)."""
-    cap = settings.retry_max_delay_seconds
-    policy = RetryPolicy(
-        attempts=1,  # SQS counts a step's attempts (the queue's maxReceiveCount), not this policy
-        backoff_seconds=settings.retry_base_delay_seconds,
-        jitter=Jitter.EQUAL,
-        max_delay_seconds=cap,
-        retry_after_cap_seconds=cap,
-    )
-    return policy.delay(attempt, retry_after, rand)
 
 
 class _Budget:
@@ -188,7 +166,18 @@ class Worker:
             return task
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, task.timed_out_message(), task.blobs)
-        budget = _Budget(time_budget_seconds)
+        try:
+            return self._step(task, message, _Budget(time_budget_seconds))
+        except ProgressTooLarge as exc:
+            # No retry could record it: the task ends now, its counts kept, its detail dropped.
+            current = self._store.get(task.task_id) or task
+            return (
+                current
+                if current.status.terminal
+                else self._finish(current, TaskStatus.FAIL, str(exc), exc.blobs)
+            )
+
+    def _step(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
         if message.step is Step.START:
             return self._start(task, message.headers, budget)
         return self._check(task, message, budget)

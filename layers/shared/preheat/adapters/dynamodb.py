@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
-from preheat.errors import ClaimHeld, DependencyFailure
+from preheat.errors import ClaimHeld, DependencyFailure, ProgressTooLarge
 from preheat.models import (
     BlobProgress,
     BlobState,
@@ -98,14 +98,40 @@ def _encode(blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: boo
     return zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), level=6)
 
 
-def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes:
-    data = b""
+def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes | None:
+    """The progress as stored, cut until it fits; None when even the shortest cut does not (the
+    item would be refused, and every write of the task after it: see ``save``)."""
     for finished_ids in (True, False):
         for error_chars in ERROR_CUTS:
             data = _encode(blobs, error_chars, finished_ids)
             if len(data) <= MAX_BLOBS_BYTES:
                 return data
-    return data  # DynamoDB refuses it: the write fails as a DependencyFailure naming the code
+    return None
+
+
+def _set_progress(task: Task, values: dict[str, Any], sets: list[str], removes: list[str]) -> None:
+    """The update's actions for the task's blob progress and the layer counts the listing shows."""
+    data = _blobs_to_binary(task.blobs)
+    if data is not None:
+        values[":blobs"] = {"B": data}
+        sets.append("blobs = :blobs")
+    elif not task.status.terminal:
+        raise ProgressTooLarge(
+            f"the progress of {len(task.blobs)} blob copies (blobs x supernodes) is too large to "
+            "record in the task's item; preheat on fewer supernodes at once "
+            "(PREHEAT_SUPERNODE_SCOPE=one) or fewer platforms",
+            task.blobs,
+        )
+    else:
+        # The task must end all the same: recorded with its counts and message, without the
+        # per-blob detail (an item DynamoDB refused would leave it RUNNING for good).
+        removes.append("blobs")
+    # A summary the listing index carries instead of the (large) blobs.
+    counts = LayerCounts.of(task.blobs)
+    values[":counts"] = {
+        "L": [{"N": str(n)} for n in (counts.total, counts.succeeded, counts.failed, counts.pending)]
+    }
+    sets.append("layerCounts = :counts")
 
 
 def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
@@ -232,19 +258,12 @@ class DynamoDBTaskStore:
             ":dispatched": {"BOOL": task.dispatched},
         }
         sets = ["#status = :status", "checkSeq = :seq", "dispatched = :dispatched"]
-        removes = []
+        removes: list[str] = []
         if task.check_chain:
             values[":chain"] = {"S": task.check_chain}
             sets.append("checkChain = :chain")
         if task.blobs:
-            values[":blobs"] = {"B": _blobs_to_binary(task.blobs)}
-            sets.append("blobs = :blobs")
-            # A summary the listing index carries instead of the (large) blobs.
-            counts = LayerCounts.of(task.blobs)
-            values[":counts"] = {
-                "L": [{"N": str(n)} for n in (counts.total, counts.succeeded, counts.failed, counts.pending)]
-            }
-            sets.append("layerCounts = :counts")
+            _set_progress(task, values, sets, removes)
         if task.message:
             values[":msg"] = {"S": _cut(task.message, MAX_MESSAGE_CHARS)}
             sets.append("#msg = :msg")

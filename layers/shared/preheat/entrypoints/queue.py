@@ -22,8 +22,9 @@ from preheat import bootstrap
 from preheat.errors import DependencyFailure, TransientFailure
 from preheat.models import WorkerMessage, utcnow
 from preheat.observability import logger, metrics, tracer
+from preheat.retry import step_retry_delay
 from preheat.settings import get_settings
-from preheat.worker import give_up, retry_delay
+from preheat.worker import give_up
 
 # The share of the invocation's remaining time kept back from a step's work (resolution, sends,
 # watch): room for the last round of supernode calls to time out, then the writes and the message
@@ -45,7 +46,7 @@ def run_step(record: SQSRecord, time_budget_seconds: float | None = None) -> Non
         # timeout is sized for the function's, minutes away. Past maxReceiveCount the dead-letter
         # queue takes over.
         attempt = int(record.attributes.approximate_receive_count or 1)
-        delay = retry_delay(attempt, get_settings(), getattr(exc, "retry_after", None))
+        delay = step_retry_delay(attempt, get_settings(), getattr(exc, "retry_after", None))
         deadline = getattr(exc, "deadline", None)
         if deadline is not None:
             # The retry that comes after the deadline ends the task: it need not wait any longer.
