@@ -1,9 +1,10 @@
 """The worker's SQS poller in a process of its own, joined to a running local stack, as Lambda runs
-the worker on other machines than the API's: ``python -m bench._worker_process STATE_FILE N``.
+the worker on other machines than the API's: ``python -m bench._worker_process STATE_FILE N FD``.
 
 It reads the stack's state file (``LocalStack(state_file=...)``), takes the functions' environment
 from it, and polls the worker's queue on ``N`` threads until its standard input closes; then it
-lets the batches in hand finish and exits. The stack must have been started without its own worker
+lets the batches in hand finish and exits. Meanwhile ``pause`` and ``resume`` lines on standard
+input stop and start its pollers. The stack must have been started without its own worker
 poller (``LocalStack(skip_pollers=["WorkerFunction"])``).
 """
 
@@ -41,7 +42,20 @@ def main(argv: list[str]) -> int:
     )
     with poller:
         print("ready", file=sys.stderr, flush=True)
-        sys.stdin.read()  # until the benchmark closes it
+        # Until the benchmark closes standard input: "pause" stops the pollers once the batches in
+        # hand are done (no request of this process is left half-sent to moto), "resume" starts
+        # them again; each is acknowledged, once done, on the file descriptor FD (standard output carries
+        # the functions' metrics).
+        with open(int(argv[2]), "w", encoding="utf-8") as acknowledgements:
+            for line in sys.stdin:
+                command = line.strip()
+                if command == "pause":
+                    poller.stop()
+                elif command == "resume":
+                    poller.start()
+                else:
+                    continue
+                print(command, file=acknowledgements, flush=True)
     return 0
 
 

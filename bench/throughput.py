@@ -26,17 +26,17 @@ Floor and service rounds alternate, floor first, after a warm-up of each that is
 loads the execution environments the clients keep busy: cold starts are ``cold_start``'s business);
 each rate is the median of its rounds, and the ratio the median of each round's ratio to the floor
 round just before it (their spread is in the detail). The worker's SQS poller runs in a process of
-its own (``bench._worker_process``), as Lambda runs the worker apart from the API, and it is
-stopped (SIGSTOP) while a round is timed: on AWS its DynamoDB and SQS calls land on other machines
-than the API's, while here they would take turns with the round's own in the one moto server and
-the two cores. It drains the round's tasks between rounds; the next round starts once each of them
-is terminal. So each kind of round runs alone, on tables of about the same size (moto's costs grow with
-a table) and with its queue filling from empty (moto's SendMessage counts every message of its
-queue) — before, a floor round that overlapped the worker's backlog of the round before ran at half
-the pace of the first one, and the ratio told more about that than about the API. The heap built
-by then (moto, botocore's models, the stack) is frozen out of the garbage collector before the
-first counted round, as ``latency`` does: its full collections would stall every thread at random,
-in both kinds of round alike.
+its own (``bench._worker_process``), as Lambda runs the worker apart from the API, and it is paused
+(its pollers stopped once their batches in hand are done) while a round is timed: on AWS its
+DynamoDB and SQS calls land on other machines than the API's, while here they would take turns with
+the round's own in the one moto server and the two cores. It drains the round's tasks between
+rounds; the next round starts once each of them is terminal. So each kind of round runs alone, on
+tables of about the same size (moto's costs grow with a table) and with its queue filling from empty
+(moto's SendMessage counts every message of its queue) — before, a floor round that overlapped the
+worker's backlog of the round before ran at half the pace of the first one, and the ratio told more
+about that than about the API. The heap built by then (moto, botocore's models, the stack) is frozen
+out of the garbage collector before the first counted round, as ``latency`` does: its full
+collections would stall every thread at random, in both kinds of round alike.
 
 Beside the figures the JSON keeps sequential timings of single moto calls taken after the rounds
 (``moto_call_ms``): PutItem, and TransactWriteItems of a task and its claim (the write the service
@@ -58,7 +58,6 @@ import gc
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +71,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 import requests
@@ -307,25 +306,44 @@ def empty_queue(moto_url: str, queue_url: str) -> None:
         )
 
 
+@dataclass
+class WorkerProcess:
+    child: subprocess.Popen[bytes]
+    acknowledgements: IO[str]  # the child acknowledges each command here (its stdout has metrics)
+
+    def tell(self, command: str) -> None:
+        """Send ``command`` ("pause", "resume") and wait until the child has carried it out."""
+        assert self.child.stdin is not None
+        self.child.stdin.write(f"{command}\n".encode())
+        self.child.stdin.flush()
+        answer = self.acknowledgements.readline().strip()
+        if answer != command:
+            raise RuntimeError(f"the worker process did not {command} (it answered {answer!r})")
+
+
 @contextlib.contextmanager
-def worker_process(state_file: Path, pollers: int, errors_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(state_file: Path, pollers: int, errors_file: Path) -> Iterator[WorkerProcess]:
     """The worker's poller in a process of its own (``bench._worker_process``), as Lambda runs the
     worker apart from the API: it does not compete for this process's GIL."""
+    ack_read, ack_write = os.pipe()
     with errors_file.open("w", encoding="utf-8") as errors:
         child = subprocess.Popen(
-            [sys.executable, "-m", "bench._worker_process", str(state_file), str(pollers)],
+            [sys.executable, "-m", "bench._worker_process", str(state_file), str(pollers), str(ack_write)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=errors,
             cwd=PROJECT_ROOT,
+            pass_fds=(ack_write,),
         )
+    os.close(ack_write)
     try:
-        deadline = time.monotonic() + 60
-        while "ready" not in errors_file.read_text(encoding="utf-8"):
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker process did not start: {errors_file.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield child
+        with open(ack_read, encoding="utf-8") as acknowledgements:
+            deadline = time.monotonic() + 60
+            while "ready" not in errors_file.read_text(encoding="utf-8"):
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker process did not start: {errors_file.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield WorkerProcess(child, acknowledgements)
     finally:
         assert child.stdin is not None
         child.stdin.close()
@@ -337,19 +355,16 @@ def worker_process(state_file: Path, pollers: int, errors_file: Path) -> Iterato
 
 
 @contextlib.contextmanager
-def paused(child: subprocess.Popen[bytes]) -> Iterator[None]:
-    """The worker's process stopped (SIGSTOP) while the block runs: on AWS the worker's calls land on
-    other machines than the API's, and on this one they would share moto and two cores with the
-    round being timed. Where there is no SIGSTOP it keeps running."""
-    stop, cont = getattr(signal, "SIGSTOP", None), getattr(signal, "SIGCONT", None)
-    if stop is None or cont is None:
-        yield
-        return
-    os.kill(child.pid, stop)
+def paused(worker: WorkerProcess) -> Iterator[None]:
+    """The worker's pollers stopped while the block runs (``bench._worker_process``: the batches in
+    hand finish first, so no request of it is left half-sent to moto): on AWS the worker's calls
+    land on other machines than the API's, and on this one they would share moto and two cores with
+    the round being timed."""
+    worker.tell("pause")
     try:
         yield
     finally:
-        os.kill(child.pid, cont)
+        worker.tell("resume")
 
 
 # -- reading the tasks back -----------------------------------------------------------------------
