@@ -19,11 +19,18 @@ supernode check) is compared with a process that imports the powertools Logger a
 least any powertools-instrumented handler loads. (The completion events' client is built on a
 task's end, not at cold start, so it is in neither.)
 
+Beside the floor, each function is compared with its "+powertools" process: the floor plus the
+powertools utilities the function loads (``POWERTOOLS_PIECES``; which ones, a first run of the
+function that is not counted finds out), built as the function builds them, under the function's
+variables. Its ratio to the floor (``toolkit_ratio``) is what those utilities cost before a line of
+the project runs; the function less it (``own_code_ms``) is the project's own share.
+
 Each process times itself from its first statement to its last (the interpreter's own start-up,
 the same for both, is left out), and reports its peak RSS: ``VmHWM`` from ``/proc/self/status``
 (``getrusage``'s ``ru_maxrss`` where there is no ``/proc``; on Linux it survives ``exec``, so a
 child forked from a large parent would report the parent's size). Runs go round the
-functions and floors in turn; figures are medians of ``--runs``.
+functions (each followed by its "+powertools" process) and floors in turn; figures are medians of
+``--runs``.
 
 Targets: each function at most 1.3x its floor; peak RSS below the function's MemorySize. For a
 function that misses its time target, three more runs under ``python -X importtime`` (and three of
@@ -79,10 +86,9 @@ CLIENT_CONFIG = "Config(retries={'mode': 'standard', 'max_attempts': 3}, connect
 # The powertools utilities a function may load, each with what loading it takes (in this order: the
 # tracer before its patches), keyed by a module that shows it loaded. A function's "toolkit" is its
 # floor plus the pieces its own process loaded: what it pays before a line of the project's code.
+LOGGER_PIECE = "aws_lambda_powertools.logging.logger"
 POWERTOOLS_PIECES: dict[str, str] = {
-    "aws_lambda_powertools.logging.logger": (
-        "from aws_lambda_powertools import Logger\nLogger(service='bench')\n"
-    ),
+    LOGGER_PIECE: ("from aws_lambda_powertools import Logger\nLogger(service='bench')\n"),
     "aws_lambda_powertools.metrics.metrics": (
         "from aws_lambda_powertools import Metrics\nMetrics(namespace='bench', service='bench')\n"
     ),
@@ -160,7 +166,11 @@ def function_script(spec: FunctionSpec, layer_dirs: Sequence[Path], factories: S
 def toolkit_script(services: Sequence[str], loaded: Sequence[str]) -> str:
     """The floor, then the powertools utilities a function loaded (``loaded``: keys of
     ``POWERTOOLS_PIECES``), built as the function builds them: what it pays before its own code."""
-    pieces = "".join(code for piece, code in POWERTOOLS_PIECES.items() if piece in loaded)
+    # A floor without clients has built its Logger already.
+    skip = set() if services else {LOGGER_PIECE}
+    pieces = "".join(
+        code for piece, code in POWERTOOLS_PIECES.items() if piece in loaded and piece not in skip
+    )
     return floor_script(services).removesuffix(_CHILD_REPORT) + "\n" + pieces + _CHILD_REPORT
 
 

@@ -20,7 +20,7 @@ on to a check message at once, so a task-minute costs ``60 s x MemorySize`` of L
 upper bound: one task per invocation; records of a batch watch side by side in one invocation and
 share it), ``60 / window`` invocations and three SQS requests per hand-over (send, receive,
 delete). Measured here: the worker's invocations, their duration, and the check messages sent, over
-the task-minutes of the long runs. Priced at the AWS list prices below (us-east-1, arm64).
+the task-minutes of all the runs. Priced at the AWS list prices below (us-east-1, arm64).
 
 Results go to ``bench/results/completion_notice.json``; each figure is ``{value, target, met}``.
 """

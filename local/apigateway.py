@@ -252,10 +252,6 @@ def layer_key_extractor() -> KeyExtractor:
 
 
 class _Server(LocalHTTPServer):
-    # API Gateway takes any number of connections at once; socketserver's backlog of 5 would drop (or,
-    # with SYN cookies, reset) connections of a burst of clients.
-    request_queue_size = 128
-
     def __init__(self, address: tuple[str, int], gateway: ApiGateway) -> None:
         self.gateway = gateway
         super().__init__(address, _Handler)

@@ -83,6 +83,7 @@ from urllib.parse import parse_qs, urlsplit
 from local.background import BackgroundServer, LocalHTTPServer
 from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
 from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS
+from preheat.task_ids import DRAGONFLY2_TASK_TYPE as TASK_TYPE
 
 log = logging.getLogger("local.dragonfly2_manager")
 
@@ -105,7 +106,6 @@ DEFAULT_FILTERED_QUERY_PARAMS = "&".join(DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAM
 # manager/middlewares/ratelimiter.go: job creates naming scheduler clusters, per cluster.
 DEFAULT_JOB_RATE_LIMIT = 10.0
 RATE_LIMIT_MESSAGE = "rate limit exceeded"
-TASK_TYPE = "STANDARD"
 REDACTED = "<redacted>"
 MAX_BODY_BYTES = 1 << 20
 JOBS_PATH = "/oapi/v1/jobs"

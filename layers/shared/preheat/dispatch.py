@@ -67,11 +67,11 @@ class Dispatch:
     def _guarded(self, blob: Blob, target: str) -> BlobProgress:
         """``send``, turning its failures into a FAILED blob; a target whose creates keep failing
         for reasons worth retrying gets no more of this step's creates (see BREAKER_FAILURES)."""
-        progress = self._describe(blob, target)
+        # The blob as recorded is described only for a failure here: ``send`` describes its own.
         with self._lock:
             failures, last = self._failures.get(target, (0, ""))
         if failures >= BREAKER_FAILURES:
-            return progress.with_state(
+            return self._describe(blob, target).with_state(
                 BlobState.FAILED,
                 f"not sent: this supernode failed the {failures} preheats before it ({last})",
             )
@@ -83,10 +83,10 @@ class Dispatch:
             with self._lock:
                 count = self._failures.get(target, (0, ""))[0] + 1
                 self._failures[target] = (count, str(exc))
-            return progress.with_state(BlobState.FAILED, str(exc))
+            return self._describe(blob, target).with_state(BlobState.FAILED, str(exc))
         except Exception as exc:
             logger.exception("sending %s to %s failed unexpectedly", blob.label, target)
-            return progress.with_state(
+            return self._describe(blob, target).with_state(
                 BlobState.FAILED,
                 f"the answer of {target} to the preheat of {blob.label} could not be "
                 f"read ({type(exc).__name__})",

@@ -220,9 +220,9 @@ class Worker:
                 )
                 exc.deadline = task.deadline
                 raise
+            except PreheatError:
+                raise  # a DependencyFailure: the step is retried
             except Exception as exc:
-                if isinstance(exc, PreheatError):
-                    raise
                 # Whatever a server answered must not crash the step into a redelivery loop.
                 logger.exception("resolving task %s failed unexpectedly", task.task_id)
                 what = "image" if task.type is PreheatType.IMAGE else "file"

@@ -1,18 +1,20 @@
 """The Dragonfly 2 driver: a manager's open API (``GET /healthy``, ``POST /oapi/v1/jobs``,
 ``GET /oapi/v1/jobs/{id}``), authenticated with a personal access token.
 
-The worker has already resolved every blob to its real download URL, so each blob becomes one
-``file`` preheat job. The job's ``state`` alone is not the truth: the manager reports SUCCESS when
-every scheduler task returned, even if the seed peers failed the download (``all_seed_peers`` and
+The worker has already resolved every blob to its real download URL, so each blob becomes a ``file``
+preheat job of its own (``create``), or one URL of a job that carries many (``create_batch``,
+``args.urls``). The job's ``state`` alone is not the truth: the manager reports SUCCESS when every
+scheduler task returned, even if the seed peers failed the download (``all_seed_peers`` and
 ``all_peers`` list those in ``failure_tasks``; ``single_seed_peer`` with the ``urls`` form drops a
 failed URL from the result altogether). So a SUCCESS job counts as warm only when every scheduler
 cluster's result has a success task for the blob's URL and no result has a failure task for it.
 
 ``scheduler_cluster_ids`` is left out of the create body when ``PREHEAT_DRAGONFLY2_CLUSTERS`` is
 empty: the manager then preheats in every scheduler cluster that has an active scheduler (an empty
-list means the same to it; Harbor sends ``null``). ``filtered_query_params`` is left out when the
-blob has no filter, so that the manager applies its default list (the S3/GCS/OSS/OBS/COS signature
-parameters and ``ns``), the same one Dragonfly peers use to compute task ids.
+list means the same to it; Harbor sends ``null``). ``filtered_query_params`` is left out when
+neither the deployment (``PREHEAT_DRAGONFLY2_FILTERED_QUERY_PARAMS``) nor the blob names one, so
+that the manager applies its default list (the S3/GCS/OSS/OBS/COS signature parameters and ``ns``),
+the same one Dragonfly peers use to compute task ids.
 
 The token, blob headers and the ``headers``/``password`` a manager echoes back in a job's ``args`` are
 credentials: no message this module builds quotes them, and text from a manager is scrubbed of them.
@@ -75,7 +77,6 @@ UNCONFIGURED_MESSAGE = (
     '{"token": "..."})'
 )
 
-# Machinery task states (github.com/dragonflyoss/machinery): every one but the last two is "not yet".
 # Secrets Manager error codes that another try will not fix.
 _PERMANENT_SECRET_ERRORS = frozenset(
     {
@@ -139,9 +140,7 @@ class Dragonfly2Driver(HttpTargetDriver):
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
         self._rate_limit_patience = rate_limit_patience
         self.rate_limited = 0  # 429 answers waited out, for tests and benchmarks
-        self._answers: OrderedDict[tuple[str, str], tuple[float, dict[str, Any] | SupernodeTask]] = (
-            OrderedDict()
-        )
+        self._answers: OrderedDict[tuple[str, str], tuple[float, _JobAnswer]] = OrderedDict()
         self._answer_locks: dict[tuple[str, str], threading.Lock] = {}
         self._answers_lock = threading.Lock()
 
@@ -253,7 +252,7 @@ class Dragonfly2Driver(HttpTargetDriver):
         job_part, sep, index_part = supernode_task_id.partition("#")
         if sep and _is_number(job_part) and _is_number(index_part):
             return self._url_status(target, supernode_task_id, job_part, int(index_part))
-        if not (supernode_task_id.isascii() and supernode_task_id.isdigit()):
+        if not _is_number(supernode_task_id):
             # Say so rather than ask: e.g. a Dragonfly 1 task id left over from before a switch of API.
             return SupernodeTask(
                 supernode_task_id,
@@ -283,7 +282,7 @@ class Dragonfly2Driver(HttpTargetDriver):
             )
         return interpret_job(target, task_id, answer, (self._token(),), url=urls[index])
 
-    def _job_answer(self, target: str, job_id: str) -> dict[str, Any] | SupernodeTask:
+    def _job_answer(self, target: str, job_id: str) -> _JobAnswer:
         key = (target, job_id)
         with self._answers_lock:
             lock = self._answer_locks.setdefault(key, threading.Lock())
@@ -303,7 +302,7 @@ class Dragonfly2Driver(HttpTargetDriver):
                     self._answer_locks.pop(dropped, None)
             return answer
 
-    def _read_job(self, target: str, job_id: str, token: str) -> dict[str, Any] | SupernodeTask:
+    def _read_job(self, target: str, job_id: str, token: str) -> _JobAnswer:
         """The job object, or the blob's verdict when there is none to read."""
         response = self._send(
             "GET", target, f"{JOBS_PATH}/{job_id}", f"answer the status of job {job_id}", token

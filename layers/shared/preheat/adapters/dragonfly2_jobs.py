@@ -16,6 +16,7 @@ from preheat.ports import SupernodeTask
 MAX_QUOTED_CHARS = 400
 MAX_NAMED_HOSTS = 5
 
+# Machinery task states (github.com/dragonflyoss/machinery): every one but the last two is "not yet".
 _PENDING = frozenset({"PENDING", "RECEIVED", "STARTED", "RETRY"})
 _SUCCESS = "SUCCESS"
 _FAILURE = "FAILURE"

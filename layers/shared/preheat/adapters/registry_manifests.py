@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from preheat.adapters.http import loads as _loads
+from preheat.adapters.quoting import truncate
 from preheat.errors import PermanentFailure
 from preheat.models import Platform
 
@@ -198,8 +199,7 @@ def _index_children(document: dict[str, Any], what: str, scrub: Callable[[str], 
 
 def _platform_name(platform: Platform) -> str:
     """``os/architecture[/variant]``, cut short: the registry wrote it, and messages quote it."""
-    name = str(platform)
-    return name if len(name) <= MAX_PLATFORM_NAME_CHARS else f"{name[:MAX_PLATFORM_NAME_CHARS]}..."
+    return truncate(str(platform), MAX_PLATFORM_NAME_CHARS)
 
 
 def _is_attestation(entry: dict[str, Any]) -> bool:
