@@ -44,6 +44,8 @@ from typing import Any
 
 from bench import RESULTS
 from bench.common import (
+    PRICES_USD,
+    SQS_REQUESTS_PER_MESSAGE,
     CallCounter,
     InvocationTimer,
     api_session,
@@ -177,20 +179,6 @@ def measure(layer_counts: Sequence[int], runs: int) -> dict[int, list[dict[str, 
 
 # -- what a preheat costs -------------------------------------------------------------------------
 
-# Public AWS list prices, us-east-1, as of 2026; arm64 Lambda, on-demand DynamoDB, standard SQS,
-# REST API Gateway. https://aws.amazon.com/lambda/pricing/, https://aws.amazon.com/dynamodb/pricing/on-demand/,
-# https://aws.amazon.com/sqs/pricing/, https://aws.amazon.com/api-gateway/pricing/,
-# https://aws.amazon.com/eventbridge/pricing/, https://aws.amazon.com/xray/pricing/
-PRICES_USD = {
-    "lambda_gb_second": 0.0000133334,
-    "lambda_request": 0.20 / 1e6,
-    "dynamodb_write_unit": 0.625 / 1e6,
-    "dynamodb_read_unit": 0.125 / 1e6,
-    "sqs_request": 0.40 / 1e6,
-    "api_request": 3.50 / 1e6,
-    "eventbridge_event": 1.00 / 1e6,
-    "xray_trace": 5.00 / 1e6,
-}
 # The anchor: the smallest Dragonfly 2 manager deployment a team would run instead, a month (730 h)
 # at on-demand list prices: the manager on an EC2 t4g.medium (2 vCPU, 4 GiB, as Dragonfly's Helm
 # chart sizes it; $0.0336/h), MySQL on RDS db.t4g.micro single-AZ ($0.016/h) with 20 GB gp3
@@ -200,8 +188,6 @@ ANCHOR_PARTS = "manager EC2 t4g.medium, RDS MySQL db.t4g.micro + 20 GB gp3, Elas
 # Per preheat, besides what is measured: the caller's POST and one status read (or none, with the
 # completion event), each through the API key authorizer (no authorizer cache: see the template).
 API_REQUESTS_PER_PREHEAT = 2
-# Each SQS message is also received and deleted by the worker's event source.
-SQS_REQUESTS_PER_MESSAGE = 3
 
 
 def item_bytes(item: Mapping[str, Any]) -> int:

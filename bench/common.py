@@ -433,3 +433,22 @@ class InvocationTimer:
         with self._lock:
             if not self._lock.wait_for(lambda: any(name == logical_id for name, _ in self.records), timeout):
                 raise RuntimeError(f"no invocation of {logical_id} ended within {timeout:g} s")
+
+
+# Public AWS list prices, us-east-1, as of 2026; arm64 Lambda, on-demand DynamoDB, standard SQS,
+# REST API Gateway. https://aws.amazon.com/lambda/pricing/, https://aws.amazon.com/dynamodb/pricing/on-demand/,
+# https://aws.amazon.com/sqs/pricing/, https://aws.amazon.com/api-gateway/pricing/,
+# https://aws.amazon.com/eventbridge/pricing/, https://aws.amazon.com/xray/pricing/
+PRICES_USD = {
+    "lambda_gb_second": 0.0000133334,
+    "lambda_request": 0.20 / 1e6,
+    "dynamodb_write_unit": 0.625 / 1e6,
+    "dynamodb_read_unit": 0.125 / 1e6,
+    "sqs_request": 0.40 / 1e6,
+    "api_request": 3.50 / 1e6,
+    "eventbridge_event": 1.00 / 1e6,
+    "xray_trace": 5.00 / 1e6,
+}
+# Each SQS message costs three requests: SendMessage, then the worker's event source's ReceiveMessage
+# and DeleteMessage.
+SQS_REQUESTS_PER_MESSAGE = 3

@@ -42,7 +42,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from bench.common import CallCounter, InvocationTimer, figure, figure_rows, quiet_logs, table, write_result
+from bench.common import (
+    PRICES_USD,
+    SQS_REQUESTS_PER_MESSAGE,
+    CallCounter,
+    InvocationTimer,
+    figure,
+    figure_rows,
+    quiet_logs,
+    table,
+    write_result,
+)
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from local.template import Template
@@ -58,12 +68,11 @@ QUIET_FUNCTIONS = {"POWERTOOLS_LOG_LEVEL": "WARNING"}
 TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
 WORKER = "WorkerFunction"
 
-# Public AWS list prices, us-east-1, as of 2026 (https://aws.amazon.com/lambda/pricing/,
-# https://aws.amazon.com/sqs/pricing/).
-LAMBDA_ARM_GB_SECOND_USD = 0.0000133334  # Lambda on arm64 (Graviton), first 7.5 billion GB-s a month
-LAMBDA_REQUEST_USD = 0.20 / 1_000_000
-SQS_REQUEST_USD = 0.40 / 1_000_000  # standard queue, past the first million a month
-SQS_REQUESTS_PER_HANDOVER = 3  # SendMessage, then the event source's ReceiveMessage and DeleteMessage
+# Public AWS list prices, us-east-1 (bench.common.PRICES_USD, where they are cited).
+LAMBDA_ARM_GB_SECOND_USD = PRICES_USD["lambda_gb_second"]  # Lambda on arm64 (Graviton)
+LAMBDA_REQUEST_USD = PRICES_USD["lambda_request"]
+SQS_REQUEST_USD = PRICES_USD["sqs_request"]  # standard queue
+SQS_REQUESTS_PER_HANDOVER = SQS_REQUESTS_PER_MESSAGE  # each hand-over is one check message
 # What one cached image saves, for scale: 1000 nodes pulling a 500 MB image from a registry behind a
 # NAT gateway ($0.045/GB processed, https://aws.amazon.com/vpc/pricing/) instead of from the P2P cache.
 SAVED_PER_IMAGE_USD = 1000 * 0.5 * 0.045

@@ -15,6 +15,7 @@ from typing import Any
 
 import botocore.session
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 # Bounded, so that an unreachable endpoint fails a step within seconds rather than a Lambda's timeout.
 CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5)
@@ -35,3 +36,13 @@ def client(service: str, *, region: str | None = None, config: Config = CLIENT_C
     come from the environment as they would for boto3."""
     with _CREATING:
         return session().create_client(service, region_name=region, config=config)
+
+
+def reason(exc: Exception) -> str:
+    """An AWS call's failure as a caller may read it: the error's code
+    (``ProvisionedThroughputExceededException``, or the HTTP status of an answer that was not the
+    service's), else the exception's type; never its message, which can be a whole HTML error page
+    and reaches the caller of the API."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "error")
+    return type(exc).__name__

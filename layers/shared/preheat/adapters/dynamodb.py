@@ -207,9 +207,9 @@ class DynamoDBTaskStore:
         except ClientError as exc:
             if claim is not None and _claim_refused(exc):
                 raise ClaimHeld(self._claim_holder(claim)) from None
-            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not record the task: {aws.reason(exc)}") from None
         except BotoCoreError as exc:
-            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not record the task: {aws.reason(exc)}") from None
 
     def _claim_put(self, task: Task, claim: str, replaces: str | None) -> dict[str, Any]:
         put: dict[str, Any] = {
@@ -234,7 +234,7 @@ class DynamoDBTaskStore:
                 TableName=self._table, Key={"pk": {"S": f"{CLAIM_PREFIX}{claim}"}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not read the task: {aws.reason(exc)}") from None
         holder: str | None = answer.get("Item", {}).get("taskId", {}).get("S")
         return holder
 
@@ -244,7 +244,7 @@ class DynamoDBTaskStore:
                 TableName=self._table, Key={"pk": {"S": task_id}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not read the task: {aws.reason(exc)}") from None
         item = answer.get("Item")
         return None if item is None else _task_from_item(item)
 
@@ -292,9 +292,9 @@ class DynamoDBTaskStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
-            raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not update the task: {aws.reason(exc)}") from None
         except BotoCoreError as exc:
-            raise DependencyFailure(f"could not update the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not update the task: {aws.reason(exc)}") from None
         return True
 
     def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
@@ -341,7 +341,7 @@ class DynamoDBTaskStore:
         try:
             answer: dict[str, Any] = self._client.query(**request)
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not list the tasks: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not list the tasks: {aws.reason(exc)}") from None
         return answer
 
     def _stream(
@@ -375,9 +375,9 @@ class DynamoDBTaskStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 return False
-            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not record the task: {aws.reason(exc)}") from None
         except BotoCoreError as exc:
-            raise DependencyFailure(f"could not record the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not record the task: {aws.reason(exc)}") from None
         return True
 
     def get_alias(self, alias: str) -> str | None:
@@ -386,7 +386,7 @@ class DynamoDBTaskStore:
                 TableName=self._table, Key={"pk": {"S": alias}}, ConsistentRead=True
             )
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not read the task: {_reason(exc)}") from None
+            raise DependencyFailure(f"could not read the task: {aws.reason(exc)}") from None
         task_id: str | None = answer.get("Item", {}).get("taskId", {}).get("S")
         return task_id
 
@@ -457,12 +457,3 @@ def _claim_refused(exc: ClientError) -> bool:
     if len(reasons) >= 2:
         return bool(reasons[1].get("Code") == "ConditionalCheckFailed")
     return "ConditionalCheckFailed" in str(exc.response.get("Error", {}).get("Message", ""))
-
-
-def _reason(exc: Exception) -> str:
-    """The error's code (``ProvisionedThroughputExceededException``, or the HTTP status of an answer
-    that was not DynamoDB's), never its message: that can be a whole HTML error page, and reaches
-    the caller of the API."""
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "error")
-    return type(exc).__name__

@@ -35,11 +35,8 @@ class EventBridgePublisher:
             entry["Time"] = task.finished_at
         try:
             answer = self._client.put_events(Entries=[entry])
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise DependencyFailure(f"could not put the completion event: {code}") from None
-        except BotoCoreError as exc:
-            raise DependencyFailure(f"could not put the completion event: {type(exc).__name__}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not put the completion event: {aws.reason(exc)}") from None
         # PutEvents answers 200 even when an entry is refused (throttled, bus missing): say so.
         if answer.get("FailedEntryCount"):
             [failed] = answer.get("Entries") or [{}]

@@ -41,11 +41,8 @@ class SqsTaskQueue:
                     "step": {"DataType": "String", "StringValue": message.step.value},
                 },
             )
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise DependencyFailure(f"could not queue the task: {error.get('Code', 'error')}") from None
-        except BotoCoreError as exc:
-            raise DependencyFailure(f"could not queue the task: {type(exc).__name__}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not queue the task: {aws.reason(exc)}") from None
 
     def retry_later(self, receipt_handle: str, delay_seconds: float) -> None:
         if not self._queue_url:
@@ -57,8 +54,5 @@ class SqsTaskQueue:
             self._client.change_message_visibility(
                 QueueUrl=self._queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
             )
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise DependencyFailure(f"could not delay the retry: {error.get('Code', 'error')}") from None
-        except BotoCoreError as exc:
-            raise DependencyFailure(f"could not delay the retry: {type(exc).__name__}") from None
+        except (ClientError, BotoCoreError) as exc:
+            raise DependencyFailure(f"could not delay the retry: {aws.reason(exc)}") from None
