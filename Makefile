@@ -21,7 +21,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: run test lint format typecheck validate build bench invoke clean scan openapi debian-packages test-packages
 
-$(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt pyproject.toml
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt layers/grpc/requirements.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
