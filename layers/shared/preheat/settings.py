@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -108,6 +109,30 @@ def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     return _positive_int(env, name, 1)
 
 
+SUPERNODE_APIS = ("dragonfly1", "dragonfly2", "dragonfly2-scheduler")
+# A scheduler's address: host:port, [v6]:port.
+_SCHEDULER_ADDRESS = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
+
+
+def _targets(raw: str, supernode_api: str) -> tuple[str, ...]:
+    """PREHEAT_SUPERNODES: http(s) base URLs, or for the schedulers their gRPC ``host:port``."""
+    if supernode_api == "dragonfly2-scheduler":
+        addresses = _split(raw)
+        for address in addresses:
+            if not _SCHEDULER_ADDRESS.match(address) or not 0 < int(address.rsplit(":", 1)[1]) < 65536:
+                raise ValueError(
+                    "PREHEAT_SUPERNODES entries must be the schedulers' gRPC addresses as host:port "
+                    f"(e.g. scheduler-0.dragonfly:8002) when PREHEAT_SUPERNODE_API is dragonfly2-scheduler, "
+                    f"got {address!r}"
+                )
+        return addresses
+    urls = tuple(url.rstrip("/") for url in _split(raw))
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {url!r}")
+    return urls
+
+
 # Docker Hub: the worker must talk to registry-1.docker.io, nodes name it as dfdaemon's default
 # mirror address does (https://index.docker.io).
 DEFAULT_NODE_REGISTRY_HOSTS = (("registry-1.docker.io", "index.docker.io"),)
@@ -138,7 +163,9 @@ class Settings:
     retry_base_delay_seconds: float = 1.0
     retry_max_delay_seconds: float = 60.0
     platforms: tuple[str, ...] = ()  # default narrowing of multi-platform images
-    supernode_api: str = "dragonfly1"  # or "dragonfly2": PREHEAT_SUPERNODES then names the manager
+    # "dragonfly1" (supernodes), "dragonfly2" (a manager's open API), or "dragonfly2-scheduler" (the
+    # schedulers' gRPC preheat and stat): what PREHEAT_SUPERNODES names.
+    supernode_api: str = "dragonfly1"
     supernode_scope: str = "all"  # "one": each blob to one supernode, by rendezvous hashing
     # Outbound requests to registries and file servers (never to the configured supernodes):
     # private, loopback, link-local, multicast and reserved addresses are refused unless listed.
@@ -164,15 +191,16 @@ class Settings:
     dragonfly2_piece_length: int | None = None
     dragonfly2_filtered_query_params: tuple[str, ...] = ()  # empty: the client's default list
     dragonfly2_job_urls: str = "batch"  # one job per task with args.urls, or "single" (one per URL)
+    # The task id Dragonfly 2 nodes give a registry blob: from its URL ("url", the default), or from
+    # its digest alone ("blob-digest": dfdaemons with proxy.registryMirror.enableTaskIDBasedBlobDigest).
+    dragonfly2_task_ids: str = "url"
     event_bus: str = "default"  # the EventBridge bus completion events go to (name or ARN)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        supernodes = tuple(url.rstrip("/") for url in _split(env.get("PREHEAT_SUPERNODES", "")))
-        for url in supernodes:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {url!r}")
+        supernode_api = _choice(env, "PREHEAT_SUPERNODE_API", SUPERNODE_APIS)
+        supernodes = _targets(env.get("PREHEAT_SUPERNODES", ""), supernode_api)
         return cls(
             table_name=env.get("PREHEAT_TABLE_NAME", cls.table_name),
             queue_url=env.get("PREHEAT_QUEUE_URL", cls.queue_url),
@@ -207,7 +235,7 @@ class Settings:
             ),
             watch_interval_seconds=_positive_float(env, "PREHEAT_WATCH_INTERVAL", cls.watch_interval_seconds),
             platforms=_platforms(env.get("PREHEAT_PLATFORMS", "")),
-            supernode_api=_choice(env, "PREHEAT_SUPERNODE_API", ("dragonfly1", "dragonfly2")),
+            supernode_api=supernode_api,
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
             allowed_networks=_networks(env.get("PREHEAT_ALLOWED_NETWORKS", "")),
             allowed_registries=tuple(
@@ -231,6 +259,7 @@ class Settings:
             dragonfly2_piece_length=_optional_positive_int(env, "PREHEAT_DRAGONFLY2_PIECE_LENGTH"),
             dragonfly2_filtered_query_params=_params(env.get("PREHEAT_DRAGONFLY2_FILTERED_QUERY_PARAMS", "")),
             dragonfly2_job_urls=_choice(env, "PREHEAT_DRAGONFLY2_JOB_URLS", ("batch", "single")),
+            dragonfly2_task_ids=_choice(env, "PREHEAT_DRAGONFLY2_TASK_IDS", ("url", "blob-digest")),
             event_bus=env.get("PREHEAT_EVENT_BUS", "").strip() or cls.event_bus,
         )
 
