@@ -15,6 +15,7 @@ Dragonfly's own tools list (``dfget``'s logs, a Dragonfly 2 ``get_task`` job).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 
@@ -107,3 +108,18 @@ def dragonfly2_task_id(
     if piece_length is not None:
         material += str(piece_length)
     return hashlib.sha256((material + DRAGONFLY2_TASK_TYPE).encode()).hexdigest()
+
+
+# A registry blob URL's path: /v2/<name>/blobs/<algorithm>:<hex>.
+_BLOB_PATH = re.compile(r"^/v2/.+/blobs/(?:sha256:([0-9a-f]{64})|sha512:([0-9a-f]{128}))$")
+
+
+def dragonfly2_blob_digest_task_id(url: str) -> str | None:
+    """The task id a Dragonfly 2 node with ``enableTaskIDBasedBlobDigest`` gives a registry blob URL:
+    the digest's hex alone, whatever the host, repository or query (``TaskIDParameter::BlobDigestBased``
+    in dragonfly-client, ``idgen.TaskIDV2ByBlobDigest`` in Go). None for a URL that is not a blob's:
+    such a node gives it a URL-based id."""
+    match = _BLOB_PATH.match(urlsplit(url).path)
+    if match is None:
+        return None
+    return match.group(1) or match.group(2)
