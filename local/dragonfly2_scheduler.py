@@ -293,6 +293,9 @@ class ReferenceScheduler:
                 self._lock.wait()
             if self._closing:
                 raise _Fault(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping")
+            if not context.is_active():
+                # The caller gave up while the scheduler hung: nothing of its call may happen now.
+                raise _Fault(grpc.StatusCode.CANCELLED, "the caller went away")
             for index, (left, code, only) in enumerate(self._faults):
                 if only is None or only == method:
                     if left <= 1:

@@ -14,6 +14,7 @@ from dragonfly_api import scheduler_pb2, scheduler_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from local.dragonfly2_scheduler import ReferenceScheduler
+from local.stack import LocalStack, stack_from_environ
 from preheat.task_ids import dragonfly2_blob_digest_task_id, dragonfly2_task_id
 from tests.support.blob_registry import BlobRegistry, digest
 from tests.support.origin import Origin
@@ -417,3 +418,27 @@ def test_requests_are_recorded_as_they_arrived_credentials_included(scheduler, s
     assert file_request["header"] == {"Authorization": "Bearer s3cret-t0ken"}
     assert image_method == "PreheatImage"
     assert (image_request["username"], image_request["password"]) == ("alice", "s3cret")
+
+
+# -- the local stack -------------------------------------------------------------------------------
+
+
+def test_the_local_stack_runs_the_scheduler_in_place_of_the_supernode():
+    with LocalStack(target="dragonfly2-scheduler") as stack:
+        assert stack.supernode is None
+        assert stack.reference_scheduler is not None
+        address = stack.reference_scheduler.address
+        assert stack.supernodes == [address]
+        assert stack.environment["PREHEAT_SUPERNODE_API"] == "dragonfly2-scheduler"
+        assert stack.environment["PREHEAT_SUPERNODES"] == address
+        with grpc.insecure_channel(address) as channel:
+            hosts = scheduler_pb2_grpc.SchedulerStub(channel).ListHosts(
+                scheduler_pb2.ListHostsRequest(), timeout=WAIT
+            )
+        assert len(hosts.hosts) == 5
+    with pytest.raises(ValueError, match="PREHEAT_LOCAL_TARGET"):
+        LocalStack(target="dragonfly3")
+    assert (
+        stack_from_environ({"PREHEAT_LOCAL_TARGET": "dragonfly2-scheduler"}).target == "dragonfly2-scheduler"
+    )
+    assert stack_from_environ({}).target == "dragonfly1"
