@@ -125,8 +125,16 @@ class _Fault(Exception):
 
 
 class ReferenceScheduler:
-    """A scheduler on ``host:port`` (0: a free port) with ``seed_peers`` seed peers and
-    ``normal_peers`` normal peers. ``with`` it, or :meth:`start` and :meth:`close`."""
+    """A scheduler on ``host:port`` (0: a free port) with ``seed_peers`` seed peers (``seed-peer-N``,
+    127.0.1.N+1) and ``normal_peers`` normal peers (``peer-N``, 127.0.2.N+1), or the given ``hosts``.
+    ``with`` it, or :meth:`start` and :meth:`close`; :attr:`address` is ``host:port``.
+
+    For tests: :attr:`requests` (every call, unredacted), :attr:`preheats` (what each preheat
+    scheduled), :attr:`hosts`, :meth:`holders` (hostname -> downloading/finished/failed),
+    :meth:`errors`, :meth:`wait_finished` / :meth:`wait_holders` (on the peers' own condition, no
+    polling), :meth:`task_id`; knobs :meth:`set_serving`, :meth:`hang`, :meth:`fail_next`,
+    :meth:`peer_delay`, :meth:`fail_peer`, :meth:`evict`.
+    """
 
     def __init__(
         self,

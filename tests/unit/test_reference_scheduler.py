@@ -114,6 +114,10 @@ def test_an_image_preheat_is_validated_too(scheduler, stub):
         ("all_peers", {"percentage": 67}, {"peer-0", "peer-1"}),  # 3 * 67 // 100 = 2
         ("all_peers", {"percentage": 10}, {"peer-0"}),  # rounds down to 0, at least 1
         ("all_peers", {"ips": ["127.0.2.3"], "count": 2}, {"peer-2"}),  # ips first
+        # The validator lets an explicit 0 through (it checks non-zero values only), and the
+        # selection then takes no peer at all, as the real one's slice [:0] does.
+        ("all_peers", {"count": 0}, set()),
+        ("all_seed_peers", {"percentage": 0}, set()),
     ],
 )
 def test_each_scope_selects_its_peers(scheduler, stub, origin, scope, fields, expected):
