@@ -131,9 +131,9 @@ class ReferenceScheduler:
 
     For tests: :attr:`requests` (every call, unredacted), :attr:`preheats` (what each preheat
     scheduled), :attr:`hosts`, :meth:`holders` (hostname -> downloading/finished/failed),
-    :meth:`errors`, :meth:`wait_finished` / :meth:`wait_holders` (on the peers' own condition, no
-    polling), :meth:`task_id`; knobs :meth:`set_serving`, :meth:`hang`, :meth:`fail_next`,
-    :meth:`peer_delay`, :meth:`fail_peer`, :meth:`evict`.
+    :meth:`errors`, :meth:`finished_at`, :meth:`wait_finished` / :meth:`wait_holders` (on the
+    peers' own condition, no polling), :meth:`task_id`; knobs :meth:`set_serving`, :meth:`hang`,
+    :meth:`fail_next`, :meth:`peer_delay`, :meth:`fail_peer`, :meth:`evict`.
     """
 
     def __init__(
@@ -232,6 +232,10 @@ class ReferenceScheduler:
     def errors(self, task_id: str) -> dict[str, str]:
         return self._peers.errors(task_id)
 
+    def finished_at(self, task_id: str) -> dict[str, float]:
+        """hostname -> when (``time.time()``) that peer finished the task: where a notice starts."""
+        return self._peers.finished_at(task_id)
+
     def wait_finished(self, task_id: str, count: int, timeout: float) -> bool:
         return self._peers.wait_finished(task_id, count, timeout)
 
@@ -279,7 +283,10 @@ class ReferenceScheduler:
         with self._lock:
             self._faults.append((n, code, method))
 
-    def peer_delay(self, hostname: str, seconds: float) -> None:
+    def peer_delay(self, hostname: str | None, seconds: float) -> None:
+        """Keep a peer's tasks downloading for ``seconds`` after their bytes are in (``hostname``
+        None: every peer without a delay of its own). A change applies at once to tasks waiting,
+        so a long delay holds a peer and 0 releases it."""
         self._peers.set_delay(hostname, seconds)
 
     def fail_peer(self, hostname: str, failing: bool = True) -> None:
