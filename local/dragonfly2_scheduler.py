@@ -53,12 +53,13 @@ from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
+import requests
 from dragonfly_api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from local.dragonfly2_images import ResolveError, resolve_image
+from local.dragonfly2_images import ResolvedImage, ResolveError, resolve_image
 from local.dragonfly2_peers import Download, Host, Peers, State, default_hosts
 from local.supernode import download_session
 from preheat.task_ids import (
@@ -163,7 +164,7 @@ class ReferenceScheduler:
         self._server: grpc.Server | None = None
         self._bound_port = 0
         self._health = _Health(self)
-        self._session = download_session(4)
+        self._session: requests.Session | None = None  # the manifest resolutions'
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class ReferenceScheduler:
         if self._server is not None:
             return self
         self._closing = False
+        self._session = download_session(4)
         self._peers.start()
         # Enough threads that calls held by hang() do not keep the others from being served.
         server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix="d2-scheduler-rpc"))
@@ -193,7 +195,9 @@ class ReferenceScheduler:
             self._lock.notify_all()
         server.stop(grace=None).wait(5)
         self._peers.close()
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -338,7 +342,11 @@ class ReferenceScheduler:
             "PreheatImage", request, list(resolved.blob_urls), resolved.peer_headers, digest=digest
         )
 
-    def _resolve(self, request: scheduler_pb2.PreheatImageRequest | scheduler_pb2.StatImageRequest) -> Any:
+    def _resolve(
+        self, request: scheduler_pb2.PreheatImageRequest | scheduler_pb2.StatImageRequest
+    ) -> ResolvedImage:
+        if self._session is None:
+            raise _Fault(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping")
         try:
             return resolve_image(
                 self._session,
