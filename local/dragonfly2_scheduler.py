@@ -217,7 +217,9 @@ class ReferenceScheduler:
 
     @property
     def requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every call that arrived, as (method, request as a dict), UNREDACTED: headers, passwords."""
+        """Every call that arrived, faulted or refused ones too, as (method, request as a dict with
+        the proto's field names), UNREDACTED: headers and passwords as sent. Methods: PreheatFile,
+        PreheatImage, StatFile, StatImage, ListHosts, and Check (the health service)."""
         with self._lock:
             return list(self._requests)
 

@@ -65,6 +65,10 @@ def rpc_error(call: object) -> grpc.RpcError:
     ("fields", "complaint"),
     [
         ({"url": "", "scope": "all_peers"}, "invalid PreheatFileRequest.Url: value must be absolute"),
+        (
+            {"url": "http://h/%zz", "scope": "all_peers"},
+            "invalid PreheatFileRequest.Url: value must be a valid URI",
+        ),
         ({"url": "http://h/f", "scope": ""}, "invalid PreheatFileRequest.Scope: value does not match regex"),
         ({"url": "http://h/f", "scope": "every_peer"}, "invalid PreheatFileRequest.Scope"),
         (
