@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from preheat.errors import InvalidRequest
 from preheat.models import parse_platforms
@@ -129,8 +130,26 @@ def _targets(raw: str, supernode_api: str) -> tuple[str, ...]:
     urls = tuple(url.rstrip("/") for url in _split(raw))
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {url!r}")
+            raise ValueError(
+                f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {_without_userinfo(url)!r}"
+            )
+        if "@" in urlsplit(url).netloc:
+            # A base URL is quoted in task messages, logs and /api/check: a password in it would be
+            # too. The supernode API takes no credentials; the manager's token has its own setting.
+            raise ValueError(
+                "PREHEAT_SUPERNODES entries must not carry user:password@ (the URL is shown in task "
+                "messages and /api/check); for a Dragonfly 2 manager set PREHEAT_DRAGONFLY2_TOKEN or "
+                f"PREHEAT_DRAGONFLY2_TOKEN_SECRET instead, got {_without_userinfo(url)!r}"
+            )
     return urls
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without what precedes its last ``@`` (user info), for messages; its scheme kept."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    return (head.split("://", 1)[0] + "://" if "://" in head else "") + tail
 
 
 # Docker Hub: the worker must talk to registry-1.docker.io, nodes name it as dfdaemon's default
