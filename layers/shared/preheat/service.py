@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from preheat.errors import ClaimHeld, DependencyFailure, InvalidRequest, TaskNotFound
+from preheat.handover import check_targeting
 from preheat.models import (
     PreheatRequest,
     PreheatType,
@@ -98,6 +99,8 @@ class PreheatService:
                 f"{named}: the target has no such feature: Dragonfly 1 supernodes take no scope, clusters "
                 "or peers (they apply to PREHEAT_SUPERNODE_API=dragonfly2); leave them out"
             )
+        # Broad stored credentials go to the peers: a caller must not pick which hosts those are.
+        check_targeting(request.targeting, self._settings)
         now = self._clock()
         platforms = self._platforms_for(request)
         task = Task(

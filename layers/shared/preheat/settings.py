@@ -110,6 +110,8 @@ def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     return _positive_int(env, name, 1)
 
 
+# preheat.handover: SCOPED, BROAD (the first is the default).
+STORED_CREDENTIALS_HANDOVERS = ("scoped", "broad")
 SUPERNODE_APIS = ("dragonfly1", "dragonfly2", "dragonfly2-scheduler")
 # A scheduler's address: host:port, [v6]:port.
 _SCHEDULER_ADDRESS = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
@@ -191,6 +193,9 @@ class Settings:
     allowed_networks: tuple[str, ...] = ()  # CIDRs, e.g. 10.0.0.0/8 for an in-VPC registry
     allowed_registries: tuple[str, ...] = ()  # host globs; empty allows every host
     registry_credentials_secret: str = ""  # Secrets Manager secret: registry host -> credentials
+    # What of stored credentials (ECR, the secret) the peers are handed: "scoped" (a token for the
+    # one repository, else nothing) or "broad" (the credential itself; refuses 'ips'). preheat.handover.
+    stored_credentials_handover: str = "scoped"
     dedup_key: str = field(default="", repr=False)  # keys the hash of credentials in dedup claims
     dedup_key_secret: str = ""  # or the Secrets Manager secret holding that key
     dragonfly2_token: str = field(default="", repr=False)
@@ -261,6 +266,9 @@ class Settings:
                 glob.lower() for glob in _split(env.get("PREHEAT_ALLOWED_REGISTRIES", ""))
             ),
             registry_credentials_secret=env.get("PREHEAT_REGISTRY_CREDENTIALS_SECRET", "").strip(),
+            stored_credentials_handover=_choice(
+                env, "PREHEAT_STORED_CREDENTIALS_HANDOVER", STORED_CREDENTIALS_HANDOVERS
+            ),
             dedup_key=env.get("PREHEAT_DEDUP_KEY", "").strip(),
             dedup_key_secret=env.get("PREHEAT_DEDUP_KEY_SECRET", "").strip(),
             dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),

@@ -253,10 +253,11 @@ class Worker:
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
-            options = ResolveOptions(budget, on_blob)
-            return self._registry.resolve_image(
-                image, self._authenticated(image, headers), platforms, options
-            )
+            authenticated = self._authenticated(image, headers)
+            # Stored credentials: the peers get only what preheat.handover allows of them.
+            stored = authenticated is not headers
+            options = ResolveOptions(budget, on_blob, stored_credentials=stored)
+            return self._registry.resolve_image(image, authenticated, platforms, options)
         return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers, ResolveOptions(budget))])
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
