@@ -235,3 +235,17 @@ def test_peer_credentials_keeps_other_headers() -> None:
         handover.peer_credentials(credentials, stored=False, scoped_token=False, settings=Settings())
         is credentials
     )
+
+
+def test_the_template_sets_the_handover_for_every_function_scoped_by_default() -> None:
+    from pathlib import Path
+
+    from local.template import load_template
+    from preheat.settings import STORED_CREDENTIALS_HANDOVERS
+
+    template = load_template(Path(__file__).resolve().parents[2] / "template.yaml").raw
+    parameter = template["Parameters"]["StoredCredentialsHandover"]
+    assert parameter["Default"] == "scoped"
+    assert tuple(parameter["AllowedValues"]) == STORED_CREDENTIALS_HANDOVERS
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["PREHEAT_STORED_CREDENTIALS_HANDOVER"].name == "StoredCredentialsHandover"
