@@ -474,7 +474,9 @@ class Worker:
             # The supernode downloads with the credentials handed over; a Bearer token lives minutes.
             message += (
                 " (HTTP 401: the registry credentials handed over with the blob URLs were refused or "
-                "had expired before the download started; preheat again for fresh ones)"
+                "had expired before the download started, or none were handed over: stored credentials "
+                "go only as a token for the one repository, so peers of a registry that issues none need "
+                "their own; preheat again for fresh ones)"
             )
         return self._finish(task, TaskStatus.FAIL, message, task.blobs)
 
