@@ -14,7 +14,7 @@ from preheat.adapters import registry as registry_module
 from preheat.adapters.registry import HttpRegistryClient
 from preheat.errors import InvalidRequest
 from preheat.models import Credentials, PreheatRequest
-from preheat.ports import ResolveOptions
+from preheat.ports import UNBOUNDED, ResolveOptions
 from preheat.service import PreheatService
 from preheat.settings import Settings
 from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
@@ -108,7 +108,7 @@ def test_the_worker_marks_stored_credentials_as_such() -> None:
     seen: list[bool] = []
 
     class Registry(FakeRegistry):
-        def resolve_image(self, image, headers, platforms=(), options=registry_module.UNBOUNDED):  # type: ignore[no-untyped-def]
+        def resolve_image(self, image, headers, platforms=(), options=UNBOUNDED):  # type: ignore[no-untyped-def]
             seen.append(options.stored_credentials)
             return super().resolve_image(image, headers, platforms, options)
 
