@@ -227,6 +227,39 @@ def test_a_reused_token_that_ages_during_the_resolution_is_replaced_before_the_h
     assert len(issued) == 2
 
 
+def test_a_token_service_failing_once_at_the_handover_refresh_is_retried(
+    fake: StubRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.add_image("v1", [b"layer"])
+    answers = [
+        StubResponse.json({"token": "t0", "expires_in": 300}),
+        StubResponse(503),
+        StubResponse.json({"token": "t1", "expires_in": 300}),
+    ]
+    fake.token_answer = lambda request: answers.pop(0)
+    fake.auth = lambda request: (
+        None
+        if (request.header("Authorization") or "").startswith("Bearer t")
+        else bearer_auth(fake, "x")(request)
+    )
+    now = [1000.0]
+    monkeypatch.setattr(registry_module, "_now", lambda: now[0])
+    client = client_for()
+    client.resolve_image(fake.image("v1"), Credentials())
+    now[0] += 150.0
+    original = fake.serve
+
+    def slow(request):  # type: ignore[no-untyped-def]
+        now[0] += 1.0
+        return original(request)
+
+    fake.serve = slow  # type: ignore[method-assign]
+
+    blobs = client.resolve_image(fake.image("v1"), Credentials()).blobs
+
+    assert {blob.headers["Authorization"] for blob in blobs} == {"Bearer t1"}
+
+
 def test_peer_credentials_keeps_other_headers() -> None:
     credentials = Credentials({"Authorization": STORED, "X-Team": "a"})
     kept = handover.peer_credentials(credentials, stored=True, scoped_token=False, settings=Settings())

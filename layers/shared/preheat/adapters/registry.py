@@ -206,7 +206,7 @@ class HttpRegistryClient:
             options.found(blob)
             return blob
 
-        self._auth.refresh_for_handover(target)
+        self._refresh_for_handover(target)
         blobs = self._map(target, resolve_blob, list(unique.values()))
         return ImageResolution(
             blobs=blobs,
@@ -228,7 +228,7 @@ class HttpRegistryClient:
         Authorization, or the Bearer token exchanged for the manifest. No request per blob: the
         manifest names every blob, and a supernode's download reports one that is missing."""
         node_image = replace(image, registry=self._settings.node_host(image.registry))
-        self._auth.refresh_for_handover(target)
+        self._refresh_for_handover(target)
         credentials = self._peer_credentials(target, options)
         checked: set[Origin] = set()
         blobs: list[Blob] = []
@@ -320,6 +320,14 @@ class HttpRegistryClient:
             headers=self._peer_credentials(target, options) if target.owns(final) else Credentials(),
             filter=signature_params(final),
         )
+
+    def _refresh_for_handover(self, target: Target) -> None:
+        """A token too old to hand over fetched anew, with the retries of any registry request."""
+
+        def attempt() -> None:
+            self._auth.refresh_for_handover(target)
+
+        self._retrying(target, f"could not refresh the token for {target.name}", attempt)
 
     def _peer_credentials(self, target: Target, options: ResolveOptions) -> Credentials:
         """The headers the supernode gets for a URL on the target's origin (see preheat.handover)."""
