@@ -75,6 +75,9 @@ class ResolveOptions:
 
     time_budget_seconds: float | None = None
     on_blob: Callable[[Blob], None] | None = None
+    # The Authorization in the headers is the service's stored credential, not the caller's: the
+    # blobs carry only what preheat.handover lets the peers have of it.
+    stored_credentials: bool = False
 
     def found(self, blob: Blob) -> None:
         """Hand ``blob`` to ``on_blob``, if there is one."""

@@ -15,7 +15,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from preheat.adapters.storage_signatures import redact_url
 from preheat.errors import ClaimHeld, DependencyFailure, InvalidRequest, TaskNotFound
+from preheat.handover import check_targeting
 from preheat.models import (
     PreheatRequest,
     PreheatType,
@@ -98,12 +100,17 @@ class PreheatService:
                 f"{named}: the target has no such feature: Dragonfly 1 supernodes take no scope, clusters "
                 "or peers (they apply to PREHEAT_SUPERNODE_API=dragonfly2); leave them out"
             )
+        # Broad stored credentials go to the peers: a caller must not pick which hosts those are.
+        check_targeting(request.targeting, self._settings)
         now = self._clock()
         platforms = self._platforms_for(request)
+        # A signature or token in the URL is a credential: the task (its item, the listing, status
+        # answers, events, logs) keeps the URL redacted; the worker gets it whole in the start message.
+        shown_url = redact_url(request.url)
         task = Task(
             task_id=self._new_id(),
             type=request.type,
-            url=request.url,
+            url=shown_url,
             status=TaskStatus.RUNNING,
             created_at=now,
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
@@ -114,7 +121,8 @@ class PreheatService:
         if existing is not None:
             return existing
         try:
-            self._queue.send(WorkerMessage(task.task_id, Step.START, headers=request.headers))
+            whole = request.url if shown_url != request.url else ""
+            self._queue.send(WorkerMessage(task.task_id, Step.START, headers=request.headers, url=whole))
         except DependencyFailure as exc:
             failed = replace(
                 task, status=TaskStatus.FAIL, finished_at=self._clock(), message=f"could not queue: {exc}"

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from preheat.errors import InvalidRequest
 from preheat.models import parse_platforms
@@ -109,6 +110,8 @@ def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
     return _positive_int(env, name, 1)
 
 
+# preheat.handover: SCOPED, BROAD (the first is the default).
+STORED_CREDENTIALS_HANDOVERS = ("scoped", "broad")
 SUPERNODE_APIS = ("dragonfly1", "dragonfly2", "dragonfly2-scheduler")
 # A scheduler's address: host:port, [v6]:port.
 _SCHEDULER_ADDRESS = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
@@ -129,8 +132,26 @@ def _targets(raw: str, supernode_api: str) -> tuple[str, ...]:
     urls = tuple(url.rstrip("/") for url in _split(raw))
     for url in urls:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {url!r}")
+            raise ValueError(
+                f"PREHEAT_SUPERNODES entries must be http(s) base URLs, got {_without_userinfo(url)!r}"
+            )
+        if "@" in urlsplit(url).netloc:
+            # A base URL is quoted in task messages, logs and /api/check: a password in it would be
+            # too. The supernode API takes no credentials; the manager's token has its own setting.
+            raise ValueError(
+                "PREHEAT_SUPERNODES entries must not carry user:password@ (the URL is shown in task "
+                "messages and /api/check); for a Dragonfly 2 manager set PREHEAT_DRAGONFLY2_TOKEN or "
+                f"PREHEAT_DRAGONFLY2_TOKEN_SECRET instead, got {_without_userinfo(url)!r}"
+            )
     return urls
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without what precedes its last ``@`` (user info), for messages; its scheme kept."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    return (head.split("://", 1)[0] + "://" if "://" in head else "") + tail
 
 
 # Docker Hub: the worker must talk to registry-1.docker.io, nodes name it as dfdaemon's default
@@ -172,6 +193,9 @@ class Settings:
     allowed_networks: tuple[str, ...] = ()  # CIDRs, e.g. 10.0.0.0/8 for an in-VPC registry
     allowed_registries: tuple[str, ...] = ()  # host globs; empty allows every host
     registry_credentials_secret: str = ""  # Secrets Manager secret: registry host -> credentials
+    # What of stored credentials (ECR, the secret) the peers are handed: "scoped" (a token for the
+    # one repository, else nothing) or "broad" (the credential itself; refuses 'ips'). preheat.handover.
+    stored_credentials_handover: str = "scoped"
     dedup_key: str = field(default="", repr=False)  # keys the hash of credentials in dedup claims
     dedup_key_secret: str = ""  # or the Secrets Manager secret holding that key
     dragonfly2_token: str = field(default="", repr=False)
@@ -242,6 +266,9 @@ class Settings:
                 glob.lower() for glob in _split(env.get("PREHEAT_ALLOWED_REGISTRIES", ""))
             ),
             registry_credentials_secret=env.get("PREHEAT_REGISTRY_CREDENTIALS_SECRET", "").strip(),
+            stored_credentials_handover=_choice(
+                env, "PREHEAT_STORED_CREDENTIALS_HANDOVER", STORED_CREDENTIALS_HANDOVERS
+            ),
             dedup_key=env.get("PREHEAT_DEDUP_KEY", "").strip(),
             dedup_key_secret=env.get("PREHEAT_DEDUP_KEY_SECRET", "").strip(),
             dragonfly2_token=env.get("PREHEAT_DRAGONFLY2_TOKEN", "").strip(),

@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 
+from preheat.adapters.storage_signatures import redact_url
 from preheat.dispatch import MAX_PARALLEL_SUPERNODE_CALLS, Dispatch
 from preheat.errors import PermanentFailure, PreheatError, ProgressTooLarge, RateLimited, TransientFailure
 from preheat.models import (
@@ -179,7 +180,8 @@ class Worker:
 
     def _step(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
         if message.step is Step.START:
-            return self._start(task, message.headers, budget)
+            # The task stores a signed file URL redacted; the start message carries it whole.
+            return self._start(task, message.headers, budget, message.url or task.url)
         return self._check(task, message, budget)
 
     def _window(self, budget: _Budget) -> float:
@@ -190,7 +192,7 @@ class Worker:
 
     # -- start: resolve, dispatch, watch ----------------------------------------------------
 
-    def _start(self, task: Task, headers: Credentials, budget: _Budget) -> Task:
+    def _start(self, task: Task, headers: Credentials, budget: _Budget, url: str) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
         if not self._supernodes.targets:
@@ -206,7 +208,8 @@ class Worker:
                 dispatch.submit(aimed(blob))
 
             try:
-                resolution = self._resolve(task, headers, submit, budget.left())
+                # The URL to fetch: the task's own holds its signature redacted.
+                resolution = self._resolve(replace(task, url=url), headers, submit, budget.left())
                 # Sends still unanswered when the step's time is up fail it, for a clean retry.
                 progress = dispatch.progress([aimed(blob) for blob in resolution.blobs], budget.left())
             except PermanentFailure as exc:
@@ -253,10 +256,9 @@ class Worker:
         if task.type is PreheatType.IMAGE:
             image = ImageReference.parse(task.url)
             platforms = [Platform.parse(platform) for platform in task.platforms]
-            options = ResolveOptions(budget, on_blob)
-            return self._registry.resolve_image(
-                image, self._authenticated(image, headers), platforms, options
-            )
+            authenticated = self._authenticated(image, headers)  # stored: see preheat.handover
+            options = ResolveOptions(budget, on_blob, stored_credentials=authenticated is not headers)
+            return self._registry.resolve_image(image, authenticated, platforms, options)
         return ImageResolution(blobs=[self._registry.resolve_file(task.url, headers, ResolveOptions(budget))])
 
     def _authenticated(self, image: ImageReference, headers: Credentials) -> Credentials:
@@ -307,7 +309,7 @@ class Worker:
             target=target,
             digest=blob.digest,
             size=blob.size,
-            url=without_params(blob.url, blob.filter),
+            url=redact_url(without_params(blob.url, blob.filter)),
             node_task_id=self._supernodes.node_task_id(blob),
         )
 
@@ -473,7 +475,8 @@ class Worker:
             # The supernode downloads with the credentials handed over; a Bearer token lives minutes.
             message += (
                 " (HTTP 401: the registry credentials handed over with the blob URLs were refused or "
-                "had expired before the download started; preheat again for fresh ones)"
+                "had expired before the download started, or none were (stored ones go only as a token "
+                "for the one repository: see PREHEAT_STORED_CREDENTIALS_HANDOVER); preheat again)"
             )
         return self._finish(task, TaskStatus.FAIL, message, task.blobs)
 

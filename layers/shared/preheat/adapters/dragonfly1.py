@@ -5,25 +5,35 @@ their answers the way Harbor's Dragonfly 1 driver does: ``ID`` as a string, ``st
 and 208 (Go) or 409 (Java) "already exists" as a task that is, or soon will be, warm.
 
 Blob headers are credentials: they go in the create body and nowhere else. No message this module
-builds quotes them, and text a supernode answers with is scrubbed of them before it is quoted.
+builds quotes them, and text a supernode answers with is scrubbed of every form of them (raw, each
+word, a Basic header's user and password) before it is quoted. A task's status answer carries no
+headers, so the driver remembers what it sent for each task (in memory, for the task's lifetime) to
+scrub that task's ``errorMsg``; a Bearer or Basic credential, a JWT or a URL signature is scrubbed
+from any text, known or not.
 """
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from preheat.adapters.http import Response
+from preheat.adapters.expiring_cache import ExpiringCache
+from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF_SECONDS,
     HttpTargetDriver,
     display_target,
     json_body,
 )
-from preheat.adapters.quoting import scrub, truncate
+from preheat.adapters.quoting import scrub_server_text, truncate
 from preheat.errors import PermanentFailure
 from preheat.models import Blob, BlobState
 from preheat.ports import SupernodeTask
+from preheat.settings import Settings
 from preheat.task_ids import dragonfly1_task_id
 
 # A supernode task id goes into a URL path and into the task's record: the Go supernode's are 64
@@ -33,6 +43,8 @@ MAX_TASK_ID_CHARS = 256
 # What ``create`` answers when a supernode says "already exists" without saying which task: there is
 # nothing to poll, and Harbor counts that answer as warm, so the blob is SUCCESS under this id.
 UNKNOWN_TASK_ID = ""
+# Tasks whose sent credentials a warm driver remembers, to scrub their status answers.
+MAX_REMEMBERED_TASKS = 4096
 
 _PENDING = frozenset({"WAITING", "RUNNING"})
 _EXISTING_ID_RE = re.compile(r"\bid\s*[:=]\s*([A-Za-z0-9._-]+)", re.IGNORECASE)
@@ -51,6 +63,28 @@ class Dragonfly1Driver(HttpTargetDriver):
     SUBJECT = "supernode"
     PING_PATH = "/_ping"
     PING_THREAD_PREFIX = "df1-ping"
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: HttpClient | None = None,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(settings, http, attempts=attempts, backoff_seconds=backoff_seconds, sleep=sleep)
+        # The header values sent for each (target, task id): its errorMsg may quote them.
+        self._sent: ExpiringCache[tuple[str, str], tuple[str, ...]] = ExpiringCache(
+            time.monotonic, MAX_REMEMBERED_TASKS
+        )
+
+    def _remember(self, target: str, task_id: str, secrets: tuple[str, ...]) -> None:
+        if secrets and task_id != UNKNOWN_TASK_ID:
+            # Two requests of one URL share the supernode's task: keep both callers' values.
+            known = self._sent.get((target, task_id)) or ()
+            merged = tuple(dict.fromkeys((*known, *secrets)))
+            self._sent.put((target, task_id), merged, self._settings.task_timeout_seconds)
 
     def _filter(self, blob: Blob) -> tuple[str, ...]:
         """The blob's signature parameters, then those the nodes' dfget is configured to filter."""
@@ -85,6 +119,7 @@ class Dragonfly1Driver(HttpTargetDriver):
                         f"supernode {display_target(target)} answered HTTP {code} to the preheat of "
                         f'{blob.label} without a task "ID": {message}'
                     )
+                self._remember(target, task_id, secrets)
                 return SupernodeTask(task_id, BlobState.PENDING)
             if code == 208 or (code == 409 and "already exist" in message.lower()):
                 existing = _existing_id(answer, message)
@@ -95,6 +130,7 @@ class Dragonfly1Driver(HttpTargetDriver):
                 )
         if existing is None:
             return SupernodeTask(UNKNOWN_TASK_ID, BlobState.SUCCESS)
+        self._remember(target, existing, secrets)
         # "Already exists" may mean still running (Go before 208 was finished-only), or failed for
         # good (Java never restarts a finished task): ask rather than assume it is warm.
         return self.status(target, existing)
@@ -116,10 +152,11 @@ class Dragonfly1Driver(HttpTargetDriver):
                     f"supernode {display_target(target)} no longer knows task {supernode_task_id} "
                     "(restarted?)",
                 )
+            secrets = self._sent.get((target, supernode_task_id)) or ()
             if code != 200 or not isinstance(answer, dict):
                 raise PermanentFailure(
                     f"supernode {display_target(target)} answered HTTP {code} to the status of task "
-                    f"{supernode_task_id}: {_message(answer, response)}"
+                    f"{supernode_task_id}: {_message(answer, response, secrets)}"
                 )
         status = str(answer.get("status", "")).strip().upper()
         if status in _PENDING:
@@ -127,7 +164,8 @@ class Dragonfly1Driver(HttpTargetDriver):
         if status == "SUCCESS":
             return SupernodeTask(supernode_task_id, BlobState.SUCCESS)
         if status == "FAILED":
-            reason = str(answer.get("errorMsg") or "").strip() or "no reason given"
+            said = str(answer.get("errorMsg") or "").strip()
+            reason = scrub_server_text(said, secrets) or "no reason given"
             return SupernodeTask(
                 supernode_task_id,
                 BlobState.FAILED,
@@ -154,7 +192,7 @@ def _message(answer: Any, response: Response, secrets: tuple[str, ...] = ()) -> 
             if isinstance(value, str) and value.strip():
                 text = value.strip()
                 break
-    text = scrub(text or response.text.strip(), secrets)
+    text = scrub_server_text(text or response.text.strip(), secrets)
     return truncate(text) if text else "(empty body)"
 
 

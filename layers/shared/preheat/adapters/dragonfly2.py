@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from preheat.adapters.dragonfly2_jobs import MAX_QUOTED_CHARS, echoed_secrets, interpret_job, scrub_job_text
+from preheat.adapters.expiring_cache import ExpiringCache
 from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
     DEFAULT_ATTEMPTS,
@@ -140,9 +139,11 @@ class Dragonfly2Driver(HttpTargetDriver):
         self._secret_reader = secret_reader if secret_reader is not None else read_secret
         self._rate_limit_patience = rate_limit_patience
         self.rate_limited = 0  # 429 answers waited out, for tests and benchmarks
-        self._answers: OrderedDict[tuple[str, str], tuple[float, _JobAnswer]] = OrderedDict()
-        self._answer_locks: dict[tuple[str, str], threading.Lock] = {}
-        self._answers_lock = threading.Lock()
+        # A warm Lambda serves task after task: the least recently read jobs are dropped (at worst,
+        # one more read of a job still being watched).
+        self._answers: ExpiringCache[tuple[str, str], _JobAnswer] = ExpiringCache(
+            time.monotonic, MAX_CACHED_JOBS
+        )
 
     # -- jobs --------------------------------------------------------------------------------------
 
@@ -283,24 +284,11 @@ class Dragonfly2Driver(HttpTargetDriver):
         return interpret_job(target, task_id, answer, (self._token(),), url=urls[index])
 
     def _job_answer(self, target: str, job_id: str) -> _JobAnswer:
-        key = (target, job_id)
-        with self._answers_lock:
-            lock = self._answer_locks.setdefault(key, threading.Lock())
-        with lock:
-            with self._answers_lock:
-                cached = self._answers.get(key)
-            if cached is not None and time.monotonic() - cached[0] < JOB_ANSWER_REUSE_SECONDS:
-                return cached[1]
-            answer = self._read_job(target, job_id, self._token())
-            with self._answers_lock:
-                self._answers[key] = (time.monotonic(), answer)
-                self._answers.move_to_end(key)
-                # A warm Lambda serves task after task: the least recently read jobs are dropped
-                # (at worst, one more read of a job still being watched).
-                while len(self._answers) > MAX_CACHED_JOBS:
-                    dropped, _ = self._answers.popitem(last=False)
-                    self._answer_locks.pop(dropped, None)
-            return answer
+        # A read that fails stores nothing and holds no lock: the next look reads the job again.
+        return self._answers.load(
+            (target, job_id),
+            lambda: (self._read_job(target, job_id, self._token()), JOB_ANSWER_REUSE_SECONDS),
+        )
 
     def _read_job(self, target: str, job_id: str, token: str) -> _JobAnswer:
         """The job object, or the blob's verdict when there is none to read."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from preheat.adapters.http_target import display_target
-from preheat.adapters.quoting import scrub, truncate
+from preheat.adapters.quoting import scrub_server_text, truncate
 from preheat.models import BlobState
 from preheat.ports import SupernodeTask
 
@@ -167,8 +167,10 @@ def _quote(text: str, secrets: tuple[str, ...], url: str = "") -> str:
 
 
 def scrub_job_text(text: str, secrets: tuple[str, ...], url: str = "") -> str:
-    """``text`` without credentials, and with the job's URL shown without its query (which may hold a
-    signature). Replacing happens before any cut, which could leave half a secret that no longer matches."""
+    """``text`` without credentials in any form (``secrets`` raw, each word, a Basic header's user and
+    password, and any Bearer/Basic credential or JWT), with the job's URL shown without its query and
+    every other URL's signature redacted. Replacing happens before any cut, which could leave half a
+    secret that no longer matches."""
     if url and "?" in url:
         text = text.replace(url, url.split("?", 1)[0])
-    return scrub(text, secrets)
+    return scrub_server_text(text, secrets)

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from preheat.adapters.http import ConnectionFailed, RequestError, Timeout
+from preheat.adapters.storage_signatures import redact_urls_in
 
 REDACTED = "<redacted>"
 # A value of a character or three is no credential, and replacing it would garble the text.
@@ -21,6 +22,12 @@ MIN_SECRET_CHARS = 4
 MAX_QUOTED_CHARS = 300
 
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\"()\]]+)")
+# A credential after its scheme, whoever's it is: token characters, at least one of them not a
+# lowercase letter (so that "basic authentication required" stays as it is).
+_AUTH_VALUE_RE = re.compile(
+    r"\b([Bb]earer|[Bb]asic|BEARER|BASIC)(\s+)(?=[A-Za-z0-9._~+/=-]*[0-9A-Z._~+/=-])[A-Za-z0-9._~+/=-]{8,}"
+)
+_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -60,6 +67,16 @@ def secrets_of(values: Iterable[str]) -> list[str]:
             if len(candidate) >= MIN_SECRET_CHARS and candidate.lower() not in ("basic", "bearer"):
                 secrets.append(candidate)
     return secrets
+
+
+def scrub_server_text(text: str, values: Iterable[str]) -> str:
+    """Text a supernode or manager answered with, fit to quote (before any cut): every form of the
+    credential ``values`` (header values, tokens: raw, each word, a Basic header's user and password;
+    see :func:`secrets_of`), any Bearer or Basic credential or JWT it holds whoever's it is, and every
+    URL's signature and token parameters."""
+    text = scrub(text, secrets_of(values))
+    text = _AUTH_VALUE_RE.sub(lambda match: f"{match.group(1)}{match.group(2)}{REDACTED}", text)
+    return redact_urls_in(_JWT_RE.sub(REDACTED, text))
 
 
 def failure_reason(

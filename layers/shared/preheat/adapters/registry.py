@@ -72,6 +72,7 @@ from preheat.adapters.registry_target import (
 )
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
+from preheat.handover import peer_credentials
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, find_refusal
 from preheat.ports import UNBOUNDED, ResolveOptions
@@ -199,12 +200,13 @@ class HttpRegistryClient:
                 digest=descriptor.digest,
                 size=descriptor.size,
                 media_type=descriptor.media_type,
-                headers=target.credentials() if target.owns(final) else Credentials(),
+                headers=self._peer_credentials(target, options) if target.owns(final) else Credentials(),
                 filter=signature_params(final),
             )
             options.found(blob)
             return blob
 
+        self._refresh_for_handover(target)
         blobs = self._map(target, resolve_blob, list(unique.values()))
         return ImageResolution(
             blobs=blobs,
@@ -226,7 +228,8 @@ class HttpRegistryClient:
         Authorization, or the Bearer token exchanged for the manifest. No request per blob: the
         manifest names every blob, and a supernode's download reports one that is missing."""
         node_image = replace(image, registry=self._settings.node_host(image.registry))
-        credentials = target.credentials()
+        self._refresh_for_handover(target)
+        credentials = self._peer_credentials(target, options)
         checked: set[Origin] = set()
         blobs: list[Blob] = []
         for descriptor in descriptors:
@@ -310,12 +313,29 @@ class HttpRegistryClient:
             # Nodes run dfget with the URL they were told about: that URL is the task, redirects
             # and all (the supernode follows them itself).
             self._policy.check_handover(url, what)
-            return Blob(url=url, headers=target.credentials())
+            return Blob(url=url, headers=self._peer_credentials(target, options))
         final = self._resolve_url(target, url, what)
         return Blob(
             url=final,
-            headers=target.credentials() if target.owns(final) else Credentials(),
+            headers=self._peer_credentials(target, options) if target.owns(final) else Credentials(),
             filter=signature_params(final),
+        )
+
+    def _refresh_for_handover(self, target: Target) -> None:
+        """A token too old to hand over fetched anew, with the retries of any registry request."""
+
+        def attempt() -> None:
+            self._auth.refresh_for_handover(target)
+
+        self._retrying(target, f"could not refresh the token for {target.name}", attempt)
+
+    def _peer_credentials(self, target: Target, options: ResolveOptions) -> Credentials:
+        """The headers the supernode gets for a URL on the target's origin (see preheat.handover)."""
+        return peer_credentials(
+            target.credentials(),
+            stored=options.stored_credentials,
+            scoped_token=target.scoped_token(),
+            settings=self._settings,
         )
 
     # -- manifests -----------------------------------------------------------------------------

@@ -12,18 +12,19 @@ from collections.abc import Callable
 from enum import Enum
 from urllib.parse import urlsplit
 
+from preheat.adapters.expiring_cache import ExpiringCache
 from preheat.adapters.http import Response
 from preheat.adapters.http import loads as _loads
 from preheat.adapters.quoting import truncate
 from preheat.adapters.registry_target import Origin, Target, error_detail
 from preheat.errors import PermanentFailure
+from preheat.handover import fresh_enough
 from preheat.network import AddressRefused
 
 MAX_TOKEN_BYTES = 1024 * 1024
 # The Docker token spec: a token without ``expires_in`` lives 60 seconds.
 DEFAULT_TOKEN_SECONDS = 60
 TOKEN_CACHE_SIZE = 256
-TOKEN_FETCH_LOCKS = 16
 # A token goes into a header: printable ASCII without spaces, so it cannot smuggle another header.
 _TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 # WWW-Authenticate: a scheme or parameter name, then ``=value`` or ``="quoted, value"``.
@@ -42,49 +43,6 @@ class Answer(Enum):
     FETCHED = "fetched"  # to a token just fetched from the realm
 
 
-class TokenCache:
-    """Bearer tokens by (realm, service, scope, caller fingerprint), until ``expires_in`` passes.
-
-    The fingerprint keeps one caller's token (from their Basic credentials) away from another
-    caller of the same warm Lambda, who may have none."""
-
-    def __init__(self, clock: Callable[[], float], size: int = TOKEN_CACHE_SIZE) -> None:
-        self._clock = clock
-        self._size = size
-        self._tokens: OrderedDict[TokenKey, tuple[str, float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._fetch_locks = [threading.Lock() for _ in range(TOKEN_FETCH_LOCKS)]
-
-    def fetching(self, key: TokenKey) -> threading.Lock:
-        """The lock to hold while fetching the token for ``key``: threads that meet the same
-        challenge at once (a token expiring under 16 blob requests) fetch it once between them."""
-        return self._fetch_locks[hash(key) % len(self._fetch_locks)]
-
-    def get(self, key: TokenKey) -> str | None:
-        with self._lock:
-            entry = self._tokens.get(key)
-            if entry is None:
-                return None
-            token, expires_at = entry
-            if self._clock() >= expires_at:
-                del self._tokens[key]
-                return None
-            return token
-
-    def put(self, key: TokenKey, token: str, lifetime: float) -> None:
-        with self._lock:
-            self._tokens[key] = (token, self._clock() + lifetime)
-            self._tokens.move_to_end(key)
-            while len(self._tokens) > self._size:
-                self._tokens.popitem(last=False)
-
-    def discard(self, key: TokenKey, token: str) -> None:
-        with self._lock:
-            entry = self._tokens.get(key)
-            if entry is not None and entry[0] == token:
-                del self._tokens[key]
-
-
 class RegistryAuth:
     """Switches a target to the credentials a registry's challenge asks for, keeping tokens (and the
     last challenge per repository) between resolutions.
@@ -94,7 +52,10 @@ class RegistryAuth:
     def __init__(self, get: Getter, read: Reader, clock: Callable[[], float]) -> None:
         self._get = get
         self._read = read
-        self._tokens = TokenCache(clock)
+        # Tokens by (realm, service, scope, caller fingerprint): the fingerprint keeps one caller's
+        # token (from their Basic credentials) away from another caller of the same warm Lambda, who
+        # may have none. A token is reused only while it is fresh enough to hand over (see handover).
+        self._tokens: ExpiringCache[TokenKey, str] = ExpiringCache(clock, TOKEN_CACHE_SIZE, fresh_enough)
         # The last Bearer challenge seen per (origin, repository): lets the next resolution of the
         # same repository start with a cached token instead of a 401 round trip.
         self._challenges: OrderedDict[tuple[Origin, str], tuple[str, str, str]] = OrderedDict()
@@ -107,9 +68,10 @@ class RegistryAuth:
             challenge = self._challenges.get((target.origin, target.repository))
         if challenge is None:
             return
-        token = self._tokens.get(token_key(challenge, target.caller_auth))
+        key = token_key(challenge, target.caller_auth)
+        token = self._tokens.get(key)
         if token is not None:
-            target.use(f"Bearer {token}", token)
+            target.use(f"Bearer {token}", token, key)
 
     def answer_challenge(
         self, target: Target, header: str, sent: str | None, may_fetch: bool
@@ -138,19 +100,43 @@ class RegistryAuth:
                 if not may_fetch:
                     return None
                 with self._tokens.fetching(key):
-                    # Another thread may have fetched one while this one waited for the lock.
+                    # Another thread may have fetched one while this one waited for the lock: the
+                    # cache has it, or (a token too short-lived for the cache to serve again) the
+                    # target, whose threads share what it uses.
                     token = self._tokens.get(key)
+                    shared = target.token_in_use(key)
+                    if (token is None or f"Bearer {token}" == sent) and shared not in (None, sent):
+                        return Answer.SWITCHED
                     if token is None or f"Bearer {token}" == sent:
                         token, lifetime = self._fetch_token(target, *challenge)
                         self._tokens.put(key, token, lifetime)
                         answer = Answer.FETCHED
             self._remember_challenge(target, challenge)
-            target.use(f"Bearer {token}", token)
+            target.use(f"Bearer {token}", token, key, fetched=answer is Answer.FETCHED)
             return answer
         if "basic" in challenges and target.caller_auth and sent != target.caller_auth:
             target.use(target.caller_auth, target.caller_auth)
             return Answer.SWITCHED
         return None
+
+    def refresh_for_handover(self, target: Target) -> None:
+        """Before the target's token goes to the peers: a token reused from the cache that is no
+        longer fresh enough (it aged during the resolution) is replaced by a fresh one. A token this
+        resolution fetched is as fresh as the token service makes it, and goes as it is."""
+        with target.lock:
+            key, current, fetched = target.token_key, target.authorization, target.token_fetched
+        if key is None or fetched:
+            return
+        token = self._tokens.get(key)
+        if token is not None and f"Bearer {token}" == current:
+            return
+        with self._tokens.fetching(key):
+            token = self._tokens.get(key)
+            fetched = token is None
+            if token is None:
+                token, lifetime = self._fetch_token(target, *key[:3])
+                self._tokens.put(key, token, lifetime)
+        target.use(f"Bearer {token}", token, key, fetched=fetched)
 
     def _remember_challenge(self, target: Target, challenge: tuple[str, str, str]) -> None:
         assert target.repository is not None

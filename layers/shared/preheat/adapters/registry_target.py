@@ -18,6 +18,7 @@ from preheat.adapters.http import Response
 from preheat.adapters.http import loads as _loads
 from preheat.adapters.quoting import scrub, secrets_of, truncate
 from preheat.errors import PermanentFailure
+from preheat.handover import pull_scope
 from preheat.models import Credentials
 
 MAX_ERROR_BYTES = 64 * 1024
@@ -71,6 +72,10 @@ class Target:
     # When the resolution must be over (``clock()``): no request starts after it, none outlasts it.
     deadline: float | None = None
     clock: Callable[[], float] = time.monotonic
+    # The Bearer token in use, when a token service issued it: its cache key (realm, service, scope,
+    # caller fingerprint), and whether this resolution fetched it (rather than reused it).
+    token_key: tuple[str, str, str, str] | None = None
+    token_fetched: bool = False
 
     @classmethod
     def of(
@@ -119,9 +124,16 @@ class Target:
         with self.lock:
             return self.authorization
 
-    def use(self, authorization: str, secret: str) -> None:
+    def use(
+        self,
+        authorization: str,
+        secret: str,
+        token_key: tuple[str, str, str, str] | None = None,
+        fetched: bool = False,
+    ) -> None:
         with self.lock:
             self.authorization = authorization
+            self.token_key, self.token_fetched = token_key, fetched
             if secret not in self.secrets:
                 self.secrets.extend(secrets_of([secret, authorization]))
 
@@ -135,8 +147,20 @@ class Target:
         return headers
 
     def credentials(self) -> Credentials:
-        """What the supernode must send to a URL on this target's origin."""
+        """What the worker sends to a URL on this target's origin now (the supernode gets what
+        :func:`preheat.handover.peer_credentials` keeps of it)."""
         return Credentials(self.request_headers(self.current_authorization()))
+
+    def token_in_use(self, key: tuple[str, str, str, str]) -> str | None:
+        """The Authorization in use when it is a token issued under ``key``, else None."""
+        with self.lock:
+            return self.authorization if self.token_key == key else None
+
+    def scoped_token(self) -> bool:
+        """Whether the Authorization in use is a token issued for pulling this repository alone."""
+        with self.lock:
+            key = self.token_key
+        return key is not None and self.repository is not None and key[2] == pull_scope(self.repository)
 
     def refused(self, status: int, detail: str) -> PermanentFailure:
         where = f" for repository {self.repository}" if self.repository else ""

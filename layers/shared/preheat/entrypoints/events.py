@@ -32,6 +32,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from preheat import bootstrap
+from preheat.adapters.storage_signatures import redact_url
 from preheat.errors import DependencyFailure, InvalidRequest
 from preheat.models import PreheatRequest
 from preheat.observability import logger, metrics, tracer
@@ -126,7 +127,12 @@ def _submit_one(index: int, body: Any, outcome: Outcome) -> None:
         outcome.failed.append(Problem(index, str(exc)))
         logger.error(
             "scheduled preheat could not be submitted",
-            extra={"index": index, "type": request.type.value, "url": request.url, "reason": str(exc)},
+            extra={
+                "index": index,
+                "type": request.type.value,
+                "url": redact_url(request.url),
+                "reason": str(exc),
+            },
         )
         return
     outcome.task_ids.append(task.task_id)

@@ -20,7 +20,8 @@ class WorkerMessage:
     """The SQS message body that carries a task from one step to the next.
 
     Only ``start`` carries the caller's credentials (SQS encrypts bodies at rest); ``check``
-    messages need none, so credentials live no longer than the first step.
+    messages need none, so credentials live no longer than the first step. A file URL whose
+    signature or token parameters the task stores redacted travels whole in ``url`` the same way.
     """
 
     task_id: str
@@ -28,6 +29,7 @@ class WorkerMessage:
     seq: int = 0
     headers: Credentials = field(default_factory=Credentials)
     chain: str = ""  # a check's token, equal to the task's check_chain while it is the current one
+    url: str = ""  # start only: the URL as the request gave it, when the task stores it redacted
 
     def to_json(self) -> str:
         body: dict[str, Any] = {"v": 1, "taskId": self.task_id, "step": self.step.value, "seq": self.seq}
@@ -35,6 +37,8 @@ class WorkerMessage:
             body["chain"] = self.chain
         if self.headers:
             body["header"] = self.headers.reveal()
+        if self.url:
+            body["url"] = self.url
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -47,6 +51,7 @@ class WorkerMessage:
                 seq=int(body.get("seq", 0)),
                 headers=Credentials(body.get("header") or {}),
                 chain=str(body.get("chain") or ""),
+                url=str(body.get("url") or ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             # Never echo the body: it may hold credentials.

@@ -191,6 +191,9 @@ def _parse_headers(raw: Any) -> Credentials:
 def _check_file_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"file url {url[:200]!r} must be an absolute http:// or https:// URL")
+        # Its query is left out: it may hold a signature, and the message may be logged.
+        raise InvalidRequest(
+            f"file url {url.split('?', 1)[0][:200]!r} must be an absolute http:// or https:// URL"
+        )
     if parts.username or parts.password:
         raise InvalidRequest("file url must not carry credentials: send them in 'header'")
