@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from preheat.adapters.sqs import SqsTaskQueue
     from preheat.ports import SupernodeDriver
     from preheat.service import PreheatService
+    from preheat.sweeper import Sweeper
     from preheat.worker import Worker
 
 # The imports inside the factories are deliberate (see above).
@@ -109,6 +110,13 @@ def worker() -> Worker:
     )
 
 
+@functools.cache
+def sweeper() -> Sweeper:
+    from preheat.sweeper import Sweeper
+
+    return Sweeper(task_store(), task_queue(), event_publisher(), get_settings())
+
+
 def reset_execution_environment() -> None:
     """Forget every built object, as a new Lambda execution environment would (the local stack
     calls it when it starts; tests when they change the environment)."""
@@ -117,7 +125,15 @@ def reset_execution_environment() -> None:
     aws = sys.modules.get("preheat.adapters.aws")
     if aws is not None:
         aws.session.cache_clear()
-    for factory in (task_store, task_queue, event_publisher, supernode_driver, preheat_service, worker):
+    for factory in (
+        task_store,
+        task_queue,
+        event_publisher,
+        supernode_driver,
+        preheat_service,
+        worker,
+        sweeper,
+    ):
         factory.cache_clear()
     # powertools' get_secret keeps its Secrets Manager client (and what it read) for the process.
     parameters = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
