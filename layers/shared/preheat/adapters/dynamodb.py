@@ -367,9 +367,7 @@ class DynamoDBTaskStore:
         items = sorted((item for items, _ in found for item in items), key=lambda item: item["listSk"]["S"])
         return Overdue(tuple(item["pk"]["S"] for item in items), all(complete for _, complete in found))
 
-    def _overdue_in(
-        self, shard: str, query: OverdueQuery, budget: int
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def _overdue_in(self, shard: str, query: OverdueQuery, budget: int) -> tuple[list[dict[str, Any]], bool]:
         request: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": LIST_INDEX,
