@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import LAYER, RESULTS
+from bench._import_times import heavy_imports
 from bench.common import figure, figure_rows, median, table, write_result
-from bench.import_times import heavy_imports
 from local.template import FunctionSpec, PhysicalResource, Resolver, Template, TemplateError
 
 NAME = "cold_start"
