@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 # How long after its deadline a task is still looked for: a dozen sweeps at the template's rate of
 # one every 5 minutes, so a sweep or two that fail (Lambda retries them) or run late miss nothing.
 LOOKBACK = timedelta(hours=1)
-# The index items one sweep reads at most: 1.5 h of tasks at 1 a second. A window that holds more
+# The index items one sweep reads at most: its hour-wide window at 1.4 tasks a second. One that holds more
 # is read again, from its oldest task, by the next sweep (``Overdue.complete``).
 MAX_EXAMINED = 5000
 # A task's deadline is its creation plus the timeout, stored in whole seconds (rounded down): the
