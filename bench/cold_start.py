@@ -19,11 +19,11 @@ supernode check) is compared with a process that imports the powertools Logger a
 least any powertools-instrumented handler loads. (The completion events' client is built on a
 task's end, not at cold start, so it is in neither.)
 
-Beside the floor, each function is compared with its "+powertools" process: the floor plus the
-powertools utilities the function loads (``POWERTOOLS_PIECES``; which ones, a first run of the
-function that is not counted finds out), built as the function builds them, under the function's
-variables. Its ratio to the floor (``toolkit_ratio``) is what those utilities cost before a line of
-the project runs; the function less it (``own_code_ms``) is the project's own share.
+Each function is compared with its "+powertools" process: the floor plus the powertools utilities
+the function loads (``POWERTOOLS_PIECES``; which ones, a first run of the function that is not
+counted finds out), built as the function builds them, under the function's variables. Its ratio to
+the floor (``toolkit_ratio``) is what those utilities cost before a line of the project runs; the
+function less it (``own_code_ms``) is the project's own share.
 
 Each process times itself from its first statement to its last (the interpreter's own start-up,
 the same for both, is left out), and reports its peak RSS: ``VmHWM`` from ``/proc/self/status``
@@ -32,10 +32,12 @@ child forked from a large parent would report the parent's size). Runs go round 
 functions (each followed by its "+powertools" process) and floors in turn; figures are medians of
 ``--runs``.
 
-Targets: each function at most 1.3x its floor; peak RSS below the function's MemorySize. For a
-function that misses its time target, three more runs under ``python -X importtime`` (and three of
-its floor; medians) name what it imports beyond the floor, by the module through which the
-project's code reaches it: where the time goes.
+Targets, on what the project itself adds (the guide requires powertools, so its share is not the
+project's to cut): each function at most 1.15x its "+powertools" process, and its own code at most
+30 ms; peak RSS below the function's MemorySize. The ratio to the bare floor is reported, without a
+target. For a function that misses a time target, three more runs under ``python -X importtime``
+(and three of its floor; medians) name what it imports beyond the floor, by the module through
+which the project's code reaches it: where the time goes.
 
 Results go to ``bench/results/cold_start.json``; each figure is ``{value, target, met, ...}``.
 """
@@ -49,20 +51,22 @@ import re
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import LAYER, RESULTS
+from bench._import_times import heavy_imports
 from bench.common import figure, figure_rows, median, table, write_result
 from local.template import FunctionSpec, PhysicalResource, Resolver, Template, TemplateError
 
 NAME = "cold_start"
 PROJECT_ROOT = LAYER.parent.parent
 TEMPLATE = PROJECT_ROOT / "template.yaml"
-TARGET_RATIO = 1.3
+# A function against its floor plus the powertools utilities it loads, and its own code's share.
+TARGET_TOOLKIT_RATIO = 1.15
+TARGET_OWN_CODE_MS = 30.0
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
@@ -78,6 +82,7 @@ DOMAIN_FACTORIES: dict[str, tuple[str, ...]] = {
     "WorkerFunction": ("worker",),
     "DeadLetterFunction": (),
     "ScheduledPreheatFunction": ("preheat_service",),
+    "SweeperFunction": ("sweeper",),
 }
 CLIENT_FACTORIES = {"dynamodb": "task_store._client", "sqs": "task_queue._client"}
 # The adapters' botocore config (preheat.adapters.dynamodb / sqs): the floor builds its clients alike.
@@ -339,71 +344,6 @@ def run_child(
     return sample, done.stderr
 
 
-_IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)$")
-PROJECT_MODULES = re.compile(r"^(app|preheat)(\.|$)")
-
-
-@dataclass
-class ImportNode:
-    name: str
-    own_us: int
-    children: list[ImportNode]
-
-
-def import_tree(stderr: str) -> list[ImportNode]:
-    """``-X importtime`` output (children are printed before their parent, indented one level
-    deeper) as the trees of the modules imported at the top."""
-    pending: dict[int, list[ImportNode]] = defaultdict(list)
-    for line in stderr.splitlines():
-        match = _IMPORTTIME.match(line)
-        if match:
-            depth = len(match.group(3)) // 2
-            node = ImportNode(match.group(4), int(match.group(1)), pending.pop(depth + 1, []))
-            pending[depth].append(node)
-    return pending.get(0, [])
-
-
-def _names(nodes: Sequence[ImportNode]) -> set[str]:
-    names: set[str] = set()
-    for node in nodes:
-        names.add(node.name)
-        names |= _names(node.children)
-    return names
-
-
-def heavy_imports(function_stderr: str, floor_stderr: str, top: int = 8) -> dict[str, Any]:
-    """What the function imports beyond its floor, by where the project's code reaches outside
-    itself: each third-party module it imports (directly, or under one it imports) that the floor
-    does not, with the import time of all it brings that the floor does not; and the project's
-    own modules' time."""
-    floor = _names(import_tree(floor_stderr))
-    entries: list[tuple[str, str, int]] = []
-    project_us = 0
-
-    def beyond_floor(node: ImportNode) -> int:
-        return node.own_us + sum(beyond_floor(child) for child in node.children if child.name not in floor)
-
-    def visit(node: ImportNode, parent: str) -> None:
-        nonlocal project_us
-        if PROJECT_MODULES.match(node.name):
-            project_us += node.own_us
-            for child in node.children:
-                visit(child, node.name)
-        elif node.name not in floor:
-            entries.append((node.name, parent, beyond_floor(node)))
-
-    for root in import_tree(function_stderr):
-        visit(root, "app")
-    entries.sort(key=lambda entry: -entry[2])
-    return {
-        "beyond_floor_ms": round((project_us + sum(us for _, _, us in entries)) / 1000, 1),
-        "project_modules_ms": round(project_us / 1000, 1),
-        "third_party_ms": {
-            f"{name} (from {parent})": round(us / 1000, 1) for name, parent, us in entries[:top]
-        },
-    }
-
-
 @dataclass
 class Measured:
     by_function: dict[str, list[Sample]]
@@ -492,6 +432,8 @@ def report(
         rss = max(s.maxrss_mib for s in samples)
         floor_rss = max(s.maxrss_mib for s in floor)
         ratio = seconds / floor_seconds
+        own_ratio = seconds / toolkit_seconds
+        own_ms = (seconds - toolkit_seconds) * 1000
         clients = ", ".join(function.services) or "no AWS client"
         details[function.logical_id] = {
             "handler": f"{function.spec.code_uri.relative_to(PROJECT_ROOT)}/{function.spec.handler}",
@@ -506,20 +448,30 @@ def report(
             "powertools_loaded": list(measured.loaded[function.logical_id]),
             "toolkit_median_ms": round(toolkit_seconds * 1000, 1),
             "toolkit_ratio": round(toolkit_seconds / floor_seconds, 3),
-            "own_code_ms": round((seconds - toolkit_seconds) * 1000, 1),
+            "ratio_to_toolkit": round(own_ratio, 3),
+            "own_code_ms": round(own_ms, 1),
             "peak_rss_mib": round(rss, 1),
             "floor_peak_rss_mib": round(floor_rss, 1),
             "memory_size_mb": function.spec.memory_size,
             "runs_ms": [round(s.seconds * 1000, 1) for s in samples],
         }
         name = function.logical_id.removesuffix("Function")
-        figures[f"{function.logical_id}_vs_floor"] = figure(
-            round(ratio, 3),
-            TARGET_RATIO,
+        figures[f"{function.logical_id}_vs_toolkit"] = figure(
+            round(own_ratio, 3),
+            TARGET_TOOLKIT_RATIO,
             "at most",
             "x",
-            label=f"cold start {name} / floor",
-            detail=f"{seconds * 1000:.0f} ms vs {floor_seconds * 1000:.0f} ms ({clients})",
+            label=f"cold start {name} / (floor + its powertools)",
+            detail=f"{seconds * 1000:.0f} ms vs {toolkit_seconds * 1000:.0f} ms ({clients}); "
+            f"{ratio:.2f}x the bare floor ({floor_seconds * 1000:.0f} ms), no target",
+        )
+        figures[f"{function.logical_id}_own_code"] = figure(
+            round(own_ms, 1),
+            TARGET_OWN_CODE_MS,
+            "at most",
+            "ms",
+            label=f"cold start {name}, own code",
+            detail="the function less its floor + powertools",
         )
         figures[f"{function.logical_id}_peak_rss"] = figure(
             round(rss, 1),
@@ -529,7 +481,8 @@ def report(
             label=f"cold start {name} peak RSS",
             detail=f"floor {floor_rss:.1f} MiB; target: the function's MemorySize",
         )
-        if diagnosis_runs > 0 and (diagnose_all or ratio > TARGET_RATIO):
+        missed = own_ratio > TARGET_TOOLKIT_RATIO or own_ms > TARGET_OWN_CODE_MS
+        if diagnosis_runs > 0 and (diagnose_all or missed):
             details[function.logical_id]["heavy_imports"] = diagnose(function, diagnosis_runs)
     return {
         "benchmark": NAME,
@@ -553,16 +506,17 @@ def render(result: Mapping[str, Any]) -> str:
         f"cold start: import the handler and build its clients, median of {result['setup']['runs']} "
         "fresh processes",
         "(+powertools: the floor plus the powertools utilities the function loads, built alike; "
-        "own: the function less that)",
+        "vs +pt: the function against it (target 1.15x); own: the function less it (target 30 ms); "
+        "ratio: against the bare floor, no target)",
         f"{'function':<{width}} {'median':>9} {'(import)':>9} {'floor':>9} {'ratio':>7} "
-        f"{'+powertools':>12} {'own':>7} {'RSS':>10} {'floor RSS':>10}",
+        f"{'+powertools':>12} {'vs +pt':>7} {'own':>7} {'RSS':>10} {'floor RSS':>10}",
     ]
     for logical_id, item in result["functions"].items():
         lines.append(
             f"{logical_id:<{width}} {item['median_ms']:>7.0f}ms {item['median_import_ms']:>7.0f}ms "
             f"{item['floor_median_ms']:>7.0f}ms {item['ratio']:>6.2f}x "
             f"{item['toolkit_median_ms']:>5.0f}ms {item['toolkit_ratio']:>4.2f}x "
-            f"{item['own_code_ms']:>5.0f}ms "
+            f"{item['ratio_to_toolkit']:>6.2f}x {item['own_code_ms']:>5.0f}ms "
             f"{item['peak_rss_mib']:>6.1f} MiB {item['floor_peak_rss_mib']:>6.1f} MiB"
         )
     for logical_id, item in result["functions"].items():

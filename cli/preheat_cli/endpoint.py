@@ -2,7 +2,8 @@
 
 ``PREHEAT_ENDPOINT`` first; then the local stack that ``make run`` started, found through the
 ``.local/stack.json`` it writes (its API port may have been chosen with ``PREHEAT_API_PORT``); then
-the local stack's default address.
+the local stack's default address. A running local stack also names its completion events file,
+which ``--wait`` follows (see ``preheat_cli.waiting``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ def default_endpoint(environ: Mapping[str, str], cwd: Path) -> str:
 
 def running_local_stack(environ: Mapping[str, str], cwd: Path) -> str | None:
     """The API URL of a running local stack, or None."""
+    state = _running_state(environ, cwd)
+    return None if state is None else str(state["api_url"])
+
+
+def local_events_file(endpoint: str, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """The completion events file of the running local stack whose API is ``endpoint`` (its bus's
+    rule appends every event there), or None: any other endpoint's events are on an EventBridge bus
+    no API client reads."""
+    state = _running_state(environ, cwd)
+    if state is None or str(state["api_url"]).rstrip("/") != endpoint.rstrip("/"):
+        return None
+    events = state.get("events_file")
+    return Path(events) if isinstance(events, str) and events else None
+
+
+def _running_state(environ: Mapping[str, str], cwd: Path) -> dict[str, object] | None:
+    """What the running local stack's ``stack.json`` holds, or None."""
     for path in _state_files(environ, cwd):
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
@@ -36,9 +54,8 @@ def running_local_stack(environ: Mapping[str, str], cwd: Path) -> str | None:
         if not isinstance(state, dict):
             continue
         url = state.get("api_url")
-        pid = state.get("pid")
-        if isinstance(url, str) and url and _alive(pid):
-            return url
+        if isinstance(url, str) and url and _alive(state.get("pid")):
+            return state
     return None
 
 

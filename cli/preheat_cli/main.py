@@ -21,9 +21,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from preheat_cli.client import ClientError, Envelope, PreheatClient, display_url
-from preheat_cli.endpoint import API_KEY_VARIABLE, DEFAULT_ENDPOINT, ENDPOINT_VARIABLE, default_endpoint
+from preheat_cli.endpoint import (
+    API_KEY_VARIABLE,
+    DEFAULT_ENDPOINT,
+    ENDPOINT_VARIABLE,
+    default_endpoint,
+    local_events_file,
+)
 from preheat_cli.progress import SUCCESS, NoView, ProgressView, describe, make_view
-from preheat_cli.waiting import WaitTimeout, wait_for_task
+from preheat_cli.waiting import EventsFile, WaitTimeout, wait_for_task
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -338,10 +344,19 @@ def _showing(view: ProgressView) -> Iterator[None]:
 
 def _follow(args: argparse.Namespace, client: PreheatClient, out: Output, task_id: str, detail: bool) -> int:
     view: ProgressView = NoView() if out.json_mode else make_view(args.progress, out.stdout)
+    # The local stack's completion events end the wait as they arrive; elsewhere, the polls do.
+    events_file = local_events_file(client.endpoint, os.environ, Path.cwd())
+    events = None if events_file is None else EventsFile(events_file)
     try:
         with _showing(view):
             final = wait_for_task(
-                client, task_id, view, timeout=args.timeout, interval=args.interval, detail=detail
+                client,
+                task_id,
+                view,
+                timeout=args.timeout,
+                interval=args.interval,
+                detail=detail,
+                events=events,
             )
     except WaitTimeout as exc:
         if exc.last is not None:

@@ -43,6 +43,47 @@ def test_the_clients_of_each_function_come_from_its_policies():
     assert functions["CheckFunction"].services == ()
     assert "task_store._client" in functions["WorkerFunction"].factories
     assert functions["StatusFunction"].environment["PREHEAT_TABLE_NAME"] == "bench-TasksTable"
+    # Every function of the template is measured, the sweeper with the factory its handler reaches.
+    assert set(functions) == set(template.functions)
+    assert functions["SweeperFunction"].factories == ("sweeper", "task_store._client", "task_queue._client")
+
+
+def _samples(ms: float) -> list[cold_start.Sample]:
+    return [cold_start.Sample(ms / 1000, ms / 2000, ms / 1000, 50.0)] * 3
+
+
+@pytest.mark.parametrize(
+    ("function_ms", "toolkit_ms", "met_ratio", "met_own"),
+    [
+        (270, 240, True, True),  # Worker-like: 1.42x the bare floor, yet 1.125x its toolkit and 30 ms
+        (285, 240, False, False),  # 1.19x its toolkit, 45 ms of its own
+        (150, 131, True, True),  # Check-like: 3.75x a Logger-only floor is powertools', not the project's
+        (62, 40, False, True),  # a small toolkit: 22 ms of its own is 1.55x it
+    ],
+)
+def test_the_targets_are_the_project_s_own_cost_and_the_bare_floor_ratio_has_none(
+    function_ms: float, toolkit_ms: float, met_ratio: bool, met_own: bool
+):
+    template = Template.load(cold_start.TEMPLATE)
+    [worker] = cold_start.functions_of(template, ["WorkerFunction"])
+    measured = cold_start.Measured(
+        {"WorkerFunction": _samples(function_ms)},
+        {worker.floor_key: _samples(40)},
+        {"WorkerFunction": _samples(toolkit_ms)},
+        {"WorkerFunction": ()},
+    )
+
+    result = cold_start.report([worker], measured, 3, diagnose_all=False, diagnosis_runs=0)
+
+    figures = result["figures"]
+    assert set(figures) == {"WorkerFunction_vs_toolkit", "WorkerFunction_own_code", "WorkerFunction_peak_rss"}
+    assert figures["WorkerFunction_vs_toolkit"]["value"] == round(function_ms / toolkit_ms, 3)
+    assert figures["WorkerFunction_vs_toolkit"]["met"] is met_ratio
+    assert figures["WorkerFunction_own_code"]["value"] == function_ms - toolkit_ms
+    assert figures["WorkerFunction_own_code"]["met"] is met_own
+    details = result["functions"]["WorkerFunction"]
+    assert details["ratio"] == round(function_ms / 40, 3)
+    assert "no target" in figures["WorkerFunction_vs_toolkit"]["detail"]
 
 
 @pytest.mark.integration
@@ -58,7 +99,13 @@ def test_cold_start_benchmark_writes_its_figures(tmp_path: Path):
 
     assert code == 0
     result = json.loads(output.read_text())
-    assert set(result["figures"]) == {"StatusFunction_vs_floor", "StatusFunction_peak_rss"}
+    assert set(result["figures"]) == {
+        "StatusFunction_vs_toolkit",
+        "StatusFunction_own_code",
+        "StatusFunction_peak_rss",
+    }
+    assert result["figures"]["StatusFunction_vs_toolkit"]["target"] == 1.15
+    assert result["figures"]["StatusFunction_own_code"]["target"] == 30.0
     for name, item in result["figures"].items():
         assert {"value", "target", "met"} <= set(item), name
         assert isinstance(item["met"], bool), name
@@ -77,6 +124,11 @@ def test_cold_start_benchmark_writes_its_figures(tmp_path: Path):
     assert "aws_lambda_powertools.utilities.batch" not in status["powertools_loaded"]
     assert status["floor_median_ms"] < status["toolkit_median_ms"]
     assert status["own_code_ms"] == pytest.approx(status["median_ms"] - status["toolkit_median_ms"], abs=0.2)
+    assert status["ratio_to_toolkit"] == pytest.approx(
+        status["median_ms"] / status["toolkit_median_ms"], abs=0.01
+    )
+    # The ratio to the bare floor stays in the report, without a target.
+    assert status["ratio"] == pytest.approx(status["median_ms"] / status["floor_median_ms"], abs=0.01)
 
 
 def test_the_toolkit_of_a_function_is_its_floor_and_the_powertools_it_loaded():

@@ -7,6 +7,7 @@ through ``main([...])`` with pytest capturing its output (stdout is then not a t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,13 +15,17 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from local.stack import LocalStack
+from preheat_cli.client import PreheatClient
 from preheat_cli.main import main
+from preheat_cli.waiting import EVENT_LOOK_SECONDS, EventsFile, wait_for_task
+from tests.support.origin import Origin
 from tests.support.registry import RegistryServer, make_oci_layout
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
@@ -39,6 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         cache_dir=tmp_path_factory.mktemp("cli-supernode-cache"),
         visibility_timeout=5,
         extra_env={"PREHEAT_POLL_MAX_DELAY": "1"},
+        # Where the stack's bus rule appends the completion events, as `make run`'s .local/ does.
+        events_file=tmp_path_factory.mktemp("cli-events") / "events.jsonl",
     ) as running:
         yield running
 
@@ -312,3 +319,55 @@ def test_list_shows_tasks_newest_first_with_filters_pages_and_json(stack: LocalS
     assert (result.returncode, result.stdout) == (0, "no tasks\n")
     for bad in (["--limit", "0"], ["--limit", "1001"], ["--status", "DONE"]):
         assert run_cli("list", *bad, cwd=tmp_path).returncode == 2
+
+
+class OpensTheGate:
+    """A progress view that lets the origin answer once the wait has seen the task RUNNING."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.seen: list[str] = []
+
+    def start(self) -> None:
+        pass
+
+    def update(self, data: dict[str, object]) -> None:
+        self.seen.append(str(data["status"]))
+        self.origin.gate.set()
+
+    def stop(self) -> None:
+        pass
+
+
+def test_the_wait_against_the_local_stack_ends_on_the_completion_event(stack: LocalStack):
+    """Polls a long interval apart: the wait ends because the task's event reached the stack's
+    events file, with one more poll, never waiting a poll's turn."""
+    assert stack.events_file is not None
+    with contextlib.closing(Origin({"/held.bin": b"held " * 2000})) as origin:
+        origin.gate.clear()  # the download, hence the task, waits for the first poll
+        client = PreheatClient(stack.api_url)
+        answer = client.submit("file", origin.url("/held.bin"))
+        task_id = answer.data["taskId"]
+        view = OpensTheGate(origin)
+
+        pauses: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            time.sleep(seconds)
+
+        final = wait_for_task(
+            client,
+            task_id,
+            view,
+            timeout=120,
+            interval=600,
+            events=EventsFile(stack.events_file),
+            sleep=sleep,
+        )
+
+    assert final.data["status"] == "SUCCESS", final.data
+    assert view.seen == ["RUNNING", "SUCCESS"]
+    # Never a poll's interval waited out: only looks at the events file until the event came.
+    assert pauses
+    assert max(pauses) <= EVENT_LOOK_SECONDS

@@ -17,10 +17,10 @@ import pytest
 from rich.console import Console
 
 from preheat_cli.client import ClientError, Envelope, display_url
-from preheat_cli.endpoint import DEFAULT_ENDPOINT, default_endpoint
+from preheat_cli.endpoint import DEFAULT_ENDPOINT, default_endpoint, local_events_file
 from preheat_cli.main import header_argument, main
 from preheat_cli.progress import BarView, PlainView, describe
-from preheat_cli.waiting import MAX_CONSECUTIVE_FAILURES, WaitTimeout, wait_for_task
+from preheat_cli.waiting import MAX_CONSECUTIVE_FAILURES, EventsFile, WaitTimeout, wait_for_task
 
 TASK = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
@@ -126,7 +126,113 @@ def test_wait_returns_a_4xx_answer_at_once():
     assert api.polls == 1
 
 
+def envelope_line(task_id: str, status: str = "SUCCESS") -> str:
+    detail = {"taskId": task_id, "status": status}
+    return json.dumps({"source": "preheat", "detail-type": "Preheat Task Finished", "detail": detail}) + "\n"
+
+
+class EndsAt:
+    """A task that ends at ``moment`` on a fake clock: its status answer turns SUCCESS, and its
+    completion event is appended to ``events`` (the service writes the verdict, then puts the event)."""
+
+    def __init__(self, moment: float, events: Path, time: FakeTime) -> None:
+        self.moment, self.events, self.time = moment, events, time
+        self.polls: list[float] = []
+
+    def status(self, task_id: str, detail: bool = False) -> Envelope:
+        self.polls.append(self.time.now)
+        return ended("SUCCESS") if self.time.now >= self.moment else running(1)
+
+    def sleep(self, seconds: float) -> None:
+        before = self.time.now
+        self.time.sleep(seconds)
+        if before < self.moment <= self.time.now:
+            with self.events.open("a") as events:
+                events.write(envelope_line("some-other-task"))
+                events.write(envelope_line(TASK))
+
+
+def test_wait_against_the_local_stack_ends_on_the_completion_event_not_the_next_poll(tmp_path: Path):
+    time = FakeTime()
+    api = EndsAt(2.35, tmp_path / "events.jsonl", time)
+
+    final = wait_for_task(
+        api,
+        TASK,
+        Recorder(),
+        timeout=60,
+        interval=1,
+        events=EventsFile(tmp_path / "events.jsonl"),
+        clock=time.clock,
+        sleep=api.sleep,
+    )
+
+    assert final.data["status"] == "SUCCESS"
+    # Polls at 0, 1 and 2 s, then one as the event arrives (within a look of 0.1 s), not at 3 s.
+    assert api.polls[:3] == pytest.approx([0, 1, 2])
+    assert len(api.polls) == 4
+    assert 2.35 <= api.polls[-1] < 2.35 + 0.1 + 1e-9
+
+
+def test_without_the_events_file_the_wait_ends_on_the_first_poll_after_the_end(tmp_path: Path):
+    time = FakeTime()
+    api = EndsAt(2.35, tmp_path / "events.jsonl", time)
+
+    final = wait_for_task(api, TASK, Recorder(), timeout=60, interval=1, clock=time.clock, sleep=api.sleep)
+
+    assert final.data["status"] == "SUCCESS"
+    assert api.polls == pytest.approx([0, 1, 2, 3])
+
+
+def test_an_event_whose_status_still_reads_running_does_not_make_the_polls_spin(tmp_path: Path):
+    events = tmp_path / "events.jsonl"
+    events.write_text(envelope_line(TASK))
+    api, time = ScriptedApi(running(1)), FakeTime()
+
+    with pytest.raises(WaitTimeout):
+        wait_for_task(
+            api,
+            TASK,
+            Recorder(),
+            timeout=5,
+            interval=1,
+            events=EventsFile(events),
+            clock=time.clock,
+            sleep=time.sleep,
+        )
+
+    assert api.polls == 6  # 0 to 5 s, once a second
+
+
+def test_the_events_file_is_read_on_by_complete_lines_and_ignores_what_is_not_an_event(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    events = EventsFile(path)
+    assert not events.announced(TASK)  # no file yet
+    path.write_text("not json\n" + json.dumps([1, 2]) + "\n" + envelope_line("another")[:-1])
+    assert not events.announced(TASK)
+    assert not events.announced("another")  # its line is not complete yet
+    with path.open("a") as file:
+        file.write("\n" + envelope_line(TASK, "FAIL"))
+    assert events.announced("another")
+    assert events.announced(TASK)
+
+
 # -- where the endpoint comes from ---------------------------------------------------------------
+
+
+def test_the_events_file_is_the_running_local_stack_s_and_only_for_its_own_endpoint(tmp_path: Path):
+    (tmp_path / ".local").mkdir()
+    state = {"pid": os.getpid(), "api_url": "http://127.0.0.1:4321", "events_file": str(tmp_path / "e.jsonl")}
+    (tmp_path / ".local" / "stack.json").write_text(json.dumps(state))
+
+    assert local_events_file("http://127.0.0.1:4321/", {}, tmp_path) == tmp_path / "e.jsonl"
+    assert local_events_file("https://abc.execute-api.eu-west-1.amazonaws.com/v1", {}, tmp_path) is None
+    assert local_events_file("http://127.0.0.1:4321", {}, tmp_path / "elsewhere-without-a-stack") == (
+        tmp_path / "e.jsonl"
+    )  # found from a subdirectory too, as the endpoint is
+    state.pop("events_file")
+    (tmp_path / ".local" / "stack.json").write_text(json.dumps(state))
+    assert local_events_file("http://127.0.0.1:4321", {}, tmp_path) is None
 
 
 def write_state(directory: Path, pid: int, url: str = "http://127.0.0.1:4321") -> None:

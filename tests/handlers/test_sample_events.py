@@ -4,6 +4,7 @@ function is the one the template routes the event to, and its resources are the 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -198,22 +199,29 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
     elif function == "StatusFunction":
         check_status_answer(event, answer)
     elif function == "ScheduledPreheatFunction":
-        assert answer["rejected"] == []
-        assert answer["failed"] == []
-        tasks = [store.get(task_id) for task_id in answer["taskIds"]]
-        urls = [task.url if task else None for task in tasks]
-        if path.name == "ecr-push.json":
-            detail = event["detail"]
-            assert urls == [
-                f"{event['account']}.dkr.ecr.{event['region']}.amazonaws.com/"
-                f"{detail['repository-name']}@{detail['image-digest']}"
-            ]
-        else:
-            assert urls == [entry["url"] for entry in event["preheats"]]
+        check_scheduled_answer(path, event, answer, store)
+    elif function == "SweeperFunction":
+        # The stack's tasks are younger than a timeout: none is overdue (see the sweeper test below).
+        assert answer == {"ended": [], "skipped": 0, "handedToWorker": [], "complete": True}
     elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
         check_harbor_answer(function, event, answer, store)
     else:  # the SQS consumers
         assert answer == {"batchItemFailures": []}
+
+
+def check_scheduled_answer(path: Path, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
+    assert answer["rejected"] == []
+    assert answer["failed"] == []
+    tasks = [store.get(task_id) for task_id in answer["taskIds"]]
+    urls = [task.url if task else None for task in tasks]
+    if path.name == "ecr-push.json":
+        detail = event["detail"]
+        assert urls == [
+            f"{event['account']}.dkr.ecr.{event['region']}.amazonaws.com/"
+            f"{detail['repository-name']}@{detail['image-digest']}"
+        ]
+    else:
+        assert urls == [entry["url"] for entry in event["preheats"]]
 
 
 def check_static_document(event: dict[str, Any], answer: Any) -> None:
@@ -304,3 +312,29 @@ def test_invalid_preheat_writes_nothing(stack: LocalStack):
         assert answer["code"] == 400
         assert answer["msg"]
     assert client.scan(TableName=table, Select="COUNT")["Count"] == before
+
+
+def test_sweeper_sample_ends_a_task_left_running_past_its_deadline(
+    stack: LocalStack, store: DynamoDBTaskStore
+):
+    """A task whose check chain died (dispatched, its check message gone) and whose deadline passed
+    a minute ago: the schedule's invocation ends it FAIL "timed out", and says so."""
+    # The stack runs with the template's default timeout, as a deployment does.
+    timeout = timedelta(seconds=int(TEMPLATE.raw["Parameters"]["TaskTimeoutSeconds"]["Default"]))
+    created = datetime.now(UTC) - timeout - timedelta(minutes=1)
+    task_id = "5d3c8a1e-9b7f-4c2a-8e61-0f4b2d9a7c14"
+    store.create(
+        replace(
+            running_task(task_id, dispatched=True, check_seq=1),
+            created_at=created,
+            deadline=created + timeout,
+        )
+    )
+
+    answer = stack.invoke("SweeperFunction", load(ROOT / "events" / "sweeper-schedule.json"))
+
+    assert answer["ended"] == [task_id]
+    task = store.get(task_id)
+    assert task is not None
+    assert task.status is TaskStatus.FAIL
+    assert (task.message or "").startswith("timed out: still RUNNING at the deadline")

@@ -60,6 +60,7 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
         "WorkerFunction",
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
+        "SweeperFunction",
         "ApiKeyAuthorizerFunction",
         "OpenApiFunction",
     ):
@@ -137,6 +138,18 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:UpdateItem",
         "events:PutEvents",
     }
+    # The sweeper finds overdue tasks through the listing index alone, reads and ends each one as a
+    # status read does, announces it, and hands the announcement to the worker when PutEvents fails.
+    assert _policy_actions(template, "SweeperFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:Query",
+        "events:PutEvents",
+        "sqs:SendMessage",
+    }
+    sweeper_statements = template["Resources"]["SweeperFunction"]["Properties"]["Policies"][0]["Statement"]
+    [query] = [s for s in sweeper_statements if s["Action"] == ["dynamodb:Query"]]
+    assert query["Resource"].args == "${TasksTable.Arn}/index/ListIndex"
     # The authorizer reads only the request (API Gateway holds and checks the keys); the OpenAPI
     # document is a file of the layer.
     assert _policy_actions(template, "ApiKeyAuthorizerFunction") == set()
@@ -172,6 +185,7 @@ def test_completion_events_may_go_to_the_configured_bus_only():
         "WorkerFunction",
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
+        "SweeperFunction",
         "HarborDragonfly1Function",
         "HarborDragonfly2Function",
     }

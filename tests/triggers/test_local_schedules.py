@@ -236,7 +236,7 @@ def test_a_bad_expression_or_input_in_the_template_names_the_schedule(tmp_path: 
         schedules_from_template(template, resolver(template, Items="[1,"))
 
 
-def test_the_project_template_has_no_schedule_by_default_and_one_with_scheduled_preheats():
+def test_the_project_template_has_the_sweeper_schedule_and_one_more_with_scheduled_preheats():
     template = Template.load(ROOT / "template.yaml")
     arn = "arn:aws:lambda:us-east-1:123456789012:function:preheat-local-ScheduledPreheatFunction"
     resources = {
@@ -250,10 +250,14 @@ def test_the_project_template_has_no_schedule_by_default_and_one_with_scheduled_
         values = template.parameter_values({"Supernodes": "http://supernode:8002", **parameters})
         return schedules_from_template(template, Resolver(template, values, resources, "us-east-1", "1"))
 
-    assert found() == []
-    assert found(ScheduledPreheats="[]") == []
+    # The sweeper's schedule always exists: every 5 minutes, locally as deployed.
+    (sweeper,) = found()
+    assert (sweeper.name, sweeper.function) == ("SweeperFunctionSweep", "SweeperFunction")
+    assert sweeper.expression.text == "rate(5 minutes)"
+    assert set(sweeper.event) == {"id", "time"}
+    assert found(ScheduledPreheats="[]") == [sweeper]
     preheats = [{"type": "image", "url": "registry.example.com/team/app:latest"}]
-    (schedule,) = found(ScheduledPreheats=json.dumps(preheats))
+    (schedule,) = [s for s in found(ScheduledPreheats=json.dumps(preheats)) if s != sweeper]
     assert schedule.function == "ScheduledPreheatFunction"
     assert schedule.event == {"preheats": preheats}
     assert schedule.expression.text == "cron(0 5 * * ? *)"

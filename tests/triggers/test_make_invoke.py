@@ -103,6 +103,9 @@ def test_make_invoke_handles_every_sample_event_against_the_running_stack(local_
             assert result == {"batchItemFailures": []}, result
         elif targets[path] == "ApiKeyAuthorizerFunction":
             assert result["usageIdentifierKey"], result
+        elif targets[path] == "SweeperFunction":
+            assert result["complete"] is True, result  # the stack's tasks are younger than their deadline
+            assert (result["ended"], result["handedToWorker"]) == ([], []), result
         elif targets[path].startswith("Harbor"):
             # Harbor's APIs answer real status codes: 201 for a create, 404 for the samples' unknown ids.
             assert result["statusCode"] in (200, 201, 404), result
@@ -117,7 +120,8 @@ def test_make_invoke_handles_every_sample_event_against_the_running_stack(local_
 def test_the_stack_lists_its_local_schedules(local_dir: Path):
     state = json.loads((local_dir / "stack.json").read_text())
     assert state["schedules"] == {
-        "ScheduledPreheatsSchedule": "ScheduledPreheatsSchedule: rate(1 hour) -> ScheduledPreheatFunction"
+        "SweeperFunctionSweep": "SweeperFunctionSweep: rate(5 minutes) -> SweeperFunction",
+        "ScheduledPreheatsSchedule": "ScheduledPreheatsSchedule: rate(1 hour) -> ScheduledPreheatFunction",
     }
     banner = (local_dir / "stdout.log").read_text()
     assert "Schedule ScheduledPreheatsSchedule: rate(1 hour) -> ScheduledPreheatFunction (next 20" in banner

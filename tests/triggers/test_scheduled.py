@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,9 @@ import requests
 
 from local.schedules import Firing
 from local.stack import LocalStack
+from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.models import PreheatType, Task, TaskStatus
+from preheat.settings import Settings
 from tests.local.support import wait_for
 from tests.support.http_server import serve_directory
 from tests.support.local_stack import ended
@@ -26,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 FUNCTION = "ScheduledPreheatFunction"
 SCHEDULE = "ScheduledPreheatsSchedule"
+SWEEPER_SCHEDULE = "SweeperFunctionSweep"
 DIGEST = "sha256:" + hashlib.sha256(b"pushed").hexdigest()
 
 
@@ -165,7 +170,7 @@ def test_other_ecr_events_are_ignored_and_create_nothing(stack: LocalStack, acti
 def test_the_template_schedule_fires_when_its_time_comes(stack: LocalStack, clock: Clock, file_server: str):
     scheduler = stack.scheduler
     assert scheduler is not None
-    assert set(scheduler.schedules) == {SCHEDULE}
+    assert set(scheduler.schedules) == {SCHEDULE, SWEEPER_SCHEDULE}
     assert scheduler.schedules[SCHEDULE].function == FUNCTION
     fired_before = len(scheduler.history)
 
@@ -196,6 +201,40 @@ def test_a_schedule_can_be_fired_on_demand(stack: LocalStack, file_server: str):
     assert firing.error is None, firing.error
     (task_id,) = firing.result["taskIds"]
     assert status(stack, task_id)["url"] == f"{file_server}/scheduled.bin"
+
+
+def test_the_sweeper_schedule_ends_a_task_left_running_past_its_deadline(stack: LocalStack):
+    """A task dispatched whose check message never came (its chain died), its deadline two minutes
+    gone: the sweeper's schedule, fired, ends it FAIL "timed out" (read from the table, not through a
+    status read, which would end it too)."""
+    assert stack.scheduler is not None
+    assert stack.scheduler.schedules[SWEEPER_SCHEDULE].function == "SweeperFunction"
+    client = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    store = DynamoDBTaskStore(Settings(table_name=stack.table_name("TasksTable")), client=client)
+    timeout = timedelta(seconds=int(stack.template.raw["Parameters"]["TaskTimeoutSeconds"]["Default"]))
+    created = datetime.now(UTC) - timeout - timedelta(minutes=2)
+    task_id = str(uuid.uuid4())
+    store.create(
+        Task(
+            task_id=task_id,
+            type=PreheatType.FILE,
+            url="https://files.example.com/orphan.bin",
+            status=TaskStatus.RUNNING,
+            created_at=created,
+            deadline=created + timeout,
+            dispatched=True,
+            check_seq=1,
+        )
+    )
+
+    firing = stack.scheduler.fire(SWEEPER_SCHEDULE)
+
+    assert firing.error is None, firing.error
+    assert task_id in firing.result["ended"]
+    task = store.get(task_id)
+    assert task is not None
+    assert task.status is TaskStatus.FAIL
+    assert (task.message or "").startswith("timed out: still RUNNING at the deadline")
 
 
 def test_a_scheduled_image_is_preheated_like_one_from_the_api(

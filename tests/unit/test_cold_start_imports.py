@@ -30,6 +30,15 @@ ALSO_NEVER: dict[str, tuple[str, ...]] = {
     "CheckFunction": (*AWS_CLIENTS, "preheat.adapters.dynamodb", "preheat.adapters.registry"),
     "StatusFunction": ("preheat.adapters.http", "preheat.adapters.registry"),
     "PreheatFunction": ("preheat.adapters.http", "preheat.adapters.registry"),
+    # The sweeper reads and writes the table, puts events, queues a message: no HTTP target, no worker.
+    "SweeperFunction": (
+        "preheat.adapters.http",
+        "preheat.adapters.registry",
+        "preheat.adapters.dragonfly1",
+        "preheat.adapters.dragonfly2",
+        "preheat.worker",
+        "preheat.service",
+    ),
 }
 
 _REPORT = """
@@ -90,6 +99,7 @@ PATCHED = {
     "OpenApiFunction": [],
     "CheckFunction": ["httplib"],
     "WorkerFunction": ["botocore", "httplib"],
+    "SweeperFunction": ["botocore"],
 }
 
 

@@ -1,5 +1,6 @@
 """One start step's dispatch: each blob sent to its supernodes as soon as the registry client has
-resolved it, a breaker for a supernode whose creates keep failing, and the results in order."""
+resolved it (or in batches, to a target that takes many at once), a send's failures turned into
+failed blobs, a breaker for a supernode whose creates keep failing, and the results in order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Self, TypeVar
 
-from preheat.errors import RateLimited, TransientFailure
+from preheat.errors import PermanentFailure, RateLimited, TransientFailure
 from preheat.models import (
     Blob,
     BlobProgress,
@@ -95,6 +96,16 @@ class Dispatch:
             self._failures.pop(target, None)
         return sent
 
+    def _guarded_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
+        """``send_batch``, turning a failure of the batch's create into every blob of it FAILED
+        (a rate limit is raised: it is waited out by retrying the step, never a failed blob)."""
+        try:
+            return self._send_batch(blobs, target)
+        except RateLimited:
+            raise
+        except (PermanentFailure, TransientFailure) as exc:
+            return [self._describe(blob, target).with_state(BlobState.FAILED, str(exc)) for blob in blobs]
+
     def submit(self, blob: Blob) -> None:
         if self._batch_size > 1:
             return  # a target that takes many blobs at once gets them all in ``progress``
@@ -140,7 +151,7 @@ class Dispatch:
                 by_target.setdefault(target, []).append(blob)
         size = self._batch_size
         futures = [
-            self._pool.submit(self._send_batch, assigned[start : start + size], target)
+            self._pool.submit(self._guarded_batch, assigned[start : start + size], target)
             for target, assigned in by_target.items()
             for start in range(0, len(assigned), size)
         ]

@@ -29,6 +29,29 @@ class TaskPage:
     after: str | None
 
 
+@dataclass(frozen=True)
+class OverdueQuery:
+    """The tasks still RUNNING at ``now`` with their deadline at most ``now``, among those created
+    from ``created_from`` to before ``created_before``: a window of creation times, since a task's
+    deadline is its creation plus the task timeout, so a sweep reads the tasks whose deadline could
+    have passed since the sweeps before it, never the whole table. ``examine`` bounds the items one
+    call reads (each shard's share of them)."""
+
+    now: datetime
+    created_from: datetime
+    created_before: datetime
+    examine: int = 5000
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """The ids an :class:`OverdueQuery` found, oldest first; ``complete`` is False when the read
+    stopped at ``examine`` items before the window's end (the next sweep reads it again)."""
+
+    task_ids: tuple[str, ...]
+    complete: bool = True
+
+
 class TaskStore(Protocol):
     def create(self, task: Task, claim: str | None = None, replaces: str | None = None) -> None:
         """Write a new task, atomically with a claim on ``claim`` (the request's dedup key) if
@@ -45,6 +68,10 @@ class TaskStore(Protocol):
         """Up to ``query.limit`` tasks, newest first, that ``query`` matches at ``now`` (see
         TaskQuery). A page may hold fewer than ``limit`` tasks and still have an ``after``: the store
         bounds the work one call does."""
+
+    def overdue(self, query: OverdueQuery) -> Overdue:
+        """The ids of the tasks ``query`` asks for, read through an index (see OverdueQuery); the
+        caller reads each task whole before ending it, since the index holds a summary."""
 
     def put_alias(self, alias: str, task: Task) -> bool:
         """Record ``alias`` (a key with a ``<kind>#`` prefix, e.g. ``job#123``) as another name of

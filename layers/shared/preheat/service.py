@@ -249,13 +249,7 @@ class PreheatService:
         if task.is_expired(self._clock()):
             # The answer must not say RUNNING past the deadline even if no worker is left to notice;
             # the write is conditional, so a worker concluding at this moment keeps its verdict.
-            expired = replace(
-                task,
-                status=TaskStatus.FAIL,
-                finished_at=task.deadline,
-                message=task.timed_out_message(),
-                check_seq=task.check_seq + 1,
-            )
+            expired = task.timed_out()
             if self._store.save(expired, expected_check_seq=task.check_seq):
                 self._announce(expired)
                 return expired

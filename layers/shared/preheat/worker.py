@@ -51,7 +51,7 @@ from datetime import datetime
 
 from preheat.adapters.storage_signatures import redact_url
 from preheat.dispatch import MAX_PARALLEL_SUPERNODE_CALLS, Dispatch
-from preheat.errors import PermanentFailure, PreheatError, ProgressTooLarge, RateLimited, TransientFailure
+from preheat.errors import PermanentFailure, PreheatError, ProgressTooLarge, TransientFailure
 from preheat.models import (
     RETRYING_PREFIX,
     Blob,
@@ -285,14 +285,10 @@ class Worker:
         return self._look(progress)
 
     def _send_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
-        """Create ``blobs`` on ``target`` at once (one Dragonfly 2 job with ``urls``), then look."""
+        """Create ``blobs`` on ``target`` at once (one Dragonfly 2 job with ``urls``), then look.
+        A failure of the create is raised (see Dispatch)."""
         progress = [self._progress_of(blob, target) for blob in blobs]
-        try:
-            answers = self._supernodes.create_batch(target, blobs)
-        except RateLimited:
-            raise
-        except (PermanentFailure, TransientFailure) as exc:
-            return [item.with_state(BlobState.FAILED, str(exc)) for item in progress]
+        answers = self._supernodes.create_batch(target, blobs)
         progress = [
             replace(item, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
             for item, answer in zip(progress, answers, strict=True)

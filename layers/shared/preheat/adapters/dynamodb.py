@@ -37,7 +37,7 @@ from preheat.models import (
     isoformat,
     parse_isoformat,
 )
-from preheat.ports import TaskPage
+from preheat.ports import Overdue, OverdueQuery, TaskPage
 from preheat.settings import Settings
 
 # Claims share the table with tasks; task ids are UUIDs, so the prefix cannot collide.
@@ -354,6 +354,53 @@ class DynamoDBTaskStore:
             if not start:
                 return
             answer = self._query(shard, after, page, start)
+
+    def overdue(self, query: OverdueQuery) -> Overdue:
+        """RUNNING tasks past their deadline, from ListIndex: each shard read over the window of
+        creation times alone (its sort key starts with the creation time), oldest first, the
+        status and deadline filtered by DynamoDB, only the ids returned. Reads what the window
+        holds, whatever the table holds; the shards side by side, as a listing reads them."""
+        per_shard = max(1, -(-query.examine // LIST_SHARDS))
+        shards = [f"{LIST_SHARD_PREFIX}{shard}" for shard in range(LIST_SHARDS)]
+        with ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="overdue") as pool:
+            found = list(pool.map(lambda shard: self._overdue_in(shard, query, per_shard), shards))
+        items = sorted((item for items, _ in found for item in items), key=lambda item: item["listSk"]["S"])
+        return Overdue(tuple(item["pk"]["S"] for item in items), all(complete for _, complete in found))
+
+    def _overdue_in(self, shard: str, query: OverdueQuery, budget: int) -> tuple[list[dict[str, Any]], bool]:
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": LIST_INDEX,
+            "KeyConditionExpression": "listShard = :shard AND listSk BETWEEN :from AND :before",
+            "FilterExpression": "#status = :running AND #deadline <= :now",
+            "ProjectionExpression": "pk, listSk",
+            "ExpressionAttributeNames": {"#status": "status", "#deadline": "deadline"},
+            "ExpressionAttributeValues": {
+                ":shard": {"S": shard},
+                # A position is "<creation time>#<task id>": every task created at ``created_from``
+                # sorts after the bare time, every one created at ``created_before`` after it too.
+                ":from": {"S": isoformat(query.created_from)},
+                ":before": {"S": isoformat(query.created_before)},
+                ":running": {"S": TaskStatus.RUNNING.value},
+                ":now": {"N": str(int(query.now.timestamp()))},
+            },
+            "ScanIndexForward": True,
+        }
+        items: list[dict[str, Any]] = []
+        while budget > 0:
+            # Limit counts the items read, before the filter: the budget bounds the read itself.
+            request["Limit"] = min(budget, 1000)
+            try:
+                answer = self._client.query(**request)
+            except (ClientError, BotoCoreError) as exc:
+                raise DependencyFailure(f"could not find overdue tasks: {aws.reason(exc)}") from None
+            items += answer.get("Items", [])
+            budget -= int(answer.get("ScannedCount", request["Limit"]))
+            start = answer.get("LastEvaluatedKey")
+            if not start:
+                return items, True
+            request["ExclusiveStartKey"] = start
+        return items, False
 
     # Aliases: other names of a task (the Dragonfly 2 compatible API's integer job ids). One item
     # each, written once with a condition; it expires with the task.

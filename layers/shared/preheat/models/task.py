@@ -133,6 +133,18 @@ class Task:
             message += f"; last error: {last}"
         return message
 
+    def timed_out(self) -> Task:
+        """The task ended at its deadline, as whoever notices it first writes it (a status read,
+        the sweeper): FAIL with :meth:`timed_out_message`, its check sequence moved on, so that the
+        write is conditional on nobody having moved the task meanwhile."""
+        return replace(
+            self,
+            status=TaskStatus.FAIL,
+            finished_at=self.deadline,
+            message=self.timed_out_message(),
+            check_seq=self.check_seq + 1,
+        )
+
     def to_api(self, detail: bool = False) -> dict[str, Any]:
         """The status answer's ``data`` (see ``task_answer``)."""
         return task_answer(self, detail)
