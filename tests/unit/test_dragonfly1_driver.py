@@ -136,7 +136,7 @@ def test_against_the_reference_supernode_a_blob_goes_pending_then_success(tmp_pa
             assert node.requests_seen[0] == {
                 "type": "file",
                 "url": url,
-                "headers": {"Authorization": "<redacted>"},
+                "headers": {"Authorization": CANARY},
                 "filter": "sig&expires",
             }
             # Without a filter the supernode sees another task, so this one is new, not a 208.
