@@ -471,7 +471,7 @@ class AliasServer:
         try:
             self._server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
         except OSError as exc:
-            pytest.skip(f"cannot listen on 127.0.0.2: {exc}")
+            pytest.fail(f"cannot listen on 127.0.0.2: {exc}")
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
         self._thread.start()
 
