@@ -26,7 +26,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt layers/grpc/requirements.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	@PATH="$(PATH)" command -v python3.13 >/dev/null 2>&1 || echo "warning: no python3.13 on PATH: sam build (tests/template/test_sam.py) will fail; install Python 3.13 (pyenv install 3.13) and remake $(VENV)" >&2
+	@command -v python3.13 >/dev/null 2>&1 || echo "warning: no python3.13 on PATH: sam build (tests/template/test_sam.py) will fail; install Python 3.13 (pyenv install 3.13) and remake $(VENV)" >&2
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
