@@ -126,6 +126,8 @@ def target_function(event: dict[str, Any]) -> str:
 
 # The task behind the Dragonfly 2 job status sample's job id (any task will do: its alias names it).
 JOB_TASK_ID = "2c5ea4c0-4067-4b1d-9f3a-6c1e8b7d5a90"
+# A SUCCESS task the listing sample (filtered by status=SUCCESS) must show.
+LISTED_TASK_ID = "5d0b2f7e-1c3a-4e8f-9b6d-2a4c6e8f0a1b"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -200,7 +202,9 @@ def given_state_for(stack: LocalStack, store: DynamoDBTaskStore, event: dict[str
     """What a sample that reads a task needs: the task it names, RUNNING (and, for a Dragonfly 2
     job, the job id's alias), so its answer is exact."""
     resource = event.get("resource")
-    if resource == "/api/preheat/{taskId}":
+    if resource == "/api/preheat" and event.get("httpMethod") == "GET":  # the listing of SUCCESS tasks
+        given_succeeded(stack, store, LISTED_TASK_ID)
+    elif resource == "/api/preheat/{taskId}":
         given_running(stack, store, event["pathParameters"]["taskId"])
     elif resource == "/preheats/{id}":
         given_running(stack, store, event["pathParameters"]["id"], dispatched=True)
@@ -299,6 +303,7 @@ def check_status_answer(event: dict[str, Any], answer: Any) -> None:
     if event["resource"] == "/api/preheat":  # the listing, filtered by the sample's query
         assert body["code"] == 200, body
         assert all(task["status"] == "SUCCESS" for task in body["data"]["tasks"])
+        assert LISTED_TASK_ID in [task["taskId"] for task in body["data"]["tasks"]]
         assert "next" in body["data"]
     else:  # a task's status: given_state_for made it RUNNING
         assert body["code"] == 200, body
