@@ -603,23 +603,26 @@ def test_platform_manifests_are_fetched_concurrently(fake: StubRegistry, client:
     fake.add_index("wide", entries)
     children = {image for image, _ in entries}
     lock = threading.Lock()
-    in_flight = [0]
+    in_flight: dict[str, int] = {}  # platform image -> its requests being answered
     peak = [0]
     together = threading.Event()
 
     def gate(reference: str) -> None:
-        # Each platform image's answer waits until another is being fetched at the same time: one
-        # after another, the first would wait out the 10 s and the peak would stay 1.
+        # Each platform image's answer waits until another platform image is being fetched at the
+        # same time. One after another, none would meet another (a retry of the same image after a
+        # timeout does not count): the peak would stay 1 and the resolution fail.
         if reference not in children:
             return
         with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-            if in_flight[0] >= 2:
+            in_flight[reference] = in_flight.get(reference, 0) + 1
+            peak[0] = max(peak[0], len(in_flight))
+            if len(in_flight) >= 2:
                 together.set()
         together.wait(10)
         with lock:
-            in_flight[0] -= 1
+            in_flight[reference] -= 1
+            if not in_flight[reference]:
+                del in_flight[reference]
 
     fake.manifest_gate = gate
 
