@@ -160,19 +160,22 @@ def test_ping_reports_each_target_in_parallel(fake: Any, closed_port_url: str) -
     hanging = fake({("GET", "/_ping"): [HANG]})
     # No supernode answers before all three were asked: pinged one after another, the first would
     # wait for the others past its timeout and be reported timed out.
-    arrived = [0]
+    arrived: set[str] = set()  # the supernodes asked so far (a second ask of one does not count)
     lock = threading.Lock()
     everyone = threading.Event()
 
-    def gate() -> None:
-        with lock:
-            arrived[0] += 1
-            if arrived[0] == 3:
-                everyone.set()
-        everyone.wait(5)
+    def gate_of(name: str) -> Callable[[], None]:
+        def gate() -> None:
+            with lock:
+                arrived.add(name)
+                if len(arrived) == 3:
+                    everyone.set()
+            everyone.wait(5)
 
-    for server in (healthy, broken, hanging):
-        server.gate = gate
+        return gate
+
+    for name, server in (("healthy", healthy), ("broken", broken), ("hanging", hanging)):
+        server.gate = gate_of(name)
     subject = driver(healthy.url, broken.url, hanging.url, closed_port_url, timeout=1.5)
 
     result = subject.ping()
