@@ -2,7 +2,9 @@
 # Both create the virtual environments they need on first use.
 
 SHELL := /bin/bash
-PYENV_313 := $(shell command -v pyenv >/dev/null 2>&1 && echo "$$(pyenv root)/versions/3.13.0/bin/python")
+# Python 3.13, the functions' runtime: sam build needs python3.13 on PATH, and the venv made from it
+# exposes it (pyenv's newest 3.13.x where pyenv has one; tests/template/test_sam.py fails without it).
+PYENV_313 := $(shell command -v pyenv >/dev/null 2>&1 && p="$$(pyenv prefix 3.13 2>/dev/null)" && echo "$$p/bin/python")
 PYTHON ?= $(shell for p in "$(PYENV_313)" python3.13 python3.12 python3.11 python3; do \
 	[ -n "$$p" ] && command -v "$$p" >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
 VENV := .venv
@@ -24,6 +26,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements*.txt layers/grpc/requirements.txt pyproject.toml
 	@test -x "$(PYTHON)" || { echo "no python 3.11+ found (set PYTHON=...)"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	@command -v python3.13 >/dev/null 2>&1 || echo "warning: no python3.13 on PATH: sam build (tests/template/test_sam.py) will fail; install Python 3.13 (pyenv install 3.13) and remake $(VENV)" >&2
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@

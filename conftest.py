@@ -13,4 +13,6 @@ if str(LAYER) not in sys.path:
 # also load as a plugin, such as tests.support.node_view, is rewritten before either imports it).
 pytest.register_assert_rewrite("tests.support")
 
-pytest_plugins = ["tests.support.fixtures"]
+# Fixtures for every test module, registered here once (a module's own pytest_plugins would register
+# them for the whole session anyway, depending on which module was collected first).
+pytest_plugins = ["tests.support.fixtures", "tests.support.node_view"]

@@ -26,6 +26,7 @@ Run it alone with ``python -m local.supernode --port 8002 --cache-dir DIR``; tes
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import http.cookiejar
 import json
@@ -59,7 +60,6 @@ RUNNING = "RUNNING"
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 
-REDACTED = "<redacted>"
 MAX_BODY_BYTES = 1 << 20
 MAX_REDIRECTS = 10
 CHUNK_BYTES = 1 << 16
@@ -169,17 +169,6 @@ def parse_create(body: Any) -> CreateRequest:
         raise _BadRequest("'identifier' must be a string")
     filters = tuple(name for name in raw_filter.split("&") if name)
     return CreateRequest(url=url, headers=dict(headers), filter=filters, identifier=identifier)
-
-
-def _redact(body: Any) -> Any:
-    if not isinstance(body, dict):
-        return body
-    seen = dict(body)
-    if isinstance(seen.get("headers"), dict):
-        seen["headers"] = dict.fromkeys(seen["headers"], REDACTED)
-    elif "headers" in seen:
-        seen["headers"] = REDACTED
-    return seen
 
 
 @dataclass(frozen=True)
@@ -317,7 +306,9 @@ class ReferenceSupernode:
 
     @property
     def requests_seen(self) -> list[dict[str, Any]]:
-        """Every create body received (valid or not), header values replaced by ``<redacted>``."""
+        """Every create body received (valid or not), exactly as it arrived, header values included:
+        the tests assert on what the service really sent (a credential where it must, or must not, be).
+        Only this in-process record holds them: logs, task errors and ``GET /preheats`` do not."""
         with self._lock:
             return list(self._requests_seen)
 
@@ -352,7 +343,7 @@ class ReferenceSupernode:
 
     def create(self, body: Any) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            self._requests_seen.append(_redact(body))
+            self._requests_seen.append(copy.deepcopy(body))
         try:
             request = parse_create(body)
         except _BadRequest as exc:

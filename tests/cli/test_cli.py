@@ -269,7 +269,7 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_1(capsys: pytest.CaptureFi
 def test_the_console_script_is_installed(tmp_path: Path):
     script = Path(sys.executable).parent / "preheat"
     if not script.exists():
-        pytest.skip(f"{script} is not installed: `make test` and `make run` install it (pip install -e .)")
+        pytest.fail(f"{script} is not installed: `make test` and `make run` install it (pip install -e .)")
     result = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, timeout=30, cwd=tmp_path, check=False
     )

@@ -17,6 +17,7 @@ from local.supernode import ReferenceSupernode
 from local.template import GetAtt, Resolver, Template
 from preheat.adapters.dynamodb import DynamoDBTaskStore
 from preheat.models import PreheatType, Task, TaskStatus
+from preheat.service import JOB_ALIAS_PREFIX
 from preheat.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +124,12 @@ def target_function(event: dict[str, Any]) -> str:
     raise AssertionError(f"no function of the template takes {event.get('resource') or 'this event'}")
 
 
+# The task behind the Dragonfly 2 job status sample's job id (any task will do: its alias names it).
+JOB_TASK_ID = "2c5ea4c0-4067-4b1d-9f3a-6c1e8b7d5a90"
+# A SUCCESS task the listing sample (filtered by status=SUCCESS) must show.
+LISTED_TASK_ID = "5d0b2f7e-1c3a-4e8f-9b6d-2a4c6e8f0a1b"
+
+
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -166,6 +173,57 @@ def running_task(task_id: str, *, dispatched: bool = False, check_seq: int = 0) 
     )
 
 
+def given_running(
+    stack: LocalStack, store: DynamoDBTaskStore, task_id: str, *, dispatched: bool = False
+) -> Task:
+    """A fresh RUNNING task of that id, whatever an earlier test left under it."""
+    client = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    client.delete_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})
+    task = running_task(task_id, dispatched=dispatched)
+    store.create(task)
+    return task
+
+
+def given_succeeded(stack: LocalStack, store: DynamoDBTaskStore, task_id: str) -> Task:
+    """A task of that id that already ended SUCCESS, whatever an earlier test left under it."""
+    given_absent(stack, task_id)
+    task = replace(running_task(task_id, dispatched=True), status=TaskStatus.SUCCESS)
+    task = replace(task, finished_at=task.created_at + timedelta(seconds=5))
+    store.create(task)
+    return task
+
+
+def given_absent(stack: LocalStack, task_id: str) -> None:
+    client = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
+    client.delete_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})
+
+
+def given_state_for(stack: LocalStack, store: DynamoDBTaskStore, event: dict[str, Any]) -> None:
+    """What a sample that reads a task needs: the task it names, RUNNING (and, for a Dragonfly 2
+    job, the job id's alias), so its answer is exact."""
+    resource = event.get("resource")
+    if resource == "/api/preheat" and event.get("httpMethod") == "GET":  # the listing of SUCCESS tasks
+        given_succeeded(stack, store, LISTED_TASK_ID)
+    elif resource == "/api/preheat/{taskId}":
+        given_running(stack, store, event["pathParameters"]["taskId"])
+    elif resource == "/preheats/{id}":
+        given_running(stack, store, event["pathParameters"]["id"], dispatched=True)
+    elif resource == "/oapi/v1/jobs/{id}":
+        task = given_running(stack, store, JOB_TASK_ID)
+        assert store.put_alias(f"{JOB_ALIAS_PREFIX}{int(event['pathParameters']['id'])}", task)
+    elif target_function(event) == "DeadLetterFunction":
+        for task_id in queued_task_ids(event):
+            given_running(stack, store, task_id)
+    elif target_function(event) == "WorkerFunction":
+        # Late deliveries for tasks that already ended: acknowledged, the tasks left as they are.
+        for task_id in queued_task_ids(event):
+            given_succeeded(stack, store, task_id)
+
+
+def queued_task_ids(event: dict[str, Any]) -> list[str]:
+    return [json.loads(record["body"])["taskId"] for record in event["Records"]]
+
+
 def test_every_function_has_a_sample_event_and_every_sample_a_function():
     targets = {path.name: target_function(load(path)) for path in EVENTS}
     assert set(targets.values()) == set(TEMPLATE.functions), targets
@@ -175,6 +233,7 @@ def test_every_function_has_a_sample_event_and_every_sample_a_function():
 def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskStore, path: Path):
     event = load(path)
     function = target_function(event)
+    given_state_for(stack, store, event)
     answer = stack.invoke(function, event)
     if function == "CheckFunction":
         assert api_body(answer) == {"code": 200}
@@ -205,8 +264,20 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
         assert answer == {"ended": [], "skipped": 0, "handedToWorker": [], "complete": True}
     elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
         check_harbor_answer(function, event, answer, store)
-    else:  # the SQS consumers
-        assert answer == {"batchItemFailures": []}
+    else:  # the SQS consumers, with the tasks given_state_for made
+        check_queue_answer(function, event, answer, store)
+
+
+def check_queue_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
+    assert answer == {"batchItemFailures": []}
+    for task_id in queued_task_ids(event):
+        task = store.get(task_id)
+        assert task is not None
+        if function == "DeadLetterFunction":
+            assert task.status is TaskStatus.FAIL
+            assert "gave up on its 'start' step after 50 attempts" in (task.message or "")
+        else:
+            assert task.status is TaskStatus.SUCCESS
 
 
 def check_scheduled_answer(path: Path, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
@@ -239,15 +310,19 @@ def check_status_answer(event: dict[str, Any], answer: Any) -> None:
     if event["resource"] == "/api/preheat":  # the listing, filtered by the sample's query
         assert body["code"] == 200, body
         assert all(task["status"] == "SUCCESS" for task in body["data"]["tasks"])
+        assert LISTED_TASK_ID in [task["taskId"] for task in body["data"]["tasks"]]
         assert "next" in body["data"]
-    else:
-        assert body["code"] in (200, 404)
+    else:  # a task's status: given_state_for made it RUNNING
+        assert body["code"] == 200, body
+        assert body["data"]["taskId"] == event["pathParameters"]["taskId"]
+        assert body["data"]["status"] == "RUNNING"
 
 
 def check_harbor_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
     # Harbor's providers answer with real HTTP status codes.
     if event["httpMethod"] == "POST":
-        assert answer["statusCode"] in (200, 201), answer
+        # Dragonfly 1's supernode answers a create 201, Dragonfly 2's manager 200.
+        assert answer["statusCode"] == (201 if function == "HarborDragonfly1Function" else 200), answer
         created = json.loads(answer["body"])
         if function == "HarborDragonfly1Function":
             task = store.get(created["ID"])
@@ -260,20 +335,30 @@ def check_harbor_answer(function: str, event: dict[str, Any], answer: Any, store
         assert task.url == sent.get("url", sent.get("args", {}).get("url"))
     elif event["resource"] in ("/_ping", "/healthy"):
         assert (answer["statusCode"], answer["body"]) == (200, "OK")
-    else:
-        assert answer["statusCode"] in (200, 404), answer
+    elif function == "HarborDragonfly1Function":  # GET /preheats/{id}: a dispatched RUNNING task
+        assert answer["statusCode"] == 200, answer
+        status = json.loads(answer["body"])
+        assert (status["ID"], status["status"]) == (event["pathParameters"]["id"], "RUNNING")
+    else:  # GET /oapi/v1/jobs/{id}: the job of a RUNNING task
+        assert answer["statusCode"] == 200, answer
+        job = json.loads(answer["body"])
+        assert (job["id"], job["task_id"], job["state"]) == (
+            int(event["pathParameters"]["id"]),
+            JOB_TASK_ID,
+            "PENDING",
+        )
 
 
 def test_status_sample_reads_the_task_it_names(stack: LocalStack, store: DynamoDBTaskStore):
     event = load(ROOT / "events" / "status.json")
     task_id = event["pathParameters"]["taskId"]
-    if store.get(task_id) is None:
-        assert api_body(stack.invoke("StatusFunction", event))["code"] == 404
-        store.create(running_task(task_id))
+    given_absent(stack, task_id)
+    assert api_body(stack.invoke("StatusFunction", event))["code"] == 404
+    given_running(stack, store, task_id)
     body = api_body(stack.invoke("StatusFunction", event))
     assert body["code"] == 200
     assert body["data"]["taskId"] == task_id
-    assert body["data"]["status"] in ("RUNNING", "FAIL")
+    assert body["data"]["status"] == "RUNNING"
 
 
 def test_dead_letter_sample_ends_its_task_as_fail_with_the_reason(
@@ -281,13 +366,7 @@ def test_dead_letter_sample_ends_its_task_as_fail_with_the_reason(
 ):
     event = load(ROOT / "events" / "deadletter-sqs.json")
     task_id = json.loads(event["Records"][0]["body"])["taskId"]
-    fresh = running_task(task_id)
-    if store.get(task_id) is None:
-        store.create(fresh)
-    else:
-        current = store.get(task_id)
-        assert current is not None
-        store.save(fresh, expected_check_seq=current.check_seq)
+    given_running(stack, store, task_id)
     assert stack.invoke("DeadLetterFunction", event) == {"batchItemFailures": []}
     task = store.get(task_id)
     assert task is not None

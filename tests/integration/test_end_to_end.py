@@ -5,14 +5,17 @@ supernode, which really downloads every blob and checks its digest."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from local.stack import LocalStack
+from local.supernode import ReferenceSupernode
 from tests.support.http_server import serve_directory
 from tests.support.local_stack import ended, submit
 from tests.support.registry import OciImage, RegistryServer, make_oci_layout
@@ -37,16 +40,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def three_layers(tmp_path_factory: pytest.TempPathFactory) -> OciImage:
-    layers = [f"layer {n}\n".encode() * (1000 * (n + 1)) for n in range(3)]
-    return make_oci_layout(tmp_path_factory.mktemp("three"), layers, config={"config": {"Cmd": ["sh"]}})
+@pytest.fixture
+def three_layers(tmp_path: Path, request: pytest.FixtureRequest) -> OciImage:
+    return fresh_image(tmp_path, request.node.name)
 
 
 @pytest.fixture(scope="module")
 def file_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
     root = tmp_path_factory.mktemp("files")
-    payload = b"model weights " * 50_000
+    payload = f"model weights {secrets.token_hex(16)} ".encode() * 50_000
     (root / "model.bin").write_bytes(payload)
     with serve_directory(root) as server:
         yield server.url, payload
@@ -70,9 +72,21 @@ def manifest_blobs(registry: RegistryServer, name: str, tag: str) -> set[str]:
     return {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
 
 
-def cached_digests(stack: LocalStack) -> set[str]:
+def supernode_of(stack: LocalStack) -> ReferenceSupernode:
     assert stack.supernode is not None
-    return stack.supernode.cached_digests()
+    return stack.supernode
+
+
+def cached_digests(stack: LocalStack) -> set[str]:
+    return supernode_of(stack).cached_digests()
+
+
+def fresh_image(path: Path, name: str) -> OciImage:
+    """An image of three layers and a config no other case pushes (random bytes in each), so what a
+    case finds in the supernode's cache can only be there because that case preheated it."""
+    salt = secrets.token_hex(16)
+    layers = [f"{name} {salt} layer {n}\n".encode() * (1000 * (n + 1)) for n in range(3)]
+    return make_oci_layout(path, layers, config={"config": {"Cmd": ["sh"], "Labels": {"salt": salt}}})
 
 
 def test_check_answers_200_while_the_supernode_answers(stack: LocalStack):
@@ -86,6 +100,7 @@ def test_an_image_is_preheated_to_success_and_every_blob_lands_in_the_cache(
     registry.push(three_layers, f"e2e/{fmt}:v1", fmt=fmt)
     expected = manifest_blobs(registry, f"e2e/{fmt}", "v1")
     assert len(expected) == 4
+    assert not expected & cached_digests(stack), "this case's blobs were cached before it ran"
 
     started = time.monotonic()
     task_id = submit(stack, {"type": "image", "url": f"{registry.host}/e2e/{fmt}:v1"})
@@ -115,10 +130,12 @@ def test_the_harbor_manifest_url_and_digest_forms_preheat_the_same_image(
 
 def test_a_file_is_preheated_into_the_cache(stack: LocalStack, file_server: tuple[str, bytes]):
     base, payload = file_server
+    digest = f"sha256:{hashlib.sha256(payload).hexdigest()}"
+    assert digest not in cached_digests(stack), "the file was cached before this case ran"
     data = ended(stack, submit(stack, {"type": "file", "url": f"{base}/model.bin"}))
     assert data["status"] == "SUCCESS", data
     assert data["layers"] == {"total": 1, "succeeded": 1, "failed": 0, "pending": 0}
-    assert f"sha256:{hashlib.sha256(payload).hexdigest()}" in cached_digests(stack)
+    assert digest in cached_digests(stack)
 
 
 def test_a_missing_tag_ends_fail_with_a_clear_message(stack: LocalStack, registry: RegistryServer):
@@ -173,21 +190,40 @@ def test_status_of_an_unknown_or_malformed_task_id(stack: LocalStack):
     assert "not a task id" in malformed["msg"]
 
 
-def test_credentials_sent_in_header_reach_the_registry_but_no_answer(
-    stack: LocalStack, registry: RegistryServer, three_layers: OciImage
+def test_credentials_sent_in_header_reach_the_registry_and_its_supernode_but_no_answer(
+    stack: LocalStack, auth_registry: RegistryServer, tmp_path: Path
 ):
-    registry.push(three_layers, "e2e/secret:v1", fmt="oci")
+    # The registry refuses anonymous pulls: the task can only succeed if the header reached it.
+    assert auth_registry.credentials is not None
+    _, password = auth_registry.credentials
+    auth_registry.push(fresh_image(tmp_path, "secret"), "e2e/secret:v1", fmt="oci")
+    url = f"{auth_registry.host}/e2e/secret:v1"
+    anonymous = ended(stack, submit(stack, {"type": "image", "url": url}))
+    assert anonymous["status"] == "FAIL", anonymous
+    assert "401" in anonymous["msg"] or "credentials" in anonymous["msg"], anonymous
+
     canary = "Bearer canary-e2e-0123456789"
+    authorization = auth_registry.basic_auth()
+    before = len(supernode_of(stack).requests_seen)
     task_id = submit(
-        stack, {"type": "image", "url": f"{registry.host}/e2e/secret:v1", "header": {"X-Trace": canary}}
+        stack,
+        {"type": "image", "url": url, "header": {"Authorization": authorization, "X-Trace": canary}},
     )
     data = ended(stack, task_id)
-    assert data["status"] == "SUCCESS"
+    assert data["status"] == "SUCCESS", data
     import boto3
 
     dynamodb = boto3.client("dynamodb", endpoint_url=stack.moto_url, region_name="us-east-1")
     item = dynamodb.get_item(TableName=stack.table_name("TasksTable"), Key={"pk": {"S": task_id}})["Item"]
-    assert "canary-e2e" not in repr(item)
-    assert "canary-e2e" not in repr(data)
-    assert stack.supernode is not None
-    assert "canary-e2e" not in repr(stack.supernode.requests_seen)
+    for secret in ("canary-e2e", password, authorization):
+        assert secret not in repr(item)
+        assert secret not in repr(data)
+    # The supernode downloads the blobs from the registry itself, so each create carries the caller's
+    # headers (the README: "to the supernode only where the download URL is the registry itself"),
+    # exactly as they were sent: the supernode records what arrived.
+    sent = supernode_of(stack).requests_seen[before:]
+    assert len(sent) == data["layers"]["total"] == 4
+    assert all(create["url"].startswith(f"{auth_registry.url}/v2/e2e/secret/blobs/") for create in sent)
+    assert all(create["headers"] == {"Authorization": authorization, "X-Trace": canary} for create in sent), (
+        sent
+    )

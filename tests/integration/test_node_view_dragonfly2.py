@@ -25,7 +25,6 @@ from tests.support.node_view import (
 )
 from tests.support.registry import OciImage, make_oci_layout
 
-pytest_plugins = ["tests.support.node_view"]  # image, registries, redirecting_files
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 
 
@@ -57,23 +56,23 @@ def dragonfly2(
 def test_a_node_pull_hits_every_blob(
     dragonfly2: LocalStack,
     manager: FakeDragonfly2Manager,
-    registries: dict[str, Any],
-    image: OciImage,
+    node_view_registries: dict[str, Any],
+    node_view_image: OciImage,
     kind: str,
 ) -> None:
-    registry, header = registries[kind]
+    registry, header = node_view_registries[kind]
     data = preheat(dragonfly2, {"type": "image", "url": registry.image(f"{REPOSITORY}:v1"), "header": header})
 
     assert data["status"] == "SUCCESS", data
     tasks = manager.tasks()
-    for digest, url in blob_urls(registry, image).items():
+    for digest, url in blob_urls(registry, node_view_image).items():
         task = tasks.get(dragonfly2_task_id(url))
         assert task is not None, f"no task a node would compute for {url}"
         assert task.status == "SUCCESS"
         assert task.cache_path is not None
         assert sha256_of(task.cache_path) == digest
     shown = {blob["digest"]: blob["nodeTaskId"] for blob in data["blobs"]}
-    assert shown == {d: dragonfly2_task_id(u) for d, u in blob_urls(registry, image).items()}
+    assert shown == {d: dragonfly2_task_id(u) for d, u in blob_urls(registry, node_view_image).items()}
 
 
 def test_a_redirecting_file_is_warmed_under_the_url_nodes_were_given(
@@ -93,10 +92,10 @@ def test_a_redirecting_file_is_warmed_under_the_url_nodes_were_given(
 def test_120_layers_through_the_rate_limited_manager(
     dragonfly2: LocalStack,
     manager: FakeDragonfly2Manager,
-    registries: dict[str, Any],
+    node_view_registries: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    registry, _ = registries["filesystem"]
+    registry, _ = node_view_registries["filesystem"]
     big = make_oci_layout(
         tmp_path_factory.mktemp("big"), [f"layer {n}\n".encode() * 50 for n in range(120)], config={}
     )

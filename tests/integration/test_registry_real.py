@@ -304,7 +304,8 @@ def test_registry_on_s3_redirects_blobs_to_presigned_urls_without_credentials(
 
     assert [blob.digest for blob in blobs] == list(oci_image.blob_digests)
     for blob in blobs:
-        assert blob.url.startswith(f"{s3_registry.s3.endpoint}/registry/docker/registry/v2/blobs/sha256/")
+        storage = s3_registry.s3
+        assert blob.url.startswith(f"{storage.endpoint}/{storage.bucket}/docker/registry/v2/blobs/sha256/")
         # S3 refuses a request carrying the registry's Authorization as well as a signature.
         assert not blob.headers
         assert blob.filter == (

@@ -23,6 +23,7 @@ from tests.support.fixtures import require_tools
 from tests.support.registry import (
     REGISTRY_BINARY,
     SKOPEO_BINARY,
+    MotoS3Server,
     OciImage,
     RegistryServer,
     TokenRequest,
@@ -236,3 +237,52 @@ def test_the_registry_checks_the_tokens_signature(
             ImageReference.parse(token_registry.image("private/app:1.0")),
             Credentials({"Authorization": forged}),
         )
+
+
+def test_token_auth_with_blobs_redirected_to_storage_as_on_docker_hub(
+    token_server: TokenServer, oci_image: OciImage, tmp_path_factory: pytest.TempPathFactory
+):
+    """Docker Hub's real set-up: a token server in front, and blob GETs answered 307 to presigned
+    storage URLs on another origin (S3, on moto here). The client resolves with a token, the blobs it
+    hands over carry the token for the registry, and the registry's redirect is followed to storage
+    without it: the blob's bytes arrive, checked against its digest."""
+    require_tools(REGISTRY_BINARY, SKOPEO_BINARY)
+    with (
+        MotoS3Server() as s3,
+        RegistryServer(
+            tmp_path_factory.mktemp("token-s3-registry"), token_auth=token_server, s3=s3.bucket()
+        ) as registry,
+    ):
+        registry.push(oci_image, "private/hub:1.0")
+        before = len(token_server.requests)
+        basic = registry.basic_auth()
+
+        blobs = (
+            HttpRegistryClient(SETTINGS)
+            .resolve_image(
+                ImageReference.parse(registry.image("private/hub:1.0")), Credentials({"Authorization": basic})
+            )
+            .blobs
+        )
+
+        assert [blob.digest for blob in blobs] == list(oci_image.blob_digests)
+        assert [request.granted for request in requests_since(token_server, before)] == [
+            (("private/hub", ("pull",)),)
+        ]
+        for blob in blobs:
+            assert blob.url.startswith(f"{registry.url}/v2/private/hub/blobs/")
+            authorization = blob.headers.reveal()["Authorization"]
+            assert authorization.startswith("Bearer ")
+            # The registry redirects the token's holder to storage on another origin...
+            hop = requests.get(blob.url, headers=blob.headers.reveal(), allow_redirects=False, timeout=5)
+            assert hop.status_code == 307, hop.text
+            location = hop.headers["Location"]
+            assert location.startswith(s3.endpoint)
+            assert "X-Amz-Signature=" in location
+            # ...which serves the blob to a request without the registry's token, as peers send it.
+            stored = requests.get(location, timeout=5)
+            assert stored.status_code == 200
+            assert "Authorization" not in stored.request.headers
+            assert blob.digest == f"sha256:{hashlib.sha256(stored.content).hexdigest()}"
+            # And without the token the registry redirects no one.
+            assert requests.get(blob.url, allow_redirects=False, timeout=5).status_code == 401

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
+from local import lambda_runtime
 from local.lambda_runtime import (
     EnvironmentPatch,
     InvocationTimeout,
@@ -29,9 +31,21 @@ def runtime() -> LambdaRuntime:
     return LambdaRuntime(Template.load(FIXTURE_TEMPLATE), name_prefix="runtime-test")
 
 
-def test_context_counts_down_from_the_template_timeout(runtime: LambdaRuntime) -> None:
-    result = runtime.invoke("SlowFunction", {"seconds": 0.2})
-    assert 0 < result["remaining_ms"] <= 800  # Timeout 1 s, 0.2 s of it spent
+def test_context_counts_down_from_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(lambda_runtime, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    context = LambdaContext("f", "128", "arn", 1)
+    assert context.get_remaining_time_in_millis() == 1000
+    now[0] += 0.25
+    assert context.get_remaining_time_in_millis() == 750
+    now[0] += 5
+    assert context.get_remaining_time_in_millis() == 0
+
+
+def test_the_handler_gets_a_context_with_the_template_timeout(runtime: LambdaRuntime) -> None:
+    result = runtime.invoke("SlowFunction", {"seconds": 0})
+    # Timeout: 1 in the template: never more than 1000 ms left, and the call ran within it.
+    assert 0 < result["remaining_ms"] <= 1000
 
 
 def test_each_call_gets_a_new_request_id() -> None:

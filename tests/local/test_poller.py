@@ -39,13 +39,18 @@ def _settled(stack: LocalStack, sink: Sink, record_id: str, receives: int) -> li
     def drained() -> bool:
         attributes = sqs.get_queue_attributes(
             QueueUrl=stack.queue_url("WorkQueue"),
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
         )["Attributes"]
-        return all(value == "0" for value in attributes.values())
+        return len(attributes) == 3 and all(value == "0" for value in attributes.values())
 
+    # A record that was not deleted stays in the queue (in flight until its visibility timeout, then
+    # visible): a queue with nothing visible, in flight or delayed hands nothing out again, so no
+    # wait for a timeout to pass is needed.
     wait_for(drained)
-    # One visibility timeout (1 s) more: a record that was not deleted would be handed out again.
-    time.sleep(1.5)
     return sink.entries(record_id)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -258,13 +259,14 @@ def test_a_reference_without_a_local_value_names_what_is_missing(template: Templ
 
 def test_moto_comes_back_after_an_outage_with_its_state_and_dynamodb_one_at_a_time(moto: MotoServer) -> None:
     dynamodb = client("dynamodb", moto.url)
+    table = f"outage-{secrets.token_hex(4)}"  # moto's state is one per process: a table of its own
     dynamodb.create_table(
-        TableName="outage",
+        TableName=table,
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
-    dynamodb.put_item(TableName="outage", Item={"pk": {"S": "kept"}})
+    dynamodb.put_item(TableName=table, Item={"pk": {"S": "kept"}})
     url = moto.url
 
     moto.go_down()
@@ -273,7 +275,7 @@ def test_moto_comes_back_after_an_outage_with_its_state_and_dynamodb_one_at_a_ti
     moto.come_back()
 
     assert moto.url == url
-    assert dynamodb.get_item(TableName="outage", Key={"pk": {"S": "kept"}})["Item"] == {"pk": {"S": "kept"}}
+    assert dynamodb.get_item(TableName=table, Key={"pk": {"S": "kept"}})["Item"] == {"pk": {"S": "kept"}}
     # The server that came back serializes DynamoDB's requests as the first one did: without it,
     # concurrent writes race inside moto's tables (the fault suite's corrupted tasks).
     assert isinstance(moto._server._server.app, _DynamoDBOneAtATime)

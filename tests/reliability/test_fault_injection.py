@@ -31,7 +31,16 @@ from tests.reliability.campaign import (
     table,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("reliability")]
+# The whole campaign runs in the module fixture, so within the timeout of the first test (the one
+# whose setup starts it): it takes a few minutes on a quiet machine, close to the 300 s every other
+# test gets. Its own timeout leaves it room on a loaded two-core machine; a hang still fails.
+CAMPAIGN_TIMEOUT_SECONDS = 1200
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("reliability"),
+    pytest.mark.timeout(CAMPAIGN_TIMEOUT_SECONDS),
+]
 
 CASE_NAMES = [f"{scenario.name}[{index}]" for scenario in SCENARIOS for index in range(scenario.copies)]
 

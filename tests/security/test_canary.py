@@ -163,8 +163,10 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
             }
         ),
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    # The dead-letter consumer must have read (and deleted) it before its output is searched: a drain
+    # that never happens fails here, not later as a search of output that was never written.
+    deadline = time.monotonic() + 30
+    while True:
         attributes = sqs.get_queue_attributes(
             QueueUrl=stack.queue_url("PreheatDeadLetterQueue"), AttributeNames=["All"]
         )["Attributes"]
@@ -173,8 +175,9 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
             and attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
         ):
             break
+        if time.monotonic() >= deadline:
+            pytest.fail(f"the dead-letter queue was not drained within 30 s: {attributes}", pytrace=False)
         time.sleep(0.2)
-    time.sleep(0.5)
 
     # The listing (what the console shows) holds the same tasks.
     listing = requests.get(f"{stack.api_url}/api/preheat", params={"limit": "100"}, timeout=10).json()
@@ -213,8 +216,17 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
     assert len(task_ids) == 3
     assert all(task_id in events for task_id in task_ids)
     assert_clean("the completion events", events)
-    # The one place it may go besides the registry: the supernode, told to fetch from the registry.
+    # The one place it may go besides the registry and the file server: the supernode, which fetches
+    # from them itself. Its record holds each create as it arrived: the image's blobs carried the
+    # caller's headers (the canary password among them, which the supernode needs to download them),
+    # the file carried its Bearer canary; the refused credentials and the bad input never reached it.
     assert stack.supernode is not None
-    assert_clean(
-        "the supernode's request log (values are redacted there)", repr(stack.supernode.requests_seen)
-    )
+    sent = stack.supernode.requests_seen
+    blobs = [create for create in sent if create["url"].startswith(f"{secured_registry.url}/v2/canary/")]
+    files = [create for create in sent if create["url"] == "http://127.0.0.1:9/never.bin"]
+    assert len(blobs) == 3, sent  # the config and two layers of the one successful task
+    assert files, sent  # the file server is unreachable from the supernode too
+    assert len(blobs) + len(files) == len(sent), sent
+    assert all(create["headers"] == good for create in blobs), blobs
+    assert all(create["headers"] == bearer for create in files), files
+    assert wrong["Authorization"] not in json.dumps(sent)

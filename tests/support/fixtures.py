@@ -1,9 +1,9 @@
 """pytest fixtures for tests that need a real registry.
 
-Load them with ``pytest_plugins = ["tests.support.fixtures"]`` in the root conftest (or in a test
-module). ``make test`` installs docker-registry, skopeo and apache2-utils first (.ci/debian-packages),
-so a missing tool fails the test that needs it; it skips only under the explicit opt-out
-``PREHEAT_SKIP_REAL_REGISTRY=1``, and the skip reason names it.
+The root conftest loads them (``pytest_plugins``), never a test module. ``make test`` installs
+docker-registry, skopeo and apache2-utils first (.ci/debian-packages), so a missing tool fails the
+test that needs it; it skips only under the explicit opt-out ``PREHEAT_SKIP_REAL_REGISTRY=1``, and
+the skip reason names it.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def s3_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrySe
     require_tools(REGISTRY_BINARY, SKOPEO_BINARY, HTPASSWD_BINARY)
     users = {"preheat": secrets.token_urlsafe(12)}
     with MotoS3Server() as s3:
-        storage = s3.bucket("registry")
+        # moto's state is one per process: a bucket of its own, never one another module filled.
+        storage = s3.bucket()
         with RegistryServer(tmp_path_factory.mktemp("s3-registry"), users=users, s3=storage) as server:
             yield server
 

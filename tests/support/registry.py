@@ -10,6 +10,8 @@ re-exported here for the tests that import them from this module), and moto's S3
 
 from __future__ import annotations
 
+import secrets
+import urllib.error
 import urllib.request
 from types import TracebackType
 from typing import Any, Self
@@ -102,8 +104,19 @@ class MotoS3Server:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def bucket(self, name: str = "registry") -> S3Storage:
-        """Create the bucket (moto accepts an unsigned PUT) and describe it for a registry."""
+    def bucket(self, name: str | None = None) -> S3Storage:
+        """Create a new bucket (moto accepts an unsigned PUT), by default of a unique name, and
+        describe it for a registry. moto's state is one per process, shared by every server and test
+        module: a bucket that already exists (another test's) is refused, never reused."""
+        name = name or f"registry-{secrets.token_hex(6)}"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{self.endpoint}/{name}", method="HEAD"), timeout=10
+            ):
+                raise RuntimeError(f"the S3 bucket {name!r} already exists in this process's moto")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
         request = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
         with urllib.request.urlopen(request, timeout=10):
             pass

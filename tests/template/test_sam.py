@@ -13,13 +13,35 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SAM = ROOT / ".tools" / "sam" / "bin" / "sam"
 
-pytestmark = pytest.mark.skipif(not SAM.exists(), reason="SAM CLI not installed: run `make test`")
+
+def search_path() -> str:
+    """PATH as sam sees it: the project's venv first (make test puts it there too)."""
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def require_sam() -> None:
+    """Fail, never skip: make test installs the SAM CLI, and a test that cannot run is a failure."""
+    if not SAM.exists():
+        pytest.fail(f"SAM CLI not installed at {SAM}: run `make test` (it installs it)", pytrace=False)
+
+
+def require_python313() -> None:
+    """sam build for the python3.13 runtime needs python3.13 on PATH: make test's venv is made from
+    3.13 (pyenv's where there is one) and exposes it. Fail, never skip, where it does not."""
+    if shutil.which("python3.13", path=search_path()) is None:
+        pytest.fail(
+            "python3.13 is not on PATH, so sam build cannot build the python3.13 runtime: make the venv "
+            "from Python 3.13 (`rm -rf .venv && make test PYTHON=/path/to/python3.13`, or "
+            "`pyenv install 3.13` first)",
+            pytrace=False,
+        )
 
 
 def sam(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    require_sam()
     env = dict(os.environ, SAM_CLI_TELEMETRY="0")
     # sam build looks for python3.13 on PATH; the project's venv (Python 3.13 where pyenv has it) provides it.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PATH"] = search_path()
     return subprocess.run(
         [str(SAM), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -33,11 +55,7 @@ def test_template_validates_with_lint():
 
 @pytest.mark.slow
 def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
-    if (
-        shutil.which("python3.13", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        is None
-    ):
-        pytest.skip("sam build for the python3.13 runtime needs python3.13 on PATH")
+    require_python313()
     build_dir = tmp_path / "build"
     result = sam("build", "--build-dir", str(build_dir), "--cache-dir", str(tmp_path / "cache"))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -25,7 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 MIN_REASON_LENGTH = 40  # a reason says why, not just "n/a"
 
-pytestmark = pytest.mark.skipif(not CHECKOV.exists(), reason="checkov not installed: run `make test`")
+
+@pytest.fixture(autouse=True)
+def _require_checkov() -> None:
+    """Fail, never skip: make test installs checkov, and a test that cannot run is a failure."""
+    if not CHECKOV.exists():
+        pytest.fail(f"checkov not installed at {CHECKOV}: run `make test` (it installs it)", pytrace=False)
 
 
 def checkov(template: Path) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def test_an_unknown_function_is_refused_with_exit_2(local_dir: Path):
 
 def test_make_invoke_is_python_m_local_invoke():
     if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+        pytest.fail("make is not installed")
     dry = subprocess.run(
         ["make", "-n", "invoke", "FUNCTION=ScheduledPreheatFunction", "EVENT=events/ecr-push.json"],
         cwd=ROOT,

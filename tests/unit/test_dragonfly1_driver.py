@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class Fake:
 
     routes: dict[tuple[str, str], list[Any]]
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
+    # Called before each answer (in the server's thread); a HANG lasts until close() releases it.
+    gate: Callable[[], None] = lambda: None
+    released: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         fake = self
@@ -48,8 +52,9 @@ class Fake:
                 answer = script[
                     min(sum(c[:2] == (self.command, self.path) for c in fake.calls), len(script)) - 1
                 ]
+                fake.gate()
                 if answer == HANG:
-                    time.sleep(1.5)
+                    fake.released.wait(10)
                     return
                 status, body = answer
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -67,6 +72,7 @@ class Fake:
         return sum(call[:2] == (method, path) for call in self.calls)
 
     def close(self) -> None:
+        self.released.set()
         self._server.close()
 
 
@@ -136,7 +142,7 @@ def test_against_the_reference_supernode_a_blob_goes_pending_then_success(tmp_pa
             assert node.requests_seen[0] == {
                 "type": "file",
                 "url": url,
-                "headers": {"Authorization": "<redacted>"},
+                "headers": {"Authorization": CANARY},
                 "filter": "sig&expires",
             }
             # Without a filter the supernode sees another task, so this one is new, not a 208.
@@ -152,16 +158,32 @@ def test_ping_reports_each_target_in_parallel(fake: Any, closed_port_url: str) -
     healthy = fake({("GET", "/_ping"): [(200, b"OK")]})
     broken = fake({("GET", "/_ping"): [(503, b"busy")]})
     hanging = fake({("GET", "/_ping"): [HANG]})
-    subject = driver(healthy.url, broken.url, hanging.url, closed_port_url, timeout=0.3)
+    # No supernode answers before all three were asked: pinged one after another, the first would
+    # wait for the others past its timeout and be reported timed out.
+    arrived: set[str] = set()  # the supernodes asked so far (a second ask of one does not count)
+    lock = threading.Lock()
+    everyone = threading.Event()
 
-    started = time.monotonic()
+    def gate_of(name: str) -> Callable[[], None]:
+        def gate() -> None:
+            with lock:
+                arrived.add(name)
+                if len(arrived) == 3:
+                    everyone.set()
+            everyone.wait(5)
+
+        return gate
+
+    for name, server in (("healthy", healthy), ("broken", broken), ("hanging", hanging)):
+        server.gate = gate_of(name)
+    subject = driver(healthy.url, broken.url, hanging.url, closed_port_url, timeout=1.5)
+
     result = subject.ping()
 
-    assert time.monotonic() - started < 1.0
     assert result == {
         healthy.url: None,
         broken.url: "HTTP 503",
-        hanging.url: "timed out after 0.3s",
+        hanging.url: "timed out after 1.5s",
         closed_port_url: "connection refused",
     }
 

@@ -6,6 +6,7 @@ backoff, never a failed blob. Against the fake manager with its rate limit on.""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from local import dragonfly2_manager
 from local.dragonfly2_manager import FakeDragonfly2Manager
 from preheat.adapters.dragonfly2 import MAX_CACHED_JOBS, Dragonfly2Driver
 from preheat.errors import RateLimited
@@ -64,12 +66,36 @@ def blobs(origin: Origin) -> list[Blob]:
     ]
 
 
-def settle(subject: Dragonfly2Driver, target: str, tasks: list[SupernodeTask]) -> list[SupernodeTask]:
+class ManualClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def settle(
+    subject: Dragonfly2Driver,
+    target: str,
+    tasks: list[SupernodeTask],
+    tick: Callable[[float], None] | None = None,
+) -> list[SupernodeTask]:
+    """The tasks once none is PENDING (``tick`` moves a manual clock between reads)."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         tasks = [subject.status(target, t.task_id) if t.state is BlobState.PENDING else t for t in tasks]
         if all(t.state is not BlobState.PENDING for t in tasks):
             return tasks
+        if tick is not None:
+            tick(0.05)
         time.sleep(0.02)
     raise AssertionError("jobs stayed PENDING")
 
@@ -125,26 +151,31 @@ def test_a_manager_that_does_not_list_urls_is_named_as_too_old(
 
 
 def test_single_jobs_through_the_rate_limit_are_waited_out_not_failed(
-    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The manager's token buckets run on a clock that only the driver's waits move: 30 creates
+    # against bursts of 10 meet the limit whatever the machine's load, and every wait refills it.
+    clock = ManualClock()
+    monkeypatch.setattr(dragonfly2_manager, "monotonic", clock)
     manager = start_manager(job_rate_limit=10)
     waits: list[float] = []
 
     def wait(seconds: float) -> None:
-        # The driver's waits are real here (the bucket refills with time), only shortened.
         waits.append(seconds)
-        time.sleep(min(seconds, 0.2))
+        clock.advance(seconds)
 
     subject = driver(manager.url, wait, dragonfly2_job_urls="single")
     items = blobs(origin)
 
-    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items))
+    tasks = settle(subject, manager.url, subject.create_batch(manager.url, items), tick=clock.advance)
 
     assert [t.state for t in tasks] == [BlobState.SUCCESS] * len(items)
     assert manager.admitted == len(items)
-    # 30 creates against 10 a second in bursts of 10: some were refused, and waited out.
+    # 30 creates against 10 a second in bursts of 10, with no time passing but the waits: at least
+    # the 11th was refused, and every refusal was waited out.
     assert manager.rate_limited > 0
     assert subject.rate_limited == manager.rate_limited
+    assert len(waits) >= manager.rate_limited
     assert all(0 <= w <= 8 for w in waits)
 
 

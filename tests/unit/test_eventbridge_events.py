@@ -5,6 +5,7 @@ with the documented fields and never a credential."""
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,9 @@ from preheat.worker import Worker, give_up
 from tests.support.fakes import Clock, FakeQueue, FakeRegistry, FakeSupernodes
 
 ROOT = Path(__file__).resolve().parents[2]
-BUS = "preheat-events"
+# moto's state is one per process, shared with every other module: names of this module's own.
+BUS = f"preheat-events-{secrets.token_hex(4)}"
+SEEN_QUEUE = f"events-seen-{secrets.token_hex(4)}"
 CANARY = "Basic Y2FuYXJ5LWV2ZW50YnJpZGdlLTk5OQ=="
 FIELDS = {"taskId", "status", "type", "url", "platforms", "layers", "startTime", "finishTime"}
 
@@ -47,7 +50,7 @@ class Bus:
 
         self.events, self.sqs, self.dynamodb = client("events"), client("sqs"), client("dynamodb")
         self.events.create_event_bus(Name=BUS)
-        self.queue = self.sqs.create_queue(QueueName="events-seen")["QueueUrl"]
+        self.queue = self.sqs.create_queue(QueueName=SEEN_QUEUE)["QueueUrl"]
         arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
