@@ -349,7 +349,7 @@ class Worker:
         # soon after it is done), and back off to the configured interval while none does.
         quick = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
         pause = quick
-        turn = 0
+        turn = task.check_seq  # a bounded round goes on from where the previous step's stopped
         blobs = task.blobs if looked else self._poll(task.blobs, task.targeting, turn)
         # A start step's progress is not recorded yet (see the module notes).
         unrecorded = dispatching

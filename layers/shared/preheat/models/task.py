@@ -75,8 +75,11 @@ class BlobProgress:
     # The URL handed over (signature parameters left out) and the task id a node computes for it.
     url: str | None = None
     node_task_id: str | None = None
-    # The peers a Dragonfly 2 scheduler said hold it (its other targets report none).
+    # The peers a Dragonfly 2 scheduler said hold it (its other targets report none); once stored,
+    # at most a few of them, and how many there were (finished or not) in the counts.
     peers: tuple[PeerCopy, ...] = ()
+    peer_count: int = 0
+    finished_peer_count: int = 0
     # The manifest it came from (blob-digest task ids are created and read per manifest).
     manifest_url: str | None = None
 
