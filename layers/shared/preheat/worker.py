@@ -438,7 +438,7 @@ class Worker:
                 BlobState.FAILED,
                 f"the answer of {blob.target} about {blob.label} could not be read ({type(exc).__name__})",
             )
-        return replace(blob, state=answer.state, error=answer.error, peers=answer.peers)
+        return blob.looked(answer.state, answer.error, answer.peers)
 
     def _poll(
         self, blobs: tuple[BlobProgress, ...], targeting: Targeting, turn: int = 0
@@ -452,14 +452,10 @@ class Worker:
             pending = [pending[(start + offset) % len(pending)] for offset in range(bound)]
         if not pending:
             return blobs
+        chosen = [blobs[index] for index in pending]
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, len(pending))) as pool:
-            looked = dict(
-                zip(
-                    pending,
-                    pool.map(self._look, [blobs[i] for i in pending], [targeting] * len(pending)),
-                    strict=True,
-                )
-            )
+            answers = pool.map(self._look, chosen, [targeting] * len(chosen))
+            looked = dict(zip(pending, answers, strict=True))
         return tuple(looked.get(index, blob) for index, blob in enumerate(blobs))
 
     def _delay_for(self, task: Task, seq: int) -> int:

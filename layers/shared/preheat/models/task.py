@@ -86,6 +86,13 @@ class BlobProgress:
     def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
         return replace(self, state=state, error=error)
 
+    def looked(self, state: BlobState, error: str | None, peers: tuple[PeerCopy, ...]) -> BlobProgress:
+        """The blob as a look found it: its state, and the peers holding it now."""
+        finished = sum(peer.finished for peer in peers)
+        return replace(
+            self, state=state, error=error, peers=peers, peer_count=len(peers), finished_peer_count=finished
+        )
+
     def to_api(self) -> dict[str, Any]:
         return blob_answer(self)
 
