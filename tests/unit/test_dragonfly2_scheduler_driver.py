@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
@@ -11,7 +12,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from preheat import bootstrap
 from preheat.adapters.dragonfly2_scheduler import LOOKS_PER_ROUND, Dragonfly2SchedulerDriver
+from preheat.entrypoints.api import build_resolver, check_routes
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import (
     Blob,
@@ -30,6 +33,7 @@ from preheat.settings import Settings
 from preheat.task_ids import dragonfly2_task_id
 from preheat.worker import Worker
 from tests.support.fakes import Clock, FakeEvents, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
+from tests.support.lambda_context import LambdaContext
 from tests.support.scheduler_servicer import Peer, RunningScheduler, SchedulerDouble, running_scheduler
 
 pytestmark = pytest.mark.timeout(30)
@@ -430,3 +434,28 @@ def test_the_worker_records_the_peers_and_the_deadline_names_the_missing_ones():
     assert ended.status is TaskStatus.FAIL
     assert waiting in (ended.message or "")
     assert events.finished[-1].task_id == task.task_id
+
+
+def test_api_check_answers_503_naming_each_scheduler_not_serving(
+    scheduler: RunningScheduler, monkeypatch: pytest.MonkeyPatch
+):
+
+    def check() -> dict[str, object]:
+        bootstrap.reset_execution_environment()
+        event = {"httpMethod": "GET", "path": "/api/check", "resource": "/api/check", "headers": {}}
+        answer = build_resolver(check_routes()).resolve(event, LambdaContext())
+        body: dict[str, object] = json.loads(answer["body"])
+        return body
+
+    monkeypatch.setenv("PREHEAT_SUPERNODE_API", "dragonfly2-scheduler")
+    monkeypatch.setenv("PREHEAT_SUPERNODES", scheduler.address)
+    monkeypatch.setenv("PREHEAT_CHECK_TIMEOUT", "1")
+    try:
+        assert check() == {"code": 200}
+        scheduler.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        answer = check()
+    finally:
+        bootstrap.reset_execution_environment()
+
+    assert answer["code"] == 503
+    assert f"{scheduler.address}: health NOT_SERVING" in str(answer["msg"])
