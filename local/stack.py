@@ -11,6 +11,10 @@ Variables (all optional):
 * ``PREHEAT_API_PORT`` (3000), ``PREHEAT_MOTO_PORT`` (5000), ``PREHEAT_SUPERNODE_PORT`` (8002): 0 picks
   a free port.
 * ``PREHEAT_SUPERNODES``: comma-separated supernode URLs to use instead of the reference supernode.
+* ``PREHEAT_LOCAL_TARGET``: ``dragonfly1`` (the default: the reference supernode) or
+  ``dragonfly2-scheduler``: the reference Dragonfly 2 scheduler (:mod:`local.dragonfly2_scheduler`,
+  gRPC on ``PREHEAT_SUPERNODE_PORT``) instead, with ``PREHEAT_SUPERNODE_API=dragonfly2-scheduler`` and
+  ``PREHEAT_SUPERNODES=<its host:port>`` set for the functions.
 * ``PREHEAT_DEMO_REGISTRY_PORT`` (5001, 0 picks a free port): the demo registry's; ``PREHEAT_DEMO_REGISTRY=0``
   turns the demo registry off.
 * ``PREHEAT_LOCAL_DIR`` (``.local``): where ``stack.json``, ``events.jsonl`` (every completion event, one
@@ -49,6 +53,7 @@ from typing import Any, Self
 
 from local.apigateway import ApiGateway, routes_from_template
 from local.aws import DEFAULT_NAME_PREFIX, LOCAL_ACCOUNT_ID, LOCAL_REGION, MotoServer, provision
+from local.dragonfly2_scheduler import ReferenceScheduler
 from local.events import EventFile
 from local.lambda_runtime import (
     EnvironmentPatch,
@@ -75,6 +80,10 @@ STATE_FILE_NAME = "stack.json"
 EVENTS_FILE_NAME = "events.jsonl"
 DEFAULT_LOCAL_POLLERS = 8
 EVENT_BUS_PARAMETER = "EventBusName"
+
+# What the stack starts for the functions to drive (PREHEAT_LOCAL_TARGET).
+SUPERNODE_TARGET = "dragonfly1"
+SCHEDULER_TARGET = "dragonfly2-scheduler"
 
 # Template parameters the local stack gives values of its own (when the template declares them).
 SUPERNODES_PARAMETER = "Supernodes"
@@ -103,6 +112,7 @@ class LocalStack:
 
     ``events_file`` receives the completion events of the stack's bus (see :mod:`local.events`);
     ``skip_pollers`` names functions whose queues the stack leaves to another process.
+    ``target`` ``dragonfly2-scheduler`` starts a reference Dragonfly 2 scheduler instead, for the functions.
 
     ``api_key`` makes every route want that API key, as ``AuthMode=API_KEY`` does in AWS (see
     :mod:`local.apigateway`); None leaves the API open.
@@ -137,7 +147,14 @@ class LocalStack:
         api_key: str | None = None,
         events_file: str | Path | None = None,
         skip_pollers: Sequence[str] = (),
+        target: str = SUPERNODE_TARGET,
     ) -> None:
+        if target not in (SUPERNODE_TARGET, SCHEDULER_TARGET):
+            raise ValueError(
+                f"PREHEAT_LOCAL_TARGET must be {SUPERNODE_TARGET} or {SCHEDULER_TARGET}, not {target!r}"
+            )
+        self.target = target
+        self.reference_scheduler: ReferenceScheduler | None = None
         self._skip_pollers = frozenset(skip_pollers)
         self.events_file = None if events_file is None else Path(events_file)
         self.template = template if isinstance(template, Template) else Template.load(template)
@@ -199,6 +216,13 @@ class LocalStack:
         # Before the supernode: stopped after it, so no download is cut off by its source going away.
         self._start_demo_registry()
         self.supernodes = self._start_supernode()
+        if self.target == SCHEDULER_TARGET:
+            # Through the variables: the Supernodes parameter's pattern wants http(s) URLs.
+            chosen = {
+                "PREHEAT_SUPERNODE_API": SCHEDULER_TARGET,
+                "PREHEAT_SUPERNODES": ",".join(self.supernodes),
+            }
+            self._extra_env = {**chosen, **self._extra_env}
         parameters = self.template.parameter_values(self._local_parameters())
         self.resources = {
             **provision(
@@ -263,6 +287,9 @@ class LocalStack:
     def _start_supernode(self) -> list[str]:
         if self._supernode_override is not None:
             return self._supernode_override
+        if self.target == SCHEDULER_TARGET:
+            self.reference_scheduler = ReferenceScheduler(host=self._host, port=self._supernode_port).start()
+            return [self.reference_scheduler.address]
         if SUPERNODES_PARAMETER not in self.template.parameters:
             return []
         cache_dir = self._cache_dir
@@ -297,7 +324,7 @@ class LocalStack:
 
     def _local_parameters(self) -> dict[str, str]:
         local = {
-            SUPERNODES_PARAMETER: ",".join(self.supernodes),
+            SUPERNODES_PARAMETER: ",".join(self.supernodes) if self.target == SUPERNODE_TARGET else "",
             INSECURE_REGISTRIES_PARAMETER: DEFAULT_INSECURE_REGISTRIES,
             # Everything local listens on loopback, which the service refuses by default in AWS.
             ALLOWED_NETWORKS_PARAMETER: DEFAULT_ALLOWED_NETWORKS,
@@ -325,12 +352,7 @@ class LocalStack:
         if self._env_patch is not None:
             self._env_patch.restore()
             self._env_patch = None
-        if self.supernode is not None:
-            self.supernode.stop()
-            self.supernode = None
-        if self._temp_cache is not None:
-            shutil.rmtree(self._temp_cache, ignore_errors=True)
-            self._temp_cache = None
+        self._stop_target()
         if self.registry is not None:
             self.registry.stop()
             self.registry = None
@@ -345,6 +367,17 @@ class LocalStack:
         with LocalStack._active_lock:
             if LocalStack._active is self:
                 LocalStack._active = None
+
+    def _stop_target(self) -> None:
+        if self.supernode is not None:
+            self.supernode.stop()
+            self.supernode = None
+        if self.reference_scheduler is not None:
+            self.reference_scheduler.close()
+            self.reference_scheduler = None
+        if self._temp_cache is not None:
+            shutil.rmtree(self._temp_cache, ignore_errors=True)
+            self._temp_cache = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -495,6 +528,7 @@ def stack_from_environ(environ: Mapping[str, str], template_path: Path = DEFAULT
         # A worker step watches its supernodes for up to 90 s: each poller thread holds one batch
         # (5 tasks) that long, where Lambda would start more environments.
         poller_concurrency=_count(environ, "PREHEAT_LOCAL_POLLERS", DEFAULT_LOCAL_POLLERS),
+        target=environ.get("PREHEAT_LOCAL_TARGET", "").strip() or SUPERNODE_TARGET,
     )
 
 

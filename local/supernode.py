@@ -276,7 +276,7 @@ class ReferenceSupernode:
             return self
         self._stopping.clear()
         self._pool = ThreadPoolExecutor(self._max_concurrent, thread_name_prefix="supernode-download")
-        self._session = _download_session(self._max_concurrent)
+        self._session = download_session(self._max_concurrent)
         self._server = _Server((self._host, self._port), _Handler, self)
         self._served = BackgroundServer(self._server, "supernode-http", poll_interval=0.1)
         log.info("reference supernode listening on %s, cache %s", self.url, self.cache_dir)
@@ -465,7 +465,7 @@ class ReferenceSupernode:
         sha = hashlib.sha256()
         size = 0
         try:
-            session = self._session or _download_session(1)
+            session = self._session or download_session(1)
             with (
                 self._open(session, url, headers) as response,
                 partial.open("wb") as out,
@@ -494,35 +494,42 @@ class ReferenceSupernode:
         return size, final
 
     def _open(self, session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
-        """GET ``url``, following redirects by hand the way a Dragonfly peer's Go client does:
-        Authorization (and cookies) go to the host the URL named and its subdomains only, so a
-        registry's token never reaches the storage it redirects to; other headers follow."""
-        current = url
-        for _ in range(MAX_REDIRECTS + 1):
-            response = session.get(
-                current,
-                headers=_redirect_headers(headers, url, current),
-                stream=True,
-                allow_redirects=False,
-                timeout=self._download_timeout,
-            )
-            if not response.is_redirect:
-                break
-            location = response.headers.get("Location", "")
-            response.close()
-            current = urljoin(current, location)
-        else:
-            raise _DownloadError(f"more than {MAX_REDIRECTS} redirects from {_without_query(url)}")
-        if response.status_code not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
-            response.close()
-            raise _DownloadError(
-                f"GET {_without_query(current)} answered HTTP {response.status_code}"
-                + (f" (redirected from {_without_query(url)})" if current != url else "")
-            )
-        return response
+        return open_following_redirects(session, url, headers, self._download_timeout)
 
 
-def _download_session(connections: int) -> requests.Session:
+def open_following_redirects(
+    session: requests.Session, url: str, headers: Mapping[str, str], timeout: float
+) -> requests.Response:
+    """GET ``url`` (streamed), following redirects by hand the way a Dragonfly peer's Go client does:
+    Authorization (and cookies) go to the host the URL named and its subdomains only, so a
+    registry's token never reaches the storage it redirects to; other headers follow. Any answer
+    but 200/206 raises, naming the URLs without their queries (signatures)."""
+    current = url
+    for _ in range(MAX_REDIRECTS + 1):
+        response = session.get(
+            current,
+            headers=_redirect_headers(headers, url, current),
+            stream=True,
+            allow_redirects=False,
+            timeout=timeout,
+        )
+        if not response.is_redirect:
+            break
+        location = response.headers.get("Location", "")
+        response.close()
+        current = urljoin(current, location)
+    else:
+        raise _DownloadError(f"more than {MAX_REDIRECTS} redirects from {_without_query(url)}")
+    if response.status_code not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+        response.close()
+        raise _DownloadError(
+            f"GET {_without_query(current)} answered HTTP {response.status_code}"
+            + (f" (redirected from {_without_query(url)})" if current != url else "")
+        )
+    return response
+
+
+def download_session(connections: int) -> requests.Session:
     """One session for every download, keeping a connection per concurrent download: a new session
     per blob would open (and discard) a connection per blob. Cookies are never kept (each task
     carries its own credentials), and the environment's proxies and netrc are not consulted."""
