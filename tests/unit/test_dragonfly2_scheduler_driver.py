@@ -156,11 +156,13 @@ def test_blob_digest_mode_preheats_each_manifest_once_and_ids_are_the_digests(sc
     other = MANIFEST.replace(digest(1000), digest(2000))
     tasks = [driver.create(scheduler.address, a_blob(n)) for n in range(3)]
     tasks.append(driver.create(scheduler.address, a_blob(3, manifest_url=other)))
+    # Another task's preheat of the same manifest, aimed elsewhere, is sent too.
+    driver.create(scheduler.address, a_blob(0, targeting=Targeting(scope="all_peers")))
 
     sent = scheduler.servicer.sent("PreheatImage")
-    assert [request.url for request in sent] == [MANIFEST, other]
+    assert [request.url for request in sent] == [MANIFEST, other, MANIFEST]
+    assert [request.scope for request in sent] == ["single_seed_peer", "single_seed_peer", "all_peers"]
     assert all(request.enable_task_id_based_blob_digest for request in sent)
-    assert all(request.scope == "single_seed_peer" for request in sent)
     assert dict(sent[0].header) == {"Authorization": SECRET}
     assert not scheduler.servicer.sent("PreheatFile")
     assert [task.task_id for task in tasks] == [digest(n).removeprefix("sha256:") for n in range(4)]

@@ -165,7 +165,8 @@ class Dragonfly2SchedulerDriver:
     def _preheat_manifest(self, target: str, blob: Blob, secrets: list[str]) -> None:
         manifest = blob.manifest_url
         assert manifest is not None
-        key = ("preheated", target, manifest)
+        # Once per manifest and aim: another task's preheat of it elsewhere is not this one.
+        key = ("preheated", target, f"{manifest} {blob.targeting!r}")
         with self._key_lock(key):
             if self._recall(key, MANIFEST_PREHEAT_SECONDS) is not None:
                 return
