@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -13,7 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from preheat import bootstrap
-from preheat.adapters.dragonfly2_scheduler import LOOKS_PER_ROUND, Dragonfly2SchedulerDriver
+from preheat.adapters.dragonfly2_scheduler import (
+    HOSTS_REUSE_SECONDS,
+    LOOKS_PER_ROUND,
+    Dragonfly2SchedulerDriver,
+)
 from preheat.entrypoints.api import build_resolver, check_routes
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import (
@@ -31,7 +36,7 @@ from preheat.models import (
 )
 from preheat.settings import Settings
 from preheat.task_ids import dragonfly2_task_id
-from preheat.worker import Worker
+from preheat.worker import FIRST_RELOOK_SECONDS, QUICK_WATCH_SECONDS, Worker
 from tests.support.fakes import Clock, FakeEvents, FakeQueue, FakeRegistry, FakeSupernodes, FakeTaskStore
 from tests.support.lambda_context import LambdaContext
 from tests.support.scheduler_servicer import Peer, RunningScheduler, SchedulerDouble, running_scheduler
@@ -461,3 +466,58 @@ def test_api_check_answers_503_naming_each_scheduler_not_serving(
 
     assert answer["code"] == 503
     assert f"{scheduler.address}: health NOT_SERVING" in str(answer["msg"])
+
+
+class _Recorded(Dragonfly2SchedulerDriver):
+    """The driver, each StatFile stamped with the (fake) clock's time, to count calls per second."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        super().__init__(settings, sleep=lambda _: None)
+        self.clock = clock
+        self.stamps: list[float] = []
+        self._start = clock()
+
+    def _call(self, target: str, method: str, request: object, what: str, secrets: Sequence[str]) -> object:
+        if method == "StatFile":
+            self.stamps.append((self.clock() - self._start).total_seconds())
+        return super()._call(target, method, request, what, secrets)
+
+
+def test_scheduler_calls_per_second_of_a_watched_task_stay_within_the_bound(scheduler: RunningScheduler):
+    """A 100-layer image whose blobs never finish, watched for a minute on a fake clock (each pause
+    advances it) against the real gRPC double: a look round asks about LOOKS_PER_ROUND blobs, rounds
+    come FIRST_RELOOK_SECONDS apart at the soonest (only while blobs keep finishing), so no second
+    has more than LOOKS_PER_ROUND / FIRST_RELOOK_SECONDS calls; after the watch's quick first
+    seconds, LOOKS_PER_ROUND every watch interval. The counts are printed for the README."""
+    clock = Clock()
+
+    def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    settings = settings_for(scheduler.address, check_window_seconds=60.0)
+    driver = _Recorded(settings, clock)
+    registry = FakeRegistry(images={"reg.example.com/team/app:v1": [a_blob(n) for n in range(100)]})
+    store = FakeTaskStore()
+    worker = Worker(store, FakeQueue(), registry, driver, settings, clock=clock, sleep=sleep)
+    task = Task(
+        "t-9",
+        PreheatType.IMAGE,
+        "reg.example.com/team/app:v1",
+        TaskStatus.RUNNING,
+        clock(),
+        clock() + timedelta(hours=1),
+    )
+    store.create(task)
+
+    worker.handle(WorkerMessage(task.task_id, Step.START))
+
+    watched = [stamp for stamp in driver.stamps if stamp > 0]  # the creates' own first looks excluded
+    per_second = Counter(int(stamp) for stamp in watched)
+    steady = [per_second[second] for second in range(int(QUICK_WATCH_SECONDS) + 2, 59)]
+    first = [per_second[second] for second in range(int(QUICK_WATCH_SECONDS) + 2)]
+    print(f"\nStatFile calls/s of a watched 100-layer task: {first} in its first seconds, then {max(steady)}")
+    assert max(per_second.values()) <= LOOKS_PER_ROUND / FIRST_RELOOK_SECONDS
+    assert max(steady) <= LOOKS_PER_ROUND / settings.watch_interval_seconds
+    assert driver.calls["ListHosts"] <= 60 / HOSTS_REUSE_SECONDS + 1
+    # Every pending blob is still looked at: taken in turn.
+    assert len(watched) >= 100
