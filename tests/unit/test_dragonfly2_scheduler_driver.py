@@ -521,3 +521,17 @@ def test_scheduler_calls_per_second_of_a_watched_task_stay_within_the_bound(sche
     assert driver.calls["ListHosts"] <= 60 / HOSTS_REUSE_SECONDS + 1
     # Every pending blob is still looked at: taken in turn.
     assert len(watched) >= 100
+
+
+def test_a_refused_manifest_preheat_fails_each_of_its_blobs_with_one_call(scheduler: RunningScheduler):
+    scheduler.servicer.failures["PreheatImage"] = [
+        (grpc.StatusCode.INVALID_ARGUMENT, f"failed to resolve manifests: 401 for {SECRET}")
+    ]
+    driver = driver_for(scheduler.address, dragonfly2_task_ids="blob-digest")
+
+    for n in range(3):
+        with pytest.raises(PermanentFailure, match="failed to resolve manifests: 401") as raised:
+            driver.create(scheduler.address, a_blob(n))
+        assert "s3cr3t" not in str(raised.value)
+
+    assert driver.calls["PreheatImage"] == 1

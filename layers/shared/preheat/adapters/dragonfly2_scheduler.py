@@ -74,6 +74,8 @@ IMAGE_ANSWER_REUSE_SECONDS = 0.04
 # again (the scheduler joins the tasks it already has).
 MANIFEST_PREHEAT_SECONDS = 60.0
 MANIFEST_HEADERS_SECONDS = 300.0
+# ... and a refused one is not asked again for the rest of that step's blobs.
+REFUSAL_REUSE_SECONDS = 5.0
 MAX_CACHED = 256
 MAX_PING_THREADS = 16
 
@@ -167,21 +169,25 @@ class Dragonfly2SchedulerDriver:
         assert manifest is not None
         # Once per manifest and aim: another task's preheat of it elsewhere is not this one.
         key = ("preheated", target, f"{manifest} {blob.targeting!r}")
+        refused_key = ("refused", target, key[2])
         with self._key_lock(key):
             if self._recall(key, MANIFEST_PREHEAT_SECONDS) is not None:
                 return
+            # The manifest's refusal is each of its blobs': the others are not sent it again.
+            refused = self._recall(refused_key, REFUSAL_REUSE_SECONDS)
+            if isinstance(refused, PermanentFailure | TransientFailure):
+                raise type(refused)(str(refused))
             request = scheduler_pb2.PreheatImageRequest(
                 url=manifest, enable_task_id_based_blob_digest=True, **self._common(blob.filter)
             )
             request.header.update(blob.headers.reveal())
             self._aim(request, blob.targeting)
-            self._call(
-                target,
-                "PreheatImage",
-                request,
-                f"accept the preheat of the manifest of {blob.label}",
-                secrets,
-            )
+            what = f"accept the preheat of the manifest of {blob.label}"
+            try:
+                self._call(target, "PreheatImage", request, what, secrets)
+            except (PermanentFailure, TransientFailure) as exc:
+                self._remember(refused_key, exc)
+                raise
             self._remember(key, True)
             self._remember(("headers", target, manifest), blob.headers)
 
