@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from time import monotonic
+from time import monotonic, time
 from typing import Final, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -92,6 +92,7 @@ class _Holding:
     state: State = DOWNLOADING
     error: str = ""
     downloaded_at: float | None = None  # monotonic; set once the bytes are in and checked
+    finished_at: float | None = None  # time.time() when it became finished, for notice measurements
 
 
 class _DownloadFailed(Exception):
@@ -112,6 +113,7 @@ class Peers:
         self._cond = threading.Condition()
         self._tasks: dict[str, dict[str, _Holding]] = {}  # task id -> hostname -> holding
         self._delays: dict[str, float] = {}
+        self._default_delay = 0.0
         self._failing: set[str] = set()
         self._generation = 0
         self._stopping = threading.Event()
@@ -160,6 +162,12 @@ class Peers:
         with self._cond:
             return {name: held.error for name, held in self._tasks.get(task_id, {}).items() if held.error}
 
+    def finished_at(self, task_id: str) -> dict[str, float]:
+        """When (``time.time()``) each peer that finished the task finished it."""
+        with self._cond:
+            held = self._tasks.get(task_id, {})
+            return {name: h.finished_at for name, h in held.items() if h.finished_at is not None}
+
     def holding(self, task_id: str) -> list[tuple[Host, bool]]:
         """The peers holding the task (downloading or finished, not failed), with is_finished."""
         with self._cond:
@@ -190,10 +198,15 @@ class Peers:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def set_delay(self, hostname: str, seconds: float) -> None:
-        self.host(hostname)
+    def set_delay(self, hostname: str | None, seconds: float) -> None:
+        """The delay of one peer, or (``hostname`` None) of every peer without one of its own."""
+        if hostname is not None:
+            self.host(hostname)
         with self._cond:
-            self._delays[hostname] = max(0.0, seconds)
+            if hostname is None:
+                self._default_delay = max(0.0, seconds)
+            else:
+                self._delays[hostname] = max(0.0, seconds)
             self._cond.notify_all()
 
     def set_failing(self, hostname: str, failing: bool) -> None:
@@ -307,9 +320,9 @@ class Peers:
                     for name, held in holdings.items():
                         if held.state != DOWNLOADING or held.downloaded_at is None:
                             continue
-                        due = held.downloaded_at + self._delays.get(name, 0.0)
+                        due = held.downloaded_at + self._delays.get(name, self._default_delay)
                         if due <= now:
-                            held.state, changed = FINISHED, True
+                            held.state, held.finished_at, changed = FINISHED, time(), True
                         elif next_due is None or due < next_due:
                             next_due = due
                 if changed:

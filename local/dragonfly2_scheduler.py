@@ -53,12 +53,13 @@ from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
+import requests
 from dragonfly_api import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from google.protobuf import empty_pb2, json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from local.dragonfly2_images import ResolveError, resolve_image
+from local.dragonfly2_images import ResolvedImage, ResolveError, resolve_image
 from local.dragonfly2_peers import Download, Host, Peers, State, default_hosts
 from local.supernode import download_session
 from preheat.task_ids import (
@@ -131,9 +132,9 @@ class ReferenceScheduler:
 
     For tests: :attr:`requests` (every call, unredacted), :attr:`preheats` (what each preheat
     scheduled), :attr:`hosts`, :meth:`holders` (hostname -> downloading/finished/failed),
-    :meth:`errors`, :meth:`wait_finished` / :meth:`wait_holders` (on the peers' own condition, no
-    polling), :meth:`task_id`; knobs :meth:`set_serving`, :meth:`hang`, :meth:`fail_next`,
-    :meth:`peer_delay`, :meth:`fail_peer`, :meth:`evict`.
+    :meth:`errors`, :meth:`finished_at`, :meth:`wait_finished` / :meth:`wait_holders` (on the
+    peers' own condition, no polling), :meth:`task_id`; knobs :meth:`set_serving`, :meth:`hang`,
+    :meth:`fail_next`, :meth:`peer_delay`, :meth:`fail_peer`, :meth:`evict`.
     """
 
     def __init__(
@@ -163,7 +164,7 @@ class ReferenceScheduler:
         self._server: grpc.Server | None = None
         self._bound_port = 0
         self._health = _Health(self)
-        self._session = download_session(4)
+        self._session: requests.Session | None = None  # the manifest resolutions'
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class ReferenceScheduler:
         if self._server is not None:
             return self
         self._closing = False
+        self._session = download_session(4)
         self._peers.start()
         # Enough threads that calls held by hang() do not keep the others from being served.
         server = grpc.server(ThreadPoolExecutor(max_workers=32, thread_name_prefix="d2-scheduler-rpc"))
@@ -193,7 +195,9 @@ class ReferenceScheduler:
             self._lock.notify_all()
         server.stop(grace=None).wait(5)
         self._peers.close()
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -213,7 +217,9 @@ class ReferenceScheduler:
 
     @property
     def requests(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every call that arrived, as (method, request as a dict), UNREDACTED: headers, passwords."""
+        """Every call that arrived, faulted or refused ones too, as (method, request as a dict with
+        the proto's field names), UNREDACTED: headers and passwords as sent. Methods: PreheatFile,
+        PreheatImage, StatFile, StatImage, ListHosts, and Check (the health service)."""
         with self._lock:
             return list(self._requests)
 
@@ -231,6 +237,10 @@ class ReferenceScheduler:
 
     def errors(self, task_id: str) -> dict[str, str]:
         return self._peers.errors(task_id)
+
+    def finished_at(self, task_id: str) -> dict[str, float]:
+        """hostname -> when (``time.time()``) that peer finished the task: where a notice starts."""
+        return self._peers.finished_at(task_id)
 
     def wait_finished(self, task_id: str, count: int, timeout: float) -> bool:
         return self._peers.wait_finished(task_id, count, timeout)
@@ -279,7 +289,10 @@ class ReferenceScheduler:
         with self._lock:
             self._faults.append((n, code, method))
 
-    def peer_delay(self, hostname: str, seconds: float) -> None:
+    def peer_delay(self, hostname: str | None, seconds: float) -> None:
+        """Keep a peer's tasks downloading for ``seconds`` after their bytes are in (``hostname``
+        None: every peer without a delay of its own). A change applies at once to tasks waiting,
+        so a long delay holds a peer and 0 releases it."""
         self._peers.set_delay(hostname, seconds)
 
     def fail_peer(self, hostname: str, failing: bool = True) -> None:
@@ -331,7 +344,11 @@ class ReferenceScheduler:
             "PreheatImage", request, list(resolved.blob_urls), resolved.peer_headers, digest=digest
         )
 
-    def _resolve(self, request: scheduler_pb2.PreheatImageRequest | scheduler_pb2.StatImageRequest) -> Any:
+    def _resolve(
+        self, request: scheduler_pb2.PreheatImageRequest | scheduler_pb2.StatImageRequest
+    ) -> ResolvedImage:
+        if self._session is None:
+            raise _Fault(grpc.StatusCode.UNAVAILABLE, "the scheduler is stopping")
         try:
             return resolve_image(
                 self._session,

@@ -467,7 +467,7 @@ class ReferenceSupernode:
         try:
             session = self._session or download_session(1)
             with (
-                self._open(session, url, headers) as response,
+                open_following_redirects(session, url, headers, self._download_timeout) as response,
                 partial.open("wb") as out,
             ):
                 for chunk in response.iter_content(CHUNK_BYTES):
@@ -493,17 +493,13 @@ class ReferenceSupernode:
             self._hashes[final.name] = (size, actual)
         return size, final
 
-    def _open(self, session: requests.Session, url: str, headers: dict[str, str]) -> requests.Response:
-        return open_following_redirects(session, url, headers, self._download_timeout)
-
 
 def open_following_redirects(
     session: requests.Session, url: str, headers: Mapping[str, str], timeout: float
 ) -> requests.Response:
-    """GET ``url`` (streamed), following redirects by hand the way a Dragonfly peer's Go client does:
+    """GET ``url``, following redirects by hand the way a Dragonfly peer's Go client does:
     Authorization (and cookies) go to the host the URL named and its subdomains only, so a
-    registry's token never reaches the storage it redirects to; other headers follow. Any answer
-    but 200/206 raises, naming the URLs without their queries (signatures)."""
+    registry's token never reaches the storage it redirects to; other headers follow."""
     current = url
     for _ in range(MAX_REDIRECTS + 1):
         response = session.get(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -64,6 +65,10 @@ def rpc_error(call: object) -> grpc.RpcError:
     ("fields", "complaint"),
     [
         ({"url": "", "scope": "all_peers"}, "invalid PreheatFileRequest.Url: value must be absolute"),
+        (
+            {"url": "http://h/%zz", "scope": "all_peers"},
+            "invalid PreheatFileRequest.Url: value must be a valid URI",
+        ),
         ({"url": "http://h/f", "scope": ""}, "invalid PreheatFileRequest.Scope: value does not match regex"),
         ({"url": "http://h/f", "scope": "every_peer"}, "invalid PreheatFileRequest.Scope"),
         (
@@ -203,6 +208,28 @@ def test_stat_file_lists_downloading_and_finished_peers(scheduler, stub, origin)
     assert all(p.cached_files[0].url == url for p in answer.peers)
     scheduler.peer_delay("peer-2", 0)
     assert scheduler.wait_finished(task_id, 3, WAIT)
+
+
+def test_a_delay_for_every_peer_holds_them_all_until_released(scheduler, stub, origin):
+    url = origin.url(BLOB_PATH)
+    task_id = dragonfly2_task_id(url)
+    scheduler.peer_delay(None, 3600)
+    scheduler.peer_delay("peer-0", 0)  # a peer's own delay wins over the default
+    preheat_file(stub, url, "all_peers")
+    assert scheduler.wait_holders(
+        task_id, {"peer-0": "finished", "peer-1": "downloading", "peer-2": "downloading"}, WAIT
+    )
+    answer = stub.StatFile(scheduler_pb2.StatFileRequest(url=url), timeout=WAIT)
+    assert {p.hostname: p.cached_files[0].is_finished for p in answer.peers} == {
+        "peer-0": True,
+        "peer-1": False,
+        "peer-2": False,
+    }
+    released = time.time()
+    scheduler.peer_delay(None, 0)
+    assert scheduler.wait_finished(task_id, 3, WAIT)
+    finished = scheduler.finished_at(task_id)
+    assert finished["peer-0"] <= released <= min(finished["peer-1"], finished["peer-2"])
 
 
 def test_stat_file_computes_the_id_with_the_requests_tag_application_and_piece_length(
