@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from preheat import bootstrap
+from preheat.adapters.dragonfly2_peers import Host, judge
 from preheat.adapters.dragonfly2_scheduler import (
     HOSTS_REUSE_SECONDS,
     LOOKS_PER_ROUND,
@@ -254,6 +255,7 @@ def test_blob_digest_looks_share_one_stat_image_per_manifest(scheduler: RunningS
     assert len(stats) == 1
     assert stats[0].enable_task_id_based_blob_digest
     assert stats[0].url == MANIFEST
+    assert stats[0].scope == "single_seed_peer"
     # The manifest's preheat headers serve its looks, from memory only.
     assert dict(stats[0].header) == {"Authorization": SECRET}
     assert driver.calls["ListHosts"] == 1
@@ -535,3 +537,54 @@ def test_a_refused_manifest_preheat_fails_each_of_its_blobs_with_one_call(schedu
         assert "s3cr3t" not in str(raised.value)
 
     assert driver.calls["PreheatImage"] == 1
+
+
+@pytest.mark.parametrize(
+    ("hosts", "targeting", "waiting"),
+    [
+        ([Host("node-1", "10.0.1.1", seed=False)], Targeting(), "the scheduler lists no seed peers"),
+        (
+            [Host("seed-1", "10.0.0.1", seed=True)],
+            Targeting(scope="all_seed_peers", ips=("10.9.9.9",)),
+            "the scheduler lists no seed peers with the IPs 10.9.9.9",
+        ),
+        (
+            [Host("seed-1", "10.0.0.1", seed=True)],
+            Targeting(scope="all_peers"),
+            "the scheduler lists no peers",
+        ),
+    ],
+)
+def test_a_scope_no_listed_peer_can_meet_stays_pending_saying_so(
+    hosts: list[Host], targeting: Targeting, waiting: str
+):
+    verdict = judge(
+        digest(1),
+        [PeerCopy("seed-1", "10.0.0.1", True)],
+        hosts,
+        targeting.scope or "single_seed_peer",
+        targeting,
+    )
+
+    assert verdict.state is BlobState.PENDING
+    assert verdict.waiting == f"{digest(1)[:19]} has no peer to wait for: {waiting}"
+
+
+def test_count_and_percentage_name_how_many_finished_and_who_is_missing():
+    hosts = [Host(f"node-{n}", f"10.0.1.{n}", seed=False) for n in range(1, 8)]
+    holders = [PeerCopy("node-1", "10.0.1.1", True)]
+
+    verdict = judge(digest(1), holders, hosts, "all_peers", Targeting(scope="all_peers", count=3))
+
+    assert verdict.state is BlobState.PENDING
+    assert verdict.waiting is not None
+    assert verdict.waiting.startswith(
+        f"{digest(1)[:19]} finished on 1 of the 3 peers it needs; not on node-2 (10.0.1.2)"
+    )
+    assert verdict.waiting.endswith("and 1 more")
+    # A hostname that differs between ListHosts and a stat (FQDN or not) is matched by its IP.
+    fqdn = [PeerCopy(f"node-{n}.cluster.local", f"10.0.1.{n}", True) for n in (1, 2, 3)]
+    assert (
+        judge(digest(1), fqdn, hosts, "all_peers", Targeting(scope="all_peers", count=3)).state
+        is BlobState.SUCCESS
+    )

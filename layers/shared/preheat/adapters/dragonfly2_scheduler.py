@@ -197,7 +197,7 @@ class Dragonfly2SchedulerDriver:
         task_id = blob.supernode_task_id or ""
         hosts = self._hosts(target)
         if self._digest_mode(blob, url):
-            holders = self._image_holders(target, blob, url)
+            holders = self._image_holders(target, blob, url, targeting)
         else:
             request = scheduler_pb2.StatFileRequest(url=url, **self._common(()))
             answer = self._call(target, "StatFile", request, f"answer the status of {blob.label}", [])
@@ -221,10 +221,12 @@ class Dragonfly2SchedulerDriver:
 
     # -- reading answers -----------------------------------------------------------------------
 
-    def _image_holders(self, target: str, blob: BlobProgress, url: str) -> tuple[PeerCopy, ...]:
+    def _image_holders(
+        self, target: str, blob: BlobProgress, url: str, targeting: Targeting
+    ) -> tuple[PeerCopy, ...]:
         manifest = blob.manifest_url
         assert manifest is not None
-        answer = self._stat_image(target, manifest, blob.label)
+        answer = self._stat_image(target, manifest, blob.label, targeting)
         digest_id = dragonfly2_blob_digest_task_id(url)
         holders = []
         for peer in answer.peers:
@@ -237,7 +239,9 @@ class Dragonfly2SchedulerDriver:
                 holders.append(PeerCopy(peer.hostname, peer.ip, any(layer.is_finished for layer in layers)))
         return tuple(holders)
 
-    def _stat_image(self, target: str, manifest: str, label: str) -> Any:
+    def _stat_image(self, target: str, manifest: str, label: str, targeting: Targeting) -> Any:
+        """The manifest's StatImage (its answer covers every peer, whatever the scope: one answer
+        serves every look at the manifest's layers for IMAGE_ANSWER_REUSE_SECONDS)."""
         key = ("image", target, manifest)
         with self._key_lock(key):
             cached = self._recall(key, IMAGE_ANSWER_REUSE_SECONDS)
@@ -247,7 +251,7 @@ class Dragonfly2SchedulerDriver:
             request = scheduler_pb2.StatImageRequest(
                 url=manifest,
                 enable_task_id_based_blob_digest=True,
-                scope=self._settings.dragonfly2_scope,
+                scope=targeting.scope or self._settings.dragonfly2_scope,
                 **self._common(()),
             )
             secrets: list[str] = []
