@@ -7,7 +7,8 @@ import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -588,3 +589,62 @@ def test_count_and_percentage_name_how_many_finished_and_who_is_missing():
         judge(digest(1), fqdn, hosts, "all_peers", Targeting(scope="all_peers", count=3)).state
         is BlobState.SUCCESS
     )
+
+
+class _TimedScheduler(SchedulerDouble):
+    """A double whose peers finish each URL at a time of the test's fake clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(peers=list(PEERS))
+        self.clock = clock
+        self.finish_at: dict[str, datetime] = {}
+
+    def StatFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        when = self.finish_at.get(request.url)
+        if when is not None and self.clock() >= when:
+            self.hold(request.url, "seed-1")
+        return super().StatFile(request, context)
+
+
+@pytest.mark.parametrize("finishes_in", [5, 40, 180])
+def test_the_last_layer_of_a_20_layer_image_is_noticed_within_a_watch_interval_despite_the_bound(
+    finishes_in: int,
+):
+    """On a fake clock (pauses advance it; a hand-over between steps costs 0.3 s), through the real
+    driver and a real gRPC double: 20 layers finish together, more than a look round asks about, and
+    the verdict still comes within one watch interval of the last one (the stragglers are few by
+    then, and every look covers them)."""
+    clock = Clock()
+    servicer = _TimedScheduler(clock)
+    with running_scheduler(servicer) as running:
+        settings = settings_for(running.address, check_window_seconds=90.0)
+        driver = Dragonfly2SchedulerDriver(settings, sleep=lambda _: None)
+        queue, store = FakeQueue(), FakeTaskStore()
+        registry = FakeRegistry(images={"reg.example.com/team/app:v1": [a_blob(n) for n in range(20)]})
+        worker = Worker(store, queue, registry, driver, settings, clock=clock, sleep=clock.advance)
+        task = Task(
+            "t-n",
+            PreheatType.IMAGE,
+            "reg.example.com/team/app:v1",
+            TaskStatus.RUNNING,
+            clock(),
+            clock() + timedelta(hours=1),
+        )
+        store.create(task)
+        finished = clock() + timedelta(seconds=finishes_in)
+        for n in range(20):
+            servicer.finish_at[blob_url(n)] = finished
+
+        worker.handle(WorkerMessage(task.task_id, Step.START))
+        for _ in range(10):
+            if not queue.sent:
+                break
+            clock.advance(0.3)
+            worker.handle(queue.take()[0])
+
+    ended = store.tasks[task.task_id]
+    assert ended.status is TaskStatus.SUCCESS, ended.message
+    assert ended.finished_at is not None
+    notice = (ended.finished_at - finished).total_seconds()
+    print(f"\nscheduler driver, 20 layers done at {finishes_in}s: verdict {notice:.2f}s later")
+    assert 0 <= notice <= settings.watch_interval_seconds + 0.3
