@@ -270,8 +270,11 @@ class ApiSpec:
 
 
 def _merge_globals(global_props: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any]:
-    """SAM's Globals rule: the function's value wins, except Environment.Variables are merged key by key."""
+    """SAM's Globals rule: the function's value wins, except Environment.Variables are merged key by
+    key and Layers are added to the Globals' (which come first)."""
     merged = {**global_props, **own}
+    if "Layers" in global_props and "Layers" in own:
+        merged["Layers"] = [*global_props["Layers"], *own["Layers"]]
     global_vars = ((global_props.get("Environment") or {}).get("Variables")) or {}
     own_vars = ((own.get("Environment") or {}).get("Variables")) or {}
     if global_vars or own_vars:

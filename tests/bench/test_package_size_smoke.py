@@ -62,6 +62,13 @@ def stand_in_build(tmp_path: Path) -> Path:
     _distribution(site, "python-dateutil", "dateutil", {"__init__.py": b"d = 5\n" * 100}, [])
     (site / "preheat").mkdir()
     (site / "preheat" / "worker.py").write_text("# the project's own package\n" * 50)
+    # The worker's and the check's second layer: gRPC and the scheduler bindings.
+    grpc_site = build / "GrpcLayer" / "python"
+    grpc_site.mkdir(parents=True)
+    _distribution(grpc_site, "grpcio", "grpc", {"_cython/cygrpc.so": os.urandom(20_000)}, [])
+    _distribution(
+        grpc_site, "dragonfly-api", "dragonfly_api", {"scheduler_pb2.py": b"s = 6\n" * 100}, ["grpcio"]
+    )
     return build
 
 
@@ -89,6 +96,11 @@ def test_a_stand_in_build_is_zipped_split_and_its_bundled_sdk_traced(stand_in_bu
     # jmespath stays: powertools needs it too.
     assert result["only_for_the_sdk"]["SharedLayer"]["distributions"] == ["botocore", "python-dateutil"]
     assert figures["largest_unzipped"]["met"] is True
+    # Only the two functions that talk to schedulers carry the gRPC layer, and count it.
+    grpc_layer = result["layers"]["GrpcLayer"]
+    assert {part["name"] for part in grpc_layer["distributions"]} == {"grpcio", "dragonfly-api"}
+    carrying = {name for name, item in result["functions"].items() if "GrpcLayer" in item["layers"]}
+    assert carrying == {"WorkerFunction", "CheckFunction"}
 
 
 @pytest.mark.slow

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from local.template import Template
+from preheat.models import BlobProgress, BlobState, PeerCopy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "docs" / "openapi.yaml"
@@ -107,3 +109,16 @@ def test_the_openapi_function_serves_the_shipped_document():
     assert answer["statusCode"] == 200
     assert answer["headers"]["Content-Type"] == "application/json"
     assert json.loads(answer["body"]) == json.loads(SHIPPED.read_text(encoding="utf-8"))
+
+
+def test_a_blob_with_a_schedulers_peers_is_what_the_blob_schema_describes(document: dict[str, Any]):
+    peers = tuple(PeerCopy(f"node-{n}", f"10.0.1.{n}", n == 0) for n in range(3))
+    blob = BlobProgress("sha256:" + "a" * 64, "scheduler-0:8002", digest="sha256:" + "a" * 64).looked(
+        BlobState.PENDING, "sha256:aaaaaaaaaaaa not finished on node-1 (10.0.1.1)", peers
+    )
+    answer = blob.to_api()
+    schema = document["components"]["schemas"]["Blob"]
+
+    assert Draft202012Validator(schema).is_valid(answer)
+    assert (answer["peerCount"], answer["finishedPeers"]) == (3, 1)
+    assert not Draft202012Validator(schema).is_valid({**answer, "peers": [{"hostname": "x"}]})

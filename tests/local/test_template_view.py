@@ -92,7 +92,9 @@ def test_project_template_functions_merge_globals_and_read_their_events(template
         ApiEvent("Status", "/api/preheat/{taskId}", "GET", "PreheatApi"),
         ApiEvent("List", "/api/preheat", "GET", "PreheatApi"),
     )
-    assert template.layer_dirs(worker) == (PROJECT_TEMPLATE.parent / "layers" / "shared",)
+    # The worker adds the gRPC layer to the Globals' shared one, as SAM appends a function's Layers.
+    layers = PROJECT_TEMPLATE.parent / "layers"
+    assert template.layer_dirs(worker) == (layers / "shared", layers / "grpc")
 
 
 def test_project_template_resources_and_parameters(template: Template) -> None:

@@ -11,11 +11,14 @@ from datetime import UTC, datetime, timedelta
 from preheat.errors import ClaimHeld, DependencyFailure, PermanentFailure, TransientFailure
 from preheat.models import (
     Blob,
+    BlobProgress,
     BlobState,
     Credentials,
     ImageReference,
     ImageResolution,
+    PeerCopy,
     Platform,
+    Targeting,
     Task,
     TaskStatus,
     WorkerMessage,
@@ -156,6 +159,9 @@ class FakeSupernodes:
         self.polls = 0
         self.finish_after_polls: int | None = None  # each blob turns SUCCESS on its n-th poll
         self._polls_of: dict[tuple[str, str], int] = {}
+        self.looks_per_round: int | None = None
+        # Per look: the task id asked about and the targeting the look carried.
+        self.looked: list[tuple[str, Targeting]] = []
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -180,6 +186,10 @@ class FakeSupernodes:
     def node_task_id(self, blob: Blob) -> str:
         return hashlib.sha256(f"node {blob.url}".encode()).hexdigest()
 
+    def look(self, blob: BlobProgress, targeting: Targeting) -> SupernodeTask:
+        self.looked.append((blob.supernode_task_id or "", targeting))
+        return self.status(blob.target, blob.supernode_task_id or "")
+
     def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
         self.polls += 1
         if target in self.down:
@@ -191,11 +201,15 @@ class FakeSupernodes:
         return self.states[key]
 
     def finish(
-        self, label: str | None = None, state: BlobState = BlobState.SUCCESS, error: str | None = None
+        self,
+        label: str | None = None,
+        state: BlobState = BlobState.SUCCESS,
+        error: str | None = None,
+        peers: tuple[PeerCopy, ...] = (),
     ) -> None:
         for key, answer in self.states.items():
             if label is None or key[1] == f"id-{label}":
-                self.states[key] = replace(answer, state=state, error=error)
+                self.states[key] = replace(answer, state=state, error=error, peers=peers)
 
 
 class Clock:

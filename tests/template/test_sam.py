@@ -71,6 +71,16 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
     native = list(layer.rglob("*.so"))
     assert native, "expected compiled wheels in the layer"
     assert all("aarch64" in path.name for path in native), [p.name for p in native if "aarch64" not in p.name]
+    # gRPC has a layer of its own, for the worker and the check only: arm64 CPython 3.13 wheels.
+    grpc_layer = build_dir / "GrpcLayer" / "python"
+    for package in ("grpc", "grpc_health", "dragonfly_api", "google/protobuf"):
+        assert (grpc_layer / package).is_dir(), package
+    assert not (layer / "grpc").exists()
+    grpc_native = list(grpc_layer.rglob("*.so"))
+    assert grpc_native
+    assert all("aarch64" in path.name and "313" in path.name for path in grpc_native), [
+        p.name for p in grpc_native
+    ]
     for function in (
         "CheckFunction",
         "PreheatFunction",
@@ -423,3 +433,32 @@ def test_only_api_key_mode_creates_the_key_its_plan_and_the_authorizer():
     assert command.startswith("aws secretsmanager get-secret-value ")
     assert "--secret-id ${ApiKeySecret}" in command
     assert "--query SecretString --output text" in command
+
+
+def test_only_the_worker_and_the_check_carry_the_grpc_layer():
+    """The Dragonfly 2 scheduler target's gRPC runtime is a layer of its own, added to the shared
+    one by the two functions that talk to schedulers; the others neither carry nor load it."""
+    from local.template import Ref, Template, load_template
+
+    template = Template.load(ROOT / "template.yaml")
+    carrying = {
+        logical_id
+        for logical_id, spec in template.functions.items()
+        if any(isinstance(layer, Ref) and layer.name == "GrpcLayer" for layer in spec.layers)
+    }
+    assert carrying == {"WorkerFunction", "CheckFunction"}
+    for logical_id in carrying:
+        assert [layer.name for layer in template.functions[logical_id].layers] == ["SharedLayer", "GrpcLayer"]
+    raw = load_template(ROOT / "template.yaml").raw
+    assert raw["Resources"]["GrpcLayer"]["Metadata"] == {
+        "BuildMethod": "makefile",
+        "BuildArchitecture": "arm64",
+    }
+    assert raw["Parameters"]["SupernodeApi"]["AllowedValues"] == [
+        "dragonfly1",
+        "dragonfly2",
+        "dragonfly2-scheduler",
+    ]
+    assert raw["Parameters"]["Dragonfly2TaskIds"]["AllowedValues"] == ["url", "blob-digest"]
+    worker_env = raw["Resources"]["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    assert worker_env["PREHEAT_DRAGONFLY2_TASK_IDS"].name == "Dragonfly2TaskIds"

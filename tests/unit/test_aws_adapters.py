@@ -15,13 +15,14 @@ from botocore.exceptions import ClientError
 
 from local.aws import MotoServer, provision
 from local.template import Template
-from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.adapters.dynamodb import PEER_CUTS, DynamoDBTaskStore
 from preheat.adapters.sqs import SqsTaskQueue
 from preheat.errors import DependencyFailure, ProgressTooLarge
 from preheat.models import (
     BlobProgress,
     BlobState,
     Credentials,
+    PeerCopy,
     PreheatType,
     Step,
     Task,
@@ -276,6 +277,29 @@ def test_progress_beyond_any_cut_is_refused_while_running_and_dropped_from_an_en
     url, resources = aws
     client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
     client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
+
+
+def test_a_schedulers_peers_round_trip_capped_per_blob_with_their_counts(store):
+    """The peers a scheduler reports are stored with the blob (its manifest too), at most
+    PEER_CUTS[0] of them; how many there were, finished or not, survives the cap."""
+    task = new_task("00000000-0000-4000-8000-000000000077")
+    store.create(task)
+    peers = tuple(PeerCopy(f"node-{n}", f"10.0.1.{n}", n % 2 == 0) for n in range(40))
+    blob = BlobProgress(
+        *("sha256:" + "f" * 64, "scheduler-0:8002", BlobState.PENDING, None, 7, "id7", "waits"),
+        manifest_url="https://reg.example.com/v2/app/manifests/sha256:" + "9" * 64,
+    ).looked(BlobState.PENDING, "waits", peers)
+    assert store.save(replace(task, blobs=(blob,), check_seq=1), expected_check_seq=0)
+
+    stored = store.get(task.task_id)
+    assert stored is not None
+    kept = stored.blobs[0]
+    assert kept.peers == peers[: PEER_CUTS[0]]
+    assert (kept.peer_count, kept.finished_peer_count) == (40, 20)
+    assert kept.manifest_url == blob.manifest_url
+    answer = kept.to_api()
+    assert (answer["peerCount"], answer["finishedPeers"]) == (40, 20)
+    assert answer["peers"][0] == {"hostname": "node-0", "ip": "10.0.1.0", "finished": True}
 
 
 def test_an_unreachable_table_is_a_dependency_failure():

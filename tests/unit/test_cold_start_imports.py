@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -107,3 +108,38 @@ PATCHED = {
 def test_tracing_patches_only_what_a_function_calls_through(logical_id: str):
     [function] = [function for function in FUNCTIONS if function.logical_id == logical_id]
     assert run_function(function, _PATCHED) == PATCHED[logical_id]
+
+
+# The modules of the Dragonfly 2 scheduler target: gRPC, protobuf and the bindings.
+GRPC = ("grpc", "grpc_health", "dragonfly_api", "google.protobuf", "preheat.adapters.dragonfly2_scheduler")
+SCHEDULER_ENV = {
+    "PREHEAT_SUPERNODE_API": "dragonfly2-scheduler",
+    "PREHEAT_SUPERNODES": "scheduler-0.dragonfly:8002",
+}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS, ids=[function.logical_id for function in FUNCTIONS])
+def test_only_the_worker_and_the_check_load_grpc_when_the_target_is_a_scheduler(
+    function: cold_start.Function,
+):
+    aimed = replace(function, environment={**function.environment, **SCHEDULER_ENV})
+    modules = loaded_modules(aimed)
+
+    loaded = sorted(
+        {name for name in modules for root in GRPC if name == root or name.startswith(f"{root}.")}
+    )
+    if function.logical_id in ("WorkerFunction", "CheckFunction"):
+        # They build the scheduler driver at cold start, and it is the one place gRPC comes from.
+        assert "grpc" in loaded
+        assert "preheat.adapters.dragonfly2_scheduler" in loaded
+    else:
+        assert not loaded, f"{function.logical_id} loads {sorted({name.split('.')[0] for name in loaded})}"
+
+
+def test_no_function_loads_grpc_for_the_http_targets():
+    [worker] = [function for function in FUNCTIONS if function.logical_id == "WorkerFunction"]
+    for api in ("dragonfly1", "dragonfly2"):
+        modules = loaded_modules(
+            replace(worker, environment={**worker.environment, "PREHEAT_SUPERNODE_API": api})
+        )
+        assert not {name for name in modules if name == "grpc" or name.startswith("grpc.")}, api

@@ -373,6 +373,42 @@ def test_index_resolves_every_platform_and_skips_attestations(fake: StubRegistry
     assert resolution.skipped_attestations == 2
 
 
+def test_each_blob_names_the_platform_manifest_that_lists_it_by_digest(fake: StubRegistry):
+    """A scheduler creates blob-digest task ids only through a preheat of the manifest: each blob
+    says which one (the first platform's for a blob two share; the image's own for a single one)."""
+    amd64, amd64_blobs = fake.add_image(None, [b"shared", b"amd64"])
+    arm64, arm64_blobs = fake.add_image(None, [b"shared", b"arm64"])
+    entry = {"mediaType": OCI_MANIFEST, "size": 1}
+    fake.add_manifest(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {**entry, "digest": amd64, "platform": {"architecture": "amd64", "os": "linux"}},
+                {**entry, "digest": arm64, "platform": {"architecture": "arm64", "os": "linux"}},
+            ],
+        },
+        OCI_INDEX,
+        "multi",
+    )
+    single, single_blobs = fake.add_image("v1", [b"layer"])
+    client = HttpRegistryClient(replace(SETTINGS, layer_urls="registry"))
+
+    multi = {
+        blob.digest: blob.manifest_url
+        for blob in client.resolve_image(fake.image("multi"), Credentials()).blobs
+    }
+    [only] = client.resolve_image(fake.image("v1"), Credentials()).blobs[-1:]
+
+    base = fake.image("multi").base_url(True)
+    for digest in amd64_blobs:
+        assert multi[digest] == f"{base}/manifests/{amd64}"
+    for digest in set(arm64_blobs) - set(amd64_blobs):
+        assert multi[digest] == f"{base}/manifests/{arm64}"
+    assert only.digest == single_blobs[-1]
+    assert only.manifest_url == f"{fake.image('v1').base_url(True)}/manifests/{single}"
+
+
 def test_docker_manifest_list_children_are_verified(fake: StubRegistry, client: HttpRegistryClient):
     child, _ = fake.add_image(None, [b"layer"], DOCKER_MANIFEST)
     fake.add_manifest(

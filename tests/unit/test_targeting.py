@@ -99,6 +99,19 @@ def test_dragonfly1_refuses_targeting_saying_the_target_has_no_such_feature() ->
     assert service.submit(PreheatRequest.parse(body(somethingElse=1))).status is TaskStatus.RUNNING
 
 
+def test_schedulers_take_scope_and_peers_but_refuse_cluster_ids() -> None:
+    store = FakeTaskStore()
+    settings = Settings(supernode_api="dragonfly2-scheduler", supernodes=("scheduler-0:8002",))
+    service = PreheatService(store, FakeQueue(), settings)
+    with pytest.raises(InvalidRequest, match="'clusterIds': the target has no such feature"):
+        service.submit(PreheatRequest.parse(body(scope="all_peers", clusterIds=[1])))
+    assert store.tasks == {}
+
+    task = service.submit(PreheatRequest.parse(body(scope="all_peers", percentage=30)))
+
+    assert task.targeting == Targeting("all_peers", percentage=30)
+
+
 def test_targeting_is_shown_in_the_status_answer_and_takes_part_in_deduplication() -> None:
     store = FakeTaskStore()
     service = PreheatService(store, FakeQueue(), DF2, clock=Clock(), dedup_key=lambda: b"k" * 32)

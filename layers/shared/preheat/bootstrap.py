@@ -57,6 +57,11 @@ def event_publisher() -> EventBridgePublisher:
 @functools.cache
 def supernode_driver() -> SupernodeDriver:
     settings = get_settings()
+    if settings.supernode_api == "dragonfly2-scheduler":
+        # gRPC is loaded here and only here: the worker and the check function pay for it, no other.
+        from preheat.adapters.dragonfly2_scheduler import Dragonfly2SchedulerDriver
+
+        return Dragonfly2SchedulerDriver(settings)
     if settings.supernode_api == "dragonfly2":
         from preheat.adapters.dragonfly2 import Dragonfly2Driver
 

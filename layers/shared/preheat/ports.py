@@ -10,11 +10,14 @@ from typing import Protocol
 
 from preheat.models import (
     Blob,
+    BlobProgress,
     BlobState,
     Credentials,
     ImageReference,
     ImageResolution,
+    PeerCopy,
     Platform,
+    Targeting,
     Task,
     TaskQuery,
     WorkerMessage,
@@ -144,6 +147,8 @@ class SupernodeTask:
     task_id: str
     state: BlobState
     error: str | None = None
+    # The peers holding the blob, when the target can say (Dragonfly 2 schedulers).
+    peers: tuple[PeerCopy, ...] = ()
 
 
 class SupernodeDriver(Protocol):
@@ -167,7 +172,19 @@ class SupernodeDriver(Protocol):
     def node_task_id(self, blob: Blob) -> str:
         """The task id a node of this target computes for ``blob``'s URL, in the target's algorithm."""
 
-    def status(self, target: str, supernode_task_id: str) -> SupernodeTask: ...
+    def look(self, blob: BlobProgress, targeting: Targeting) -> SupernodeTask:
+        """How ``blob`` (pending on ``blob.target``) stands now, for a task aimed by ``targeting``.
+
+        The whole recorded blob and the task's targeting, not a bare task id: a Dragonfly 2
+        scheduler is asked by URL (or by manifest) and judges warmth by the peers the targeting
+        names. Encoding those in the supernode task id instead would copy the URL and targeting
+        into every stored blob, and the drivers that need a task id read it from
+        ``blob.supernode_task_id``."""
+
+    @property
+    def looks_per_round(self) -> int | None:
+        """How many of a task's pending blobs one look may ask about (None: all of them). The
+        worker takes them in turn, so a large task's looks stay within the target's bound."""
 
 
 class CredentialStore(Protocol):

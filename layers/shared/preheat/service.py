@@ -94,7 +94,7 @@ class PreheatService:
         off PREHEAT_ALLOWED_REGISTRIES) is an InvalidRequest; names are judged by the worker.
         """
         check_request(request, self._settings)
-        if request.targeting and self._settings.supernode_api != "dragonfly2":
+        if request.targeting and self._settings.supernode_api == "dragonfly1":
             named = ", ".join(f"'{name}'" for name in request.targeting.to_api())
             raise InvalidRequest(
                 f"{named}: the target has no such feature: Dragonfly 1 supernodes take no scope, clusters "
@@ -102,6 +102,12 @@ class PreheatService:
             )
         # Broad stored credentials go to the peers: a caller must not pick which hosts those are.
         check_targeting(request.targeting, self._settings)
+        if request.targeting.cluster_ids and self._settings.supernode_api == "dragonfly2-scheduler":
+            # Each scheduler serves one cluster: the clusters are the schedulers PREHEAT_SUPERNODES lists.
+            raise InvalidRequest(
+                "'clusterIds': the target has no such feature: a scheduler serves its own cluster "
+                "(PREHEAT_SUPERNODES lists the schedulers to preheat through); leave it out"
+            )
         now = self._clock()
         platforms = self._platforms_for(request)
         # A signature or token in the URL is a credential: the task (its item, the listing, status

@@ -282,7 +282,7 @@ class Worker:
         progress = replace(progress, supernode_task_id=answer.task_id, state=answer.state, error=answer.error)
         if progress.state is BlobState.PENDING:
             self._sleep(FIRST_LOOK_SECONDS)
-        return self._look(progress)
+        return self._look(progress, blob.targeting)
 
     def _send_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
         """Create ``blobs`` on ``target`` at once (one Dragonfly 2 job with ``urls``), then look.
@@ -295,7 +295,7 @@ class Worker:
         ]
         if _pending(progress):
             self._sleep(FIRST_LOOK_SECONDS)
-        return list(self._poll(tuple(progress)))
+        return list(self._poll(tuple(progress), blobs[0].targeting if blobs else Targeting()))
 
     def _progress_of(self, blob: Blob, target: str) -> BlobProgress:
         """The blob as the task records it: with the URL handed over (its signature parameters
@@ -307,6 +307,7 @@ class Worker:
             size=blob.size,
             url=redact_url(without_params(blob.url, blob.filter)),
             node_task_id=self._supernodes.node_task_id(blob),
+            manifest_url=blob.manifest_url,
         )
 
     # -- check: poll what is pending ----------------------------------------------------------
@@ -346,7 +347,8 @@ class Worker:
         # soon after it is done), and back off to the configured interval while none does.
         quick = min(FIRST_RELOOK_SECONDS, self._settings.check_interval_seconds)
         pause = quick
-        blobs = task.blobs if looked else self._poll(task.blobs)
+        turn = task.check_seq  # a bounded round goes on from where the previous step's stopped
+        blobs = task.blobs if looked else self._poll(task.blobs, task.targeting, turn)
         # A start step's progress is not recorded yet (see the module notes).
         unrecorded = dispatching
         # The watch ends at the deadline at the latest, so that end is noticed at once too.
@@ -363,7 +365,8 @@ class Worker:
                 progress.recorded(blobs, self._clock())
             self._sleep(pause)
             pending = _count_pending(blobs)
-            blobs = self._poll(blobs)
+            turn += 1
+            blobs = self._poll(blobs, task.targeting, turn)
             finishing = _count_pending(blobs) < pending
             pause = quick if finishing else min(pause * 2, self._longest_pause(started))
         blobs = self._watch_to_deadline(task, blobs, window)
@@ -410,14 +413,15 @@ class Worker:
         if not _pending(blobs) or window <= 0 or left <= 0 or left > self._settings.watch_interval_seconds:
             return blobs
         self._sleep(left)
-        return self._poll(blobs)
+        return self._poll(blobs, task.targeting)
 
-    def _look(self, blob: BlobProgress) -> BlobProgress:
-        """The blob as its supernode now reports it (unchanged if it is not pending)."""
+    def _look(self, blob: BlobProgress, targeting: Targeting) -> BlobProgress:
+        """The blob as its supernode now reports it (unchanged if it is not pending), with the
+        peers holding it when the target says."""
         if blob.state is not BlobState.PENDING or blob.supernode_task_id is None:
             return blob
         try:
-            answer = self._supernodes.status(blob.target, blob.supernode_task_id)
+            answer = self._supernodes.look(blob, targeting)
         except TransientFailure as exc:
             # One missed look is not a verdict; the deadline bounds how long we keep trying, and a
             # task it ends names this as its last error.
@@ -432,14 +436,25 @@ class Worker:
                 BlobState.FAILED,
                 f"the answer of {blob.target} about {blob.label} could not be read ({type(exc).__name__})",
             )
-        return blob.with_state(answer.state, answer.error)
+        return blob.looked(answer.state, answer.error, answer.peers)
 
-    def _poll(self, blobs: tuple[BlobProgress, ...]) -> tuple[BlobProgress, ...]:
-        pending = _count_pending(blobs)
+    def _poll(
+        self, blobs: tuple[BlobProgress, ...], targeting: Targeting, turn: int = 0
+    ) -> tuple[BlobProgress, ...]:
+        """One look round: every pending blob, or as many as the target bounds a round to
+        (``looks_per_round``), taken in turn so that each is still looked at every few rounds."""
+        pending = [index for index, blob in enumerate(blobs) if blob.state is BlobState.PENDING]
+        bound = self._supernodes.looks_per_round
+        if bound is not None and len(pending) > bound:
+            start = (turn * bound) % len(pending)
+            pending = [pending[(start + offset) % len(pending)] for offset in range(bound)]
         if not pending:
             return blobs
-        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, pending)) as pool:
-            return tuple(pool.map(self._look, blobs))
+        chosen = [blobs[index] for index in pending]
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_SUPERNODE_CALLS, len(pending))) as pool:
+            answers = pool.map(self._look, chosen, [targeting] * len(chosen))
+            looked = dict(zip(pending, answers, strict=True))
+        return tuple(looked.get(index, blob) for index, blob in enumerate(blobs))
 
     def _delay_for(self, task: Task, seq: int) -> int:
         delay = min(

@@ -29,6 +29,7 @@ from preheat.models import (
     BlobProgress,
     BlobState,
     LayerCounts,
+    PeerCopy,
     PreheatType,
     Targeting,
     Task,
@@ -71,6 +72,9 @@ _SAME_AS_LABEL = 1
 _SAME_AS_SUPERNODE_ID = 1
 # The longest ``msg`` stored (the conclusion lists ten failures).
 MAX_MESSAGE_CHARS = 8000
+# The peers stored per blob (a scheduler's), then the fewer tried while the progress does not fit;
+# how many there were, finished or not, is always kept.
+PEER_CUTS = (16, 4, 0)
 
 
 def _cut(text: str | None, limit: int) -> str | None:
@@ -79,7 +83,9 @@ def _cut(text: str | None, limit: int) -> str | None:
     return f"{text[:limit]}..."
 
 
-def _encode(blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: bool) -> bytes:
+def _encode(
+    blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: bool, peers_kept: int = PEER_CUTS[0]
+) -> bytes:
     rows = [
         [
             b.label,
@@ -91,6 +97,7 @@ def _encode(blobs: tuple[BlobProgress, ...], error_chars: int, finished_ids: boo
             _cut(b.error, error_chars),
             b.url,
             _SAME_AS_SUPERNODE_ID if supernode_id and b.node_task_id == supernode_id else b.node_task_id,
+            *_peer_columns(b, peers_kept),
         ]
         for b in blobs
         for supernode_id in [b.supernode_task_id if finished_ids or b.state is BlobState.PENDING else None]
@@ -102,11 +109,23 @@ def _blobs_to_binary(blobs: tuple[BlobProgress, ...]) -> bytes | None:
     """The progress as stored, cut until it fits; None when even the shortest cut does not (the
     item would be refused, and every write of the task after it: see ``save``)."""
     for finished_ids in (True, False):
-        for error_chars in ERROR_CUTS:
-            data = _encode(blobs, error_chars, finished_ids)
-            if len(data) <= MAX_BLOBS_BYTES:
-                return data
+        for peers_kept in PEER_CUTS:
+            for error_chars in ERROR_CUTS:
+                data = _encode(blobs, error_chars, finished_ids, peers_kept)
+                if len(data) <= MAX_BLOBS_BYTES:
+                    return data
     return None
+
+
+def _peer_columns(blob: BlobProgress, kept: int) -> list[Any]:
+    """The manifest, the first ``kept`` peers as [hostname, ip, 0|1] and the peer counts; none
+    for a blob with neither (every blob of the HTTP targets)."""
+    count = max(blob.peer_count, len(blob.peers))
+    if not count and blob.manifest_url is None:
+        return []
+    finished = max(blob.finished_peer_count, sum(peer.finished for peer in blob.peers))
+    peers = [[peer.hostname, peer.ip, int(peer.finished)] for peer in blob.peers[:kept]]
+    return [blob.manifest_url, peers, count, finished]
 
 
 def _set_progress(task: Task, values: dict[str, Any], sets: list[str], removes: list[str]) -> None:
@@ -150,6 +169,13 @@ def _blobs_from_binary(data: bytes | None) -> tuple[BlobProgress, ...]:
             # Rows written before the URL and node task id were recorded have seven columns.
             url=row[7] if len(row) > 7 else None,
             node_task_id=_node_task_id(row),
+            # Rows of blobs no scheduler reported on end there.
+            manifest_url=row[9] if len(row) > 9 else None,
+            peers=tuple(PeerCopy(hostname, ip, bool(done)) for hostname, ip, done in row[10])
+            if len(row) > 10
+            else (),
+            peer_count=row[11] if len(row) > 11 else 0,
+            finished_peer_count=row[12] if len(row) > 12 else 0,
         )
         for row in rows
         for label, target, state, digest, size in [row[:5]]

@@ -24,7 +24,7 @@ from preheat.adapters.http import (
 )
 from preheat.adapters.quoting import failure_reason
 from preheat.errors import PermanentFailure, TransientFailure
-from preheat.models import Blob
+from preheat.models import Blob, BlobProgress, Targeting
 from preheat.ports import SupernodeTask
 from preheat.retry import Jitter, RetryPolicy, parse_retry_after
 from preheat.settings import Settings
@@ -87,6 +87,17 @@ class HttpTargetDriver:
 
     def create(self, target: str, blob: Blob) -> SupernodeTask:
         raise NotImplementedError
+
+    def status(self, target: str, supernode_task_id: str) -> SupernodeTask:
+        raise NotImplementedError
+
+    def look(self, blob: BlobProgress, targeting: Targeting) -> SupernodeTask:
+        """Both HTTP APIs answer by the task id their create gave: targeting is the job's affair."""
+        return self.status(blob.target, blob.supernode_task_id or "")
+
+    @property
+    def looks_per_round(self) -> int | None:
+        return None
 
     def ping(self) -> Mapping[str, str | None]:
         targets = self.targets

@@ -30,6 +30,7 @@ message quotes them, and text a server answers with is scrubbed of them before i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -169,11 +170,15 @@ class HttpRegistryClient:
         if image.digest:
             verify_digest(body, image.digest, f"manifest for {label}")
         root = parse_manifest(body, content_type, f"manifest for {label}", target.scrub)
+        # Each blob's platform manifest, by digest (the first that lists it).
+        sources: dict[str, str] = {}
         if root.is_index:
-            descriptors, selection = self._resolve_index(target, base_url, label, root, platforms)
+            descriptors, selection = self._resolve_index(target, base_url, label, root, platforms, sources)
         else:
             # One image is what it is: a requested platform cannot narrow it, nor should it fail it.
             descriptors, selection = list(root.blobs), Selection()
+            root_digest = image.digest or f"sha256:{hashlib.sha256(body).hexdigest()}"
+            sources.update((descriptor.digest, root_digest) for descriptor in descriptors)
 
         unique: dict[str, Descriptor] = {}
         for descriptor in descriptors:
@@ -185,7 +190,9 @@ class HttpRegistryClient:
             )
 
         if self._settings.layer_urls == "registry":
-            blobs = self._registry_blobs(image, insecure, target, list(unique.values()), options, label)
+            blobs = self._registry_blobs(
+                image, insecure, target, list(unique.values()), options, label, sources
+            )
             return ImageResolution(
                 blobs=blobs,
                 platforms=selection.names(),
@@ -222,6 +229,7 @@ class HttpRegistryClient:
         descriptors: list[Descriptor],
         options: ResolveOptions,
         label: str,
+        sources: dict[str, str],
     ) -> list[Blob]:
         """The registry blob URLs nodes ask for (``PREHEAT_LAYER_URLS=registry``), under the host
         nodes name, with what the supernode needs to download them: the caller's headers with its
@@ -248,6 +256,7 @@ class HttpRegistryClient:
                 size=descriptor.size,
                 media_type=descriptor.media_type,
                 headers=headers,
+                manifest_url=f"{node_image.base_url(insecure)}/manifests/{sources[descriptor.digest]}",
             )
             options.found(blob)
             blobs.append(blob)
@@ -260,6 +269,7 @@ class HttpRegistryClient:
         label: str,
         root: Manifest,
         requested: Sequence[Platform],
+        sources: dict[str, str],
     ) -> tuple[list[Descriptor], Selection]:
         """The blobs of the platform images an index lists (narrowed to ``requested`` if given),
         fetching the manifests of each level of the index concurrently."""
@@ -300,6 +310,8 @@ class HttpRegistryClient:
                 else:
                     selection.take(entry, requested)
                     descriptors.extend(manifest.blobs)
+                    for descriptor in manifest.blobs:
+                        sources.setdefault(descriptor.digest, entry.descriptor.digest)
         selection.check(requested, label)
         return descriptors, selection
 

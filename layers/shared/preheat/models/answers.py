@@ -77,6 +77,11 @@ def blob_answer(blob: BlobProgress) -> dict[str, Any]:
     data["state"] = blob.state.value
     if blob.error:
         data["error"] = blob.error
+    if blob.peers or blob.peer_count:
+        # The peers a Dragonfly 2 scheduler says hold the blob (at most MAX_STORED_PEERS once stored).
+        data["peers"] = [{"hostname": p.hostname, "ip": p.ip, "finished": p.finished} for p in blob.peers]
+        data["peerCount"] = max(blob.peer_count, len(blob.peers))
+        data["finishedPeers"] = max(blob.finished_peer_count, sum(p.finished for p in blob.peers))
     return data
 
 

@@ -28,6 +28,9 @@ class Blob:
     filter: tuple[str, ...] = ()
     # Where the request wants it (set by the worker from its task; Dragonfly 2 only).
     targeting: Targeting = field(default_factory=Targeting)
+    # The URL (by digest) of the platform manifest that lists this blob, when it came from one: a
+    # Dragonfly 2 scheduler creates blob-digest task ids only through a preheat of that manifest.
+    manifest_url: str | None = None
 
     @property
     def label(self) -> str:
@@ -45,6 +48,20 @@ class ImageResolution:
 
 
 @dataclass(frozen=True)
+class PeerCopy:
+    """A Dragonfly 2 peer holding a blob: which host, and whether its download has finished."""
+
+    hostname: str
+    ip: str
+    finished: bool
+
+    @property
+    def name(self) -> str:
+        """How messages name the peer: its hostname and IP."""
+        return f"{self.hostname} ({self.ip})" if self.hostname else self.ip
+
+
+@dataclass(frozen=True)
 class BlobProgress:
     """A blob on one supernode, as the task records it."""
 
@@ -58,9 +75,23 @@ class BlobProgress:
     # The URL handed over (signature parameters left out) and the task id a node computes for it.
     url: str | None = None
     node_task_id: str | None = None
+    # The peers a Dragonfly 2 scheduler said hold it (its other targets report none); once stored,
+    # at most a few of them, and how many there were (finished or not) in the counts.
+    peers: tuple[PeerCopy, ...] = ()
+    peer_count: int = 0
+    finished_peer_count: int = 0
+    # The manifest it came from (blob-digest task ids are created and read per manifest).
+    manifest_url: str | None = None
 
     def with_state(self, state: BlobState, error: str | None = None) -> BlobProgress:
         return replace(self, state=state, error=error)
+
+    def looked(self, state: BlobState, error: str | None, peers: tuple[PeerCopy, ...]) -> BlobProgress:
+        """The blob as a look found it: its state, and the peers holding it now."""
+        finished = sum(peer.finished for peer in peers)
+        return replace(
+            self, state=state, error=error, peers=peers, peer_count=len(peers), finished_peer_count=finished
+        )
 
     def to_api(self) -> dict[str, Any]:
         return blob_answer(self)
