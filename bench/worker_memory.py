@@ -1,12 +1,14 @@
 """Worker memory: the peak RSS of a fresh worker process resolving (and preheating) a 1000-layer image
-whose manifest weighs 4 MiB.
+whose manifest weighs 1 MiB, and a hostile index.
 
-    .venv/bin/python -m bench.worker_memory [--layers 1000] [--manifest-mib 4] [--no-step]
+    .venv/bin/python -m bench.worker_memory [--layers 1000] [--manifest-mib 1] [--no-step]
+        [--hostile-children 8] [--hostile-child-mib 4]
 
 What it runs against, on 127.0.0.1: the stub registry of ``bench.registry_resolve`` (Bearer token
 auth; every blob answered with a 307 to a presigned-looking URL on a stub storage origin, which
 answers ranged GETs), with no delay, serving a synthetic OCI manifest of ``--layers`` layers padded
-with annotations to just under ``--manifest-mib`` MiB (the registry client's limit is 4 MiB); and a
+with annotations to just under ``--manifest-mib`` MiB (the registry client's limit,
+``PREHEAT_MAX_MANIFEST_BYTES``, is 1 MiB by default); and a
 stub Dragonfly 1 supernode that accepts every create and reports every task SUCCESS.
 
 In a fresh Python process set up as Lambda sets up the worker function (its directory and the
@@ -19,6 +21,10 @@ dummy AWS credentials) it:
 3. unless ``--no-step``, runs the worker's whole ``start`` step on it: resolve again, create a
    supernode task per blob, record the progress (the task store's real encoding, into an in-memory
    DynamoDB client) and watch the tasks to SUCCESS.
+
+Then, in another fresh worker process, it resolves a hostile index (:class:`HostileIndex`: 8 children,
+each a 4 MiB image manifest listing the empty layer tens of thousands of times) and reports that
+process's peak RSS; the resolution fails, what is measured is what failing costs.
 
 It reports the process's peak RSS after each stage (``VmHWM``, as ``bench.cold_start`` reads it).
 Target: under 128 MiB, the smallest Lambda memory size. Results go to ``bench/results/worker_memory.json``.
@@ -42,12 +48,13 @@ from bench.cold_start import PEAK_RSS_KB, TEMPLATE, functions_of, lambda_environ
 from bench.common import figure, figure_rows, table, write_result
 from bench.registry_resolve import DelayedOrigins
 from local.template import Template
+from preheat.settings import DEFAULT_MAX_MANIFEST_BYTES
 from testing.stub_server import StubRequest, StubResponse, StubServer
 
 NAME = "worker_memory"
 WORKER = "WorkerFunction"
 TARGET_MIB = 128
-MANIFEST_LIMIT_BYTES = 4 * 1024 * 1024  # preheat.adapters.registry.MAX_MANIFEST_BYTES
+MANIFEST_LIMIT_BYTES = DEFAULT_MAX_MANIFEST_BYTES  # PREHEAT_MAX_MANIFEST_BYTES's default
 PAD_ANNOTATION = "org.example.bench.padding"
 TRACE_HEADER = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
 
@@ -390,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.worker_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=1000, help="layers of the image (default 1000)")
     parser.add_argument(
-        "--manifest-mib", type=float, default=4.0, help="the manifest's size, at most 4 MiB (default 4)"
+        "--manifest-mib", type=float, default=1.0, help="the manifest's size, at most 1 MiB (default 1)"
     )
     parser.add_argument("--no-step", dest="step", action="store_false", help="resolve only")
     parser.add_argument(
@@ -404,9 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
     args = parser.parse_args(argv)
-    if args.layers < 1 or not 0 < args.manifest_mib <= 4:
-        parser.error("--layers must be at least 1 and --manifest-mib in (0, 4]")
-    # Just under the size: the registry client accepts at most 4 MiB, which is what is measured.
+    if args.layers < 1 or not 0 < args.manifest_mib <= MANIFEST_LIMIT_BYTES / 2**20:
+        parser.error("--layers must be at least 1 and --manifest-mib in (0, 1]")
+    # Just under the size: the registry client accepts at most 1 MiB, which is what is measured.
     size = min(int(args.manifest_mib * 2**20), MANIFEST_LIMIT_BYTES) - 1024
     measured = measure(args.layers, size, args.step)
     if args.hostile_children > 0:

@@ -50,7 +50,6 @@ from preheat.adapters.quoting import failure_reason
 from preheat.adapters.registry_auth import Answer, RegistryAuth
 from preheat.adapters.registry_manifests import (
     MANIFEST_ACCEPT,
-    MAX_MANIFEST_BYTES,
     MAX_PLATFORMS,
     Descriptor,
     IndexEntry,
@@ -100,6 +99,10 @@ MAX_AUTH_ROUNDS = 4
 # waves, 0.2 s at 50 ms a response, where 32 a time would take 4 (and each blob's dispatch waits
 # for its wave). Each is one small ranged GET: no more load on a registry than one pull.
 DEFAULT_MAX_WORKERS = 64
+# Manifests of an index fetched at once: each may weigh PREHEAT_MAX_MANIFEST_BYTES and cost several
+# times that to parse, so a hostile index of 64 costs 4 of them at a time, not 64 (a real index
+# lists a handful of platforms: 4 at a time is one or two waves).
+MAX_MANIFESTS_IN_FLIGHT = 4
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_SECONDS = 0.2
 DEFAULT_RETRY_AFTER_CAP_SECONDS = 10.0
@@ -288,7 +291,7 @@ class HttpRegistryClient:
                     f"manifest for {label} lists more than {MAX_PLATFORMS} platform images "
                     f"({fetched}); refusing to preheat them all"
                 )
-            manifests = self._map(target, fetch_child, chosen)
+            manifests = self._map(target, fetch_child, chosen, MAX_MANIFESTS_IN_FLIGHT)
             pending = []
             for entry, manifest in zip(chosen, manifests, strict=True):
                 selection.attestations += manifest.attestations
@@ -328,7 +331,7 @@ class HttpRegistryClient:
             with response:
                 if response.status_code != 200:
                     raise self._failure(target, response, what, final)
-                body = self._read(response, MAX_MANIFEST_BYTES, what, target)
+                body = self._read(response, self._settings.max_manifest_bytes, what, target)
                 return body, response.headers.get("Content-Type", "")
 
         return self._retrying(target, f"could not fetch the {what} from {target.name}", attempt)
@@ -487,12 +490,16 @@ class HttpRegistryClient:
         # The server's Retry-After, if it sent one, also spaces the step's own retry.
         raise TransientFailure(f"{what}: {reason} (gave up after {tries})", retry_after=retry_after)
 
-    def _map(self, target: Target, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """``function`` over ``items`` on a bounded pool; the first failure is raised, and the
-        items not started yet are dropped (those running stop retrying)."""
+    def _map(
+        self, target: Target, function: Callable[[T], R], items: Sequence[T], workers: int | None = None
+    ) -> list[R]:
+        """``function`` over ``items`` on a pool of at most ``workers`` threads (the client's
+        ``max_workers`` by default); the first failure is raised, and the items not started yet are
+        dropped (those running stop retrying)."""
         if len(items) <= 1:
             return [function(item) for item in items]
-        pool = ThreadPoolExecutor(min(self._max_workers, len(items)), thread_name_prefix="registry")
+        size = min(self._max_workers, workers or self._max_workers, len(items))
+        pool = ThreadPoolExecutor(size, thread_name_prefix="registry")
         try:
             futures: list[Future[R]] = [pool.submit(function, item) for item in items]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
