@@ -72,7 +72,7 @@ from preheat.adapters.registry_target import (
 from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
-from preheat.network import AddressRefused, OutboundPolicy, find_refusal
+from preheat.network import AddressRefused, OutboundPolicy, Resolver, find_refusal
 from preheat.ports import UNBOUNDED, ResolveOptions
 from preheat.retry import RetryPolicy, parse_retry_after
 from preheat.settings import Settings
@@ -103,6 +103,10 @@ DEFAULT_MAX_WORKERS = 64
 # times that to parse, so a hostile index of 64 costs 4 of them at a time, not 64 (a real index
 # lists a handful of platforms: 4 at a time is one or two waves).
 MAX_MANIFESTS_IN_FLIGHT = 4
+# Hosts one image's blobs may be handed over from: the registry, and the hosts of its foreign layers
+# (Windows base layers name one or two). Each is a DNS lookup before the handover, one after another,
+# so that a manifest naming 40 hosts cannot spend the step's time on lookups.
+MAX_HANDOVER_ORIGINS = 8
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_SECONDS = 0.2
 DEFAULT_RETRY_AFTER_CAP_SECONDS = 10.0
@@ -130,6 +134,7 @@ class HttpRegistryClient:
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         retry_after_cap_seconds: float = DEFAULT_RETRY_AFTER_CAP_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        resolver: Resolver | None = None,
     ) -> None:
         if attempts < 1 or max_workers < 1:
             raise ValueError("attempts and max_workers must be at least 1")
@@ -140,6 +145,7 @@ class HttpRegistryClient:
         self._max_workers = max_workers
         self._retry = RetryPolicy(attempts, backoff_seconds, retry_after_cap_seconds=retry_after_cap_seconds)
         self._sleep = sleep
+        self._resolver = resolver  # the handover checks' DNS lookups (None: socket.getaddrinfo)
         self._timeout = settings.registry_timeout_seconds
         # ``_now`` looked up at each call, so that tests can move the clock.
         self._auth = RegistryAuth(self._get, self._read, lambda: _now())  # noqa: PLW0108
@@ -230,17 +236,28 @@ class HttpRegistryClient:
         manifest names every blob, and a supernode's download reports one that is missing."""
         node_image = replace(image, registry=self._settings.node_host(image.registry))
         credentials = target.credentials()
+        handed: list[tuple[Descriptor, str, Credentials]] = [
+            # A foreign layer lives elsewhere: its URL as the manifest gives it, and no credentials.
+            (descriptor, descriptor.url, Credentials())
+            if descriptor.url
+            else (descriptor, node_image.blob_url(descriptor.digest, insecure), credentials)
+            for descriptor in descriptors
+        ]
+        origins = {origin_of(url) for _, url, _ in handed}
+        if len(origins) > MAX_HANDOVER_ORIGINS:
+            raise PermanentFailure(
+                f"{label} has layers on {len(origins)} hosts; at most {MAX_HANDOVER_ORIGINS} are "
+                "checked and handed over per image"
+            )
         checked: set[Origin] = set()
         blobs: list[Blob] = []
-        for descriptor in descriptors:
+        for descriptor, url, headers in handed:
             what = f"blob {descriptor.digest} of {label}"
-            if descriptor.url:
-                # A foreign layer lives elsewhere: its URL as the manifest gives it, and no credentials.
-                url, headers = descriptor.url, Credentials()
-            else:
-                url, headers = node_image.blob_url(descriptor.digest, insecure), credentials
             if origin_of(url) not in checked:
-                self._policy.check_handover(url, what)
+                # Each lookup may take seconds: none starts once the step's time is up.
+                if target.deadline is not None and _now() >= target.deadline:
+                    raise TransientFailure(f"could not check the hosts of {label}: {OUT_OF_TIME}")
+                self._policy.check_handover(url, what, self._resolver)
                 checked.add(origin_of(url))
             blob = Blob(
                 url=url,
@@ -312,7 +329,7 @@ class HttpRegistryClient:
         if self._settings.layer_urls == "registry":
             # Nodes run dfget with the URL they were told about: that URL is the task, redirects
             # and all (the supernode follows them itself).
-            self._policy.check_handover(url, what)
+            self._policy.check_handover(url, what, self._resolver)
             return Blob(url=url, headers=target.credentials())
         final = self._resolve_url(target, url, what)
         return Blob(
