@@ -3,14 +3,15 @@
     .venv/bin/python -m bench.list_tasks [--tasks 10000] [--runs 50]
 
 Runs the local stack (real handlers, moto in server mode) with ``--tasks`` tasks written straight into
-its table through the task store (the same items POST /api/preheat writes, spread over the last
-hours; the newest 2000 SUCCESS, the others a third each RUNNING, SUCCESS and FAIL; half images and
-half files). Then, through the local API: ``--runs`` first pages of 20 (median), the same with
-``status=FAIL`` and with ``status=RUNNING``, the empty pages carrying a ``next`` that a
-``status=RUNNING`` walk meets before its first task (the console's "No tasks" beside "Show more"),
-and the tenth page of 20 (following cursors). The console: its page's size as served, and, when Debian's chromium and
-chromedriver are installed, what a browser fetches to show it the first time (requests and bytes,
-from the page's Resource Timing), tasks listed included.
+its table through the task store (the same items POST /api/preheat writes, one every 0.2 s up to
+now, each with the deadline the service gives, creation + 30 min; the newest 2000 SUCCESS, the
+others a third each RUNNING, SUCCESS and FAIL; half images and half files). Then, through the local
+API: ``--runs`` first pages of 20 (median), the same with ``status=FAIL`` and with
+``status=RUNNING``, the empty pages carrying a ``next`` that a ``status=RUNNING`` walk meets before
+its first task (the console's "No tasks" beside "Show more"), and the tenth page of 20 (following
+cursors). The console: its page's size as served, and, when Debian's chromium and chromedriver are
+installed, what a browser fetches to show it the first time (requests and bytes, from the page's
+Resource Timing), tasks listed included.
 
 Results go to ``bench/results/list_tasks.json``; each figure is ``{value, target, met}``.
 """
@@ -51,6 +52,9 @@ QUICK_ARGS = ["--tasks", "1000", "--runs", "15"]
 # must read past them, which is where a listing that filters after one bounded read of the index
 # answers empty pages that carry a ``next``.
 NEWEST_FINISHED = 2000
+# Seconds between two tasks' creations: 10,000 tasks in the last 33 minutes (a busy spell), so that
+# most RUNNING ones are still within their 30-minute deadline.
+SPACING_SECONDS = 0.2
 
 
 def fill(stack: LocalStack, count: int) -> None:
@@ -60,7 +64,7 @@ def fill(stack: LocalStack, count: int) -> None:
     statuses = (TaskStatus.RUNNING, TaskStatus.SUCCESS, TaskStatus.FAIL)
 
     def create(n: int) -> None:
-        created = now - timedelta(seconds=(count - n) * 2)
+        created = now - timedelta(seconds=(count - n) * SPACING_SECONDS)
         image = n % 2 == 0
         status = TaskStatus.SUCCESS if n >= count - min(NEWEST_FINISHED, count // 5) else statuses[n % 3]
         store.create(
@@ -70,7 +74,8 @@ def fill(stack: LocalStack, count: int) -> None:
                 url=f"registry.example.com/team/app:v{n}" if image else f"https://files.example.com/{n}.bin",
                 status=status,
                 created_at=created,
-                deadline=now + timedelta(hours=1),
+                # As the service sets it: RUNNING tasks older than the timeout read as FAIL.
+                deadline=created + timedelta(seconds=Settings().task_timeout_seconds),
             )
         )
 

@@ -241,6 +241,40 @@ def test_a_filtered_page_is_never_empty_while_it_carries_a_cursor(store, service
     assert listed == wanted
 
 
+def test_a_fail_listing_reads_no_running_task_still_in_time(store, service, clock, monkeypatch):
+    # Given 2 FAIL tasks, and 30 RUNNING tasks created a minute ago (deadline: creation + timeout)
+    fails = [put(store, make_task(n, status=TaskStatus.FAIL)) for n in range(2)]
+    for n in range(30):
+        created = clock.now - timedelta(seconds=60 + n)
+        put(
+            store,
+            replace(
+                make_task(100 + n, status=TaskStatus.RUNNING),
+                created_at=created,
+                deadline=created + timedelta(seconds=1800),
+            ),
+        )
+    scanned: dict[str, int] = {}
+    real_query = store._client.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        answer = real_query(**request)
+        shard = request["ExpressionAttributeValues"][":shard"]["S"]
+        scanned[shard] = scanned.get(shard, 0) + answer["ScannedCount"]
+        return answer
+
+    monkeypatch.setattr(store._client, "query", query)
+
+    # When FAIL tasks are listed
+    tasks, cursor = service.list_tasks(status="FAIL")
+
+    # Then both show, and DynamoDB evaluated none of the RUNNING tasks for it
+    assert [task.task_id for task in tasks] == [fails[1].task_id, fails[0].task_id]
+    assert cursor is None
+    assert sum(count for shard, count in scanned.items() if shard.startswith("FAIL#")) == 2
+    assert sum(count for shard, count in scanned.items() if shard.startswith("RUNNING#")) == 0
+
+
 def test_every_write_of_a_status_moves_the_task_in_the_status_index(store):
     task = put(store, make_task(1, status=TaskStatus.RUNNING))
     [item] = _items(store)

@@ -320,7 +320,7 @@ class DynamoDBTaskStore:
         RUNNING tasks past their deadline, which read as FAIL), the type filtered by DynamoDB."""
         limit, after = query.limit, query.after
         per_shard = max(25, limit) if query.filtered else max(10, 2 * limit // LIST_SHARDS + 1)
-        sources = _sources(query, now)
+        sources = _sources(query, now, self._settings.task_timeout_seconds)
         # The shards' first pages side by side: a page costs one round trip, not one per shard.
         with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="list") as pool:
             first = list(pool.map(lambda source: self._query(source, after, per_shard, None), sources))
@@ -347,6 +347,8 @@ class DynamoDBTaskStore:
     ) -> dict[str, Any]:
         condition = f"{source.key} = :shard"
         values: dict[str, Any] = {":shard": {"S": source.shard}, **source.values}
+        if source.before is not None:
+            after = source.before if after is None else min(after, source.before)
         if after is not None:
             condition += " AND listSk < :after"
             values[":after"] = {"S": after}
@@ -460,11 +462,16 @@ class _Source:
     filter: str = ""
     names: dict[str, str] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    before: str | None = None  # read positions below this only
 
 
-def _sources(query: TaskQuery, now: datetime) -> list[_Source]:
+def _sources(query: TaskQuery, now: datetime, timeout_seconds: int) -> list[_Source]:
     """The shards a listing merges. The filters keep a superset of what ``query.matches`` keeps
-    (deadlines are whole seconds, compared to the second below and above ``now``); it decides."""
+    (deadlines are whole seconds, compared to the second below and above ``now``); it decides.
+
+    FAIL takes from the RUNNING shards only the tasks created a task timeout ago or earlier (a
+    deadline is the creation time plus the timeout): the RUNNING tasks still in time are never read
+    for it. A task given a longer timeout by an earlier configuration shows once it is ended."""
     shards = [str(shard) for shard in range(LIST_SHARDS)]
     type_filter, values = "", {}
     names = {"#deadline": "deadline"}
@@ -494,7 +501,12 @@ def _sources(query: TaskQuery, now: datetime) -> list[_Source]:
     ]
     if query.status is TaskStatus.FAIL:
         expired = filtered("#deadline <= :now", {":now": {"N": str(ceiling)}})
-        sources += [_Source(STATUS_INDEX, "statusShard", f"RUNNING#{shard}", *expired) for shard in shards]
+        # Sorts after every position created at that instant ("~" follows the task id's characters).
+        before = f"{isoformat(now - timedelta(seconds=timeout_seconds))}#~"
+        sources += [
+            _Source(STATUS_INDEX, "statusShard", f"RUNNING#{shard}", *expired, before=before)
+            for shard in shards
+        ]
     return sources
 
 
