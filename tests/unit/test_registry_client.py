@@ -604,7 +604,7 @@ def test_platform_manifests_are_fetched_concurrently(fake: StubRegistry, client:
 
     resolution = client.resolve_image(fake.image("wide"), Credentials())
 
-    # The index, then its 8 images at once: 2 x 0.2 s, where one after another takes 9 x 0.2 s
+    # The index, then its 8 images 4 at a time: 3 x 0.2 s, where one after another takes 9 x 0.2 s
     # (the bound leaves room for a loaded machine).
     assert time.monotonic() - started < 6 * 0.2
     assert len(resolution.platforms) == 8
