@@ -27,6 +27,9 @@ _DEFAULT_TIMEOUT = 3
 _DEFAULT_MEMORY = 128
 # The stage SAM gives the implicit API (events without a RestApiId).
 _IMPLICIT_API_STAGE = "Prod"
+# Parameters a deploy must choose (no Default in the template), with the choice local runs make when
+# not told otherwise: everything local is on loopback, and any registry may be named there.
+LOCAL_CHOICES = {"AllowedRegistries": "*"}
 
 
 class TemplateError(ValueError):
@@ -378,14 +381,16 @@ class Template:
 
     def parameter_values(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
         """Defaults overlaid with ``overrides``, validated like a deploy would; no-default parameters
-        without an override stay absent (resolving a reference to one then fails with its name)."""
+        without an override take their :data:`LOCAL_CHOICES` value, or stay absent (resolving a
+        reference to one then fails with its name)."""
         overrides = dict(overrides or {})
         unknown = set(overrides) - set(self.parameters)
         if unknown:
             raise TemplateError(f"unknown template parameters: {sorted(unknown)}")
         values: dict[str, str] = {}
         for name, parameter in self.parameters.items():
-            value = overrides.get(name, parameter.default)
+            default = parameter.default if parameter.default is not None else LOCAL_CHOICES.get(name)
+            value = overrides.get(name, default)
             if value is not None:
                 parameter.validate(value)
                 values[name] = value

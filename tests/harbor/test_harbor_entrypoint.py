@@ -166,3 +166,19 @@ def test_the_openapi_document_has_the_harbor_routes():
     }
     documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
     assert harbor_routes <= documented
+
+
+@pytest.mark.parametrize(
+    ("api", "event_file"), [(1, "harbor-dragonfly1-preheat.json"), (2, "harbor-dragonfly2-job.json")]
+)
+def test_a_body_nested_30000_deep_is_a_400_saying_so(store: FakeTaskStore, api: int, event_file: str):
+    # Given a body nested deeper than json.loads recurses, well inside the 64 KiB limit
+    deep = "[" * 30_000 + "]" * 30_000
+
+    # When Harbor posts it to either provider API
+    status, answer = call(api, event_file, body=deep)
+
+    # Then it is refused as a bad request naming why (it was a 500 "internal error"), and no task starts
+    assert status == 400
+    assert "nested too deeply" in json.dumps(answer)
+    assert store.tasks == {}

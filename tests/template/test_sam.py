@@ -138,7 +138,10 @@ def test_each_function_is_granted_only_what_it_uses():
     }
     status_statements = template["Resources"]["StatusFunction"]["Properties"]["Policies"][0]["Statement"]
     [query] = [s for s in status_statements if s["Action"] == ["dynamodb:Query"]]
-    assert query["Resource"].args == "${TasksTable.Arn}/index/ListIndex"
+    assert [resource.args for resource in query["Resource"]] == [
+        "${TasksTable.Arn}/index/ListIndex",
+        "${TasksTable.Arn}/index/StatusIndex",
+    ]
     assert _policy_actions(template, "CheckFunction") == set()
     assert _policy_actions(template, "PreheatFunction") == {
         "dynamodb:PutItem",

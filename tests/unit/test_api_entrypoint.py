@@ -121,3 +121,21 @@ def test_a_body_that_is_not_utf8_is_refused(fakes):
     answer = call(preheat_routes, "preheat-file.json", body=body, isBase64Encoded=True)
     assert answer["code"] == 400
     assert "UTF-8" in answer["msg"]
+
+
+# Both inside the 64 KiB limit: 30,000 lists deep, and objects 10,000 deep.
+@pytest.mark.parametrize("deep", ["[" * 30_000 + "]" * 30_000, '{"a":' * 10_000 + "1" + "}" * 10_000])
+def test_a_body_nested_deeper_than_the_parser_recurses_is_a_400_saying_so(fakes, deep: str):
+    # Given a body nested 30,000 deep (inside the 64 KiB limit), which json.loads cannot recurse into
+    store, queue, _ = fakes
+
+    # When it is posted
+    answer = call(preheat_routes, "preheat-file.json", body=deep)
+
+    # Then the caller is told why, and nothing is started (it was a 500 "internal error")
+    assert answer == {
+        "code": 400,
+        "msg": "request body is not valid JSON (the JSON document is nested too deeply)",
+    }
+    assert store.tasks == {}
+    assert queue.sent == []

@@ -190,19 +190,100 @@ def test_an_empty_table_lists_nothing(service):
     assert service.list_tasks() == ([], None)
 
 
-def test_default_page_is_20_and_a_rare_filter_ends_a_page_early_with_a_cursor(store, service, monkeypatch):
+def test_default_page_is_20_and_a_rare_status_is_read_through_its_own_index(store, service, monkeypatch):
+    # Given 2 old FAIL tasks under 25 newer SUCCESS ones, and a call that may look at 10 tasks
     fails = [put(store, make_task(n, status=TaskStatus.FAIL)) for n in range(2)]
     for n in range(2, 27):
         put(store, make_task(n))
     tasks, cursor = service.list_tasks()
     assert len(tasks) == 20
     assert cursor is not None
-    # A call looks at MAX_EXAMINED tasks at most: a filter that matches only old tasks answers
-    # short pages with a cursor, and the walk still finds every match.
     monkeypatch.setattr(dynamodb, "MAX_EXAMINED", 10)
+
+    # When FAIL tasks are listed, 5 a page
     pages = walk(service, status="FAIL", limit="5")
-    assert pages[0] == []
-    assert [task_id for page in pages for task_id in page] == [fails[1].task_id, fails[0].task_id]
+
+    # Then the first page shows both (it was empty, with a cursor, after 10 SUCCESS tasks)
+    assert pages == [[fails[1].task_id, fails[0].task_id]]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"status": "RUNNING"}, {"status": "FAIL"}, {"type": "file"}, {"status": "SUCCESS", "type": "file"}],
+)
+def test_a_filtered_page_is_never_empty_while_it_carries_a_cursor(store, service, clock, monkeypatch, query):
+    # Given matches only among the oldest tasks, under many newer tasks that do not match, and
+    # RUNNING tasks past their deadline (which read as FAIL) among the newest
+    matching = [
+        put(store, make_task(n, status=TaskStatus(query.get("status", "SUCCESS")), type=PreheatType.FILE))
+        for n in range(3)
+    ]
+    for n in range(3, 40):
+        put(store, make_task(n))  # newer SUCCESS images: no query matches them
+    for n in range(40, 52):
+        expired = replace(make_task(n, status=TaskStatus.RUNNING), deadline=clock.now - timedelta(seconds=5))
+        put(store, expired)
+    if query.get("status") == "SUCCESS":
+        for n in range(52, 60):  # newer SUCCESS images: the type filter skips them
+            put(store, make_task(n))
+    monkeypatch.setattr(dynamodb, "MAX_EXAMINED", 4)
+
+    # When the listing is walked 2 a page
+    pages = walk(service, limit="2", **query)
+
+    # Then no page is empty while it carries a cursor, and the walk finds every match in order
+    assert all(page for page in pages[:-1]), pages
+    listed = [task_id for page in pages for task_id in page]
+    if query.get("status") == "FAIL":
+        wanted = [make_task(n).task_id for n in range(51, 39, -1)] + [t.task_id for t in reversed(matching)]
+    else:
+        wanted = [t.task_id for t in reversed(matching)]
+    assert listed == wanted
+
+
+def test_a_fail_listing_reads_no_running_task_still_in_time(store, service, clock, monkeypatch):
+    # Given 2 FAIL tasks, and 30 RUNNING tasks created a minute ago (deadline: creation + timeout)
+    fails = [put(store, make_task(n, status=TaskStatus.FAIL)) for n in range(2)]
+    for n in range(30):
+        created = clock.now - timedelta(seconds=60 + n)
+        put(
+            store,
+            replace(
+                make_task(100 + n, status=TaskStatus.RUNNING),
+                created_at=created,
+                deadline=created + timedelta(seconds=1800),
+            ),
+        )
+    scanned: dict[str, int] = {}
+    real_query = store._client.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        answer = real_query(**request)
+        shard = request["ExpressionAttributeValues"][":shard"]["S"]
+        scanned[shard] = scanned.get(shard, 0) + answer["ScannedCount"]
+        return answer
+
+    monkeypatch.setattr(store._client, "query", query)
+
+    # When FAIL tasks are listed
+    tasks, cursor = service.list_tasks(status="FAIL")
+
+    # Then both show, and DynamoDB evaluated none of the RUNNING tasks for it
+    assert [task.task_id for task in tasks] == [fails[1].task_id, fails[0].task_id]
+    assert cursor is None
+    assert sum(count for shard, count in scanned.items() if shard.startswith("FAIL#")) == 2
+    assert sum(count for shard, count in scanned.items() if shard.startswith("RUNNING#")) == 0
+
+
+def test_every_write_of_a_status_moves_the_task_in_the_status_index(store):
+    task = put(store, make_task(1, status=TaskStatus.RUNNING))
+    [item] = _items(store)
+    assert item["statusShard"]["S"] == f"RUNNING#{item['listShard']['S'].removeprefix('tasks#')}"
+
+    store.save(replace(task, status=TaskStatus.SUCCESS, finished_at=task.created_at), task.check_seq)
+
+    [item] = _items(store)
+    assert item["statusShard"]["S"] == f"SUCCESS#{item['listShard']['S'].removeprefix('tasks#')}"
 
 
 def _items(store: DynamoDBTaskStore) -> list[dict[str, Any]]:

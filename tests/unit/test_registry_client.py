@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from preheat.adapters import registry as registry_module
+from preheat.adapters import registry_manifests
 from preheat.adapters.registry import PROBE_RANGE, HttpRegistryClient
 from preheat.adapters.registry_manifests import (
     DOCKER_MANIFEST,
@@ -740,7 +741,7 @@ def test_manifest_by_digest_is_verified(fake: StubRegistry, client: HttpRegistry
         client.resolve_image(fake.image(digest), Credentials())
 
 
-def test_manifest_over_4_mib_is_cut_off_while_streaming(fake: StubRegistry, client: HttpRegistryClient):
+def test_manifest_over_the_limit_is_cut_off_while_streaming(fake: StubRegistry, client: HttpRegistryClient):
     sent = []
 
     def endless() -> Iterator[bytes]:
@@ -751,19 +752,101 @@ def test_manifest_over_4_mib_is_cut_off_while_streaming(fake: StubRegistry, clie
 
     fake.script.append(StubResponse(200, endless(), {"Content-Type": OCI_MANIFEST}))
 
-    with pytest.raises(PermanentFailure, match="larger than 4194304 bytes"):
+    with pytest.raises(PermanentFailure, match="larger than 1048576 bytes"):
         client.resolve_image(fake.image("v1"), Credentials())
     # Cut off while streaming: far less than the 64 MiB on offer was produced.
     assert sum(sent) < 32 * 1024 * 1024
 
 
-def test_manifest_declared_over_4_mib_is_not_read(fake: StubRegistry, client: HttpRegistryClient):
+def test_manifest_declared_over_the_limit_is_not_read(fake: StubRegistry, client: HttpRegistryClient):
     fake.script.append(
         StubResponse(200, b"{" + b" " * (4 * 1024 * 1024) + b"}", {"Content-Type": OCI_MANIFEST})
     )
 
-    with pytest.raises(PermanentFailure, match="4194306 bytes long; at most 4194304"):
+    with pytest.raises(PermanentFailure, match="4194306 bytes long; at most 1048576"):
         client.resolve_image(fake.image("v1"), Credentials())
+
+
+def test_the_manifest_limit_is_a_setting_of_1_mib_by_default(fake: StubRegistry):
+    # Given a 1.5 MiB manifest (real ones weigh 1-300 KB), declared by its Content-Length
+    body = b"{" + b" " * (3 * 512 * 1024) + b"}"
+    fake.script.append(StubResponse(200, body, {"Content-Type": OCI_MANIFEST}))
+
+    # When the default limit reads it, it is refused unread; a deployment that raised it reads it
+    with pytest.raises(PermanentFailure, match=f"{len(body)} bytes long; at most 1048576"):
+        HttpRegistryClient(SETTINGS).resolve_image(fake.image("v1"), Credentials())
+    fake.script.append(StubResponse(200, body, {"Content-Type": OCI_MANIFEST}))
+    roomy = replace(SETTINGS, max_manifest_bytes=2 * 1024 * 1024)
+    with pytest.raises(PermanentFailure, match="an image manifest without 'config'"):
+        HttpRegistryClient(roomy).resolve_image(fake.image("v1"), Credentials())
+
+
+EMPTY_LAYER = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
+
+
+def hostile_index(fake: StubRegistry, children: int, layers: int) -> None:
+    """An index of ``children`` images, each listing the empty layer ``layers`` times (issue 22)."""
+    entries = []
+    for number in range(children):
+        config = {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": digest_of(b"%d" % number),
+        }
+        document = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {**config, "size": 1},
+            "layers": [{"digest": EMPTY_LAYER, "size": 32}] * layers,
+        }
+        entries.append(
+            (fake.add_manifest(document, OCI_MANIFEST), {"os": "linux", "architecture": f"a{number}"})
+        )
+    fake.add_index("hostile", entries)
+
+
+def test_a_manifest_naming_thousands_of_layers_is_refused_before_it_is_parsed(
+    fake: StubRegistry, client: HttpRegistryClient, monkeypatch: pytest.MonkeyPatch
+):
+    # Given an index whose 8 children each list the empty layer 3000 times (within the size limit)
+    hostile_index(fake, children=8, layers=3000)
+    parsed: list[int] = []
+    real_loads = registry_manifests._loads
+    monkeypatch.setattr(
+        registry_manifests, "_loads", lambda body: parsed.append(len(body)) or real_loads(body)
+    )
+
+    # When it is resolved
+    with pytest.raises(PermanentFailure, match="names 3001 descriptors; at most 1000 layers"):
+        client.resolve_image(fake.image("hostile"), Credentials())
+
+    # Then only the index was parsed: each child was refused by its count, not after its parse
+    assert len(parsed) == 1
+
+
+def test_an_index_fetches_its_manifests_4_at_a_time(
+    fake: StubRegistry, client: HttpRegistryClient, monkeypatch: pytest.MonkeyPatch
+):
+    # Given an index of 8 platform images, and pools recorded as the client makes them
+    entries = []
+    for number in range(8):
+        image, _ = fake.add_image(None, [f"layer {number}".encode()])
+        entries.append((image, {"architecture": f"arch{number}", "os": "linux"}))
+    fake.add_index("wide", entries)
+    pools: list[int] = []
+    real_pool = registry_module.ThreadPoolExecutor
+
+    def pool(max_workers: int, **kwargs: Any) -> Any:
+        pools.append(max_workers)
+        return real_pool(max_workers, **kwargs)
+
+    monkeypatch.setattr(registry_module, "ThreadPoolExecutor", pool)
+
+    # When it is resolved (blob URLs probed on the client's 64 threads)
+    resolution = client.resolve_image(fake.image("wide"), Credentials())
+
+    # Then its manifests were fetched on 4 threads, each manifest costing at most its size limit
+    assert len(resolution.platforms) == 8
+    assert pools[0] == registry_module.MAX_MANIFESTS_IN_FLIGHT == 4
 
 
 def test_missing_manifest_quotes_the_registry_error(fake: StubRegistry, client: HttpRegistryClient):

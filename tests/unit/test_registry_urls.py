@@ -6,12 +6,15 @@ URL handed over is checked against the outbound policy first, its host resolved.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from preheat.adapters import registry as registry_module
 from preheat.adapters.registry import HttpRegistryClient
-from preheat.errors import PermanentFailure
+from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Credentials
 from preheat.network import AddressRefused
 from preheat.ports import ResolveOptions
@@ -167,3 +170,89 @@ def test_a_file_on_a_refused_address_is_not_handed_over() -> None:
     client = HttpRegistryClient(replace(REGISTRY_MODE, allowed_networks=()))
     with pytest.raises(AddressRefused, match="loopback"):
         client.resolve_file("http://127.0.0.1:9/f.bin", Credentials())
+
+
+class CountingResolver:
+    """``socket.getaddrinfo`` for the handover checks: the stub registry is on loopback, every other
+    host a public address; each lookup moves the client's clock by ``seconds`` (a slow DNS server)."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.hosts: list[str] = []
+
+    def __call__(self, host: str, port: int, family: int, kind: int) -> list[tuple[Any, ...]]:
+        self.hosts.append(host)
+        self.clock[0] += self.seconds
+        address = "127.0.0.1" if host == "127.0.0.1" else "93.184.216.34"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+
+def with_foreign_layers(fake: StubRegistry, hosts: int) -> None:
+    """Image ``v1`` with one foreign layer on each of ``hosts`` hosts."""
+    digest, _ = fake.add_image("v1", [b"layer"])
+    media_type, body = fake.manifests[digest]
+    document = json.loads(body)
+    for number in range(hosts):
+        document["layers"].append(
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                "digest": digest_of(b"foreign %d" % number),
+                "size": 9,
+                "urls": [f"https://h{number}.foreign.example/base.tar.gz"],
+            }
+        )
+    fake.add_manifest(document, media_type, "v1")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(registry_module, "_now", lambda: now[0])
+    return now
+
+
+def test_foreign_layers_on_more_hosts_than_the_cap_are_refused_before_any_lookup(
+    fake: StubRegistry, clock: list[float]
+) -> None:
+    # Given an image whose 40 foreign layers name 40 hosts, and a resolver taking 0.2 s a lookup
+    with_foreign_layers(fake, 40)
+    resolver = CountingResolver(clock, 0.2)
+    client = HttpRegistryClient(REGISTRY_MODE, sleep=lambda seconds: None, resolver=resolver)
+
+    # When it is resolved within a 1 s budget
+    with pytest.raises(PermanentFailure, match="has layers on 41 hosts; at most 8"):
+        client.resolve_image(fake.image("v1"), Credentials(), options=ResolveOptions(time_budget_seconds=1.0))
+
+    # Then not one lookup was spent on it (there were 41, one after another: 8 s against 1 s)
+    assert resolver.hosts == []
+
+
+def test_handover_lookups_stop_when_the_steps_time_runs_out(fake: StubRegistry, clock: list[float]) -> None:
+    # Given 6 foreign hosts (under the cap) and a DNS server answering each lookup in 0.3 s
+    with_foreign_layers(fake, 6)
+    resolver = CountingResolver(clock, 0.3)
+    client = HttpRegistryClient(REGISTRY_MODE, sleep=lambda seconds: None, resolver=resolver)
+
+    # When the step has 1 s left
+    with pytest.raises(TransientFailure, match="time ran out"):
+        client.resolve_image(fake.image("v1"), Credentials(), options=ResolveOptions(time_budget_seconds=1.0))
+
+    # Then the lookups stopped at the budget: the registry's and 3 foreign hosts', not all 7
+    assert len(resolver.hosts) == 4
+    assert resolver.hosts[0] == "127.0.0.1"
+
+
+def test_handover_lookups_within_the_budget_check_each_host_once(
+    fake: StubRegistry, clock: list[float]
+) -> None:
+    with_foreign_layers(fake, 3)
+    resolver = CountingResolver(clock, 0.1)
+    client = HttpRegistryClient(REGISTRY_MODE, sleep=lambda seconds: None, resolver=resolver)
+
+    blobs = client.resolve_image(
+        fake.image("v1"), Credentials(), options=ResolveOptions(time_budget_seconds=1.0)
+    ).blobs
+
+    assert len(blobs) == 2 + 3
+    assert sorted(resolver.hosts) == ["127.0.0.1", *(f"h{n}.foreign.example" for n in range(3))]

@@ -38,7 +38,7 @@ import fnmatch
 import functools
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +52,8 @@ from preheat.models import DOCKER_HUB_ALIASES, DOCKER_HUB_REGISTRY, PreheatReque
 from preheat.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# ``socket.getaddrinfo``'s shape: (host, port, family, type) -> [(family, type, proto, name, sockaddr)].
+Resolver = Callable[[str, int, int, int], Sequence[tuple[Any, ...]]]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SCHEMES = ("http", "https")
@@ -229,10 +231,11 @@ class OutboundPolicy:
         if reason is not None:
             raise AddressRefused(f"refused to fetch the {what}: {reason}")
 
-    def check_handover(self, url: str, what: str) -> None:
+    def check_handover(self, url: str, what: str, resolver: Resolver | None = None) -> None:
         """Raise :class:`AddressRefused` unless ``url`` may be handed to a supernode: what
         :meth:`check_url` checks, then every address its host resolves to (one refused address is
-        enough to refuse it: the supernode's resolver may pick that one)."""
+        enough to refuse it: the supernode's resolver may pick that one). ``resolver`` stands in
+        for ``socket.getaddrinfo``."""
         reason = self.url_refusal(url)
         if reason is not None:
             raise AddressRefused(f"refused to hand the {what} to the supernode: {reason}")
@@ -240,7 +243,7 @@ class OutboundPolicy:
         host = (parts.hostname or "").rstrip(".")
         try:
             port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-            infos = socket.getaddrinfo(host.strip("[]"), port, 0, socket.SOCK_STREAM)
+            infos = (resolver or socket.getaddrinfo)(host.strip("[]"), port, 0, socket.SOCK_STREAM)
         except ValueError:
             raise PermanentFailure(f"the {what} has an invalid port") from None
         except (socket.gaierror, UnicodeError) as exc:

@@ -112,6 +112,28 @@ def _optional_positive_int(env: Mapping[str, str], name: str) -> int | None:
 
 # preheat.handover: SCOPED, BROAD (the first is the default).
 STORED_CREDENTIALS_HANDOVERS = ("scoped", "broad")
+
+
+def _allowed_registries(raw: str) -> tuple[str, ...]:
+    """Host globs; ``*`` (the template's explicit "any registry") allows every host, as empty does."""
+    globs = tuple(glob.lower() for glob in _split(raw))
+    return () if "*" in globs else globs
+
+
+def _manifest_bytes(env: Mapping[str, str]) -> int:
+    value = _positive_int(env, "PREHEAT_MAX_MANIFEST_BYTES", DEFAULT_MAX_MANIFEST_BYTES)
+    if value > MANIFEST_BYTES_CEILING:
+        raise ValueError(f"PREHEAT_MAX_MANIFEST_BYTES must be at most {MANIFEST_BYTES_CEILING}, got {value}")
+    return value
+
+
+# An image manifest's size: real ones weigh 1-300 KB (a 1000-layer OCI manifest, the most layers
+# the service takes, is about 200 KB), so 1 MiB leaves room for heavy annotations. The limit is
+# what one manifest may cost the worker: a JSON parse takes several times its bytes, and a hostile
+# index lists 64 of them (issue 22: 8 children of 4 MiB raised a worker's peak RSS by 876 MiB).
+DEFAULT_MAX_MANIFEST_BYTES = 1024 * 1024
+MANIFEST_BYTES_CEILING = 4 * 1024 * 1024
+
 SUPERNODE_APIS = ("dragonfly1", "dragonfly2", "dragonfly2-scheduler")
 # A scheduler's address: host:port, [v6]:port.
 _SCHEDULER_ADDRESS = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}$")
@@ -172,6 +194,7 @@ class Settings:
     poll_initial_delay_seconds: int = 1
     poll_max_delay_seconds: int = 30
     registry_timeout_seconds: float = 10.0
+    max_manifest_bytes: int = DEFAULT_MAX_MANIFEST_BYTES  # the largest manifest or index read
     supernode_timeout_seconds: float = 5.0
     check_timeout_seconds: float = 2.0
     # How long one worker step watches the supernodes (bounded by what the invocation has left and
@@ -191,7 +214,7 @@ class Settings:
     # Outbound requests to registries and file servers (never to the configured supernodes):
     # private, loopback, link-local, multicast and reserved addresses are refused unless listed.
     allowed_networks: tuple[str, ...] = ()  # CIDRs, e.g. 10.0.0.0/8 for an in-VPC registry
-    allowed_registries: tuple[str, ...] = ()  # host globs; empty allows every host
+    allowed_registries: tuple[str, ...] = ()  # host globs; empty (or ``*``) allows every host
     registry_credentials_secret: str = ""  # Secrets Manager secret: registry host -> credentials
     # What of stored credentials (ECR, the secret) the peers are handed: "scoped" (a token for the
     # one repository, else nothing) or "broad" (the credential itself; refuses 'ips'). preheat.handover.
@@ -244,6 +267,7 @@ class Settings:
             registry_timeout_seconds=_positive_float(
                 env, "PREHEAT_REGISTRY_TIMEOUT", cls.registry_timeout_seconds
             ),
+            max_manifest_bytes=_manifest_bytes(env),
             supernode_timeout_seconds=_positive_float(
                 env, "PREHEAT_SUPERNODE_TIMEOUT", cls.supernode_timeout_seconds
             ),
@@ -262,9 +286,7 @@ class Settings:
             supernode_api=supernode_api,
             supernode_scope=_choice(env, "PREHEAT_SUPERNODE_SCOPE", ("all", "one")),
             allowed_networks=_networks(env.get("PREHEAT_ALLOWED_NETWORKS", "")),
-            allowed_registries=tuple(
-                glob.lower() for glob in _split(env.get("PREHEAT_ALLOWED_REGISTRIES", ""))
-            ),
+            allowed_registries=_allowed_registries(env.get("PREHEAT_ALLOWED_REGISTRIES", "")),
             registry_credentials_secret=env.get("PREHEAT_REGISTRY_CREDENTIALS_SECRET", "").strip(),
             stored_credentials_handover=_choice(
                 env, "PREHEAT_STORED_CREDENTIALS_HANDOVER", STORED_CREDENTIALS_HANDOVERS

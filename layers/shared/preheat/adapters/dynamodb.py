@@ -15,9 +15,11 @@ import functools
 import hashlib
 import heapq
 import json
+import math
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,7 +55,15 @@ CLAIM_PREFIX = "claim#"
 LIST_INDEX = "ListIndex"
 LIST_SHARDS = 8
 LIST_SHARD_PREFIX = "tasks#"
-# Items one listing call looks at (a filter that matches few tasks ends a page early, with a cursor).
+# The same positions keyed by status (``statusShard``: ``RUNNING#3``, same shard as ``listShard``),
+# so that ``?status=`` reads only tasks of that status instead of filtering the whole index after
+# reading it (which answered pages of nothing that still carried a ``next``). A task's key moves
+# with its status, in the write that changes it.
+STATUS_INDEX = "StatusIndex"
+# Items one listing call looks at once its page holds a task: a page is cut short then, with a
+# cursor, rather than read on. A page is never answered empty with a cursor: with nothing found
+# yet the read goes on to the end of the index (the status index and the server-side filters leave
+# only tasks read past their deadline to skip, see ``list_tasks``).
 MAX_EXAMINED = 1000
 
 
@@ -221,6 +231,7 @@ class DynamoDBTaskStore:
             item["targeting"] = {"S": json.dumps(task.targeting.to_api(), separators=(",", ":"))}
         item["listShard"] = {"S": _list_shard(task.task_id)}
         item["listSk"] = {"S": _list_position(task)}
+        item["statusShard"] = {"S": _status_shard(task.status, task.task_id)}
         put_task = {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
         try:
             if claim is None:
@@ -282,8 +293,14 @@ class DynamoDBTaskStore:
             ":expected": {"N": str(expected_check_seq)},
             ":running": {"S": TaskStatus.RUNNING.value},
             ":dispatched": {"BOOL": task.dispatched},
+            ":statusShard": {"S": _status_shard(task.status, task.task_id)},
         }
-        sets = ["#status = :status", "checkSeq = :seq", "dispatched = :dispatched"]
+        sets = [
+            "#status = :status",
+            "statusShard = :statusShard",
+            "checkSeq = :seq",
+            "dispatched = :dispatched",
+        ]
         removes: list[str] = []
         if task.check_chain:
             values[":chain"] = {"S": task.check_chain}
@@ -324,15 +341,18 @@ class DynamoDBTaskStore:
         return True
 
     def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
-        """Newest first from ListIndex: every shard read from ``query.after`` down, merged by position."""
+        """Newest first, every shard read from ``query.after`` down and merged by position: from
+        ListIndex unfiltered, else from StatusIndex under the status asked for (FAIL adds the
+        RUNNING tasks past their deadline, which read as FAIL), the type filtered by DynamoDB."""
         limit, after = query.limit, query.after
         per_shard = max(25, limit) if query.filtered else max(10, 2 * limit // LIST_SHARDS + 1)
-        shards = [f"{LIST_SHARD_PREFIX}{shard}" for shard in range(LIST_SHARDS)]
-        # The shards' first pages side by side: a page costs one round trip, not LIST_SHARDS.
-        with ThreadPoolExecutor(max_workers=LIST_SHARDS, thread_name_prefix="list") as pool:
-            first = list(pool.map(lambda shard: self._query(shard, after, per_shard, None), shards))
+        sources = _sources(query, now, self._settings.task_timeout_seconds)
+        # The shards' first pages side by side: a page costs one round trip, not one per shard.
+        with ThreadPoolExecutor(max_workers=len(sources), thread_name_prefix="list") as pool:
+            first = list(pool.map(lambda source: self._query(source, after, per_shard, None), sources))
         streams = [
-            self._stream(shard, after, per_shard, answer) for shard, answer in zip(shards, first, strict=True)
+            self._stream(source, after, per_shard, answer)
+            for source, answer in zip(sources, first, strict=True)
         ]
         merged = heapq.merge(*streams, key=lambda item: item["listSk"]["S"], reverse=True)
         tasks: list[Task] = []
@@ -341,27 +361,34 @@ class DynamoDBTaskStore:
             task = _task_from_item(item)
             if query.matches(task, now):
                 tasks.append(task)
-            if len(tasks) == limit or examined >= MAX_EXAMINED:
+            # Cut short only a page that shows something: an empty page with a cursor reads as
+            # "No tasks" beside "Show more".
+            if len(tasks) == limit or (tasks and examined >= MAX_EXAMINED):
                 more = next(merged, None) is not None
                 return TaskPage(tuple(tasks), position if more else None)
         return TaskPage(tuple(tasks), None)
 
     def _query(
-        self, shard: str, after: str | None, page: int, start: dict[str, Any] | None
+        self, source: _Source, after: str | None, page: int, start: dict[str, Any] | None
     ) -> dict[str, Any]:
-        condition = "listShard = :shard"
-        values: dict[str, Any] = {":shard": {"S": shard}}
+        condition = f"{source.key} = :shard"
+        values: dict[str, Any] = {":shard": {"S": source.shard}, **source.values}
+        if source.before is not None:
+            after = source.before if after is None else min(after, source.before)
         if after is not None:
             condition += " AND listSk < :after"
             values[":after"] = {"S": after}
         request: dict[str, Any] = {
             "TableName": self._table,
-            "IndexName": LIST_INDEX,
+            "IndexName": source.index,
             "KeyConditionExpression": condition,
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
             "Limit": page,
         }
+        if source.filter:
+            request["FilterExpression"] = source.filter
+            request["ExpressionAttributeNames"] = source.names
         if start is not None:
             request["ExclusiveStartKey"] = start
         try:
@@ -371,7 +398,7 @@ class DynamoDBTaskStore:
         return answer
 
     def _stream(
-        self, shard: str, after: str | None, page: int, answer: dict[str, Any]
+        self, source: _Source, after: str | None, page: int, answer: dict[str, Any]
     ) -> Iterator[dict[str, Any]]:
         """One shard's items in index order, reading the next page only when the merge needs it."""
         while True:
@@ -379,7 +406,7 @@ class DynamoDBTaskStore:
             start = answer.get("LastEvaluatedKey")
             if not start:
                 return
-            answer = self._query(shard, after, page, start)
+            answer = self._query(source, after, page, start)
 
     def overdue(self, query: OverdueQuery) -> Overdue:
         """RUNNING tasks past their deadline, from ListIndex: each shard read over the window of
@@ -491,6 +518,69 @@ def _task_from_item(item: dict[str, Any]) -> Task:
 
 def _list_shard(task_id: str) -> str:
     return f"{LIST_SHARD_PREFIX}{int(hashlib.sha256(task_id.encode()).hexdigest()[:8], 16) % LIST_SHARDS}"
+
+
+def _status_shard(status: TaskStatus, task_id: str) -> str:
+    """StatusIndex's partition key: the status, then the task's ListIndex shard number."""
+    return f"{status.value}#{_list_shard(task_id).removeprefix(LIST_SHARD_PREFIX)}"
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One shard of one index a listing reads, with the filter DynamoDB applies to it."""
+
+    index: str
+    key: str
+    shard: str
+    filter: str = ""
+    names: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    before: str | None = None  # read positions below this only
+
+
+def _sources(query: TaskQuery, now: datetime, timeout_seconds: int) -> list[_Source]:
+    """The shards a listing merges. The filters keep a superset of what ``query.matches`` keeps
+    (deadlines are whole seconds, compared to the second below and above ``now``); it decides.
+
+    FAIL takes from the RUNNING shards only the tasks created a task timeout ago or earlier (a
+    deadline is the creation time plus the timeout): the RUNNING tasks still in time are never read
+    for it. A task given a longer timeout by an earlier configuration shows once it is ended."""
+    shards = [str(shard) for shard in range(LIST_SHARDS)]
+    type_filter, values = "", {}
+    names = {"#deadline": "deadline"}
+    if query.type is not None:
+        type_filter, values = "#type = :type", {":type": {"S": query.type.value}}
+        names["#type"] = "type"
+
+    def filtered(extra: str, extra_values: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        clauses = [clause for clause in (type_filter, extra) if clause]
+        # DynamoDB refuses a name the expression does not use.
+        used = {name: value for name, value in names.items() if any(name in clause for clause in clauses)}
+        return " AND ".join(clauses), used, {**values, **extra_values}
+
+    if query.status is None:
+        return [
+            _Source(LIST_INDEX, "listShard", f"{LIST_SHARD_PREFIX}{shard}", *filtered("", {}))
+            for shard in shards
+        ]
+    floor, ceiling = math.floor(now.timestamp()), math.ceil(now.timestamp())
+    if query.status is TaskStatus.RUNNING:
+        # A RUNNING task past its deadline reads as FAIL: left out by DynamoDB already.
+        wanted = filtered("#deadline >= :now", {":now": {"N": str(floor)}})
+        return [_Source(STATUS_INDEX, "statusShard", f"RUNNING#{shard}", *wanted) for shard in shards]
+    sources = [
+        _Source(STATUS_INDEX, "statusShard", f"{query.status.value}#{shard}", *filtered("", {}))
+        for shard in shards
+    ]
+    if query.status is TaskStatus.FAIL:
+        expired = filtered("#deadline <= :now", {":now": {"N": str(ceiling)}})
+        # Sorts after every position created at that instant ("~" follows the task id's characters).
+        before = f"{isoformat(now - timedelta(seconds=timeout_seconds))}#~"
+        sources += [
+            _Source(STATUS_INDEX, "statusShard", f"RUNNING#{shard}", *expired, before=before)
+            for shard in shards
+        ]
+    return sources
 
 
 def _list_position(task: Task) -> str:

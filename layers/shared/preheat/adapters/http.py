@@ -42,6 +42,7 @@ from urllib3.exceptions import (
     TimeoutError as Urllib3Timeout,
 )
 
+from preheat.jsontext import loads as _bounded_loads
 from preheat.network import SCHEMES, AddressRefused, OutboundPolicy
 
 # Connection pools kept (one per host:port) and connections kept per pool.
@@ -213,13 +214,8 @@ class HttpClient:
         return self.request("GET", url, **kwargs)
 
 
-def loads(data: bytes | str) -> Any:
-    """``json.loads`` whose every failure is a ValueError: a document nested deeper than the parser
-    recurses raises RecursionError otherwise, which no caller expects of an answer."""
-    try:
-        return jsonlib.loads(data)
-    except RecursionError:
-        raise ValueError("the JSON document is nested too deeply") from None
+# The adapters import the bounded ``loads`` from here, beside the client whose answers it decodes.
+loads = _bounded_loads
 
 
 # -- the outbound policy, enforced on every connection ---------------------------------------------

@@ -51,7 +51,6 @@ from preheat.adapters.quoting import failure_reason
 from preheat.adapters.registry_auth import Answer, RegistryAuth
 from preheat.adapters.registry_manifests import (
     MANIFEST_ACCEPT,
-    MAX_MANIFEST_BYTES,
     MAX_PLATFORMS,
     Descriptor,
     IndexEntry,
@@ -75,7 +74,7 @@ from preheat.adapters.storage_signatures import signature_params
 from preheat.errors import PermanentFailure, PreheatError, TransientFailure
 from preheat.handover import peer_credentials
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
-from preheat.network import AddressRefused, OutboundPolicy, find_refusal
+from preheat.network import AddressRefused, OutboundPolicy, Resolver, find_refusal
 from preheat.ports import UNBOUNDED, ResolveOptions
 from preheat.retry import RetryPolicy, parse_retry_after
 from preheat.settings import Settings
@@ -102,6 +101,14 @@ MAX_AUTH_ROUNDS = 4
 # waves, 0.2 s at 50 ms a response, where 32 a time would take 4 (and each blob's dispatch waits
 # for its wave). Each is one small ranged GET: no more load on a registry than one pull.
 DEFAULT_MAX_WORKERS = 64
+# Manifests of an index fetched at once: each may weigh PREHEAT_MAX_MANIFEST_BYTES and cost several
+# times that to parse, so a hostile index of 64 costs 4 of them at a time, not 64 (a real index
+# lists a handful of platforms: 4 at a time is one or two waves).
+MAX_MANIFESTS_IN_FLIGHT = 4
+# Hosts one image's blobs may be handed over from: the registry, and the hosts of its foreign layers
+# (Windows base layers name one or two). Each is a DNS lookup before the handover, one after another,
+# so that a manifest naming 40 hosts cannot spend the step's time on lookups.
+MAX_HANDOVER_ORIGINS = 8
 DEFAULT_ATTEMPTS = 4
 DEFAULT_BACKOFF_SECONDS = 0.2
 DEFAULT_RETRY_AFTER_CAP_SECONDS = 10.0
@@ -129,6 +136,7 @@ class HttpRegistryClient:
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         retry_after_cap_seconds: float = DEFAULT_RETRY_AFTER_CAP_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        resolver: Resolver | None = None,
     ) -> None:
         if attempts < 1 or max_workers < 1:
             raise ValueError("attempts and max_workers must be at least 1")
@@ -139,6 +147,7 @@ class HttpRegistryClient:
         self._max_workers = max_workers
         self._retry = RetryPolicy(attempts, backoff_seconds, retry_after_cap_seconds=retry_after_cap_seconds)
         self._sleep = sleep
+        self._resolver = resolver  # the handover checks' DNS lookups (None: socket.getaddrinfo)
         self._timeout = settings.registry_timeout_seconds
         # ``_now`` looked up at each call, so that tests can move the clock.
         self._auth = RegistryAuth(self._get, self._read, lambda: _now())  # noqa: PLW0108
@@ -238,17 +247,28 @@ class HttpRegistryClient:
         node_image = replace(image, registry=self._settings.node_host(image.registry))
         self._refresh_for_handover(target)
         credentials = self._peer_credentials(target, options)
+        handed: list[tuple[Descriptor, str, Credentials]] = [
+            # A foreign layer lives elsewhere: its URL as the manifest gives it, and no credentials.
+            (descriptor, descriptor.url, Credentials())
+            if descriptor.url
+            else (descriptor, node_image.blob_url(descriptor.digest, insecure), credentials)
+            for descriptor in descriptors
+        ]
+        origins = {origin_of(url) for _, url, _ in handed}
+        if len(origins) > MAX_HANDOVER_ORIGINS:
+            raise PermanentFailure(
+                f"{label} has layers on {len(origins)} hosts; at most {MAX_HANDOVER_ORIGINS} are "
+                "checked and handed over per image"
+            )
         checked: set[Origin] = set()
         blobs: list[Blob] = []
-        for descriptor in descriptors:
+        for descriptor, url, headers in handed:
             what = f"blob {descriptor.digest} of {label}"
-            if descriptor.url:
-                # A foreign layer lives elsewhere: its URL as the manifest gives it, and no credentials.
-                url, headers = descriptor.url, Credentials()
-            else:
-                url, headers = node_image.blob_url(descriptor.digest, insecure), credentials
             if origin_of(url) not in checked:
-                self._policy.check_handover(url, what)
+                # Each lookup may take seconds: none starts once the step's time is up.
+                if target.deadline is not None and _now() >= target.deadline:
+                    raise TransientFailure(f"could not check the hosts of {label}: {OUT_OF_TIME}")
+                self._policy.check_handover(url, what, self._resolver)
                 checked.add(origin_of(url))
             blob = Blob(
                 url=url,
@@ -301,7 +321,7 @@ class HttpRegistryClient:
                     f"manifest for {label} lists more than {MAX_PLATFORMS} platform images "
                     f"({fetched}); refusing to preheat them all"
                 )
-            manifests = self._map(target, fetch_child, chosen)
+            manifests = self._map(target, fetch_child, chosen, MAX_MANIFESTS_IN_FLIGHT)
             pending = []
             for entry, manifest in zip(chosen, manifests, strict=True):
                 selection.attestations += manifest.attestations
@@ -324,7 +344,7 @@ class HttpRegistryClient:
         if self._settings.layer_urls == "registry":
             # Nodes run dfget with the URL they were told about: that URL is the task, redirects
             # and all (the supernode follows them itself).
-            self._policy.check_handover(url, what)
+            self._policy.check_handover(url, what, self._resolver)
             return Blob(url=url, headers=self._peer_credentials(target, options))
         final = self._resolve_url(target, url, what)
         return Blob(
@@ -360,7 +380,7 @@ class HttpRegistryClient:
             with response:
                 if response.status_code != 200:
                     raise self._failure(target, response, what, final)
-                body = self._read(response, MAX_MANIFEST_BYTES, what, target)
+                body = self._read(response, self._settings.max_manifest_bytes, what, target)
                 return body, response.headers.get("Content-Type", "")
 
         return self._retrying(target, f"could not fetch the {what} from {target.name}", attempt)
@@ -519,12 +539,16 @@ class HttpRegistryClient:
         # The server's Retry-After, if it sent one, also spaces the step's own retry.
         raise TransientFailure(f"{what}: {reason} (gave up after {tries})", retry_after=retry_after)
 
-    def _map(self, target: Target, function: Callable[[T], R], items: Sequence[T]) -> list[R]:
-        """``function`` over ``items`` on a bounded pool; the first failure is raised, and the
-        items not started yet are dropped (those running stop retrying)."""
+    def _map(
+        self, target: Target, function: Callable[[T], R], items: Sequence[T], workers: int | None = None
+    ) -> list[R]:
+        """``function`` over ``items`` on a pool of at most ``workers`` threads (the client's
+        ``max_workers`` by default); the first failure is raised, and the items not started yet are
+        dropped (those running stop retrying)."""
         if len(items) <= 1:
             return [function(item) for item in items]
-        pool = ThreadPoolExecutor(min(self._max_workers, len(items)), thread_name_prefix="registry")
+        size = min(self._max_workers, workers or self._max_workers, len(items))
+        pool = ThreadPoolExecutor(size, thread_name_prefix="registry")
         try:
             futures: list[Future[R]] = [pool.submit(function, item) for item in items]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)

@@ -41,8 +41,12 @@ _GENERIC_TYPES = frozenset({"", "application/json", "text/plain", "application/o
 # Layers whose blob lives outside the registry (Windows base layers): fetched from their ``urls``.
 _FOREIGN_LAYER_RE = re.compile(r"foreign|nondistributable")
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LAYERS = 1000
+# Descriptors a manifest may name before it is parsed at all: its layers and config, with room for
+# those an index or annotations add (an index of 64 platforms and their attestations names 128).
+# Counting ``"digest"`` (or schema1's ``"blobSum"``) in the bytes costs no allocation, where parsing
+# a manifest of many thousand empty layers costs tens of MiB before its layer count can be checked.
+MAX_DESCRIPTORS_LISTED = 2 * MAX_LAYERS
 MAX_PLATFORMS = 64
 MAX_PLATFORM_NAME_CHARS = 64
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
@@ -130,6 +134,7 @@ class Selection:
 def parse_manifest(body: bytes, content_type: str, what: str, scrub: Callable[[str], str]) -> Manifest:
     """The blobs of an image manifest, or the entries of an index; ``scrub`` makes the server's
     text fit to quote."""
+    precheck(body, what)
     try:
         document = _loads(body)
     except ValueError:
@@ -159,6 +164,16 @@ def parse_manifest(body: bytes, content_type: str, what: str, scrub: Callable[[s
     if media_type in _SCHEMA1_TYPES:
         return Manifest(blobs=_schema1_blobs(document, what))
     return Manifest(blobs=_image_blobs(document, what))
+
+
+def precheck(body: bytes, what: str) -> None:
+    """Refuse, before parsing, a manifest naming far more descriptors than any image may have."""
+    for key in (b'"digest"', b'"blobSum"'):
+        listed = body.count(key)
+        if listed > MAX_DESCRIPTORS_LISTED:
+            raise PermanentFailure(
+                f"{what} names {listed} descriptors; at most {MAX_LAYERS} layers are supported"
+            )
 
 
 def _index_children(document: dict[str, Any], what: str, scrub: Callable[[str], str]) -> Manifest:

@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from preheat import bootstrap
 from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
+from preheat.jsontext import loads
 from preheat.models import PreheatRequest, Task
 from preheat.observability import logger, metrics
 
@@ -81,7 +82,10 @@ def _json_text(raw: str | None) -> Any:
     if len(raw.encode()) > MAX_BODY_BYTES:
         raise InvalidRequest(f"request body is larger than {MAX_BODY_BYTES // 1024} KiB")
     try:
-        return json.loads(raw)
+        return loads(raw)
     except json.JSONDecodeError as exc:
         # The position helps the caller; the body itself may hold credentials and is not echoed.
         raise InvalidRequest(f"request body is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    except ValueError as exc:
+        # Nested deeper than the parser recurses (30,000 brackets fit in 64 KiB): a 400, not a crash.
+        raise InvalidRequest(f"request body is not valid JSON ({exc})") from None
