@@ -17,7 +17,8 @@ from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local.dragonfly2_manager import DEFAULT_FILTERED_QUERY_PARAMS, FakeDragonfly2Manager
+from local.dragonfly2_manager import FakeDragonfly2Manager
+from local.dragonfly2_requests import DEFAULT_FILTERED_QUERY_PARAMS
 from preheat.adapters.dragonfly2 import Dragonfly2Driver
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState, Credentials
@@ -48,7 +49,7 @@ def origin() -> Iterator[Origin]:
 
 @pytest.fixture
 def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
-    with manager_starter(tmp_path, TOKEN) as start:
+    with manager_starter(tmp_path, TOKEN, answer_at_once=True) as start:
         yield start
 
 
@@ -130,13 +131,15 @@ def test_a_blob_goes_pending_then_success_and_lands_in_the_cache(
     assert create_request == {
         "method": "POST",
         "path": "/oapi/v1/jobs",
-        "authorization": "Bearer <redacted>",
+        # The fake records what arrived: the manager's token in Authorization, the blob's own
+        # credentials in args.headers (handed over for the seed peers to download with).
+        "authorization": f"Bearer {TOKEN}",
         "body": {
             "type": "preheat",
             "args": {
                 "type": "file",
                 "url": url,
-                "headers": {"Authorization": "<redacted>"},
+                "headers": {"Authorization": CANARY},
                 "filtered_query_params": "X-Amz-Signature&X-Amz-Date",
                 "scope": "all_seed_peers",
             },
@@ -327,7 +330,9 @@ def test_a_refused_token_is_permanent_and_never_quoted(
         assert token not in message
         assert "canary" not in message
     assert len(manager.requests_seen) == 2  # no retries
-    assert all(request["authorization"] == "Bearer <redacted>" for request in manager.requests_seen)
+    # The token went as a bearer, and nowhere else.
+    assert all(request["authorization"] == f"Bearer {token}" for request in manager.requests_seen)
+    assert token not in repr([request["body"] for request in manager.requests_seen])
 
 
 def test_a_request_the_manager_rejects_is_permanent(manager: FakeDragonfly2Manager, origin: Origin) -> None:
