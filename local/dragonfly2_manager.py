@@ -75,9 +75,7 @@ import re
 import signal
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from pathlib import Path
 from time import monotonic
@@ -86,16 +84,21 @@ from typing import Any, Self
 
 from local.background import BackgroundServer
 from local.dragonfly2_http import ManagerHandler, ManagerServer
-from local.dragonfly2_requests import SCOPES, Invalid, NotFound, PreheatJobRequest, node_task_id, parse_create
-from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
+from local.dragonfly2_requests import Invalid, NotFound, node_task_id, parse_create
+from local.dragonfly2_results import (
+    JOB_FAILURE,
+    JOB_SUCCESS,
+    PENDING,
+    Job,
+    job_state,
+    rfc3339,
+    utcnow,
+    without_query,
+)
+from local.supernode import ReferenceSupernode, TaskRecord, task_id_for
 
 log = logging.getLogger("local.dragonfly2_manager")
 
-# Machinery task states, as the manager reports them.
-PENDING = "PENDING"
-STARTED = "STARTED"
-JOB_SUCCESS = "SUCCESS"
-JOB_FAILURE = "FAILURE"
 DEFAULT_JOB_TTL = 6 * 3600.0
 
 # manager/service/job.go pollingJob(ctx, ..., 30*time.Second, 300*time.Second, 16): retry-go with
@@ -122,36 +125,6 @@ RATE_LIMIT_MESSAGE = "rate limit exceeded"
 _BEARER_RE = re.compile(r"^bearer\s+(\S+)$", re.IGNORECASE)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-@dataclass
-class _Job:
-    id: int
-    group_uuid: str
-    request: PreheatJobRequest
-    clusters: tuple[int, ...]
-    task_uuids: tuple[str, ...]
-    created_at: datetime
-    ready_at: float  # monotonic: no knob outcome shows before this
-    started: float  # monotonic: when the create was answered, the poller's time zero
-    seed_tasks: dict[str, str]  # url -> seed (reference supernode) task id, for downloaded URLs
-    refused: dict[str, str] = field(default_factory=dict)  # url -> why the seed peers refuse it
-    updated_at: datetime = field(default_factory=_utcnow)
-    finished_at: float | None = None  # monotonic
-    # What the poller last wrote (state, result): all GET answers show. None before its first try.
-    written: tuple[str, dict[str, Any] | None] | None = None
-
-
 class FakeDragonfly2Manager:
     """An in-process fake Dragonfly 2 manager on ``host:port`` (0 picks a free port)."""
 
@@ -174,17 +147,20 @@ class FakeDragonfly2Manager:
         job_rate_limit: float | None = DEFAULT_JOB_RATE_LIMIT,
         answer_at_once: bool = False,
         time_scale: float = 1.0,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         """``answer_at_once``: GET shows a job's state as it is now, not as the poller last wrote it
-        (fast unit tests of the driver). ``time_scale`` multiplies the poller's schedule: for this
-        fake's own tests only; the service's tests keep 1.0, or its own timeouts would no longer
-        fall where they do against a real manager."""
+        (fast unit tests of the driver). ``time_scale`` (multiplies the poller's schedule) and
+        ``clock`` (seconds, read by the poller; tests then call :meth:`run_due_refreshes`) are for
+        this fake's own tests only: the service's tests keep production's clock, or its own
+        timeouts would no longer fall where they do against a real manager."""
         if not token:
             raise ValueError("the fake manager needs a token to check")
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.answer_at_once = answer_at_once
         self._time_scale = time_scale
+        self._clock = clock
         self._token = token
         self._inactive_tokens = frozenset(inactive_tokens)
         self._host = host
@@ -211,7 +187,7 @@ class FakeDragonfly2Manager:
         self._stopping = False
         self._poller: threading.Thread | None = None
         self.refreshes = 0  # states the poller wrote, for tests to wait on (wait_for_refreshes)
-        self._jobs: dict[int, _Job] = {}
+        self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._requests_seen: list[dict[str, Any]] = []
         self._injected: dict[str, list[int]] = {}
@@ -332,35 +308,48 @@ class FakeDragonfly2Manager:
         with self._wake:
             return self._wake.wait_for(lambda: self.refreshes >= count, timeout)
 
+    def run_due_refreshes(self) -> int:
+        """Write the state of every job whose refresh is due by the clock now; how many were written.
+        The poller thread does this on its own; a test on an injected clock calls it after moving
+        the clock, and every refresh due by then is done when it returns."""
+        with self._wake:
+            return self._refresh_due()
+
     def _poll_jobs(self) -> None:
-        """manager/service/job.go's pollingJob for every job: each try writes the state the job is in
-        then; a finished job is not polled again; after the last try an unfinished job is FAILURE."""
-        offsets = refresh_offsets()
         with self._wake:
             while not self._stopping:
+                self._refresh_due()
                 if not self._due:
                     self._wake.wait()
-                    continue
-                due, job_id, attempt = self._due[0]
-                wait = due - monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
-                heapq.heappop(self._due)
-                job = self._jobs.get(job_id)
-                if job is None:
-                    continue
-                state, result = self._observe(job)
-                if state == PENDING and attempt + 1 >= len(offsets):
-                    # retry-go gave up: the manager marks the job failed, its last result kept.
-                    state = JOB_FAILURE
-                    job.finished_at = monotonic()
-                job.written = (state, result)
-                self.refreshes += 1
-                self._wake.notify_all()
-                if state == PENDING:
-                    at = job.started + offsets[attempt + 1] * self._time_scale
-                    heapq.heappush(self._due, (at, job_id, attempt + 1))
+                else:
+                    self._wake.wait(max(0.0, self._due[0][0] - self._clock()))
+
+    def _refresh_due(self) -> int:
+        """manager/service/job.go's pollingJob for every job: each try writes the state the job is in
+        then; a finished job is not polled again; after the last try an unfinished job is FAILURE.
+        Called with the lock held."""
+        offsets = refresh_offsets()
+        written = 0
+        while self._due and self._due[0][0] <= self._clock():
+            _, job_id, attempt = heapq.heappop(self._due)
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            state, result = self._observe(job)
+            if state == PENDING and attempt + 1 >= len(offsets):
+                # retry-go gave up: the manager marks the job failed, its last result kept.
+                state = JOB_FAILURE
+                job.finished_at = monotonic()
+            job.written = (state, result)
+            written += 1
+            self.refreshes += 1
+            if state == PENDING:
+                heapq.heappush(
+                    self._due, (job.started + offsets[attempt + 1] * self._time_scale, job_id, attempt + 1)
+                )
+        if written:
+            self._wake.notify_all()
+        return written
 
     # -- the API ---------------------------------------------------------------------------------
 
@@ -426,15 +415,15 @@ class FakeDragonfly2Manager:
         with self._lock:
             job_id = self._next_id
             self._next_id += 1
-            job = _Job(
+            job = Job(
                 id=job_id,
                 group_uuid=f"group_{uuid.uuid4()}",
                 request=request,
                 clusters=cluster_ids,
                 task_uuids=tuple(f"task_{uuid.uuid4()}" for _ in cluster_ids),
-                created_at=_utcnow(),
+                created_at=utcnow(),
                 ready_at=monotonic() + self._finish_delay,
-                started=monotonic(),
+                started=self._clock(),
                 seed_tasks=seed_tasks,
                 refused=refused,
             )
@@ -447,7 +436,7 @@ class FakeDragonfly2Manager:
         log.info(
             "preheat job %s created for %s in scheduler clusters %s (header names: %s)",
             job_id,
-            ", ".join(_without_query(url) for url in request.urls),
+            ", ".join(without_query(url) for url in request.urls),
             list(cluster_ids),
             sorted(request.headers),
         )
@@ -478,7 +467,7 @@ class FakeDragonfly2Manager:
 
     def _knob(self, url: str) -> tuple[str, str] | None:
         """The test override for ``url`` (matched with or without its query), if any."""
-        for candidate in (url, _without_query(url)):
+        for candidate in (url, without_query(url)):
             if candidate in self.error_urls:
                 return "error", self.error_urls[candidate]
             if candidate in self.fail_urls:
@@ -487,32 +476,16 @@ class FakeDragonfly2Manager:
                 return "drop", ""
         return None
 
-    def _outcome(
-        self, job: _Job, url: str, seed_tasks: Mapping[str, TaskRecord], ready: bool
-    ) -> tuple[str, str]:
-        """What became of ``url``: pending, success, download failed, fail, error or drop, and why."""
-        knob = self._knob(url)
-        if knob is not None:
-            return knob if ready else ("pending", "")
-        if url in job.refused:
-            return "download failed", job.refused[url]
-        seed_id = job.seed_tasks.get(url, "")
-        seed_task = seed_tasks.get(seed_id)
-        if seed_task is None:
-            return "error", f"the seed peer lost task {seed_id}"
-        if seed_task.status in (WAITING, RUNNING):
-            return "pending", ""
-        if seed_task.status == SUCCESS:
-            return "success", ""
-        return "download failed", f"task {seed_id} failed: {seed_task.error_msg}"
-
-    def _expired(self, job: _Job) -> bool:
+    def _expired(self, job: Job) -> bool:
         return job.finished_at is not None and monotonic() - job.finished_at >= self._job_ttl
 
-    def _observe(self, job: _Job) -> tuple[str, dict[str, Any]]:
+    def _observe(self, job: Job) -> tuple[str, dict[str, Any]]:
         """The job's state and result as they are now (what a poller's try would write); called with
         the lock held. A job seen finished starts its time to live."""
-        job_states = [self._job_state(job, index, cluster) for index, cluster in enumerate(job.clusters)]
+        job_states = [
+            job_state(job, index, cluster, self.seed, self._knob)
+            for index, cluster in enumerate(job.clusters)
+        ]
         states = [s["state"] for s in job_states]
         state = PENDING
         if JOB_FAILURE in states:
@@ -521,17 +494,17 @@ class FakeDragonfly2Manager:
             state = JOB_SUCCESS
         if state != PENDING and job.finished_at is None:
             job.finished_at = monotonic()
-            job.updated_at = _utcnow()
+            job.updated_at = utcnow()
         result = {
             "group_uuid": job.group_uuid,
             "state": state,
-            "created_at": _rfc3339(job.created_at),
-            "updated_at": _rfc3339(job.updated_at),
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
             "job_states": job_states,
         }
         return state, result
 
-    def _render(self, job: _Job, live: bool = True) -> dict[str, Any]:
+    def _render(self, job: Job, live: bool = True) -> dict[str, Any]:
         """The job object; called with the lock held. Its state and result are what the poller last
         wrote (PENDING and null before its first try), or the live ones with ``answer_at_once``."""
         state, result = PENDING, None
@@ -541,8 +514,8 @@ class FakeDragonfly2Manager:
             state, result = job.written
         return {
             "id": job.id,
-            "created_at": _rfc3339(job.created_at),
-            "updated_at": _rfc3339(job.updated_at),
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
             "is_del": 0,
             "task_id": job.group_uuid,
             "bio": "",
@@ -555,74 +528,13 @@ class FakeDragonfly2Manager:
             "scheduler_clusters": [
                 {
                     "id": cluster,
-                    "created_at": _rfc3339(job.created_at),
-                    "updated_at": _rfc3339(job.created_at),
+                    "created_at": rfc3339(job.created_at),
+                    "updated_at": rfc3339(job.created_at),
                     "is_del": 0,
                     "name": self.clusters.get(cluster, f"cluster-{cluster}"),
                 }
                 for cluster in job.clusters
             ],
-        }
-
-    def _job_state(self, job: _Job, index: int, cluster: int) -> dict[str, Any]:
-        """One scheduler cluster's machinery task: its state, its result, its error.
-
-        As the scheduler does: with ``single_seed_peer`` a URL whose download failed is only logged
-        and left out of the result; with ``all_seed_peers``/``all_peers`` it is a failure task, and
-        the task fails ("all peers preheat failed") only when no URL succeeded anywhere."""
-        hostname, ip = f"seed-peer-{cluster}", "127.0.0.1"
-        task_uuid = job.task_uuids[index]
-        single = job.request.args.get("scope") not in SCOPES[1:]
-        ready = monotonic() >= job.ready_at
-        success: list[dict[str, str]] = []
-        failure: list[dict[str, str]] = []
-        errors: list[str] = []
-        download_failed = False
-        pending = False
-        seed_tasks = self.seed.tasks() if job.seed_tasks else {}
-        for url in job.request.urls:
-            outcome, text = self._outcome(job, url, seed_tasks, ready)
-            pending = pending or outcome == "pending"
-            if outcome == "success":
-                success.append({"url": url, "hostname": hostname, "ip": ip})
-            elif outcome == "error":
-                errors.append(text)
-            elif outcome == "fail" or (outcome == "download failed" and not single):
-                failure.append({"url": url, "hostname": hostname, "ip": ip, "description": text})
-            if outcome == "download failed":
-                download_failed = True
-                log.warning("[preheat]: preheat failed for %s: %s", _without_query(url), text)
-            # "drop": the URL is left out of the result altogether.
-        if not single and download_failed and not success and not errors:
-            first = failure[0]
-            errors.append(
-                f"all peers preheat failed: {job.group_uuid} {task_uuid} {first['ip']} {first['hostname']} "
-                f"{first['description']}"
-            )
-        results: list[dict[str, Any]] | None = None
-        if pending:
-            state = STARTED if ready else PENDING
-        elif errors:
-            state = JOB_FAILURE
-        else:
-            state = JOB_SUCCESS
-            # The single seed peer path leaves its lists nil (JSON null); the others make empty ones.
-            empty: list[dict[str, str]] | None = None if single else []
-            results = [
-                {
-                    "success_tasks": success or empty,
-                    "failure_tasks": failure or empty,
-                    "scheduler_cluster_id": cluster,
-                }
-            ]
-        return {
-            "task_uuid": task_uuid,
-            "task_name": "preheat",
-            "state": state,
-            "results": results,
-            "error": "; ".join(errors) if state == JOB_FAILURE else "",
-            "created_at": _rfc3339(job.created_at),
-            "ttl": 0,
         }
 
 
