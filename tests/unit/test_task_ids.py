@@ -275,7 +275,7 @@ def test_blob_urls_with_a_digest_a_node_cannot_take_are_refused(url: str) -> Non
     assert is_blob_url(url)
     with pytest.raises(ValueError, match="refuses the blob URL's digest"):
         dragonfly2_blob_digest_task_id(url)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="refuses the blob URL's digest"):
         dragonfly2_node_task_id(url, "blob-digest")
     # A cluster on URL-based ids never looks at the digest.
     assert dragonfly2_node_task_id(url, "url") == dragonfly2_task_id(url)

@@ -200,7 +200,16 @@ class Worker:
         batch = self._supernodes.batch_size
         # Where the request wants its blobs to land travels with each blob to the driver.
         aimed = functools.partial(_aimed, task.targeting)
-        with Dispatch(self._send, self._send_batch, self._progress_of, targets, scope, batch) as dispatch:
+        with Dispatch(
+            self._send,
+            self._send_batch,
+            self._progress_of,
+            targets,
+            scope,
+            batch,
+            earlier=task.blobs,
+            look=self._look,
+        ) as dispatch:
 
             def submit(blob: Blob) -> None:
                 dispatch.submit(aimed(blob))
@@ -213,11 +222,10 @@ class Worker:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
                 # Leave a note for the caller, the deadline and the dead-letter consumer, then retry
-                # after a backoff (the blobs already sent are sent again: a supernode joins repeats).
-                # A target's rate limit lands here too: it is waited out, never a failed blob.
-                self._store.save(
-                    replace(task, message=f"{RETRYING_PREFIX}{exc}"), expected_check_seq=task.check_seq
-                )
+                # after a backoff. A target's rate limit lands here too: it is waited out, never a
+                # failed blob. What was created is recorded, so that the retry does not create it again.
+                retrying = replace(task, blobs=dispatch.created(), message=f"{RETRYING_PREFIX}{exc}")
+                self._store.save(retrying, expected_check_seq=task.check_seq)
                 exc.deadline = task.deadline
                 raise
             except PreheatError:
