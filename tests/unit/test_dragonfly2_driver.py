@@ -24,6 +24,7 @@ from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeDriver, SupernodeTask
 from preheat.settings import Settings
+from preheat.task_ids import dragonfly2_task_id
 from tests.support.dragonfly2 import manager_starter
 from tests.support.http_server import QuietHandler, serve
 from tests.support.origin import Origin
@@ -541,3 +542,27 @@ def test_hostile_manager_answers_are_failures_with_a_message() -> None:
     for reason in reasons:
         assert f"Dragonfly 2 manager {url}" in reason
         assert CANARY not in reason
+
+
+def test_under_blob_digest_ids_the_job_asks_for_them_and_node_task_id_is_the_digest(
+    manager: FakeDragonfly2Manager, origin: Origin
+) -> None:
+    url = origin.url(f"/v2/app/blobs/{DIGEST}")
+    by_url, by_digest = driver(manager.url), driver(manager.url, dragonfly2_task_ids="blob-digest")
+
+    task = settle(by_digest, manager.url, by_digest.create(manager.url, blob(url)))
+
+    assert task.state is BlobState.SUCCESS
+    assert manager.requests_seen[0]["body"]["args"]["enable_task_id_based_blob_digest"] is True
+    hex_digest = DIGEST.removeprefix("sha256:")
+    assert by_digest.node_task_id(blob(url)) == hex_digest
+    assert by_url.node_task_id(blob(url)) == dragonfly2_task_id(url)
+    # The seed peer's task is the one a node of such a cluster asks for.
+    assert manager.tasks()[hex_digest].status == "SUCCESS"
+    # The default mode leaves the flag out, as the manager defaults it (false).
+    by_url.create(manager.url, blob(url))
+    assert "enable_task_id_based_blob_digest" not in manager.requests_seen[-1]["body"]["args"]
+    # A blob URL whose digest a node refuses has no id to show.
+    assert (
+        by_digest.node_task_id(blob(origin.url("/v2/app/blobs/md5:8a04994a666b4e4b20a2fd9e5a44f44c"))) == ""
+    )
