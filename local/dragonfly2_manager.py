@@ -335,7 +335,9 @@ class FakeDragonfly2Manager:
             job = self._jobs.get(job_id)
             if job is None:
                 continue
-            state, result = self._observe(job)
+            # The first try follows the create at once: the schedulers have not even received the
+            # machinery task yet, whatever this fake's local downloads did meanwhile.
+            state, result = self._observe(job) if attempt else (PENDING, None)
             if state == PENDING and attempt + 1 >= len(offsets):
                 # retry-go gave up: the manager marks the job failed, its last result kept.
                 state = JOB_FAILURE
