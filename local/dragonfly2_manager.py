@@ -23,7 +23,7 @@ depends on:
   right after the create, then 30 s later, doubling, capped at 300 s: about 0, 30, 90, 210, 450,
   750 s, then every 300 s; a job still unfinished after the 16th try is FAILURE. So a blob warm after
   5 s reads SUCCESS at 30 s, as on a real manager. ``answer_at_once=True`` shows the state live
-  instead (for fast unit tests); ``time_scale`` shrinks the schedule, for this fake's own tests only.
+  (fast unit tests); ``time_scale`` and ``clock`` are for this fake's own tests only.
 * The state a refresh writes is PENDING, SUCCESS or FAILURE, derived from one job state per
   scheduler cluster as ``GetGroupJobState`` does (any FAILURE fails the job, any unfinished keeps it
   PENDING); ``result`` is ``{group_uuid, state, created_at, updated_at, job_states: [{task_uuid,
@@ -58,11 +58,11 @@ Test knobs reproduce what real managers answer when seed peers fail:
 * ``finish_delay``: seconds before a job can finish; ``inject_errors(method, count, status)``: the next
   ``count`` job API requests of ``method`` answer ``status`` (500 by default) before doing anything.
 * ``requests_seen``: every job API request as it arrived (method, path, Authorization, body), nothing
-  redacted, so that a test asserting that no credential reached the manager can fail.
-* ``refreshes``: how many times the poller wrote a job's state, for tests that wait on it.
+  redacted, so that a test asserting that no credential reached the manager can fail. ``refreshes``
+  counts the states the poller wrote.
 
-Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir DIR`` and the token in
-``PREHEAT_DRAGONFLY2_TOKEN``; tests use :class:`FakeDragonfly2Manager` directly.
+Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir DIR`` (the token in
+``PREHEAT_DRAGONFLY2_TOKEN``).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from time import monotonic
@@ -109,8 +110,7 @@ REFRESH_TRIES = 16
 
 
 def refresh_offsets() -> tuple[float, ...]:
-    """Seconds after a create at which the manager's poller writes the job's state:
-    0, 30, 90, 210, 450, 750, 1050, ... (16 tries)."""
+    """Seconds after a create at which the manager's poller writes the job's state (16 tries)."""
     offsets = [0.0]
     delay = REFRESH_FIRST_DELAY
     for _ in range(REFRESH_TRIES - 1):
@@ -186,7 +186,7 @@ class FakeDragonfly2Manager:
         self._wake = threading.Condition(self._lock)
         self._stopping = False
         self._poller: threading.Thread | None = None
-        self.refreshes = 0  # states the poller wrote, for tests to wait on (wait_for_refreshes)
+        self.refreshes = 0  # states the poller wrote, for tests to count
         self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._requests_seen: list[dict[str, Any]] = []
@@ -266,6 +266,11 @@ class FakeDragonfly2Manager:
             job = self._jobs.get(job_id)
             return None if job is None else self._render(job)
 
+    def created_at(self, url: str) -> datetime | None:
+        """When the first job carrying ``url`` was created (the schedule's time zero), for benchmarks."""
+        with self._lock:
+            return next((job.created_at for job in self._jobs.values() if url in job.request.urls), None)
+
     def forget(self, job_id: int) -> bool:
         """Remove a job, as the manager does 6 h after it finished."""
         with self._lock:
@@ -302,11 +307,6 @@ class FakeDragonfly2Manager:
             return True
 
     # -- the poller ------------------------------------------------------------------------------
-
-    def wait_for_refreshes(self, count: int, timeout: float) -> bool:
-        """Wait until the poller has written ``count`` job states in all; False if ``timeout`` passed."""
-        with self._wake:
-            return self._wake.wait_for(lambda: self.refreshes >= count, timeout)
 
     def run_due_refreshes(self) -> int:
         """Write the state of every job whose refresh is due by the clock now; how many were written.
