@@ -220,3 +220,19 @@ def test_a_flag_that_is_not_a_boolean_is_refused(manager: FakeDragonfly2Manager,
     )
     assert status == 422
     assert "enable_task_id_based_blob_digest" in answer["errors"]
+
+
+def test_a_time_scale_shrinks_the_schedule_for_this_fakes_own_tests(
+    tmp_path: Path, clock: Clock, origin: Origin
+) -> None:
+    origin.release.set()
+    with FakeDragonfly2Manager(tmp_path / "cache", TOKEN, clock=clock, time_scale=0.5) as manager:
+        job_id = create(manager, f"{origin.url}/blob")
+        manager.run_due_refreshes()
+        assert downloaded(manager)
+        clock.now += 14.9
+        manager.run_due_refreshes()
+        assert (manager.refreshes, state(manager, job_id)) == (1, "PENDING")
+        clock.now += 0.1  # the 30 s refresh, halved
+        manager.run_due_refreshes()
+        assert (manager.refreshes, state(manager, job_id)) == (2, "SUCCESS")
