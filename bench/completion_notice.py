@@ -22,7 +22,19 @@ share it), ``60 / window`` invocations and three SQS requests per hand-over (sen
 delete). Measured here: the worker's invocations, their duration, and the check messages sent, over
 the task-minutes of all the runs. Priced at the AWS list prices below (us-east-1, arm64).
 
-Results go to ``bench/results/completion_notice.json``; each figure is ``{value, target, met}``.
+``--target manager`` measures the Dragonfly 2 manager path instead: the worker drives the fake
+manager of ``local/`` on the real manager's refresh schedule (a job's state is written at about 0,
+30, 90, 210, 450 s... after its create), whose seed peer finishes each blob as its URL asks. The
+notice there is bounded by the schedule, not by the service: a blob done after 5 s reads SUCCESS at
+30 s, one done after 40 s at 90 s, a 3-minute one at 210 s. The figures are the notice after the
+seed peer finished and the time from the submit to SUCCESS shown, each against the refresh that
+must show it (plus the service's own second). Each run waits until a second before that refresh,
+then reads every 20 ms.
+
+    .venv/bin/python -m bench.completion_notice --target manager --delays 5,40,180 --runs 1
+
+Results go to ``bench/results/completion_notice.json`` (``completion_notice_manager.json`` for the
+manager); each figure is ``{value, target, met}``.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ from bench.common import (
     table,
     write_result,
 )
+from local.dragonfly2_manager import FakeDragonfly2Manager, refresh_offsets
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from local.template import Template
@@ -60,6 +73,8 @@ from preheat.adapters import aws
 from preheat.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "completion_notice.json"
+MANAGER_RESULTS = Path(__file__).parent / "results" / "completion_notice_manager.json"
+MANAGER_TOKEN = "bench-completion-notice-token"
 MEDIAN_TARGET_SECONDS = 1.0
 WORST_TARGET_SECONDS = 2.0
 LONG_DELAY_SECONDS = 120.0
@@ -109,13 +124,28 @@ class TimedSupernode(ReferenceSupernode):
         return super()._download(task_id, url, *args, **kwargs)
 
 
-def one_run(stack: LocalStack, supernode: ReferenceSupernode, url: str, delay: float) -> float:
+def first_refresh_after(delay: float) -> float:
+    """When, after its create, a manager job whose blob takes ``delay`` seconds is first seen done."""
+    return min(offset for offset in refresh_offsets() if offset > delay)
+
+
+def one_run(
+    stack: LocalStack,
+    supernode: ReferenceSupernode,
+    url: str,
+    delay: float,
+    manager: FakeDragonfly2Manager | None = None,
+) -> tuple[float, float]:
+    """(seconds from the supernode's finish to SUCCESS shown; through a manager, also seconds from
+    the job's create to it, else from the submit)."""
     http = requests.Session()
+    submitted = datetime.now(UTC)
     answer = http.post(f"{stack.api_url}/api/preheat", json={"type": "file", "url": url}, timeout=10).json()
     task_id = answer["data"]["taskId"]
     # Polls only near the end: a thousand reads a run would be a load of its own on these cores.
-    time.sleep(max(0.0, delay - 1.0))
-    deadline = time.monotonic() + delay + 120
+    # Through a manager the end cannot show before the refresh that follows the blob's finish.
+    time.sleep(max(0.0, (first_refresh_after(delay) if manager is not None else delay) - 1.0))
+    deadline = time.monotonic() + delay + (330 if manager is not None else 120)
     while time.monotonic() < deadline:
         status = http.get(f"{stack.api_url}/api/preheat/{task_id}", timeout=10).json()["data"]["status"]
         if status != "RUNNING":
@@ -128,10 +158,35 @@ def one_run(stack: LocalStack, supernode: ReferenceSupernode, url: str, delay: f
         raise RuntimeError(f"task {task_id} ended {status}")
     [record] = [task for task in supernode.tasks().values() if task.url == url]
     assert record.finish_time is not None
-    return (seen - record.finish_time).total_seconds()
+    created = manager.created_at(url) if manager is not None else None
+    return (seen - record.finish_time).total_seconds(), (seen - (created or submitted)).total_seconds()
 
 
-def measure(delays: Sequence[float], runs: int, long_runs: int) -> dict[str, Any]:
+def target_stack(
+    target: str, root: Path, runs: int
+) -> tuple[ReferenceSupernode, FakeDragonfly2Manager | None, LocalStack]:
+    """The timed supernode (a fake manager's seed peer for ``manager``), started, and the stack
+    driving it (leaving the stack's ``with`` block stops neither: stop them with ``with`` too)."""
+    supernode = TimedSupernode(root / "cache", max_concurrent_downloads=runs)
+    # Lambda runs as many environments as there are batches; so many pollers here.
+    options: dict[str, Any] = {"cache_dir": root / "unused", "poller_concurrency": runs}
+    if target != "manager":
+        supernode.start()
+        return supernode, None, LocalStack(supernodes=[supernode.url], extra_env=QUIET_FUNCTIONS, **options)
+    # On the real schedule (not answer_at_once): what a real manager lets the service see.
+    manager = FakeDragonfly2Manager(root / "manager", MANAGER_TOKEN, max_concurrent_downloads=runs)
+    manager.seed = supernode  # its seed peer finishes each blob as the URL asks
+    manager.start()
+    stack = LocalStack(
+        supernodes=[manager.url],
+        parameters={"SupernodeApi": "dragonfly2"},
+        extra_env={**QUIET_FUNCTIONS, "PREHEAT_DRAGONFLY2_TOKEN": MANAGER_TOKEN},
+        **options,
+    )
+    return supernode, manager, stack
+
+
+def measure(delays: Sequence[float], runs: int, long_runs: int, target: str = "supernode") -> dict[str, Any]:
     plan = [(delay, n) for delay in delays for n in range(long_runs if delay >= LONG_DELAY_SECONDS else runs)]
     counter = CallCounter()
     with tempfile.TemporaryDirectory() as scratch:
@@ -139,17 +194,12 @@ def measure(delays: Sequence[float], runs: int, long_runs: int) -> dict[str, Any
         (root / "files").mkdir()
         files = serve_file(root / "files")
         base = f"http://127.0.0.1:{files.server_address[1]}"
+        supernode, manager, stack_of_target = target_stack(target, root, len(plan))
         try:
             with (
                 InvocationTimer() as timer,
-                TimedSupernode(root / "cache", max_concurrent_downloads=len(plan)).start() as supernode,
-                LocalStack(
-                    supernodes=[supernode.url],
-                    cache_dir=root / "unused",
-                    extra_env=QUIET_FUNCTIONS,
-                    # Lambda runs as many environments as there are batches; so many pollers here.
-                    poller_concurrency=len(plan),
-                ) as stack,
+                manager if manager is not None else supernode,
+                stack_of_target as stack,
                 ThreadPoolExecutor(max_workers=len(plan)) as pool,
             ):
                 session = aws.session()
@@ -158,11 +208,14 @@ def measure(delays: Sequence[float], runs: int, long_runs: int) -> dict[str, Any
                 futures = []
                 for delay, n in plan:
                     url = f"{base}/blob.bin?finish={delay:g}&run={n}-{time.time_ns()}"
-                    futures.append((delay, pool.submit(one_run, stack, supernode, url, delay)))
+                    futures.append((delay, pool.submit(one_run, stack, supernode, url, delay, manager)))
                     time.sleep(0.1)  # staggered a little, as real submissions are
                 notices: dict[float, list[float]] = {delay: [] for delay in delays}
+                since_submit: dict[float, list[float]] = {delay: [] for delay in delays}
                 for delay, future in futures:
-                    notices[delay].append(future.result())
+                    notice, seen_after = future.result()
+                    notices[delay].append(notice)
+                    since_submit[delay].append(seen_after)
                 elapsed = time.perf_counter() - started
                 session.unregister("before-call", counter.on_call)
         finally:
@@ -170,12 +223,16 @@ def measure(delays: Sequence[float], runs: int, long_runs: int) -> dict[str, Any
             files.server_close()
     calls = counter.calls
     return {
+        "target": target,
         "notices": notices,
+        "since_submit": since_submit,
         "elapsed": elapsed,
         "invocations": len(timer.durations(WORKER)),
         "invocation_seconds": sum(timer.durations(WORKER)),
         "check_messages": calls.get("sqs:SendMessage", 0) - len(plan),  # less each task's start message
-        "task_minutes": sum(delay for delay, _ in plan) / 60,
+        # Through a manager a task waits for the refresh after its blob, not for the blob alone.
+        "task_minutes": sum(first_refresh_after(delay) if target == "manager" else delay for delay, _ in plan)
+        / 60,
     }
 
 
@@ -220,9 +277,38 @@ def watching_price(measured: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def report(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
+def manager_figures(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
+    """The manager path's notice, against what its refresh schedule allows: SUCCESS shown within the
+    service's own second of the refresh that first follows the blob's finish."""
     figures: dict[str, Any] = {}
     for delay in delays:
+        refresh = first_refresh_after(delay)
+        name = f"{delay:g}s"
+        figures[f"manager_notice_{name}_worst_seconds"] = figure(
+            round(max(measured["notices"][delay]), 3),
+            round(refresh - delay + MEDIAN_TARGET_SECONDS, 3),
+            "at most",
+            "s",
+            label=f"manager path notice, {delay:g} s blob (worst)",
+            detail=f"seed peer done to SUCCESS shown; the manager's refresh at {refresh:g} s bounds it",
+        )
+        figures[f"manager_seen_{name}_worst_seconds"] = figure(
+            round(max(measured["since_submit"][delay]), 3),
+            round(refresh + MEDIAN_TARGET_SECONDS, 3),
+            "at most",
+            "s",
+            label=f"manager path, job created to SUCCESS shown, {delay:g} s blob",
+            detail=f"{len(measured['notices'][delay])} runs; the job reads SUCCESS from its "
+            f"{refresh:g} s refresh",
+        )
+    return figures
+
+
+def report(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    if measured.get("target") == "manager":
+        figures = manager_figures(delays, measured)
+    for delay in delays if measured.get("target") != "manager" else ():
         notices = measured["notices"][delay]
         name = f"{delay:g}s"
         figures[f"notice_{name}_median_seconds"] = figure(
@@ -268,10 +354,15 @@ def report(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
     )
     return {
         "benchmark": "completion_notice",
+        "target": measured.get("target", "supernode"),
         "delays_seconds": list(delays),
         "runs": {f"{delay:g}": len(measured["notices"][delay]) for delay in delays},
         "notice_seconds": {
             f"{delay:g}": sorted(round(n, 3) for n in measured["notices"][delay]) for delay in delays
+        },
+        "seen_after_seconds": {
+            f"{delay:g}": sorted(round(n, 3) for n in measured.get("since_submit", {}).get(delay, []))
+            for delay in delays
         },
         "elapsed_seconds": round(measured["elapsed"], 1),
         "watching": price,
@@ -284,17 +375,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delays", default="3,40,180", help="seconds each blob takes, comma-separated")
     parser.add_argument("--runs", type=int, default=5, help="runs of each delay")
     parser.add_argument("--long-runs", type=int, default=None, help="runs of delays of 2 minutes and more")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--target",
+        choices=("supernode", "manager"),
+        default="supernode",
+        help="the reference supernode (Dragonfly 1), or the fake Dragonfly 2 manager on its real schedule",
+    )
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     delays = [float(part) for part in args.delays.split(",") if part.strip()]
     quiet_logs()
-    measured = measure(delays, args.runs, args.runs if args.long_runs is None else args.long_runs)
+    long_runs = args.runs if args.long_runs is None else args.long_runs
+    measured = measure(delays, args.runs, long_runs, args.target)
     result = report(delays, measured)
     print(
-        f"completion notice, blobs taking {args.delays} s, all runs at once ({result['elapsed_seconds']} s)"
+        f"completion notice ({args.target}), blobs taking {args.delays} s, all runs at once "
+        f"({result['elapsed_seconds']} s)"
     )
     print(table(figure_rows(result["figures"])))
-    write_result(args.output, result)
+    output = args.output or (MANAGER_RESULTS if args.target == "manager" else RESULTS)
+    write_result(output, result)
     return 0
 
 

@@ -18,7 +18,13 @@ depends on:
 * The answer is 200 with the job object: ``id`` (int), ``created_at``/``updated_at`` (RFC 3339),
   ``task_id`` (``group_<uuid>``), ``type``, ``state``, ``args`` (headers echoed back, as the manager
   does), ``result`` (null until the first look), ``scheduler_clusters``.
-* ``GET /oapi/v1/jobs/{id}``: ``state`` is PENDING, SUCCESS or FAILURE, derived from one job state per
+* ``GET /oapi/v1/jobs/{id}`` shows what the manager's poller last wrote: it refreshes a job's state on
+  ``manager/service/job.go``'s schedule (``pollingJob(..., 30*time.Second, 300*time.Second, 16)``),
+  right after the create, then 30 s later, doubling, capped at 300 s: about 0, 30, 90, 210, 450,
+  750 s, then every 300 s; a job still unfinished after the 16th try is FAILURE. So a blob warm after
+  5 s reads SUCCESS at 30 s, as on a real manager. ``answer_at_once=True`` shows the state live
+  (fast unit tests); ``time_scale`` and ``clock`` are for this fake's own tests only.
+* The state a refresh writes is PENDING, SUCCESS or FAILURE, derived from one job state per
   scheduler cluster as ``GetGroupJobState`` does (any FAILURE fails the job, any unfinished keeps it
   PENDING); ``result`` is ``{group_uuid, state, created_at, updated_at, job_states: [{task_uuid,
   task_name, state, results: [{success_tasks: [{url, hostname, ip}], failure_tasks: [{url, hostname,
@@ -38,8 +44,9 @@ The job rate limit is enforced as ``manager/middlewares/ratelimiter.go`` does: a
 10 by default, bursts as large; ``None`` turns it off), else it is answered 429 with the text body
 ``rate limit exceeded`` once its body has been parsed; a create naming no cluster is not limited.
 ``admitted`` and ``rate_limited`` count both outcomes. ``tasks()`` lists the seed peers' tasks by the
-task id a Dragonfly 2 node computes for each URL (``tag``, ``application``, ``piece_length`` and
-``filtered_query_params`` of the job), so a test can check a node would hit them.
+task id a Dragonfly 2 node computes for each URL (``preheat.task_ids`` with the job's ``tag``,
+``application``, ``piece_length``, ``filtered_query_params``, and the digest-based id when its args
+carry ``enable_task_id_based_blob_digest``), so a test can check a node would hit them.
 
 Test knobs reproduce what real managers answer when seed peers fail:
 
@@ -50,276 +57,72 @@ Test knobs reproduce what real managers answer when seed peers fail:
 * ``error_urls`` (url -> error): the job is FAILURE with that ``job_states[].error``.
 * ``finish_delay``: seconds before a job can finish; ``inject_errors(method, count, status)``: the next
   ``count`` job API requests of ``method`` answer ``status`` (500 by default) before doing anything.
-* ``requests_seen``: every job API request (method, path, Authorization with its token replaced by
-  ``<redacted>``, body with header values and password redacted).
+* ``requests_seen``: every job API request as it arrived (method, path, Authorization, body), nothing
+  redacted, so that a test asserting that no credential reached the manager can fail. ``refreshes``
+  counts the states the poller wrote.
 
-Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir DIR`` and the token in
-``PREHEAT_DRAGONFLY2_TOKEN``; tests use :class:`FakeDragonfly2Manager` directly.
+Run it alone with ``python -m local.dragonfly2_manager --port 8003 --cache-dir DIR`` (the token in
+``PREHEAT_DRAGONFLY2_TOKEN``).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import ipaddress
-import json
+import heapq
 import logging
 import os
 import re
 import signal
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from time import monotonic
 from types import FrameType, TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
 
-from local.background import BackgroundServer, LocalHTTPServer
-from local.supernode import RUNNING, SUCCESS, WAITING, ReferenceSupernode, TaskRecord, task_id_for
-from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS
-from preheat.task_ids import DRAGONFLY2_TASK_TYPE as TASK_TYPE
+from local.background import BackgroundServer
+from local.dragonfly2_http import ManagerHandler, ManagerServer
+from local.dragonfly2_requests import Invalid, NotFound, node_task_id, parse_create
+from local.dragonfly2_results import (
+    JOB_FAILURE,
+    JOB_SUCCESS,
+    PENDING,
+    Job,
+    job_state,
+    rfc3339,
+    utcnow,
+    without_query,
+)
+from local.supernode import ReferenceSupernode, TaskRecord, task_id_for
 
 log = logging.getLogger("local.dragonfly2_manager")
 
-# Machinery task states, as the manager reports them.
-PENDING = "PENDING"
-STARTED = "STARTED"
-JOB_SUCCESS = "SUCCESS"
-JOB_FAILURE = "FAILURE"
-
-SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
-DEFAULT_SCOPE = SCOPES[0]
-DEFAULT_CONCURRENT_COUNT = 50
-DEFAULT_TIMEOUT_NS = 30 * 60 * 1_000_000_000
 DEFAULT_JOB_TTL = 6 * 3600.0
-# The default the manager fills in (internal pkg/net/http RawDefaultFilteredQueryParams: S3, GCS,
-# OSS, OBS, COS signature params and "ns"), the very list nodes filter by: the service's. (The
-# manager's own string names OSS's and OBS's "Signature" and "Expires" twice, which filters nothing more.)
-DEFAULT_FILTERED_QUERY_PARAMS = "&".join(DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS)
+
+# manager/service/job.go pollingJob(ctx, ..., 30*time.Second, 300*time.Second, 16): retry-go with
+# BackOffDelay, the first try right after the create.
+REFRESH_FIRST_DELAY = 30.0
+REFRESH_MAX_DELAY = 300.0
+REFRESH_TRIES = 16
+
+
+def refresh_offsets() -> tuple[float, ...]:
+    """Seconds after a create at which the manager's poller writes the job's state (16 tries)."""
+    offsets = [0.0]
+    delay = REFRESH_FIRST_DELAY
+    for _ in range(REFRESH_TRIES - 1):
+        offsets.append(offsets[-1] + delay)
+        delay = min(delay * 2, REFRESH_MAX_DELAY)
+    return tuple(offsets)
+
 
 # manager/middlewares/ratelimiter.go: job creates naming scheduler clusters, per cluster.
 DEFAULT_JOB_RATE_LIMIT = 10.0
 RATE_LIMIT_MESSAGE = "rate limit exceeded"
-REDACTED = "<redacted>"
-MAX_BODY_BYTES = 1 << 20
-JOBS_PATH = "/oapi/v1/jobs"
-_JOB_PATH_RE = re.compile(r"^/oapi/v1/jobs/([^/]+)$")
 _BEARER_RE = re.compile(r"^bearer\s+(\S+)$", re.IGNORECASE)
-
-
-class _Invalid(Exception):
-    """A body the manager's binding rejects: 422 ``{"errors": ...}``."""
-
-
-class _NotFound(Exception):
-    """404 ``{"message": ...}``, as the manager answers a wrapped gorm ErrRecordNotFound."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _without_query(url: str) -> str:
-    return url.split("?", 1)[0]
-
-
-def _field_error(struct_field: str, tag: str) -> str:
-    """The text gin's validator gives a binding failure."""
-    name = struct_field.rsplit(".", 1)[-1]
-    return f"Key: '{struct_field}' Error:Field validation for '{name}' failed on the '{tag}' tag"
-
-
-def node_task_id(url: str, args: Mapping[str, Any]) -> str:
-    """The task id a Dragonfly 2 node computes for ``url`` (dragonfly-client-util's id generator):
-    sha256 over the URL without its filtered query parameters (the others sorted by name), then the
-    tag, the application and the piece length when set, then the task type."""
-    filtered = {name for name in str(args.get("filtered_query_params") or "").split("&") if name}
-    base, sep, query = url.partition("?")
-    canonical = url
-    if filtered and sep:
-        kept = sorted(
-            (pair for pair in query.split("&") if pair and pair.split("=", 1)[0] not in filtered),
-            key=lambda pair: pair.split("=", 1)[0],
-        )
-        canonical = f"{base}?{'&'.join(kept)}" if kept else base
-    material = canonical + str(args.get("tag") or "") + str(args.get("application") or "")
-    if args.get("piece_length") is not None:
-        material += str(args["piece_length"])
-    return hashlib.sha256((material + TASK_TYPE).encode()).hexdigest()
-
-
-def redact_body(body: Any) -> Any:
-    """A create body with header values and the registry password replaced by ``<redacted>``."""
-    if not isinstance(body, dict) or not isinstance(body.get("args"), dict):
-        return body
-    args = dict(body["args"])
-    if isinstance(args.get("headers"), dict):
-        args["headers"] = dict.fromkeys(args["headers"], REDACTED)
-    elif args.get("headers") is not None:
-        args["headers"] = REDACTED
-    if args.get("password"):
-        args["password"] = REDACTED
-    return {**body, "args": args}
-
-
-@dataclass(frozen=True)
-class PreheatJobRequest:
-    urls: tuple[str, ...]
-    headers: dict[str, str]
-    filters: tuple[str, ...]
-    cluster_ids: tuple[int, ...]  # empty: every cluster
-    args: dict[str, Any]  # as stored and answered, defaults filled in
-
-
-def parse_create(body: Any, known_clusters: Iterable[int]) -> PreheatJobRequest:
-    """Validate a create body as the manager binds ``CreatePreheatJobRequest``."""
-    if not isinstance(body, dict):
-        raise _Invalid("json: cannot unmarshal the body into Go value of type types.CreateJobRequest")
-    job_type = body.get("type")
-    if not isinstance(job_type, str) or not job_type:
-        raise _Invalid(_field_error("CreateJobRequest.Type", "required"))
-    if job_type != "preheat":
-        raise _Invalid(f"this fake manager runs preheat jobs only, not {job_type!r:.40}")
-    args = _args(body.get("args"))
-    urls = _urls(args)
-    headers = _headers(args.get("headers"))
-    filters = tuple(name for name in str(args["filtered_query_params"]).split("&") if name)
-    return PreheatJobRequest(
-        urls=urls,
-        headers=headers,
-        filters=filters,
-        cluster_ids=_cluster_ids(body.get("scheduler_cluster_ids"), known_clusters),
-        args=args,
-    )
-
-
-def _args(raw: Any) -> dict[str, Any]:
-    """``args`` checked, with the manager's defaults filled in."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise _Invalid("json: cannot unmarshal args into Go struct field of type types.PreheatArgs")
-    args = dict(raw)
-    preheat_type = args.get("type")
-    if not isinstance(preheat_type, str) or not preheat_type:
-        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Type", "required"))
-    if preheat_type not in ("image", "file"):
-        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Type", "oneof"))
-    if preheat_type == "image":
-        raise _Invalid(
-            "image preheat isn't supported by this fake manager: send one 'file' job per blob "
-            "(the Preheat service resolves images itself)"
-        )
-    for key in ("filtered_query_params", "scope", "tag", "application", "username", "password", "platform"):
-        if args.get(key) is not None and not isinstance(args[key], str):
-            raise _Invalid(f"json: cannot unmarshal {key} into Go struct field of type string")
-    _check_peers(args)
-    defaults: dict[str, Any] = {
-        "scope": DEFAULT_SCOPE,
-        "concurrent_count": DEFAULT_CONCURRENT_COUNT,
-        "timeout": DEFAULT_TIMEOUT_NS,
-        "filtered_query_params": DEFAULT_FILTERED_QUERY_PARAMS,
-    }
-    for key, value in defaults.items():
-        if not args.get(key):
-            args[key] = value
-    return args
-
-
-def _check_peers(args: Mapping[str, Any]) -> None:
-    """The manager's bindings of ``scope`` and which peers (``ips``, ``count``, ``percentage``)."""
-    scope = args.get("scope")
-    if scope and scope not in ("single_seed_peer", "all_seed_peers", "all_peers"):
-        raise _Invalid(_field_error("CreatePreheatJobRequest.Args.Scope", "oneof"))
-    ips, count, percentage = args.get("ips"), args.get("count"), args.get("percentage")
-    if ips is not None:
-        if not isinstance(ips, list) or not 1 <= len(ips) <= 100:
-            raise _Invalid(_field_error("CreatePreheatJobRequest.Args.IPs", "max"))
-        for ip in ips:
-            try:
-                ipaddress.ip_address(ip)
-            except (TypeError, ValueError):
-                raise _Invalid(_field_error("CreatePreheatJobRequest.Args.IPs[0]", "ip")) from None
-    for name, value, most in (("Count", count, 200), ("Percentage", percentage, 100)):
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most
-        ):
-            raise _Invalid(_field_error(f"CreatePreheatJobRequest.Args.{name}", "lte"))
-    if sum(value is not None for value in (ips, count, percentage)) > 1:
-        raise _Invalid("only one of ips, count and percentage can be given")
-
-
-def _headers(raw: Any) -> dict[str, str]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
-        raise _Invalid("json: cannot unmarshal headers into Go struct field of type map[string]string")
-    return dict(raw)
-
-
-def _cluster_ids(raw: Any, known_clusters: Iterable[int]) -> tuple[int, ...]:
-    """The requested scheduler cluster ids (empty: every cluster); an unknown one is a 404."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in raw
-    ):
-        raise _Invalid("json: cannot unmarshal scheduler_cluster_ids into Go struct field of type []uint")
-    known = set(known_clusters)
-    for cluster_id in raw:
-        if cluster_id not in known:
-            raise _NotFound(f"scheduler cluster id {cluster_id}: record not found")
-    return tuple(dict.fromkeys(raw))
-
-
-def _urls(args: dict[str, Any]) -> tuple[str, ...]:
-    """``url`` and ``urls`` combined, as the manager does for file preheats."""
-    urls: list[str] = []
-    url = args.get("url")
-    if url is not None and not isinstance(url, str):
-        raise _Invalid("json: cannot unmarshal url into Go struct field of type string")
-    raw_urls = args.get("urls")
-    if raw_urls is not None and (
-        not isinstance(raw_urls, list) or not all(isinstance(u, str) for u in raw_urls)
-    ):
-        raise _Invalid("json: cannot unmarshal urls into Go struct field of type []string")
-    for raw in [*(raw_urls or []), *([url] if url else [])]:
-        candidate = raw.strip()
-        parts = urlsplit(candidate)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _Invalid(_field_error("PreheatRequest.URL", "url"))
-        if candidate not in urls:
-            urls.append(candidate)
-    if not urls:
-        raise _Invalid("invalid params: url or urls is required")
-    return tuple(urls)
-
-
-@dataclass
-class _Job:
-    id: int
-    group_uuid: str
-    request: PreheatJobRequest
-    clusters: tuple[int, ...]
-    task_uuids: tuple[str, ...]
-    created_at: datetime
-    ready_at: float  # monotonic: no knob outcome shows before this
-    seed_tasks: dict[str, str]  # url -> seed (reference supernode) task id, for downloaded URLs
-    updated_at: datetime = field(default_factory=_utcnow)
-    finished_at: float | None = None  # monotonic
-    looked: bool = False
 
 
 class FakeDragonfly2Manager:
@@ -342,9 +145,22 @@ class FakeDragonfly2Manager:
         max_concurrent_downloads: int = 4,
         download_timeout: float = 30.0,
         job_rate_limit: float | None = DEFAULT_JOB_RATE_LIMIT,
+        answer_at_once: bool = False,
+        time_scale: float = 1.0,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
+        """``answer_at_once``: GET shows a job's state as it is now, not as the poller last wrote it
+        (fast unit tests of the driver). ``time_scale`` (multiplies the poller's schedule) and
+        ``clock`` (seconds, read by the poller; tests then call :meth:`run_due_refreshes`) are for
+        this fake's own tests only: the service's tests keep production's clock, or its own
+        timeouts would no longer fall where they do against a real manager."""
         if not token:
             raise ValueError("the fake manager needs a token to check")
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        self.answer_at_once = answer_at_once
+        self._time_scale = time_scale
+        self._clock = clock
         self._token = token
         self._inactive_tokens = frozenset(inactive_tokens)
         self._host = host
@@ -365,7 +181,13 @@ class FakeDragonfly2Manager:
             download_timeout=download_timeout,
         )
         self._lock = threading.Lock()
-        self._jobs: dict[int, _Job] = {}
+        # The poller: (when, job id, try) of every refresh to come; woken by each create and by stop.
+        self._due: list[tuple[float, int, int]] = []
+        self._wake = threading.Condition(self._lock)
+        self._stopping = False
+        self._poller: threading.Thread | None = None
+        self.refreshes = 0  # states the poller wrote, for tests to count
+        self._jobs: dict[int, Job] = {}
         self._next_id = 1
         self._requests_seen: list[dict[str, Any]] = []
         self._injected: dict[str, list[int]] = {}
@@ -374,7 +196,7 @@ class FakeDragonfly2Manager:
         self.admitted = 0  # creates that named clusters and got past the rate limit
         self.rate_limited = 0  # creates answered 429
         self._node_tasks: dict[str, str] = {}  # Dragonfly 2 task id -> seed peer task id
-        self._server: _Server | None = None
+        self._server: ManagerServer | None = None
         self._served: BackgroundServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -383,7 +205,10 @@ class FakeDragonfly2Manager:
         if self._server is not None:
             return self
         self.seed.start()
-        self._server = _Server((self._host, self._port), _Handler, self)
+        self._stopping = False
+        self._poller = threading.Thread(target=self._poll_jobs, name="df2-manager-poller", daemon=True)
+        self._poller.start()
+        self._server = ManagerServer((self._host, self._port), ManagerHandler, self)
         self._served = BackgroundServer(self._server, "df2-manager-http", poll_interval=0.1)
         log.info("fake Dragonfly 2 manager listening on %s, cache %s", self.url, self.seed.cache_dir)
         return self
@@ -395,6 +220,12 @@ class FakeDragonfly2Manager:
         if self._served is not None:
             self._served.close()
             self._served = None
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
         self.seed.stop()
 
     def __enter__(self) -> Self:
@@ -435,6 +266,11 @@ class FakeDragonfly2Manager:
             job = self._jobs.get(job_id)
             return None if job is None else self._render(job)
 
+    def created_at(self, url: str) -> datetime | None:
+        """When the first job carrying ``url`` was created (the schedule's time zero), for benchmarks."""
+        with self._lock:
+            return next((job.created_at for job in self._jobs.values() if url in job.request.urls), None)
+
     def forget(self, job_id: int) -> bool:
         """Remove a job, as the manager does 6 h after it finished."""
         with self._lock:
@@ -470,6 +306,53 @@ class FakeDragonfly2Manager:
             self.admitted += 1
             return True
 
+    # -- the poller ------------------------------------------------------------------------------
+
+    def run_due_refreshes(self) -> int:
+        """Write the state of every job whose refresh is due by the clock now; how many were written.
+        The poller thread does this on its own; a test on an injected clock calls it after moving
+        the clock, and every refresh due by then is done when it returns."""
+        with self._wake:
+            return self._refresh_due()
+
+    def _poll_jobs(self) -> None:
+        with self._wake:
+            while not self._stopping:
+                self._refresh_due()
+                if not self._due:
+                    self._wake.wait()
+                else:
+                    self._wake.wait(max(0.0, self._due[0][0] - self._clock()))
+
+    def _refresh_due(self) -> int:
+        """manager/service/job.go's pollingJob for every job: each try writes the state the job is in
+        then; a finished job is not polled again; after the last try an unfinished job is FAILURE.
+        Called with the lock held."""
+        offsets = refresh_offsets()
+        written = 0
+        while self._due and self._due[0][0] <= self._clock():
+            _, job_id, attempt = heapq.heappop(self._due)
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            # The first try follows the create at once: the schedulers have not even received the
+            # machinery task yet, whatever this fake's local downloads did meanwhile.
+            state, result = self._observe(job) if attempt else (PENDING, None)
+            if state == PENDING and attempt + 1 >= len(offsets):
+                # retry-go gave up: the manager marks the job failed, its last result kept.
+                state = JOB_FAILURE
+                job.finished_at = monotonic()
+            job.written = (state, result)
+            written += 1
+            self.refreshes += 1
+            if state == PENDING:
+                heapq.heappush(
+                    self._due, (job.started + offsets[attempt + 1] * self._time_scale, job_id, attempt + 1)
+                )
+        if written:
+            self._wake.notify_all()
+        return written
+
     # -- the API ---------------------------------------------------------------------------------
 
     def authorize(self, authorization: str | None, query_token: str | None) -> tuple[int, Any] | None:
@@ -485,12 +368,11 @@ class FakeDragonfly2Manager:
         return None
 
     def record(self, method: str, path: str, authorization: str | None, body: Any) -> None:
-        shown = authorization
-        if shown:
-            shown = f"{shown.split(' ', 1)[0]} {REDACTED}" if " " in shown else REDACTED
+        """Keep the request as it arrived: a test that no credential reached the manager must see
+        the credentials that did (this fake runs in tests only; it logs header names, never values)."""
         with self._lock:
             self._requests_seen.append(
-                {"method": method, "path": path, "authorization": shown, "body": redact_body(body)}
+                {"method": method, "path": path, "authorization": authorization, "body": body}
             )
 
     def injected(self, method: str) -> int | None:
@@ -502,9 +384,9 @@ class FakeDragonfly2Manager:
         """The answer to a create: a JSON document, or text (the rate limiter's 429)."""
         try:
             request = parse_create(body, self.clusters)
-        except _Invalid as exc:
+        except Invalid as exc:
             return HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": str(exc)}
-        except _NotFound as exc:
+        except NotFound as exc:
             return HTTPStatus.NOT_FOUND, {"message": str(exc)}
         if request.cluster_ids and not self._admit(request.cluster_ids):
             return HTTPStatus.TOO_MANY_REQUESTS, RATE_LIMIT_MESSAGE
@@ -512,8 +394,15 @@ class FakeDragonfly2Manager:
         if not cluster_ids:
             return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "candidate schedulers not found"}
         seed_tasks: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for url in request.urls:
             if self._knob(url) is not None:
+                continue
+            try:
+                node_id = node_task_id(url, request.args)
+            except ValueError as exc:
+                # The seed peer refuses a blob URL whose digest it cannot take: nothing is downloaded.
+                refused[url] = f"invalid argument: {exc}"
                 continue
             status, answer = self.seed.create(
                 {"type": "file", "url": url, "headers": request.headers, "filter": "&".join(request.filters)}
@@ -524,26 +413,32 @@ class FakeDragonfly2Manager:
             # 201 (new or running) and 208 (finished) both name the task of the filtered URL.
             seed_tasks[url] = task_id_for(url, request.filters, "", request.headers)
             with self._lock:
-                self._node_tasks[node_task_id(url, request.args)] = seed_tasks[url]
+                self._node_tasks[node_id] = seed_tasks[url]
         with self._lock:
             job_id = self._next_id
             self._next_id += 1
-            job = _Job(
+            job = Job(
                 id=job_id,
                 group_uuid=f"group_{uuid.uuid4()}",
                 request=request,
                 clusters=cluster_ids,
                 task_uuids=tuple(f"task_{uuid.uuid4()}" for _ in cluster_ids),
-                created_at=_utcnow(),
+                created_at=utcnow(),
                 ready_at=monotonic() + self._finish_delay,
+                started=self._clock(),
                 seed_tasks=seed_tasks,
+                refused=refused,
             )
             self._jobs[job_id] = job
-            answer = self._render(job, with_result=False)
+            answer = self._render(job, live=False)
+            if not self.answer_at_once:
+                # The poller's first try follows the create at once.
+                heapq.heappush(self._due, (job.started, job_id, 0))
+                self._wake.notify_all()
         log.info(
             "preheat job %s created for %s in scheduler clusters %s (header names: %s)",
             job_id,
-            ", ".join(_without_query(url) for url in request.urls),
+            ", ".join(without_query(url) for url in request.urls),
             list(cluster_ids),
             sorted(request.headers),
         )
@@ -574,7 +469,7 @@ class FakeDragonfly2Manager:
 
     def _knob(self, url: str) -> tuple[str, str] | None:
         """The test override for ``url`` (matched with or without its query), if any."""
-        for candidate in (url, _without_query(url)):
+        for candidate in (url, without_query(url)):
             if candidate in self.error_urls:
                 return "error", self.error_urls[candidate]
             if candidate in self.fail_urls:
@@ -583,51 +478,46 @@ class FakeDragonfly2Manager:
                 return "drop", ""
         return None
 
-    def _outcome(
-        self, job: _Job, url: str, seed_tasks: Mapping[str, TaskRecord], ready: bool
-    ) -> tuple[str, str]:
-        """What became of ``url``: pending, success, download failed, fail, error or drop, and why."""
-        knob = self._knob(url)
-        if knob is not None:
-            return knob if ready else ("pending", "")
-        seed_id = job.seed_tasks.get(url, "")
-        seed_task = seed_tasks.get(seed_id)
-        if seed_task is None:
-            return "error", f"the seed peer lost task {seed_id}"
-        if seed_task.status in (WAITING, RUNNING):
-            return "pending", ""
-        if seed_task.status == SUCCESS:
-            return "success", ""
-        return "download failed", f"task {seed_id} failed: {seed_task.error_msg}"
-
-    def _expired(self, job: _Job) -> bool:
+    def _expired(self, job: Job) -> bool:
         return job.finished_at is not None and monotonic() - job.finished_at >= self._job_ttl
 
-    def _render(self, job: _Job, with_result: bool = True) -> dict[str, Any]:
-        """The job object; called with the lock held."""
-        result: dict[str, Any] | None = None
+    def _observe(self, job: Job) -> tuple[str, dict[str, Any]]:
+        """The job's state and result as they are now (what a poller's try would write); called with
+        the lock held. A job seen finished starts its time to live."""
+        job_states = [
+            job_state(job, index, cluster, self.seed, self._knob)
+            for index, cluster in enumerate(job.clusters)
+        ]
+        states = [s["state"] for s in job_states]
         state = PENDING
-        if with_result:
-            job_states = [self._job_state(job, index, cluster) for index, cluster in enumerate(job.clusters)]
-            states = [s["state"] for s in job_states]
-            if JOB_FAILURE in states:
-                state = JOB_FAILURE
-            elif all(s == JOB_SUCCESS for s in states):
-                state = JOB_SUCCESS
-            if state != PENDING and job.finished_at is None:
-                job.finished_at = monotonic()
-                job.updated_at = _utcnow()
-            result = {
-                "group_uuid": job.group_uuid,
-                "state": state,
-                "created_at": _rfc3339(job.created_at),
-                "updated_at": _rfc3339(job.updated_at),
-                "job_states": job_states,
-            }
+        if JOB_FAILURE in states:
+            state = JOB_FAILURE
+        elif all(s == JOB_SUCCESS for s in states):
+            state = JOB_SUCCESS
+        if state != PENDING and job.finished_at is None:
+            job.finished_at = monotonic()
+            job.updated_at = utcnow()
+        result = {
+            "group_uuid": job.group_uuid,
+            "state": state,
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
+            "job_states": job_states,
+        }
+        return state, result
+
+    def _render(self, job: Job, live: bool = True) -> dict[str, Any]:
+        """The job object; called with the lock held. Its state and result are what the poller last
+        wrote (PENDING and null before its first try), or the live ones with ``answer_at_once``."""
+        state, result = PENDING, None
+        if live and self.answer_at_once:
+            state, result = self._observe(job)
+        elif live and job.written is not None:
+            state, result = job.written
         return {
             "id": job.id,
-            "created_at": _rfc3339(job.created_at),
-            "updated_at": _rfc3339(job.updated_at),
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
             "is_del": 0,
             "task_id": job.group_uuid,
             "bio": "",
@@ -640,193 +530,14 @@ class FakeDragonfly2Manager:
             "scheduler_clusters": [
                 {
                     "id": cluster,
-                    "created_at": _rfc3339(job.created_at),
-                    "updated_at": _rfc3339(job.created_at),
+                    "created_at": rfc3339(job.created_at),
+                    "updated_at": rfc3339(job.created_at),
                     "is_del": 0,
                     "name": self.clusters.get(cluster, f"cluster-{cluster}"),
                 }
                 for cluster in job.clusters
             ],
         }
-
-    def _job_state(self, job: _Job, index: int, cluster: int) -> dict[str, Any]:
-        """One scheduler cluster's machinery task: its state, its result, its error.
-
-        As the scheduler does: with ``single_seed_peer`` a URL whose download failed is only logged
-        and left out of the result; with ``all_seed_peers``/``all_peers`` it is a failure task, and
-        the task fails ("all peers preheat failed") only when no URL succeeded anywhere."""
-        hostname, ip = f"seed-peer-{cluster}", "127.0.0.1"
-        task_uuid = job.task_uuids[index]
-        single = job.request.args.get("scope") not in SCOPES[1:]
-        ready = monotonic() >= job.ready_at
-        success: list[dict[str, str]] = []
-        failure: list[dict[str, str]] = []
-        errors: list[str] = []
-        download_failed = False
-        pending = False
-        seed_tasks = self.seed.tasks() if job.seed_tasks else {}
-        for url in job.request.urls:
-            outcome, text = self._outcome(job, url, seed_tasks, ready)
-            pending = pending or outcome == "pending"
-            if outcome == "success":
-                success.append({"url": url, "hostname": hostname, "ip": ip})
-            elif outcome == "error":
-                errors.append(text)
-            elif outcome == "fail" or (outcome == "download failed" and not single):
-                failure.append({"url": url, "hostname": hostname, "ip": ip, "description": text})
-            if outcome == "download failed":
-                download_failed = True
-                log.warning("[preheat]: preheat failed for %s: %s", _without_query(url), text)
-            # "drop": the URL is left out of the result altogether.
-        if not single and download_failed and not success and not errors:
-            first = failure[0]
-            errors.append(
-                f"all peers preheat failed: {job.group_uuid} {task_uuid} {first['ip']} {first['hostname']} "
-                f"{first['description']}"
-            )
-        results: list[dict[str, Any]] | None = None
-        if pending:
-            state = STARTED if ready else PENDING
-        elif errors:
-            state = JOB_FAILURE
-        else:
-            state = JOB_SUCCESS
-            # The single seed peer path leaves its lists nil (JSON null); the others make empty ones.
-            empty: list[dict[str, str]] | None = None if single else []
-            results = [
-                {
-                    "success_tasks": success or empty,
-                    "failure_tasks": failure or empty,
-                    "scheduler_cluster_id": cluster,
-                }
-            ]
-        return {
-            "task_uuid": task_uuid,
-            "task_name": "preheat",
-            "state": state,
-            "results": results,
-            "error": "; ".join(errors) if state == JOB_FAILURE else "",
-            "created_at": _rfc3339(job.created_at),
-            "ttl": 0,
-        }
-
-
-class _Server(LocalHTTPServer):
-    allow_reuse_address = True
-    # The worker creates a hundred jobs at once: socketserver's backlog of 5 would make the
-    # connections beyond it wait a second for their handshake to be retried.
-    request_queue_size = 256
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        manager: FakeDragonfly2Manager,
-    ) -> None:
-        self.manager = manager
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    # Without TCP_NODELAY every answer on a kept-alive connection waits for the client's delayed ACK
-    # (about 40 ms a request).
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
-    server_version = "FakeDragonfly2Manager/1"
-    timeout = 30
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The request line may carry ?access_token=: log the path only.
-        log.debug("%s %s %s", self.address_string(), self.command, urlsplit(self.path).path)
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/") or "/"
-        manager = self.server.manager
-        if path == "/healthy":
-            if manager.healthy:
-                self._send(HTTPStatus.OK, b"OK", "text/plain; charset=utf-8")
-            else:
-                self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"message": "Service Unavailable"})
-            return
-        match = _JOB_PATH_RE.match(path)
-        if match is None:
-            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
-            return
-        if self._refused("GET", path, None):
-            return
-        self._send_json(*manager.get(match.group(1)))
-
-    def do_POST(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
-        body = self._read_json()
-        if path != JOBS_PATH:
-            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
-            return
-        if self._refused("POST", path, body):
-            return
-        if body is _UNREADABLE:
-            self._send_json(HTTPStatus.UNPROCESSABLE_ENTITY, {"errors": "invalid character in JSON body"})
-            return
-        status, answer = self.server.manager.create(body)
-        if isinstance(answer, str):
-            self._send(status, answer.encode(), "text/plain; charset=utf-8")
-        else:
-            self._send_json(status, answer)
-
-    def do_DELETE(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
-        match = _JOB_PATH_RE.match(path)
-        if match is None:
-            self._send_json(HTTPStatus.NOT_FOUND, {"message": "Not Found"})
-            return
-        if self._refused("DELETE", path, None):
-            return
-        self._send_json(*self.server.manager.delete(match.group(1)))
-
-    def _refused(self, method: str, path: str, body: Any) -> bool:
-        """Record the request, then answer an injected error or a refused token; True if answered."""
-        manager = self.server.manager
-        authorization = self.headers.get("Authorization")
-        manager.record(method, path, authorization, None if body is _UNREADABLE else body)
-        injected = manager.injected(method)
-        if injected is not None:
-            phrase = HTTPStatus(injected).phrase if injected in HTTPStatus._value2member_map_ else "injected"
-            self._send_json(injected, {"message": phrase})
-            return True
-        query_token = parse_qs(urlsplit(self.path).query).get("access_token", [None])[0]
-        refusal = manager.authorize(authorization, query_token)
-        if refusal is not None:
-            self._send_json(*refusal)
-            return True
-        return False
-
-    def _read_json(self) -> Any:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return _UNREADABLE
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return _UNREADABLE
-
-    def _send_json(self, status: int, body: Any) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8")
-
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-_UNREADABLE: Any = object()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -840,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".dragonfly2-cache"))
     parser.add_argument("--clusters", default="1", help="scheduler cluster ids, comma-separated")
     parser.add_argument("--finish-delay", type=float, default=0.0)
+    parser.add_argument(
+        "--answer-at-once",
+        action="store_true",
+        help="show a job's state as it is now, not on the manager's 0/30/90/210 s... refresh schedule",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -868,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         clusters={cluster_id: f"cluster-{cluster_id}" for cluster_id in cluster_ids},
         finish_delay=args.finish_delay,
+        answer_at_once=args.answer_at_once,
     ):
         while not stop.wait(0.5):
             pass

@@ -31,8 +31,13 @@ def files() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory, files: str) -> Iterator[FakeDragonfly2Manager]:
+    # Job states shown as they are (answer_at_once): the real refresh schedule, which makes each
+    # preheat here last 30 s, has its own test (test_dragonfly2_refresh_schedule.py).
     with FakeDragonfly2Manager(
-        tmp_path_factory.mktemp("manager"), TOKEN, fail_urls={f"{files}/broken.bin": "peer disk full"}
+        tmp_path_factory.mktemp("manager"),
+        TOKEN,
+        fail_urls={f"{files}/broken.bin": "peer disk full"},
+        answer_at_once=True,
     ) as running:
         yield running
 
@@ -54,7 +59,12 @@ def test_a_file_job_succeeds_and_the_blob_is_cached(
     assert data["status"] == "SUCCESS", data
     expected = hashlib.sha256(b"/model.bin" * 100).hexdigest()
     assert f"sha256:{expected}" in manager.cached_digests()
-    assert TOKEN not in repr(manager.requests_seen)
+    # The manager's records are what arrived: its token only as the bearer, no credential in a job.
+    assert {request["authorization"] for request in manager.requests_seen} == {f"Bearer {TOKEN}"}
+    creates = [request["body"] for request in manager.requests_seen if request["method"] == "POST"]
+    assert creates
+    assert TOKEN not in repr(creates)
+    assert all("headers" not in body["args"] and "password" not in body["args"] for body in creates)
 
 
 def test_a_job_that_succeeded_without_our_url_is_reported_fail(stack: LocalStack, files: str):

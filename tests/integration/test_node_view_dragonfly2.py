@@ -30,9 +30,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeDragonfly2Manager]:
-    # The manager's default job rate limit (10 creates a second per named cluster) is on.
+    # The manager's default job rate limit (10 creates a second per named cluster) is on. Job states
+    # are shown as they are (answer_at_once): what is checked here is where the blobs land, not
+    # when the manager's poller would tell (test_dragonfly2_refresh_schedule.py is about that).
     with FakeDragonfly2Manager(
-        tmp_path_factory.mktemp("manager"), TOKEN, clusters={CLUSTER: "cluster-1"}, max_concurrent_downloads=8
+        tmp_path_factory.mktemp("manager"),
+        TOKEN,
+        clusters={CLUSTER: "cluster-1"},
+        max_concurrent_downloads=8,
+        answer_at_once=True,
     ) as running:
         assert running.job_rate_limit == 10
         yield running

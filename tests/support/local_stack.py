@@ -113,12 +113,15 @@ def dragonfly2_stack(
     cache_dir: Path,
     parameters: Mapping[str, str] | None = None,
     extra_env: Mapping[str, str] | None = None,
+    events_file: Path | None = None,
 ) -> LocalStack:
     """The local stack with ``manager`` as its one supernode, spoken to through Dragonfly 2's open API
-    with ``token``; ``parameters`` and ``extra_env`` add to that (start it with ``with``)."""
+    with ``token``; ``parameters`` and ``extra_env`` add to that, ``events_file`` receives the
+    completion events (start it with ``with``)."""
     return LocalStack(
         supernodes=[manager.url],
         parameters={"SupernodeApi": "dragonfly2", **(parameters or {})},
         extra_env={"PREHEAT_DRAGONFLY2_TOKEN": token, **(extra_env or {})},
         cache_dir=cache_dir,
+        events_file=events_file,
     )

@@ -17,12 +17,14 @@ from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from local.dragonfly2_manager import DEFAULT_FILTERED_QUERY_PARAMS, FakeDragonfly2Manager
+from local.dragonfly2_manager import FakeDragonfly2Manager
+from local.dragonfly2_requests import DEFAULT_FILTERED_QUERY_PARAMS
 from preheat.adapters.dragonfly2 import Dragonfly2Driver
 from preheat.errors import PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobState, Credentials
 from preheat.ports import SupernodeDriver, SupernodeTask
 from preheat.settings import Settings
+from preheat.task_ids import dragonfly2_task_id
 from tests.support.dragonfly2 import manager_starter
 from tests.support.http_server import QuietHandler, serve
 from tests.support.origin import Origin
@@ -48,7 +50,7 @@ def origin() -> Iterator[Origin]:
 
 @pytest.fixture
 def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
-    with manager_starter(tmp_path, TOKEN) as start:
+    with manager_starter(tmp_path, TOKEN, answer_at_once=True) as start:
         yield start
 
 
@@ -130,13 +132,15 @@ def test_a_blob_goes_pending_then_success_and_lands_in_the_cache(
     assert create_request == {
         "method": "POST",
         "path": "/oapi/v1/jobs",
-        "authorization": "Bearer <redacted>",
+        # The fake records what arrived: the manager's token in Authorization, the blob's own
+        # credentials in args.headers (handed over for the seed peers to download with).
+        "authorization": f"Bearer {TOKEN}",
         "body": {
             "type": "preheat",
             "args": {
                 "type": "file",
                 "url": url,
-                "headers": {"Authorization": "<redacted>"},
+                "headers": {"Authorization": CANARY},
                 "filtered_query_params": "X-Amz-Signature&X-Amz-Date",
                 "scope": "all_seed_peers",
             },
@@ -327,7 +331,9 @@ def test_a_refused_token_is_permanent_and_never_quoted(
         assert token not in message
         assert "canary" not in message
     assert len(manager.requests_seen) == 2  # no retries
-    assert all(request["authorization"] == "Bearer <redacted>" for request in manager.requests_seen)
+    # The token went as a bearer, and nowhere else.
+    assert all(request["authorization"] == f"Bearer {token}" for request in manager.requests_seen)
+    assert token not in repr([request["body"] for request in manager.requests_seen])
 
 
 def test_a_request_the_manager_rejects_is_permanent(manager: FakeDragonfly2Manager, origin: Origin) -> None:
@@ -536,3 +542,27 @@ def test_hostile_manager_answers_are_failures_with_a_message() -> None:
     for reason in reasons:
         assert f"Dragonfly 2 manager {url}" in reason
         assert CANARY not in reason
+
+
+def test_under_blob_digest_ids_the_job_asks_for_them_and_node_task_id_is_the_digest(
+    manager: FakeDragonfly2Manager, origin: Origin
+) -> None:
+    url = origin.url(f"/v2/app/blobs/{DIGEST}")
+    by_url, by_digest = driver(manager.url), driver(manager.url, dragonfly2_task_ids="blob-digest")
+
+    task = settle(by_digest, manager.url, by_digest.create(manager.url, blob(url)))
+
+    assert task.state is BlobState.SUCCESS
+    assert manager.requests_seen[0]["body"]["args"]["enable_task_id_based_blob_digest"] is True
+    hex_digest = DIGEST.removeprefix("sha256:")
+    assert by_digest.node_task_id(blob(url)) == hex_digest
+    assert by_url.node_task_id(blob(url)) == dragonfly2_task_id(url)
+    # The seed peer's task is the one a node of such a cluster asks for.
+    assert manager.tasks()[hex_digest].status == "SUCCESS"
+    # The default mode leaves the flag out, as the manager defaults it (false).
+    by_url.create(manager.url, blob(url))
+    assert "enable_task_id_based_blob_digest" not in manager.requests_seen[-1]["body"]["args"]
+    # A blob URL whose digest a node refuses has no id to show.
+    assert (
+        by_digest.node_task_id(blob(origin.url("/v2/app/blobs/md5:8a04994a666b4e4b20a2fd9e5a44f44c"))) == ""
+    )

@@ -19,10 +19,13 @@ from local import dragonfly2_manager
 from local.dragonfly2_manager import FakeDragonfly2Manager
 from preheat.adapters.dragonfly2 import MAX_CACHED_JOBS, Dragonfly2Driver
 from preheat.errors import RateLimited
-from preheat.models import Blob, BlobState, Credentials
+from preheat.models import Blob, BlobState, Credentials, PreheatRequest
 from preheat.ports import SupernodeTask
+from preheat.service import PreheatService
 from preheat.settings import Settings
+from preheat.worker import Worker
 from tests.support.dragonfly2 import manager_starter
+from tests.support.fakes import FakeQueue, FakeRegistry, FakeTaskStore
 from tests.support.origin import Origin
 from tests.unit.test_dragonfly2_driver import TOKEN, Sleeps
 
@@ -40,7 +43,7 @@ def origin() -> Iterator[Origin]:
 
 @pytest.fixture
 def start_manager(tmp_path: Path) -> Iterator[Callable[..., FakeDragonfly2Manager]]:
-    with manager_starter(tmp_path, TOKEN, clusters={1: "east", 2: "west"}) as start:
+    with manager_starter(tmp_path, TOKEN, clusters={1: "east", 2: "west"}, answer_at_once=True) as start:
         yield start
 
 
@@ -206,7 +209,7 @@ def test_blobs_needing_other_headers_go_in_a_job_of_their_own(
     creates = [r["body"]["args"] for r in manager.requests_seen if r["method"] == "POST"]
     assert len(creates) == 2
     assert creates[0]["urls"] == [items[0].url, items[1].url, items[3].url]
-    assert creates[0]["headers"] == {"Authorization": "<redacted>"}
+    assert creates[0]["headers"] == {"Authorization": "Bearer x"}
     assert creates[1]["url"] == items[2].url
     assert "headers" not in creates[1]
 
@@ -223,3 +226,48 @@ def test_a_warm_driver_keeps_no_more_job_answers_than_it_reuses(
         assert subject.status(manager.url, f"{job}#0").task_id == f"{job}#0"
 
     assert len(subject._answers) == MAX_CACHED_JOBS
+
+
+def test_a_retried_start_does_not_create_again_the_jobs_it_created(
+    start_manager: Callable[..., FakeDragonfly2Manager], origin: Origin
+) -> None:
+    # Issue 22 item 10: one job per URL under the manager's rate limit. The first try of the start
+    # step gets a burst of creates through, then a 429 it will not wait out (no patience here): the
+    # step is retried, and its retry must create only the blobs the first one did not.
+    manager = start_manager(job_rate_limit=10)
+    settings = Settings(
+        supernodes=(manager.url,),
+        supernode_api="dragonfly2",
+        dragonfly2_token=TOKEN,
+        dragonfly2_clusters=(1, 2),
+        dragonfly2_job_urls="single",
+    )
+    items = blobs(origin)
+    subject = Dragonfly2Driver(settings, backoff_seconds=0.01, sleep=lambda _: None, rate_limit_patience=0)
+    store, queue = FakeTaskStore(), FakeQueue()
+    registry = FakeRegistry(images={"registry.test/app:v1": items})
+    worker = Worker(store, queue, registry, subject, settings)
+    PreheatService(store, queue, settings).submit(
+        PreheatRequest.parse({"type": "image", "url": "registry.test/app:v1"})
+    )
+    (start,) = queue.take()
+
+    with pytest.raises(RateLimited):
+        worker.handle(start)
+    first_try = manager.admitted
+    assert 0 < first_try < len(items)
+    recorded = store.tasks[start.task_id].blobs
+
+    manager.job_rate_limit = None  # the bucket refilled meanwhile
+    task = worker.handle(start)
+
+    assert task is not None
+    creates = [r for r in manager.requests_seen if r["method"] == "POST"]
+    # Every blob created exactly once (the 429s created nothing), not once per try.
+    assert len(creates) - manager.rate_limited == len(items)
+    # The first try recorded the jobs it created, for the retry to find.
+    assert len(recorded) == first_try
+    assert all(blob.supernode_task_id for blob in recorded)
+    created_urls = [r["body"]["args"]["url"] for r in creates]
+    assert sorted(set(created_urls)) == sorted(blob.url for blob in items)
+    assert {blob.label for blob in task.blobs if blob.supernode_task_id} == {blob.label for blob in items}

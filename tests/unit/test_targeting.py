@@ -166,7 +166,9 @@ def test_job_targeting_wins_over_the_deployment_defaults() -> None:
 
 @pytest.fixture
 def manager(tmp_path: Path) -> Iterator[FakeDragonfly2Manager]:
-    started = FakeDragonfly2Manager(tmp_path / "cache", TOKEN, clusters={1: "east", 2: "west", 7: "default"})
+    started = FakeDragonfly2Manager(
+        tmp_path / "cache", TOKEN, clusters={1: "east", 2: "west", 7: "default"}, answer_at_once=True
+    )
     started.start()
     yield started
     started.stop()

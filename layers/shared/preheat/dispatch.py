@@ -1,13 +1,21 @@
 """One start step's dispatch: each blob sent to its supernodes as soon as the registry client has
 resolved it (or in batches, to a target that takes many at once), a send's failures turned into
-failed blobs, a breaker for a supernode whose creates keep failing, and the results in order."""
+failed blobs, a breaker for a supernode whose creates keep failing, and the results in order.
+
+A start step that is retried (a manager's job rate limit waited out, the step's time run out) must
+not create again what its earlier try created: a Dragonfly 2 manager makes a new job of every
+create, so a 1000-blob image in one-job-per-URL mode would get some 960 duplicate jobs per retry.
+So the dispatch keeps what it created (``created``, which the worker records on the task when the
+step fails), and is given what earlier tries recorded (``earlier``): a blob already created on a
+target is looked at under its recorded id instead of being created again."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import Self, TypeVar
 
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
@@ -17,6 +25,7 @@ from preheat.models import (
     BlobState,
 )
 from preheat.placement import targets_for
+from preheat.task_ids import without_params
 
 # Its failures are the worker's, and logged as such.
 logger = logging.getLogger("preheat.worker")
@@ -51,9 +60,16 @@ class Dispatch:
         targets: tuple[str, ...],
         scope: str,
         batch_size: int = 1,
+        *,
+        earlier: Iterable[BlobProgress] = (),
+        look: Callable[[BlobProgress], BlobProgress] = lambda blob: blob,
     ) -> None:
         self._send = send
         self._describe = describe
+        self._look = look
+        # Blobs an earlier try of this step created, by (blob, target): looked at, not created again.
+        self._earlier = {recorded_key(item): item for item in earlier if item.supernode_task_id}
+        self._created: list[BlobProgress] = []
         self._send_batch = send_batch
         self._targets = targets
         self._scope = scope
@@ -69,6 +85,9 @@ class Dispatch:
         """``send``, turning its failures into a FAILED blob; a target whose creates keep failing
         for reasons worth retrying gets no more of this step's creates (see BREAKER_FAILURES)."""
         # The blob as recorded is described only for a failure here: ``send`` describes its own.
+        resumed = self._resume(blob, target)
+        if resumed is not None:
+            return resumed
         with self._lock:
             failures, last = self._failures.get(target, (0, ""))
         if failures >= BREAKER_FAILURES:
@@ -94,6 +113,7 @@ class Dispatch:
             )
         with self._lock:
             self._failures.pop(target, None)
+        self._record([sent])
         return sent
 
     def _guarded_batch(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
@@ -105,6 +125,43 @@ class Dispatch:
             raise
         except (PermanentFailure, TransientFailure) as exc:
             return [self._describe(blob, target).with_state(BlobState.FAILED, str(exc)) for blob in blobs]
+
+    def _resume(self, blob: Blob, target: str) -> BlobProgress | None:
+        """The blob under the id an earlier try of the step created it with, looked at; None if
+        no earlier try created it on ``target``."""
+        earlier = self._earlier.get(_sent_key(blob, target))
+        if earlier is None:
+            return None
+        described = self._describe(blob, target)
+        return self._look(
+            replace(
+                described,
+                supernode_task_id=earlier.supernode_task_id,
+                state=earlier.state,
+                error=earlier.error,
+            )
+        )
+
+    def _record(self, sent: Iterable[BlobProgress]) -> None:
+        with self._lock:
+            self._created.extend(item for item in sent if item.supernode_task_id)
+
+    def created(self) -> tuple[BlobProgress, ...]:
+        """What this step created so far and what earlier tries had, one per (blob, target): what
+        the task records when the step fails, for the retry to find."""
+        with self._lock:
+            merged = dict(self._earlier)
+            merged.update((recorded_key(item), item) for item in self._created)
+        return tuple(merged.values())
+
+    def _send_new(self, blobs: Sequence[Blob], target: str) -> list[BlobProgress]:
+        """``send_batch`` for the blobs no earlier try created on ``target``; the others resumed."""
+        resumed = {_key(blob): self._resume(blob, target) for blob in blobs}
+        fresh = [blob for blob in blobs if resumed[_key(blob)] is None]
+        sent = iter(self._guarded_batch(fresh, target) if fresh else [])
+        answered = [resumed[_key(blob)] or next(sent) for blob in blobs]
+        self._record(answered)
+        return answered
 
     def submit(self, blob: Blob) -> None:
         if self._batch_size > 1:
@@ -151,7 +208,7 @@ class Dispatch:
                 by_target.setdefault(target, []).append(blob)
         size = self._batch_size
         futures = [
-            self._pool.submit(self._guarded_batch, assigned[start : start + size], target)
+            self._pool.submit(self._send_new, assigned[start : start + size], target)
             for target, assigned in by_target.items()
             for start in range(0, len(assigned), size)
         ]
@@ -174,3 +231,12 @@ class Dispatch:
 
 def _key(blob: Blob) -> str:
     return blob.digest or blob.url
+
+
+def _sent_key(blob: Blob, target: str) -> tuple[str, str]:
+    # As the task records it: BlobProgress.url is the URL without its signature parameters.
+    return (blob.digest or without_params(blob.url, blob.filter), target)
+
+
+def recorded_key(item: BlobProgress) -> tuple[str, str]:
+    return (item.digest or item.url or item.label, item.target)

@@ -9,7 +9,12 @@ Dragonfly's own tools list (``dfget``'s logs, a Dragonfly 2 ``get_task`` job).
   key again. Nodes' dfget uses no filter and no identifier unless the cluster configures them.
 - Dragonfly 2 (``dragonfly-client-util/src/id_generator``, URL-based ids): sha256 over the URL
   without its filtered query parameters (the remaining ones sorted by name), then the tag, the
-  application and the piece length when set, then the task type ``STANDARD``.
+  application and the piece length when set, then the task type ``STANDARD``. The URL is
+  canonicalised only when some parameter is filtered: then the ``&``-separated pairs (a pair
+  holding ``;`` dropped, as Go's ``url.ParseQuery`` drops it) are sorted by name, values of one name
+  keeping their order, and escaped as Go's ``url.QueryEscape``; the fragment stays.
+- Dragonfly 2 with ``enableTaskIDBasedBlobDigest`` (``PREHEAT_DRAGONFLY2_TASK_IDS=blob-digest``): a
+  registry blob URL's id is its digest's hex; any other URL keeps its URL-based id.
 """
 
 from __future__ import annotations
@@ -77,10 +82,14 @@ def dragonfly1_task_id(url: str, filter_params: Sequence[str] = (), identifier: 
 
 def _dragonfly2_url(url: str, filtered: Sequence[str]) -> str:
     """The URL as the Dragonfly 2 client canonicalises it: filtered parameters dropped, the rest
-    sorted by name and escaped as Go's ``url.QueryEscape`` does."""
+    sorted by name and escaped as Go's ``url.QueryEscape`` does. ValueError for a URL that does not
+    parse as an absolute one."""
     if not filtered:
         return url
     parts = urlsplit(url)
+    if not parts.scheme:
+        # Both upstreams fail to parse it (``:error_url`` in their vectors): no node computes an id.
+        raise ValueError(f"{url!r:.80} is not an absolute URL")
     dropped = set(filtered)
     pairs = [
         (name, value)
@@ -110,16 +119,55 @@ def dragonfly2_task_id(
     return hashlib.sha256((material + DRAGONFLY2_TASK_TYPE).encode()).hexdigest()
 
 
-# A registry blob URL's path: /v2/<name>/blobs/<algorithm>:<hex>.
-_BLOB_PATH = re.compile(r"^/v2/.+/blobs/(?:sha256:([0-9a-f]{64})|sha512:([0-9a-f]{128}))$")
+# An OCI blob URL as Dragonfly 2 recognises one (dragonfly-client-util ``digest::BLOB_URL_REGEX``,
+# dragonfly ``pkg/idgen`` ``blobURLRegexp``): matched on the whole URL text, not a parsed path, so
+# whatever follows ``/blobs/`` up to a ``?`` (a fragment included) is the digest.
+_BLOB_URL = re.compile(r"^(.*)://(.*)/v2/(.*)/blobs/([^?]+)(?:\?.*)?\Z")
+# The algorithms both upstreams accept for a blob-digest task id, with the length each needs.
+# (Go's idgen also takes a crc32 of any length; the Rust node, which computes the id a pull lands
+# on, takes 10 characters, and so do we.)
+_DIGEST_LENGTHS = {"sha256": 64, "sha512": 128, "crc32": 10}
+_HEX = re.compile(r"[0-9a-fA-F]+\Z")
+
+
+def is_blob_url(url: str) -> bool:
+    """Whether a Dragonfly 2 node with ``enableTaskIDBasedBlobDigest`` takes ``url`` for an OCI blob
+    (and so derives its task id from the digest, or refuses it)."""
+    return _BLOB_URL.match(url) is not None
 
 
 def dragonfly2_blob_digest_task_id(url: str) -> str | None:
     """The task id a Dragonfly 2 node with ``enableTaskIDBasedBlobDigest`` gives a registry blob URL:
     the digest's hex alone, whatever the host, repository or query (``TaskIDParameter::BlobDigestBased``
-    in dragonfly-client, ``idgen.TaskIDV2ByBlobDigest`` in Go). None for a URL that is not a blob's:
-    such a node gives it a URL-based id."""
-    match = _BLOB_PATH.match(urlsplit(url).path)
+    in dragonfly-client, ``idgen.TaskIDV2ByBlobDigest`` in Go).
+
+    None for a URL that is not a blob's: such a node gives it a URL-based id. ValueError for a blob
+    URL whose digest it cannot take (an unknown algorithm, a wrong length, not hex): the node refuses
+    that download outright (``InvalidArgument``) rather than falling back to the URL."""
+    match = _BLOB_URL.match(url)
     if match is None:
         return None
-    return match.group(1) or match.group(2)
+    algorithm, sep, encoded = match.group(4).partition(":")
+    length = _DIGEST_LENGTHS.get(algorithm)
+    if not sep or length is None or len(encoded) != length or not _HEX.match(encoded):
+        raise ValueError(f"a Dragonfly 2 node refuses the blob URL's digest {match.group(4)!r:.80}")
+    return encoded
+
+
+def dragonfly2_node_task_id(
+    url: str,
+    task_ids: str = "url",
+    filtered_query_params: Sequence[str] = DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS,
+    tag: str = "",
+    application: str = "",
+    piece_length: int | None = None,
+) -> str:
+    """The id a Dragonfly 2 node gives ``url`` under ``PREHEAT_DRAGONFLY2_TASK_IDS`` (``url`` or
+    ``blob-digest``), as dfdaemon's download handler picks: the digest for a blob URL when the
+    cluster derives ids from digests, else the URL-based id. ValueError as for
+    :func:`dragonfly2_blob_digest_task_id`."""
+    if task_ids == "blob-digest":
+        digest_id = dragonfly2_blob_digest_task_id(url)
+        if digest_id is not None:
+            return digest_id
+    return dragonfly2_task_id(url, filtered_query_params, tag, application, piece_length)

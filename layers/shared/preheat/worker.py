@@ -50,6 +50,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from preheat.adapters.storage_signatures import redact_url
+from preheat.budget import StepBudget
 from preheat.dispatch import MAX_PARALLEL_SUPERNODE_CALLS, Dispatch
 from preheat.errors import PermanentFailure, PreheatError, ProgressTooLarge, TransientFailure
 from preheat.models import (
@@ -108,16 +109,6 @@ HANDOVER_LOOKS = 40
 PROGRESS_EVERY_SECONDS = 5.0
 
 
-class _Budget:
-    """What is left of a step's time (None: unbounded), measured from when the step began."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self._end = None if seconds is None else time.monotonic() + max(0.0, seconds)
-
-    def left(self) -> float | None:
-        return None if self._end is None else max(0.0, self._end - time.monotonic())
-
-
 def _pending(blobs: Sequence[BlobProgress]) -> bool:
     return any(blob.state is BlobState.PENDING for blob in blobs)
 
@@ -168,7 +159,7 @@ class Worker:
         if task.is_expired(self._clock()):
             return self._finish(task, TaskStatus.FAIL, task.timed_out_message(), task.blobs)
         try:
-            return self._step(task, message, _Budget(time_budget_seconds))
+            return self._step(task, message, StepBudget(time_budget_seconds))
         except ProgressTooLarge as exc:
             # No retry could record it: the task ends now, its counts kept, its detail dropped.
             current = self._store.get(task.task_id) or task
@@ -178,13 +169,13 @@ class Worker:
                 else self._finish(current, TaskStatus.FAIL, str(exc), exc.blobs)
             )
 
-    def _step(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
+    def _step(self, task: Task, message: WorkerMessage, budget: StepBudget) -> Task:
         if message.step is Step.START:
             # The task stores a signed file URL redacted; the start message carries it whole.
             return self._start(task, message.headers, budget, message.url or task.url)
         return self._check(task, message, budget)
 
-    def _window(self, budget: _Budget) -> float:
+    def _window(self, budget: StepBudget) -> float:
         """How long a watch may last: the configured window, or what the step has left."""
         left = budget.left()
         window = self._settings.check_window_seconds
@@ -192,7 +183,7 @@ class Worker:
 
     # -- start: resolve, dispatch, watch ----------------------------------------------------
 
-    def _start(self, task: Task, headers: Credentials, budget: _Budget, url: str) -> Task:
+    def _start(self, task: Task, headers: Credentials, budget: StepBudget, url: str) -> Task:
         if task.dispatched:
             return task  # a repeat delivery: the first one already set the check chain going
         if not self._supernodes.targets:
@@ -202,7 +193,16 @@ class Worker:
         batch = self._supernodes.batch_size
         # Where the request wants its blobs to land travels with each blob to the driver.
         aimed = functools.partial(_aimed, task.targeting)
-        with Dispatch(self._send, self._send_batch, self._progress_of, targets, scope, batch) as dispatch:
+        with Dispatch(
+            self._send,
+            self._send_batch,
+            self._progress_of,
+            targets,
+            scope,
+            batch,
+            earlier=task.blobs,
+            look=functools.partial(self._look, targeting=task.targeting),
+        ) as dispatch:
 
             def submit(blob: Blob) -> None:
                 dispatch.submit(aimed(blob))
@@ -216,11 +216,10 @@ class Worker:
                 return self._finish(task, TaskStatus.FAIL, str(exc), task.blobs)
             except TransientFailure as exc:
                 # Leave a note for the caller, the deadline and the dead-letter consumer, then retry
-                # after a backoff (the blobs already sent are sent again: a supernode joins repeats).
-                # A target's rate limit lands here too: it is waited out, never a failed blob.
-                self._store.save(
-                    replace(task, message=f"{RETRYING_PREFIX}{exc}"), expected_check_seq=task.check_seq
-                )
+                # after a backoff. A target's rate limit lands here too: it is waited out, never a
+                # failed blob. What was created is recorded, so that the retry does not create it again.
+                retrying = replace(task, blobs=dispatch.created(), message=f"{RETRYING_PREFIX}{exc}")
+                self._store.save(retrying, expected_check_seq=task.check_seq)
                 exc.deadline = task.deadline
                 raise
             except PreheatError:
@@ -312,7 +311,7 @@ class Worker:
 
     # -- check: poll what is pending ----------------------------------------------------------
 
-    def _check(self, task: Task, message: WorkerMessage, budget: _Budget) -> Task:
+    def _check(self, task: Task, message: WorkerMessage, budget: StepBudget) -> Task:
         if message.seq == task.check_seq + 1:
             task = self._await_handover(task, message.seq)
         if not is_current(task, message):

@@ -46,7 +46,7 @@ from preheat.models import Blob, BlobState, Targeting
 from preheat.ports import SupernodeTask
 from preheat.retry import RetryPolicy
 from preheat.settings import Settings
-from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_task_id
+from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_node_task_id
 
 SECRET_MAX_AGE_SECONDS = 300
 # One job carries at most this many URLs: a 1000-layer image in one job, and a create body of some
@@ -158,14 +158,20 @@ class Dragonfly2Driver(HttpTargetDriver):
         return tuple(dict.fromkeys((*(configured or DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS), *blob.filter)))
 
     def node_task_id(self, blob: Blob) -> str:
+        """The id a node gives the blob under ``PREHEAT_DRAGONFLY2_TASK_IDS``; empty when a node
+        refuses the URL (a blob URL whose digest it cannot take), so that no id is shown."""
         settings = self._settings
-        return dragonfly2_task_id(
-            blob.url,
-            self._filtered_query_params(blob),
-            settings.dragonfly2_tag,
-            settings.dragonfly2_application,
-            settings.dragonfly2_piece_length,
-        )
+        try:
+            return dragonfly2_node_task_id(
+                blob.url,
+                settings.dragonfly2_task_ids,
+                self._filtered_query_params(blob),
+                settings.dragonfly2_tag,
+                settings.dragonfly2_application,
+                settings.dragonfly2_piece_length,
+            )
+        except ValueError:
+            return ""
 
     def _body(self, blobs: Sequence[Blob]) -> dict[str, Any]:
         first = blobs[0]
@@ -187,6 +193,10 @@ class Dragonfly2Driver(HttpTargetDriver):
             args["application"] = self._settings.dragonfly2_application
         if self._settings.dragonfly2_piece_length is not None:
             args["piece_length"] = self._settings.dragonfly2_piece_length
+        if self._settings.dragonfly2_task_ids == "blob-digest":
+            # The seed peers then create each blob's task under its digest, the id the nodes of such
+            # a cluster ask for (dragonfly PR #4975); without it they would warm a task no pull finds.
+            args["enable_task_id_based_blob_digest"] = True
         targeting, clusters = job_targeting(self._settings, first.targeting)
         args.update(targeting)
         body: dict[str, Any] = {"type": "preheat", "args": args}
