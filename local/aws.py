@@ -241,6 +241,40 @@ def atomic_updates() -> None:
         setattr(models.DynamoDBBackend, "update_item", update_item)  # noqa: B010
 
 
+_ITEM_SIZE_INSTALLED = threading.Lock()
+# moto's own limit, which it keeps (DynamoDB's documented 400 KB measures between 409 and 410 KB).
+MOTO_ITEM_LIMIT_BYTES = 405_000
+
+
+def item_size_after_update() -> None:
+    """Judge an updated item's size as DynamoDB does: the item as it will be.
+
+    moto checks each SET against the item's current size plus the new value, the value it replaces
+    still counted: rewriting a task's 280 KiB blob progress counts it twice and is refused ("Item
+    size to update has exceeded the maximum allowed size"), where DynamoDB stores the item. Every
+    later write of that task is refused the same way, the deadline's FAIL too. Idempotent.
+    """
+    from moto.dynamodb.models import dynamo_type  # noqa: PLC0415
+    from moto.dynamodb.models.utilities import bytesize  # noqa: PLC0415
+
+    with _ITEM_SIZE_INSTALLED:
+        limited = dynamo_type.LimitedSizeDict
+        if getattr(limited.__setitem__, "_after_update", False):
+            return
+
+        def size_of(value: Any) -> int:
+            return int(value.size()) if type(value) is dynamo_type.DynamoType else bytesize(str(value))
+
+        def __setitem__(self: Any, key: str, value: Any) -> None:
+            others = sum(bytesize(name) + size_of(kept) for name, kept in self.items() if name != key)
+            if others + bytesize(key) + size_of(value) > MOTO_ITEM_LIMIT_BYTES:
+                raise dynamo_type.ItemSizeTooLarge
+            dict.__setitem__(self, key, value)
+
+        __setitem__._after_update = True  # type: ignore[attr-defined]
+        setattr(limited, "__setitem__", __setitem__)  # noqa: B010
+
+
 def _threaded_server(host: str, port: int) -> Any:
     """moto's ThreadedMotoServer, its app behind :class:`_DynamoDBOneAtATime` (not started)."""
     # Imported here: moto loads every backend, which `python -m local.invoke` does not need.
@@ -287,6 +321,7 @@ class MotoServer:
             cheap_transaction_backups()
             cheap_index_queries()
             atomic_updates()
+            item_size_after_update()
             self._server.start()
             self._started = True
             requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()

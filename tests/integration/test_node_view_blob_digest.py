@@ -16,7 +16,6 @@ from tests.support.local_stack import dragonfly2_stack
 from tests.support.node_view import CLUSTER, REPOSITORY, TOKEN, blob_urls, preheat, sha256_of
 from tests.support.registry import OciImage
 
-pytest_plugins = ["tests.support.node_view"]  # image, registries
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("local-stack")]
 
 
@@ -47,22 +46,23 @@ def dragonfly2_blob_digest(
 def test_under_blob_digest_ids_a_node_pull_hits_every_blob_by_its_digest(
     dragonfly2_blob_digest: LocalStack,
     manager: FakeDragonfly2Manager,
-    registries: dict[str, Any],
-    image: OciImage,
+    node_view_registries: dict[str, Any],
+    node_view_image: OciImage,
 ) -> None:
     # Such a node's id for /v2/<name>/blobs/sha256:<hex> is <hex>, whatever the registry or name.
-    registry, header = registries["filesystem"]
+    registry, header = node_view_registries["filesystem"]
     data = preheat(
         dragonfly2_blob_digest, {"type": "image", "url": registry.image(f"{REPOSITORY}:v1"), "header": header}
     )
 
     assert data["status"] == "SUCCESS", data
     tasks = manager.tasks()
-    for digest in blob_urls(registry, image):
+    for digest in blob_urls(registry, node_view_image):
         task = tasks.get(digest.removeprefix("sha256:"))
         assert task is not None, f"no task a node would ask for by the digest {digest}"
         assert task.status == "SUCCESS"
         assert task.cache_path is not None
         assert sha256_of(task.cache_path) == digest
     shown = {blob["digest"]: blob["nodeTaskId"] for blob in data["blobs"]}
-    assert shown == {digest: digest.removeprefix("sha256:") for digest in blob_urls(registry, image)}
+    expected = {digest: digest.removeprefix("sha256:") for digest in blob_urls(registry, node_view_image)}
+    assert shown == expected

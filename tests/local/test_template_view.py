@@ -281,3 +281,37 @@ def test_moto_comes_back_after_an_outage_with_its_state_and_dynamodb_one_at_a_ti
     # The server that came back serializes DynamoDB's requests as the first one did: without it,
     # concurrent writes race inside moto's tables (the fault suite's corrupted tasks).
     assert isinstance(moto._server._server.app, _DynamoDBOneAtATime)
+
+
+def test_moto_judges_an_updated_items_size_as_it_will_be(moto: MotoServer) -> None:
+    # moto counted the value an update replaces as well as its new one: rewriting a task's large
+    # blob progress was refused ("Item size to update has exceeded the maximum allowed size"), and
+    # every later write of that task with it, the deadline's FAIL too; DynamoDB stores the item.
+    dynamodb = client("dynamodb", moto.url)
+    table = f"sizes-{secrets.token_hex(4)}"
+    dynamodb.create_table(
+        TableName=table,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    key = {"pk": {"S": "task"}}
+    dynamodb.put_item(TableName=table, Item={**key, "blobs": {"B": b"a" * 250_000}})
+
+    dynamodb.update_item(
+        TableName=table,
+        Key=key,
+        UpdateExpression="SET blobs = :blobs, msg = :msg",
+        ExpressionAttributeValues={":blobs": {"B": b"b" * 250_000}, ":msg": {"S": "m" * 8000}},
+    )
+    item = dynamodb.get_item(TableName=table, Key=key)["Item"]
+    assert item["blobs"]["B"] == b"b" * 250_000
+    # An item really over the limit is still refused, and left as it was.
+    with pytest.raises(dynamodb.exceptions.ClientError, match="exceeded the maximum allowed size"):
+        dynamodb.update_item(
+            TableName=table,
+            Key=key,
+            UpdateExpression="SET msg = :msg, more = :more",
+            ExpressionAttributeValues={":msg": {"S": "n"}, ":more": {"B": b"c" * 200_000}},
+        )
+    assert dynamodb.get_item(TableName=table, Key=key)["Item"]["msg"] == {"S": "m" * 8000}

@@ -241,6 +241,34 @@ def test_an_item_at_the_service_limits_with_long_errors_stays_under_dynamodbs_li
     client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
 
 
+def test_a_task_holding_large_progress_can_still_be_written_and_ended(store, aws):
+    """A start step that ran out of time records what it created (1000 blobs, each failed with a
+    long error) for its retry; every later write rewrites that progress, and the deadline's FAIL
+    write must go through (moto once counted the replaced progress too, and refused them all)."""
+    url, resources = aws
+    blobs = _failed_everywhere(random.Random(7), 2000)[::3][:1000]
+    task = new_task("00000000-0000-4000-8000-000000000700")
+    store.create(task)
+    assert store.save(
+        replace(task, blobs=blobs, message="retrying after: " + "e" * 3000), expected_check_seq=0
+    )
+    recorded = store.get(task.task_id)
+    assert recorded is not None
+    ended = replace(
+        recorded, status=TaskStatus.FAIL, message=recorded.timed_out_message(), finished_at=recorded.deadline
+    )
+
+    assert store.save(ended, expected_check_seq=recorded.check_seq)
+
+    stored = store.get(task.task_id)
+    assert stored is not None
+    assert stored.status is TaskStatus.FAIL
+    assert stored.finished_at == recorded.deadline
+    assert len(stored.blobs) == 1000
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    client.delete_item(TableName=resources["TasksTable"].ref, Key={"pk": {"S": task.task_id}})
+
+
 def test_progress_beyond_any_cut_is_refused_while_running_and_dropped_from_an_ended_task(store, aws):
     """Eight supernodes at once for an image at the blob limit: 8192 blob copies, whose ids alone do
     not fit in an item however short the errors. A RUNNING task is refused before DynamoDB would
