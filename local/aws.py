@@ -254,6 +254,7 @@ def item_size_after_update() -> None:
     size to update has exceeded the maximum allowed size"), where DynamoDB stores the item. Every
     later write of that task is refused the same way, the deadline's FAIL too. Idempotent.
     """
+    from moto.dynamodb.exceptions import ItemSizeTooLarge  # noqa: PLC0415
     from moto.dynamodb.models import dynamo_type  # noqa: PLC0415
     from moto.dynamodb.models.utilities import bytesize  # noqa: PLC0415
 
@@ -268,7 +269,7 @@ def item_size_after_update() -> None:
         def __setitem__(self: Any, key: str, value: Any) -> None:
             others = sum(bytesize(name) + size_of(kept) for name, kept in self.items() if name != key)
             if others + bytesize(key) + size_of(value) > MOTO_ITEM_LIMIT_BYTES:
-                raise dynamo_type.ItemSizeTooLarge
+                raise ItemSizeTooLarge
             dict.__setitem__(self, key, value)
 
         __setitem__._after_update = True  # type: ignore[attr-defined]
