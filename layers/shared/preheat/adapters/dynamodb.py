@@ -26,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
+from preheat.adapters.dynamodb_attributes import _claim_refused, _layer_counts, _strings, _targeting
 from preheat.adapters.dynamodb_eviction import eviction_from_item, record_eviction
 from preheat.errors import ClaimHeld, DependencyFailure, ProgressTooLarge
 from preheat.models import (
@@ -34,7 +35,6 @@ from preheat.models import (
     LayerCounts,
     PeerCopy,
     PreheatType,
-    Targeting,
     Task,
     TaskQuery,
     TaskStatus,
@@ -593,37 +593,3 @@ def _sources(query: TaskQuery, now: datetime, timeout_seconds: int) -> list[_Sou
 def _list_position(task: Task) -> str:
     """Sorts as the creation time (fixed-width ISO 8601, UTC), ties broken by the task id."""
     return f"{isoformat(task.created_at)}#{task.task_id}"
-
-
-def _targeting(attribute: dict[str, Any] | None) -> Targeting:
-    if not attribute:
-        return Targeting()
-    data = json.loads(attribute["S"])
-    return Targeting(
-        scope=data.get("scope"),
-        cluster_ids=tuple(data.get("clusterIds", ())),
-        ips=tuple(data.get("ips", ())),
-        count=data.get("count"),
-        percentage=data.get("percentage"),
-    )
-
-
-def _layer_counts(attribute: dict[str, Any] | None) -> LayerCounts | None:
-    if not attribute:
-        return None
-    total, succeeded, failed, pending = (int(value["N"]) for value in attribute["L"])
-    return LayerCounts(total, succeeded, failed, pending)
-
-
-def _strings(attribute: dict[str, Any] | None) -> tuple[str, ...]:
-    return tuple(value["S"] for value in (attribute or {}).get("L", []))
-
-
-def _claim_refused(exc: ClientError) -> bool:
-    """Whether a transaction was cancelled because the claim (its second item) is held."""
-    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return False
-    reasons = exc.response.get("CancellationReasons") or []
-    if len(reasons) >= 2:
-        return bool(reasons[1].get("Code") == "ConditionalCheckFailed")
-    return "ConditionalCheckFailed" in str(exc.response.get("Error", {}).get("Message", ""))
