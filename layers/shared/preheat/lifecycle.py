@@ -26,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["BlobSeen", "LifecycleService", "PeerSeen", "Verification", "eviction_answer"]
 
-# The msg of a RUNNING task stopped by an eviction (the worker's next step finds it ended).
 # The longest per-blob outcome recorded (a target's reason, already scrubbed by its driver).
 MAX_OUTCOME_CHARS = 300
+# The msg of a RUNNING task stopped by an eviction (the worker's next step finds it ended).
 STOPPED_BY_EVICTION = "stopped: evicted (DELETE /api/preheat/{id}) while it was running"
 
 
