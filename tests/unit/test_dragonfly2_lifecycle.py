@@ -122,3 +122,23 @@ def closed_port_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_the_fake_manager_binds_task_jobs_as_the_manager_does(tmp_path: Path) -> None:
+    with FakeDragonfly2Manager(tmp_path, TOKEN, answer_at_once=True) as manager:
+        missing = manager.create({"type": "get_task", "args": {}})
+        typed = manager.create({"type": "delete_task", "args": {"task_id": 7}})
+        unknown = manager.create({"type": "sync_peers"})
+        status, job = manager.create({"type": "get_task", "args": {"task_id": "f" * 64}})
+
+        assert missing == (422, {"errors": "invalid params: task_id or url is required"})
+        assert typed[0] == 422
+        assert unknown[0] == 422
+        assert status == 200
+        assert job["type"] == "get_task"
+        assert job["args"]["concurrent_peer_count"] == 500
+        answered = manager.job(job["id"])
+        assert answered is not None
+        # A task nobody holds: a finished job listing no peer.
+        assert answered["state"] == "SUCCESS"
+        assert answered["result"]["job_states"][0]["results"] == [{"scheduler_cluster_id": 1, "peers": []}]
