@@ -18,6 +18,12 @@ no authentication. What it does do faithfully is the part the Preheat service de
 * ``GET /preheats/{id}`` answers ``{"ID","status","startTime","finishTime","errorMsg"}`` with status
   ``WAITING`` -> ``RUNNING`` -> ``SUCCESS`` | ``FAILED``; ``GET /preheats``, ``DELETE /preheats/{id}``
   and ``GET /_ping`` too.
+* The Go supernode's task API, only under ``/api/v1``: ``GET /api/v1/tasks/{id}`` answers
+  ``{"taskId","cdnStatus","fileLength","rawURL"}`` for a task its cache holds (or is downloading),
+  and HTTP 500 ``{"code":500,"message":"... data not found"}`` for one it does not (unknown, deleted,
+  or its file gone from the cache), as Go releases v1.0.0 to v1.0.6 do; ``DELETE /api/v1/tasks/{id}``
+  drops the cached file and answers 200 even for an unknown task, but keeps the preheat record, so a
+  repeat ``POST /preheats`` answers 208 and downloads nothing until ``DELETE /preheats/{id}``.
 
 Run it alone with ``python -m local.supernode --port 8002 --cache-dir DIR``; tests use
 :class:`ReferenceSupernode` directly.
@@ -25,33 +31,31 @@ Run it alone with ``python -m local.supernode --port 8002 --cache-dir DIR``; tes
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import http.cookiejar
-import json
 import logging
 import os
 import re
 import secrets
-import signal
 import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from time import monotonic
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import requests.adapters
 
-from local.background import BackgroundServer, LocalHTTPServer
+from local.background import BackgroundServer
+from local.supernode_http import SupernodeHandler, SupernodeServer
+from local.supernode_http import error_answer as _error
 
 log = logging.getLogger("local.supernode")
 
@@ -60,12 +64,10 @@ RUNNING = "RUNNING"
 SUCCESS = "SUCCESS"
 FAILED = "FAILED"
 
-MAX_BODY_BYTES = 1 << 20
 MAX_REDIRECTS = 10
 CHUNK_BYTES = 1 << 16
 
 _BLOB_DIGEST_RE = re.compile(r"/blobs/(sha256:[0-9a-f]{64})$")
-_TASK_PATH_RE = re.compile(r"^/preheats/([^/]+)$")
 
 
 class _BadRequest(Exception):
@@ -209,6 +211,8 @@ class _Task:
     error_msg: str = ""
     size: int | None = None
     cache_path: Path | None = None
+    # DELETE /api/v1/tasks/{id} dropped the cached file but not this record (see the module notes).
+    cdn_dropped: bool = False
 
     def snapshot(self) -> TaskRecord:
         return TaskRecord(
@@ -253,7 +257,7 @@ class ReferenceSupernode:
         # file name -> (size, "sha256:<hex>") recorded while downloading, so listing needs no re-read.
         self._hashes: dict[str, tuple[int, str]] = {}
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: SupernodeServer | None = None
         self._served: BackgroundServer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._session: requests.Session | None = None
@@ -266,7 +270,7 @@ class ReferenceSupernode:
         self._stopping.clear()
         self._pool = ThreadPoolExecutor(self._max_concurrent, thread_name_prefix="supernode-download")
         self._session = download_session(self._max_concurrent)
-        self._server = _Server((self._host, self._port), _Handler, self)
+        self._server = SupernodeServer((self._host, self._port), SupernodeHandler, self)
         self._served = BackgroundServer(self._server, "supernode-http", poll_interval=0.1)
         log.info("reference supernode listening on %s, cache %s", self.url, self.cache_dir)
         return self
@@ -294,6 +298,10 @@ class ReferenceSupernode:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def url(self) -> str:
@@ -354,6 +362,12 @@ class ReferenceSupernode:
             if self._stopping.is_set() or self._pool is None:
                 return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the supernode is stopping")
             existing = self._tasks.get(task_id)
+            if existing is not None and existing.cdn_dropped:
+                # Go keeps the preheat record after a task delete: "already exists", nothing downloaded.
+                return HTTPStatus.ALREADY_REPORTED, {
+                    "code": int(HTTPStatus.ALREADY_REPORTED),
+                    "message": f"preheat task already exists, id:{task_id}",
+                }
             if existing is not None and existing.status in (WAITING, RUNNING):
                 return HTTPStatus.CREATED, {"ID": task_id}
             if existing is not None and existing.status == SUCCESS and self._still_cached(existing):
@@ -398,6 +412,39 @@ class ReferenceSupernode:
             if self._tasks.pop(task_id, None) is None:
                 return _error(HTTPStatus.NOT_FOUND, f"preheat task {task_id} doesn't exist")
         return HTTPStatus.OK, {"ID": task_id}
+
+    def task_info(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """``GET /api/v1/tasks/{id}``: the CDN's view of a task (see the module notes)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            held = (
+                task is not None
+                and not task.cdn_dropped
+                and (task.status != SUCCESS or self._still_cached(task))
+            )
+            if task is None or not held:
+                return _error(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    f"failed to get key {task_id} from map: data not found",
+                )
+            return HTTPStatus.OK, {
+                "taskId": task.id,
+                "cdnStatus": task.status,
+                "fileLength": task.size if task.size is not None else -1,
+                "rawURL": _without_query(task.url),
+            }
+
+    def delete_cached(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """``DELETE /api/v1/tasks/{id}``: drop the cached file, keep the preheat record; 200 always."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            path = task.cache_path if task is not None else None
+            if task is not None:
+                task.cdn_dropped = True
+                task.cache_path = None
+        if path is not None:
+            path.unlink(missing_ok=True)
+        return HTTPStatus.OK, {}
 
     def _still_cached(self, task: _Task) -> bool:
         return task.cache_path is not None and task.cache_path.is_file()
@@ -529,154 +576,8 @@ def download_session(connections: int) -> requests.Session:
     return session
 
 
-def _error(status: HTTPStatus, message: str) -> tuple[int, dict[str, Any]]:
-    return status, {"code": int(status), "message": message}
-
-
-class _Server(LocalHTTPServer):
-    allow_reuse_address = True
-    # A worker sends a hundred blobs at once: with socketserver's backlog of 5 the connections beyond
-    # it would wait a second for the handshake to be retried (a real supernode, in Go, takes them).
-    request_queue_size = 256
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], supernode: ReferenceSupernode
-    ) -> None:
-        self.supernode = supernode
-        super().__init__(address, handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    # Without TCP_NODELAY every answer on a kept-alive connection waits for the client's delayed ACK
-    # (about 40 ms a request).
-    disable_nagle_algorithm = True
-    protocol_version = "HTTP/1.1"
-    server_version = "ReferenceSupernode/1"
-    # Idle keep-alive connections must not pin handler threads forever.
-    timeout = 30
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _route(self) -> str:
-        path = urlsplit(self.path).path
-        if path.startswith("/api/v1/"):
-            path = path[len("/api/v1") :]
-        return path.rstrip("/") or "/"
-
-    def do_GET(self) -> None:
-        path = self._route()
-        supernode = self.server.supernode
-        if path == "/_ping":
-            self._send(HTTPStatus.OK, b"OK", "text/plain; charset=utf-8")
-        elif path == "/preheats":
-            self._send_json(*supernode.list_tasks())
-        elif match := _TASK_PATH_RE.match(path):
-            self._send_json(*supernode.get(unquote(match.group(1))))
-        else:
-            self._send_json(*_error(HTTPStatus.NOT_FOUND, f"no route for GET {path}"))
-
-    def do_HEAD(self) -> None:
-        self._send_json(*_error(HTTPStatus.METHOD_NOT_ALLOWED, "HEAD is not supported"))
-
-    def do_POST(self) -> None:
-        path = self._route()
-        if path != "/preheats":
-            self._discard_body()
-            self._send_json(*_error(HTTPStatus.NOT_FOUND, f"no route for POST {path}"))
-            return
-        body = self._read_json()
-        if body is not None:
-            self._send_json(*self.server.supernode.create(body))
-
-    def do_DELETE(self) -> None:
-        path = self._route()
-        if match := _TASK_PATH_RE.match(path):
-            self._send_json(*self.server.supernode.delete(unquote(match.group(1))))
-        else:
-            self._send_json(*_error(HTTPStatus.NOT_FOUND, f"no route for DELETE {path}"))
-
-    def _read_json(self) -> Any | None:
-        """The decoded body, or None after answering 400/413 itself."""
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            self._send_json(*_error(HTTPStatus.BAD_REQUEST, "a JSON body with a Content-Length is required"))
-            return None
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send_json(*_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the body is larger than 1 MiB"))
-            return None
-        raw = self.rfile.read(length)
-        try:
-            return json.loads(raw)
-        except ValueError:
-            self._send_json(*_error(HTTPStatus.BAD_REQUEST, "the body is not valid JSON"))
-            return None
-
-    def _discard_body(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = 0
-        if 0 < length <= MAX_BODY_BYTES:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
-
-    def _send_json(self, status: int, body: Any) -> None:
-        self._send(status, json.dumps(body).encode(), "application/json")
-
-    def _send(self, status: int, payload: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m local.supernode",
-        description="Run the reference Dragonfly 1 supernode (a local tool, not for production).",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8002)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".supernode-cache"))
-    parser.add_argument("--max-concurrent-downloads", type=int, default=4)
-    parser.add_argument(
-        "--finish-delay", type=float, default=0.0, help="seconds to wait before finishing a task"
-    )
-    parser.add_argument("--verbose", "-v", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    with ReferenceSupernode(
-        args.cache_dir,
-        host=args.host,
-        port=args.port,
-        max_concurrent_downloads=args.max_concurrent_downloads,
-        finish_delay=args.finish_delay,
-    ):
-        # A short wait in a loop so the signal handler runs promptly on every platform.
-        while not stop.wait(0.5):
-            pass
-    log.info("stopped")
-    return 0
-
-
 if __name__ == "__main__":
+    # The command lives beside it (local/supernode_cli.py), keeping this module within its size.
+    from local.supernode_cli import main
+
     raise SystemExit(main())

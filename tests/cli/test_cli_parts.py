@@ -373,3 +373,48 @@ def test_list_walks_pages_up_to_its_limit_and_joins_them(monkeypatch: pytest.Mon
         == 0
     )  # type: ignore[arg-type]
     assert [line.split()[0] for line in stdout.getvalue().splitlines()] == ["t0", "t1", "t2"]
+
+
+def test_the_peers_table_says_unknown_for_an_unreachable_target_and_notes_a_pending_manager():
+    from preheat_cli.lifecycle import peers_table
+
+    data = {
+        "checkedAt": "2026-12-06T03:00:00.000Z",
+        "blobs": [
+            {
+                "digest": "sha256:" + "a" * 64,
+                "nodeTaskId": "n1",
+                "target": "http://sn1:8002",
+                "peers": [{"host": "sn1:8002", "ip": "sn1", "finished": True}],
+                "warm": True,
+            },
+            {
+                "digest": "sha256:" + "a" * 64,
+                "nodeTaskId": "n1",
+                "target": "http://sn2:8002",
+                "peers": [{"host": "sn2:8002", "ip": "sn2", "finished": None}],
+                "warm": None,
+            },
+            {
+                "digest": "sha256:" + "b" * 64,
+                "nodeTaskId": None,
+                "target": "http://sn1:8002",
+                "peers": [],
+                "warm": False,
+            },
+        ],
+        "summary": {"layersWarm": 0, "layersTotal": 2, "peersWithEveryLayer": []},
+        "pending": True,
+        "unreachable": ["http://sn2:8002"],
+    }
+
+    lines = peers_table(data)
+
+    assert lines[0].split() == ["BLOB", "TARGET", "PEER", "IP", "FINISHED", "WARM"]
+    assert lines[1].split() == ["sha256:aaaaaaaaaaaa", "http://sn1:8002", "sn1:8002", "sn1", "yes", "yes"]
+    assert lines[2].split()[-2:] == ["unknown", "unknown"]
+    assert lines[3].split()[2:] == ["-", "-", "-", "no"]
+    text = "\n".join(lines)
+    assert "warm: 0 of 2 blobs; peers with every blob: none" in text
+    assert "pending" in text
+    assert "unreachable (finished unknown): http://sn2:8002" in text

@@ -122,6 +122,26 @@ def test_a_stale_or_finished_task_is_not_overwritten(store):
     assert store.get(task.task_id) == done
 
 
+def test_an_eviction_is_recorded_once_on_a_finished_task_and_an_unknown_one_records_nothing(store):
+    from preheat.models import BlobEviction
+
+    task = new_task("00000000-0000-4000-8000-0000000000e1")
+    store.create(task)
+    done = replace(task, status=TaskStatus.SUCCESS, check_seq=1, finished_at=task.created_at)
+    assert store.save(done, expected_check_seq=0)
+    evictions = tuple(
+        BlobEviction(f"sha256:{n:064x}", "http://sn1:8002", "evicted" if n else "supernode did not answer")
+        for n in range(1000)
+    )
+    evicted = replace(done, evicted_at=task.created_at + timedelta(hours=1), evictions=evictions)
+
+    assert store.record_eviction(evicted)
+    assert not store.record_eviction(replace(evicted, evicted_at=task.created_at + timedelta(hours=2)))
+    assert store.get(task.task_id) == evicted
+    assert not store.record_eviction(replace(evicted, task_id="00000000-0000-4000-8000-0000000000e2"))
+    assert store.get("00000000-0000-4000-8000-0000000000e2") is None
+
+
 def test_finished_tasks_expire_after_the_retention(store, aws):
     url, resources = aws
     task = new_task("00000000-0000-4000-8000-000000000004")

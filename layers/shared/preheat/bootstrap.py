@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from preheat.adapters.dynamodb import DynamoDBTaskStore
     from preheat.adapters.eventbridge import EventBridgePublisher
     from preheat.adapters.sqs import SqsTaskQueue
+    from preheat.lifecycle import LifecycleService
     from preheat.ports import SupernodeDriver
     from preheat.service import PreheatService
     from preheat.sweeper import Sweeper
@@ -98,6 +99,15 @@ def preheat_service() -> PreheatService:
 
 
 @functools.cache
+def lifecycle_service() -> LifecycleService:
+    """Verify and evict (see preheat.lifecycle); it loads the driver, so only the functions that
+    serve those routes (and keep-warm) pay for one."""
+    from preheat.lifecycle import LifecycleService
+
+    return LifecycleService(task_store(), supernode_driver(), get_settings(), events=event_publisher())
+
+
+@functools.cache
 def worker() -> Worker:
     from preheat.adapters.credentials import AwsCredentialStore
     from preheat.adapters.registry import HttpRegistryClient
@@ -137,6 +147,7 @@ def reset_execution_environment() -> None:
         event_publisher,
         supernode_driver,
         preheat_service,
+        lifecycle_service,
         worker,
         sweeper,
     ):

@@ -8,6 +8,7 @@ from preheat.models import Task
 
 SOURCE = "preheat"
 DETAIL_TYPE = "Preheat Task Finished"
+EVICTED_DETAIL_TYPE = "Preheat Task Evicted"
 
 
 def finished_detail(task: Task) -> dict[str, Any]:
@@ -27,3 +28,18 @@ def finished_detail(task: Task) -> dict[str, Any]:
     if task.status.value == "FAIL":
         detail["msg"] = answer.get("msg") or "failed"
     return detail
+
+
+def evicted_detail(task: Task) -> dict[str, Any]:
+    """The eviction event's ``detail``: the task, when it was evicted, and each blob's outcome per
+    target (what a consumer needs to know whether the cluster still holds any of it)."""
+    answer = task.to_api(detail=True)
+    return {
+        "taskId": task.task_id,
+        "type": answer["type"],
+        "url": answer["url"],
+        "evictedAt": answer.get("evictedAt"),
+        "blobs": answer.get("evictions", []),
+        "evicted": sum(e.outcome == "evicted" for e in task.evictions),
+        "notEvicted": sum(e.outcome != "evicted" for e in task.evictions),
+    }

@@ -26,6 +26,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
+from preheat.adapters.dynamodb_attributes import _claim_refused, _layer_counts, _strings, _targeting
+from preheat.adapters.dynamodb_eviction import eviction_from_item, record_eviction
 from preheat.errors import ClaimHeld, DependencyFailure, ProgressTooLarge
 from preheat.models import (
     BlobProgress,
@@ -33,7 +35,6 @@ from preheat.models import (
     LayerCounts,
     PeerCopy,
     PreheatType,
-    Targeting,
     Task,
     TaskQuery,
     TaskStatus,
@@ -340,6 +341,9 @@ class DynamoDBTaskStore:
             raise DependencyFailure(f"could not update the task: {aws.reason(exc)}") from None
         return True
 
+    def record_eviction(self, task: Task) -> bool:
+        return record_eviction(self._client, self._table, task)
+
     def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
         """Newest first, every shard read from ``query.after`` down and merged by position: from
         ListIndex unfiltered, else from StatusIndex under the status asked for (FAIL adds the
@@ -494,6 +498,7 @@ class DynamoDBTaskStore:
 def _task_from_item(item: dict[str, Any]) -> Task:
     blobs = item.get("blobs", {}).get("B")
     created = parse_isoformat(item["createdAt"]["S"])
+    evicted_at, evictions = eviction_from_item(item)
     assert created is not None
     return Task(
         task_id=item["pk"]["S"],
@@ -513,6 +518,8 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         skipped_attestations=int(item.get("skippedAttestations", {}).get("N", "0")),
         targeting=_targeting(item.get("targeting")),
         layer_counts=_layer_counts(item.get("layerCounts")) if blobs is None else None,
+        evicted_at=evicted_at,
+        evictions=evictions,
     )
 
 
@@ -586,37 +593,3 @@ def _sources(query: TaskQuery, now: datetime, timeout_seconds: int) -> list[_Sou
 def _list_position(task: Task) -> str:
     """Sorts as the creation time (fixed-width ISO 8601, UTC), ties broken by the task id."""
     return f"{isoformat(task.created_at)}#{task.task_id}"
-
-
-def _targeting(attribute: dict[str, Any] | None) -> Targeting:
-    if not attribute:
-        return Targeting()
-    data = json.loads(attribute["S"])
-    return Targeting(
-        scope=data.get("scope"),
-        cluster_ids=tuple(data.get("clusterIds", ())),
-        ips=tuple(data.get("ips", ())),
-        count=data.get("count"),
-        percentage=data.get("percentage"),
-    )
-
-
-def _layer_counts(attribute: dict[str, Any] | None) -> LayerCounts | None:
-    if not attribute:
-        return None
-    total, succeeded, failed, pending = (int(value["N"]) for value in attribute["L"])
-    return LayerCounts(total, succeeded, failed, pending)
-
-
-def _strings(attribute: dict[str, Any] | None) -> tuple[str, ...]:
-    return tuple(value["S"] for value in (attribute or {}).get("L", []))
-
-
-def _claim_refused(exc: ClientError) -> bool:
-    """Whether a transaction was cancelled because the claim (its second item) is held."""
-    if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return False
-    reasons = exc.response.get("CancellationReasons") or []
-    if len(reasons) >= 2:
-        return bool(reasons[1].get("Code") == "ConditionalCheckFailed")
-    return "ConditionalCheckFailed" in str(exc.response.get("Error", {}).get("Message", ""))

@@ -1,16 +1,17 @@
-"""Completion events on EventBridge: one PutEvents entry per finished task."""
+"""Task events on EventBridge: one PutEvents entry per finished (or evicted) task."""
 
 from __future__ import annotations
 
 import functools
 import json
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
 from preheat.errors import DependencyFailure
-from preheat.events import DETAIL_TYPE, SOURCE, finished_detail
+from preheat.events import DETAIL_TYPE, EVICTED_DETAIL_TYPE, SOURCE, evicted_detail, finished_detail
 from preheat.models import Task
 from preheat.settings import Settings
 
@@ -25,21 +26,25 @@ class EventBridgePublisher:
         return self._injected_client or aws.client("events")
 
     def task_finished(self, task: Task) -> None:
+        self._put(DETAIL_TYPE, finished_detail(task), task.finished_at, "completion")
+
+    def task_evicted(self, task: Task) -> None:
+        self._put(EVICTED_DETAIL_TYPE, evicted_detail(task), task.evicted_at, "eviction")
+
+    def _put(self, detail_type: str, detail: dict[str, Any], time: datetime | None, what: str) -> None:
         entry: dict[str, Any] = {
             "Source": SOURCE,
-            "DetailType": DETAIL_TYPE,
-            "Detail": json.dumps(finished_detail(task), separators=(",", ":")),
+            "DetailType": detail_type,
+            "Detail": json.dumps(detail, separators=(",", ":")),
             "EventBusName": self._bus,
         }
-        if task.finished_at is not None:
-            entry["Time"] = task.finished_at
+        if time is not None:
+            entry["Time"] = time
         try:
             answer = self._client.put_events(Entries=[entry])
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not put the completion event: {aws.reason(exc)}") from None
+            raise DependencyFailure(f"could not put the {what} event: {aws.reason(exc)}") from None
         # PutEvents answers 200 even when an entry is refused (throttled, bus missing): say so.
         if answer.get("FailedEntryCount"):
             [failed] = answer.get("Entries") or [{}]
-            raise DependencyFailure(
-                f"could not put the completion event: {failed.get('ErrorCode', 'refused')}"
-            )
+            raise DependencyFailure(f"could not put the {what} event: {failed.get('ErrorCode', 'refused')}")
