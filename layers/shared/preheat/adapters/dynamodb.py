@@ -26,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
+from preheat.adapters.dynamodb_keepwarm import keep_warm_from_item, lifecycle_attributes, token_from_item
 from preheat.errors import ClaimHeld, DependencyFailure, ProgressTooLarge
 from preheat.models import (
     BlobProgress,
@@ -229,6 +230,7 @@ class DynamoDBTaskStore:
             item["platforms"] = {"L": [{"S": platform} for platform in task.platforms]}
         if task.targeting:
             item["targeting"] = {"S": json.dumps(task.targeting.to_api(), separators=(",", ":"))}
+        item.update(lifecycle_attributes(task))  # keep-warm schedule, task token
         item["listShard"] = {"S": _list_shard(task.task_id)}
         item["listSk"] = {"S": _list_position(task)}
         item["statusShard"] = {"S": _status_shard(task.status, task.task_id)}
@@ -513,6 +515,8 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         skipped_attestations=int(item.get("skippedAttestations", {}).get("N", "0")),
         targeting=_targeting(item.get("targeting")),
         layer_counts=_layer_counts(item.get("layerCounts")) if blobs is None else None,
+        keep_warm=keep_warm_from_item(item),
+        callback_token=token_from_item(item),
     )
 
 

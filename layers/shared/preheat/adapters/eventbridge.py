@@ -1,16 +1,17 @@
-"""Completion events on EventBridge: one PutEvents entry per finished task."""
+"""Events on EventBridge: one PutEvents entry per finished task, and per keep-warm re-warm."""
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
 from preheat.errors import DependencyFailure
-from preheat.events import DETAIL_TYPE, SOURCE, finished_detail
+from preheat.events import DETAIL_TYPE, REWARMED_DETAIL_TYPE, SOURCE, finished_detail, rewarmed_detail
 from preheat.models import Task
 from preheat.settings import Settings
 
@@ -33,13 +34,28 @@ class EventBridgePublisher:
         }
         if task.finished_at is not None:
             entry["Time"] = task.finished_at
+        self._put(entry)
+
+    def task_rewarmed(self, task: Task, missing: Sequence[str], failed: Sequence[str] = ()) -> None:
+        self._put(
+            {
+                "Source": SOURCE,
+                "DetailType": REWARMED_DETAIL_TYPE,
+                "Detail": json.dumps(rewarmed_detail(task, missing, failed), separators=(",", ":")),
+                "EventBusName": self._bus,
+            }
+        )
+
+    def _put(self, entry: dict[str, Any]) -> None:
         try:
             answer = self._client.put_events(Entries=[entry])
         except (ClientError, BotoCoreError) as exc:
-            raise DependencyFailure(f"could not put the completion event: {aws.reason(exc)}") from None
+            raise DependencyFailure(
+                f"could not put the {entry['DetailType']} event: {aws.reason(exc)}"
+            ) from None
         # PutEvents answers 200 even when an entry is refused (throttled, bus missing): say so.
         if answer.get("FailedEntryCount"):
             [failed] = answer.get("Entries") or [{}]
             raise DependencyFailure(
-                f"could not put the completion event: {failed.get('ErrorCode', 'refused')}"
+                f"could not put the {entry['DetailType']} event: {failed.get('ErrorCode', 'refused')}"
             )

@@ -59,6 +59,8 @@ def task_answer(task: Task, detail: bool = False) -> dict[str, Any]:
         }
     if task.message:
         data["msg"] = task.message
+    if task.keep_warm is not None:
+        data["keepWarm"] = task.keep_warm.to_api()
     if detail:
         data["blobs"] = [blob_answer(blob) for blob in task.blobs]
     return data
