@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from preheat.adapters.dynamodb_keepwarm import DynamoDBKeepWarmStore
     from preheat.adapters.eventbridge import EventBridgePublisher
     from preheat.adapters.sqs import SqsTaskQueue
+    from preheat.gate import Gate
     from preheat.keepwarm import KeepWarmer
     from preheat.ports import EventPublisher, SupernodeDriver
     from preheat.service import PreheatService
@@ -71,6 +72,13 @@ def event_publisher() -> EventPublisher:
     from preheat.callbacks import CallbackPublisher
 
     return CallbackPublisher(eventbridge_publisher(), StepFunctionsCallbacks(), keep_warm_store())
+
+
+@functools.cache
+def gate() -> Gate:
+    from preheat.gate import Gate
+
+    return Gate(preheat_service(), lifecycle_service())
 
 
 @functools.cache
@@ -170,6 +178,7 @@ def reset_execution_environment() -> None:
         keep_warm_store,
         event_publisher,
         keep_warmer,
+        gate,
         supernode_driver,
         preheat_service,
         worker,
