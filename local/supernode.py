@@ -18,6 +18,12 @@ no authentication. What it does do faithfully is the part the Preheat service de
 * ``GET /preheats/{id}`` answers ``{"ID","status","startTime","finishTime","errorMsg"}`` with status
   ``WAITING`` -> ``RUNNING`` -> ``SUCCESS`` | ``FAILED``; ``GET /preheats``, ``DELETE /preheats/{id}``
   and ``GET /_ping`` too.
+* The Go supernode's task API, only under ``/api/v1``: ``GET /api/v1/tasks/{id}`` answers
+  ``{"taskId","cdnStatus","fileLength","rawURL"}`` for a task its cache holds (or is downloading),
+  and HTTP 500 ``{"code":500,"message":"... data not found"}`` for one it does not (unknown, deleted,
+  or its file gone from the cache), as Go releases v1.0.0 to v1.0.6 do; ``DELETE /api/v1/tasks/{id}``
+  drops the cached file and answers 200 even for an unknown task, but keeps the preheat record, so a
+  repeat ``POST /preheats`` answers 208 and downloads nothing until ``DELETE /preheats/{id}``.
 
 Run it alone with ``python -m local.supernode --port 8002 --cache-dir DIR``; tests use
 :class:`ReferenceSupernode` directly.
@@ -66,6 +72,8 @@ CHUNK_BYTES = 1 << 16
 
 _BLOB_DIGEST_RE = re.compile(r"/blobs/(sha256:[0-9a-f]{64})$")
 _TASK_PATH_RE = re.compile(r"^/preheats/([^/]+)$")
+# The task API is served under /api/v1 (optionally after /v<version>) only, never bare.
+_CDN_TASK_PATH_RE = re.compile(r"^(?:/v[0-9.]+)?/api/v1/tasks/([^/]+)/?$")
 
 
 class _BadRequest(Exception):
@@ -209,6 +217,8 @@ class _Task:
     error_msg: str = ""
     size: int | None = None
     cache_path: Path | None = None
+    # DELETE /api/v1/tasks/{id} dropped the cached file but not this record (see the module notes).
+    cdn_dropped: bool = False
 
     def snapshot(self) -> TaskRecord:
         return TaskRecord(
@@ -354,6 +364,12 @@ class ReferenceSupernode:
             if self._stopping.is_set() or self._pool is None:
                 return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the supernode is stopping")
             existing = self._tasks.get(task_id)
+            if existing is not None and existing.cdn_dropped:
+                # Go keeps the preheat record after a task delete: "already exists", nothing downloaded.
+                return HTTPStatus.ALREADY_REPORTED, {
+                    "code": int(HTTPStatus.ALREADY_REPORTED),
+                    "message": f"preheat task already exists, id:{task_id}",
+                }
             if existing is not None and existing.status in (WAITING, RUNNING):
                 return HTTPStatus.CREATED, {"ID": task_id}
             if existing is not None and existing.status == SUCCESS and self._still_cached(existing):
@@ -398,6 +414,39 @@ class ReferenceSupernode:
             if self._tasks.pop(task_id, None) is None:
                 return _error(HTTPStatus.NOT_FOUND, f"preheat task {task_id} doesn't exist")
         return HTTPStatus.OK, {"ID": task_id}
+
+    def task_info(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """``GET /api/v1/tasks/{id}``: the CDN's view of a task (see the module notes)."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            held = (
+                task is not None
+                and not task.cdn_dropped
+                and (task.status != SUCCESS or self._still_cached(task))
+            )
+            if task is None or not held:
+                return _error(
+                    HTTPStatus.INTERNAL_SERVER_ERROR,
+                    f"failed to get key {task_id} from map: data not found",
+                )
+            return HTTPStatus.OK, {
+                "taskId": task.id,
+                "cdnStatus": task.status,
+                "fileLength": task.size if task.size is not None else -1,
+                "rawURL": _without_query(task.url),
+            }
+
+    def delete_cached(self, task_id: str) -> tuple[int, dict[str, Any]]:
+        """``DELETE /api/v1/tasks/{id}``: drop the cached file, keep the preheat record; 200 always."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            path = task.cache_path if task is not None else None
+            if task is not None:
+                task.cdn_dropped = True
+                task.cache_path = None
+        if path is not None:
+            path.unlink(missing_ok=True)
+        return HTTPStatus.OK, {}
 
     def _still_cached(self, task: _Task) -> bool:
         return task.cache_path is not None and task.cache_path.is_file()
@@ -568,7 +617,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self._route()
         supernode = self.server.supernode
-        if path == "/_ping":
+        if match := _CDN_TASK_PATH_RE.match(urlsplit(self.path).path):
+            self._send_json(*supernode.task_info(unquote(match.group(1))))
+        elif path == "/_ping":
             self._send(HTTPStatus.OK, b"OK", "text/plain; charset=utf-8")
         elif path == "/preheats":
             self._send_json(*supernode.list_tasks())
@@ -592,7 +643,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         path = self._route()
-        if match := _TASK_PATH_RE.match(path):
+        if match := _CDN_TASK_PATH_RE.match(urlsplit(self.path).path):
+            self._send_json(*self.server.supernode.delete_cached(unquote(match.group(1))))
+        elif match := _TASK_PATH_RE.match(path):
             self._send_json(*self.server.supernode.delete(unquote(match.group(1))))
         else:
             self._send_json(*_error(HTTPStatus.NOT_FOUND, f"no route for DELETE {path}"))

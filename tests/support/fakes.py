@@ -23,7 +23,7 @@ from preheat.models import (
     TaskStatus,
     WorkerMessage,
 )
-from preheat.ports import UNBOUNDED, ResolveOptions, SupernodeTask
+from preheat.ports import EVICTED, UNBOUNDED, Holding, PeerSeen, ResolveOptions, SupernodeTask
 
 
 class FakeTaskStore:
@@ -76,6 +76,16 @@ class FakeTaskStore:
     def get_alias(self, alias: str) -> str | None:
         self._maybe_fail()
         return self.aliases.get(alias)
+
+    def record_eviction(self, task: Task) -> bool:
+        self._maybe_fail()
+        with self._lock:
+            current = self.tasks.get(task.task_id)
+            if current is None or current.evicted_at is not None:
+                return False
+            self.tasks[task.task_id] = replace(current, evicted_at=task.evicted_at, evictions=task.evictions)
+            self.writes += 1
+            return True
 
 
 @dataclass
@@ -162,6 +172,8 @@ class FakeSupernodes:
         self.looks_per_round: int | None = None
         # Per look: the task id asked about and the targeting the look carried.
         self.looked: list[tuple[str, Targeting]] = []
+        self.verifies = 0
+        self.evicted: list[tuple[str, str]] = []  # (target, label) per evict
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -200,6 +212,36 @@ class FakeSupernodes:
             self.states[key] = replace(self.states[key], state=BlobState.SUCCESS)
         return self.states[key]
 
+    def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
+        """The supernode is the peer (as Dragonfly 1's): warm when its task is SUCCESS and not evicted."""
+        self.verifies += 1
+        answers = []
+        for blob in blobs:
+            host = blob.target.split("//", 1)[-1]
+            if blob.target in self.down:
+                answers.append(
+                    Holding(peers=(PeerSeen(host, host, None),), unreachable=blob.target, error="unreachable")
+                )
+                continue
+            answer = self.states.get((blob.target, blob.supernode_task_id or ""))
+            if answer is None or answer.state is BlobState.FAILED:
+                answers.append(Holding(warm=False))
+            else:
+                finished = answer.state is BlobState.SUCCESS
+                answers.append(Holding(peers=(PeerSeen(host, host, finished),), warm=finished))
+        return answers
+
+    def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
+        outcomes = []
+        for blob in blobs:
+            if blob.target in self.down:
+                outcomes.append(f"supernode {blob.target} unreachable")
+                continue
+            self.states.pop((blob.target, blob.supernode_task_id or ""), None)
+            self.evicted.append((blob.target, blob.label))
+            outcomes.append(EVICTED)
+        return outcomes
+
     def finish(
         self,
         label: str | None = None,
@@ -228,6 +270,7 @@ class FakeEvents:
 
     def __init__(self) -> None:
         self.finished: list[Task] = []
+        self.evicted: list[Task] = []
         self.fail_next = 0
 
     def task_finished(self, task: Task) -> None:
@@ -235,3 +278,9 @@ class FakeEvents:
             self.fail_next -= 1
             raise DependencyFailure("events down")
         self.finished.append(task)
+
+    def task_evicted(self, task: Task) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise DependencyFailure("events down")
+        self.evicted.append(task)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from preheat.adapters.sqs import SqsTaskQueue
     from preheat.gate import Gate
     from preheat.keepwarm import KeepWarmer
+    from preheat.lifecycle import LifecycleService
     from preheat.ports import EventPublisher, SupernodeDriver
     from preheat.service import PreheatService
     from preheat.sweeper import Sweeper
@@ -89,7 +90,7 @@ def keep_warmer() -> KeepWarmer:
         task_store(),
         keep_warm_store(),
         lifecycle_service(),
-        DriverRewarmer(supernode_driver()),
+        DriverRewarmer(supernode_driver(), evict_first=get_settings().supernode_api == "dragonfly1"),
         eventbridge_publisher(),
     )
 
@@ -138,6 +139,15 @@ def preheat_service() -> PreheatService:
 
 
 @functools.cache
+def lifecycle_service() -> LifecycleService:
+    """Verify and evict (see preheat.lifecycle); it loads the driver, so only the functions that
+    serve those routes (and keep-warm) pay for one."""
+    from preheat.lifecycle import LifecycleService
+
+    return LifecycleService(task_store(), supernode_driver(), get_settings(), events=event_publisher())
+
+
+@functools.cache
 def worker() -> Worker:
     from preheat.adapters.credentials import AwsCredentialStore
     from preheat.adapters.registry import HttpRegistryClient
@@ -181,6 +191,7 @@ def reset_execution_environment() -> None:
         gate,
         supernode_driver,
         preheat_service,
+        lifecycle_service,
         worker,
         sweeper,
     ):

@@ -61,3 +61,6 @@ class CallbackPublisher:
                 "task %s: its Step Functions execution no longer waits; token dropped", task.task_id
             )
         self._tokens.forget_token(task.task_id)
+
+    def task_evicted(self, task: Task) -> None:
+        self._events.task_evicted(task)

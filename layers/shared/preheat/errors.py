@@ -66,3 +66,8 @@ class ClaimHeld(PreheatError):
 class RateLimited(TransientFailure):
     """A target kept answering 429 (a Dragonfly 2 manager's job rate limit) past the driver's
     patience: the step is retried by redelivery, and no blob is counted as failed for it."""
+
+
+class NotSupported(PreheatError):
+    """The configured target offers no way to do what was asked (a Dragonfly 2 scheduler cannot
+    delete peers' data): answered as code 501, the message naming what would."""

@@ -10,6 +10,7 @@ from preheat.models import Task
 SOURCE = "preheat"
 DETAIL_TYPE = "Preheat Task Finished"
 REWARMED_DETAIL_TYPE = "Preheat Task Rewarmed"
+EVICTED_DETAIL_TYPE = "Preheat Task Evicted"
 
 
 def finished_detail(task: Task) -> dict[str, Any]:
@@ -44,3 +45,18 @@ def rewarmed_detail(task: Task, missing: Sequence[str], failed: Sequence[str] = 
     if task.keep_warm is not None:
         detail["keepWarm"] = task.keep_warm.to_api()
     return detail
+
+
+def evicted_detail(task: Task) -> dict[str, Any]:
+    """The eviction event's ``detail``: the task, when it was evicted, and each blob's outcome per
+    target (what a consumer needs to know whether the cluster still holds any of it)."""
+    answer = task.to_api(detail=True)
+    return {
+        "taskId": task.task_id,
+        "type": answer["type"],
+        "url": answer["url"],
+        "evictedAt": answer.get("evictedAt"),
+        "blobs": answer.get("evictions", []),
+        "evicted": sum(e.outcome == "evicted" for e in task.evictions),
+        "notEvicted": sum(e.outcome != "evicted" for e in task.evictions),
+    }

@@ -74,7 +74,9 @@ class Gate:
         if seen.warm_on(min_peers):
             return GateAnswer(True, "every layer is warm on the peers asked for", facts)
         if seen.pending:
-            return GateAnswer(False, "the cluster has not answered yet (its jobs are pending): ask again", facts)
+            return GateAnswer(
+                False, "the cluster has not answered yet (its jobs are pending): ask again", facts
+            )
         if seen.unreachable:
             facts["unreachable"] = list(seen.unreachable)
             return GateAnswer(False, f"{len(seen.unreachable)} target(s) did not answer", facts)

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from preheat.errors import DependencyFailure, PreheatError
+from preheat.errors import DependencyFailure, PreheatError, TransientFailure
 from preheat.models import Blob, BlobProgress, BlobState, Task, TaskStatus, utcnow
 from preheat.models.keepwarm import PARTIAL, REWARMED, UNKNOWN, WARM, KeepWarm, KeepWarmCheck
-from preheat.ports import KeepWarmStore, RewarmPublisher, SupernodeDriver, TaskStore
+from preheat.ports import EVICTED, KeepWarmStore, RewarmPublisher, SupernodeDriver, TaskStore
 
 if TYPE_CHECKING:
     from preheat.lifecycle import BlobSeen, Verification
@@ -48,8 +48,9 @@ class Verifier(Protocol):
 
 
 class Rewarmer(Protocol):
-    def rewarm(self, task: Task, blob: Blob, target: str) -> BlobState:
-        """Make ``target`` download ``blob`` again (removing what keeps it from doing so first)."""
+    def rewarm(self, task: Task, progress: BlobProgress, blob: Blob) -> BlobState:
+        """Make ``progress.target`` download ``blob`` (the recorded ``progress``) again, removing
+        first what would keep it from doing so."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class KeepWarmer:
 
     @staticmethod
     def _stop_reason(task: Task, kept: KeepWarm, now: datetime) -> str | None:
-        if getattr(task, "evicted_at", None) is not None:
+        if task.evicted_at is not None:
             return "evicted"
         if now >= kept.until:
             return "until reached"
@@ -183,7 +184,7 @@ class KeepWarmer:
             manifest_url=progress.manifest_url,
         )
         try:
-            state = self._rewarmer.rewarm(task, blob, seen.target)
+            state = self._rewarmer.rewarm(task, progress, blob)
         except (PreheatError, OSError) as exc:
             logger.warning(
                 "task %s: could not re-warm %s on %s: %s", task.task_id, seen.label, seen.target, exc
@@ -200,10 +201,19 @@ def _recorded(task: Task, label: str, target: str) -> BlobProgress | None:
 
 
 class DriverRewarmer:
-    """Re-warms through the supernode driver: its evict first, where the target needs it, then its create."""
+    """Re-warms through the supernode driver: its create, after its evict where the target needs
+    that. A Dragonfly 1 supernode that lost a blob still has its preheat record, and answers a new
+    create of the same URL 208 "already exists" with nothing downloaded: the driver's evict deletes
+    the cached task and that record first. A Dragonfly 2 job warms again whatever it finds missing,
+    so there the create alone does."""
 
-    def __init__(self, driver: SupernodeDriver) -> None:
+    def __init__(self, driver: SupernodeDriver, evict_first: bool) -> None:
         self._driver = driver
+        self._evict_first = evict_first
 
-    def rewarm(self, task: Task, blob: Blob, target: str) -> BlobState:
-        return self._driver.create(target, blob).state
+    def rewarm(self, task: Task, progress: BlobProgress, blob: Blob) -> BlobState:
+        if self._evict_first:
+            [outcome] = self._driver.evict([progress])
+            if outcome != EVICTED:
+                raise TransientFailure(f"could not clear the way to re-warm it: {outcome}")
+        return self._driver.create(progress.target, blob).state

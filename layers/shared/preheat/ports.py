@@ -85,6 +85,10 @@ class TaskStore(Protocol):
     def get_alias(self, alias: str) -> str | None:
         """The id of the task ``alias`` names, or None."""
 
+    def record_eviction(self, task: Task) -> bool:
+        """Write ``task.evicted_at`` and ``task.evictions`` on a task that has no eviction yet
+        (whatever its status: a finished task is evicted too). False when one is already there."""
+
 
 class TaskQueue(Protocol):
     def send(self, message: WorkerMessage, delay_seconds: int = 0) -> None: ...
@@ -152,6 +156,36 @@ class SupernodeTask:
     peers: tuple[PeerCopy, ...] = ()
 
 
+@dataclass(frozen=True)
+class PeerSeen:
+    """A peer a verify found holding a blob: ``finished`` None when its target did not answer
+    (unknown, never "gone"). A Dragonfly 1 supernode is its own peer."""
+
+    host: str
+    ip: str
+    finished: bool | None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What a target says now about one recorded blob (``SupernodeDriver.holders``).
+
+    ``warm`` is whether the peers the task's scope asks for hold it finished (None: unknown).
+    ``pending`` means the target is still working out the answer (a Dragonfly 2 manager's job):
+    ask again. ``unreachable`` names the target that did not answer (its peers' ``finished`` is
+    then None)."""
+
+    peers: tuple[PeerSeen, ...] = ()
+    warm: bool | None = None
+    pending: bool = False
+    unreachable: str | None = None
+    error: str | None = None
+
+
+# What ``SupernodeDriver.evict`` answers for a blob it removed (else a reason it did not).
+EVICTED = "evicted"
+
+
 class SupernodeDriver(Protocol):
     @property
     def targets(self) -> tuple[str, ...]:
@@ -187,6 +221,16 @@ class SupernodeDriver(Protocol):
         """How many of a task's pending blobs one look may ask about (None: all of them). The
         worker takes them in turn, so a large task's looks stay within the target's bound."""
 
+    def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
+        """Ask each blob's target now (not the recorded progress) which peers hold it; one answer
+        per blob, in order. A target that does not answer gives ``Holding.unreachable``, never an
+        empty "gone" answer. Raises only for a target kind that cannot say (NotSupported)."""
+
+    def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
+        """Remove each blob from its target so that a later preheat downloads it again; one
+        outcome per blob: ``EVICTED``, or why not (unreachable, refused). NotSupported when this
+        kind of target offers no way to delete (the message names what would)."""
+
 
 class CredentialStore(Protocol):
     def for_registry(self, registry: str) -> Credentials | None:
@@ -198,6 +242,10 @@ class EventPublisher(Protocol):
     def task_finished(self, task: Task) -> None:
         """Announce that ``task`` ended (SUCCESS or FAIL). At least once: a caller that cannot tell
         whether an earlier announcement went out announces again; consumers dedupe on the task id.
+        Raises DependencyFailure when the event could not be put."""
+
+    def task_evicted(self, task: Task) -> None:
+        """Announce that ``task``'s blobs were taken out of the cluster ("Preheat Task Evicted").
         Raises DependencyFailure when the event could not be put."""
 
 

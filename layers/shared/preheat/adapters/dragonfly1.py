@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from preheat.adapters import dragonfly1_tasks
 from preheat.adapters.expiring_cache import ExpiringCache
 from preheat.adapters.http import HttpClient, Response
 from preheat.adapters.http_target import (
@@ -31,8 +32,8 @@ from preheat.adapters.http_target import (
 )
 from preheat.adapters.quoting import scrub_server_text, truncate
 from preheat.errors import PermanentFailure
-from preheat.models import Blob, BlobState
-from preheat.ports import SupernodeTask
+from preheat.models import Blob, BlobProgress, BlobState, Targeting
+from preheat.ports import Holding, SupernodeTask
 from preheat.settings import Settings
 from preheat.task_ids import dragonfly1_task_id
 
@@ -178,6 +179,14 @@ class Dragonfly1Driver(HttpTargetDriver):
             f"supernode {display_target(target)} answered an unknown status {truncate(status)!r} "
             f"for task {supernode_task_id}",
         )
+
+    def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
+        """Each supernode's task API, in parallel (see ``dragonfly1_tasks``); a supernode is its
+        own one peer, whatever the targeting (a Dragonfly 2 notion)."""
+        return dragonfly1_tasks.in_parallel(lambda blob: dragonfly1_tasks.holding(self, blob), blobs)
+
+    def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
+        return dragonfly1_tasks.in_parallel(lambda blob: dragonfly1_tasks.evict(self, blob), blobs)
 
 
 def _message(answer: Any, response: Response, secrets: tuple[str, ...] = ()) -> str:

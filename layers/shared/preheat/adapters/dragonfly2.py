@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from preheat.adapters import dragonfly2_lifecycle
 from preheat.adapters.dragonfly2_jobs import MAX_QUOTED_CHARS, echoed_secrets, interpret_job, scrub_job_text
 from preheat.adapters.expiring_cache import ExpiringCache
 from preheat.adapters.http import HttpClient, Response
@@ -42,8 +43,8 @@ from preheat.adapters.http_target import (
 )
 from preheat.adapters.quoting import truncate
 from preheat.errors import PermanentFailure, RateLimited, TransientFailure
-from preheat.models import Blob, BlobState, Targeting
-from preheat.ports import SupernodeTask
+from preheat.models import Blob, BlobProgress, BlobState, Targeting
+from preheat.ports import Holding, SupernodeTask
 from preheat.retry import RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import DRAGONFLY2_DEFAULT_FILTERED_QUERY_PARAMS, dragonfly2_node_task_id
@@ -323,6 +324,14 @@ class Dragonfly2Driver(HttpTargetDriver):
                     f"{job_id}: {_message(answer, response, (token, *echoed_secrets(answer)))}"
                 )
         return answer
+
+    # -- verify and evict (get_task and delete_task jobs: see dragonfly2_lifecycle) -----------------
+
+    def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
+        return dragonfly2_lifecycle.holders(self, blobs, targeting)
+
+    def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
+        return dragonfly2_lifecycle.evict(self, blobs)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

@@ -47,9 +47,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from preheat.adapters.dragonfly2_peers import NORMAL_HOST_TYPE, Host, judge
 from preheat.adapters.quoting import scrub, secrets_of, truncate
-from preheat.errors import PermanentFailure, TransientFailure
+from preheat.errors import NotSupported, PermanentFailure, TransientFailure
 from preheat.models import Blob, BlobProgress, BlobState, Credentials, PeerCopy, Targeting
-from preheat.ports import SupernodeTask
+from preheat.ports import Holding, PeerSeen, SupernodeTask
 from preheat.retry import Jitter, RetryPolicy
 from preheat.settings import Settings
 from preheat.task_ids import (
@@ -78,6 +78,8 @@ MANIFEST_HEADERS_SECONDS = 300.0
 REFUSAL_REUSE_SECONDS = 5.0
 MAX_CACHED = 256
 MAX_PING_THREADS = 16
+# Blobs one verify asks about at once (each a StatFile, or a share of a manifest's StatImage).
+MAX_VERIFY_THREADS = 16
 
 _RETRIED = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -210,6 +212,40 @@ class Dragonfly2SchedulerDriver:
         verdict = judge(blob.label, holders, hosts, scope, targeting)
         waiting = f"{verdict.waiting} (scope {scope})" if verdict.waiting else None
         return SupernodeTask(task_id, verdict.state, waiting, holders)
+
+    def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
+        """A look per blob (StatFile or StatImage, and ListHosts), judged by the same warm rule as
+        the worker's; in parallel, the host lists and image answers shared as the looks share them."""
+        if not blobs:
+            return []
+        threads = min(len(blobs), MAX_VERIFY_THREADS)
+        with ThreadPoolExecutor(threads, thread_name_prefix="df2s-verify") as pool:
+            return list(pool.map(lambda blob: self._holding(blob, targeting), blobs))
+
+    def _holding(self, blob: BlobProgress, targeting: Targeting) -> Holding:
+        try:
+            seen = self.look(blob, targeting)
+        except TransientFailure as exc:
+            return Holding(
+                peers=tuple(PeerSeen(p.hostname, p.ip, None) for p in blob.peers),
+                unreachable=blob.target,
+                error=str(exc),
+            )
+        except PermanentFailure as exc:
+            return Holding(error=str(exc))
+        peers = tuple(PeerSeen(p.hostname, p.ip, p.finished) for p in seen.peers)
+        return Holding(peers=peers, warm=seen.state is BlobState.SUCCESS, error=seen.error)
+
+    def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
+        # The scheduler's DeleteTask (scheduler.v2) only forgets a task in the scheduler's own
+        # resource graph: no peer is told to remove its data, so the next pull is served from the
+        # peers' caches as before (see README, "Evict"). The manager's delete_task job is what
+        # makes every peer's daemon delete it.
+        raise NotSupported(
+            "Dragonfly 2 schedulers cannot evict: a scheduler's DeleteTask does not remove peers' "
+            "data; configure the Dragonfly 2 manager (PREHEAT_SUPERNODE_API=dragonfly2), whose "
+            "delete_task job does"
+        )
 
     def ping(self) -> Mapping[str, str | None]:
         targets = self.targets

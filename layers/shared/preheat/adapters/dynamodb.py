@@ -26,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
+from preheat.adapters.dynamodb_eviction import eviction_from_item, record_eviction
 from preheat.adapters.dynamodb_keepwarm import keep_warm_from_item, lifecycle_attributes, token_from_item
 from preheat.errors import ClaimHeld, DependencyFailure, ProgressTooLarge
 from preheat.models import (
@@ -342,6 +343,9 @@ class DynamoDBTaskStore:
             raise DependencyFailure(f"could not update the task: {aws.reason(exc)}") from None
         return True
 
+    def record_eviction(self, task: Task) -> bool:
+        return record_eviction(self._client, self._table, task)
+
     def list_tasks(self, query: TaskQuery, *, now: datetime) -> TaskPage:
         """Newest first, every shard read from ``query.after`` down and merged by position: from
         ListIndex unfiltered, else from StatusIndex under the status asked for (FAIL adds the
@@ -496,6 +500,7 @@ class DynamoDBTaskStore:
 def _task_from_item(item: dict[str, Any]) -> Task:
     blobs = item.get("blobs", {}).get("B")
     created = parse_isoformat(item["createdAt"]["S"])
+    evicted_at, evictions = eviction_from_item(item)
     assert created is not None
     return Task(
         task_id=item["pk"]["S"],
@@ -517,6 +522,8 @@ def _task_from_item(item: dict[str, Any]) -> Task:
         layer_counts=_layer_counts(item.get("layerCounts")) if blobs is None else None,
         keep_warm=keep_warm_from_item(item),
         callback_token=token_from_item(item),
+        evicted_at=evicted_at,
+        evictions=evictions,
     )
 
 

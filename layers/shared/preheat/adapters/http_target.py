@@ -78,6 +78,26 @@ class HttpTargetDriver:
     def targets(self) -> tuple[str, ...]:
         return self._settings.supernodes
 
+    # What a driver's helper modules (verify, evict) share of it.
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def http(self) -> HttpClient:
+        return self._http
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
+
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def send(self, method: str, target: str, path: str, what: str) -> Response:
+        """A body-less request with the driver's retries (see ``_send_with_retries``)."""
+        return self._send_with_retries(method, target, path, what)
+
     @property
     def batch_size(self) -> int:
         return 1

@@ -14,7 +14,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from preheat import bootstrap
-from preheat.errors import DependencyFailure, InvalidRequest, TaskNotFound
+from preheat.errors import DependencyFailure, InvalidRequest, NotSupported, TaskNotFound
 from preheat.jsontext import loads
 from preheat.models import PreheatRequest, Task
 from preheat.observability import logger, metrics
@@ -37,6 +37,10 @@ def build_resolver_with(router: Router, error: ErrorBody) -> APIGatewayRestResol
     @app.exception_handler(TaskNotFound)
     def not_found(exc: TaskNotFound) -> Response[str]:
         return error(404, str(exc))
+
+    @app.exception_handler(NotSupported)
+    def not_supported(exc: NotSupported) -> Response[str]:
+        return error(501, str(exc))
 
     @app.exception_handler(DependencyFailure)
     def dependency(exc: DependencyFailure) -> Response[str]:

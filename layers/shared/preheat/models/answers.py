@@ -61,6 +61,13 @@ def task_answer(task: Task, detail: bool = False) -> dict[str, Any]:
         data["msg"] = task.message
     if task.keep_warm is not None:
         data["keepWarm"] = task.keep_warm.to_api()
+    if task.evicted_at is not None:
+        data["evictedAt"] = isoformat(task.evicted_at)
+        if detail:
+            data["evictions"] = [
+                {"blob": e.label, "supernode": without_userinfo(e.target), "outcome": e.outcome}
+                for e in task.evictions
+            ]
     if detail:
         data["blobs"] = [blob_answer(blob) for blob in task.blobs]
     return data
@@ -71,7 +78,7 @@ def blob_answer(blob: BlobProgress) -> dict[str, Any]:
     data: dict[str, Any] = {"digest": blob.digest} if blob.digest else {"url": blob.label}
     if blob.size is not None:
         data["size"] = blob.size
-    data["supernode"] = _without_userinfo(blob.target)
+    data["supernode"] = without_userinfo(blob.target)
     if blob.url:
         data["preheatedUrl"] = blob.url
     if blob.node_task_id:
@@ -87,7 +94,7 @@ def blob_answer(blob: BlobProgress) -> dict[str, Any]:
     return data
 
 
-def _without_userinfo(url: str) -> str:
+def without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url

@@ -98,6 +98,15 @@ class BlobProgress:
         return blob_answer(self)
 
 
+@dataclass(frozen=True)
+class BlobEviction:
+    """What an eviction did to one blob on one target: ``outcome`` is "evicted", or why not."""
+
+    label: str
+    target: str
+    outcome: str
+
+
 TASK_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 # How a step that will be retried marks the task's msg: the error it met, kept for the end.
 RETRYING_PREFIX = "retrying after: "
@@ -135,6 +144,9 @@ class Task:
     keep_warm: KeepWarm | None = None
     # Answered when the task ends, then forgotten (see preheat.callbacks); never in an answer.
     callback_token: TaskToken | None = None
+    # When the task's blobs were taken out of the cluster (DELETE), and what happened to each.
+    evicted_at: datetime | None = None
+    evictions: tuple[BlobEviction, ...] = ()
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is TaskStatus.RUNNING and now >= self.deadline
