@@ -122,7 +122,9 @@ class PreheatService:
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
             platforms=platforms,
             targeting=request.targeting,
-            keep_warm=request.keep_warm,
+            # The first check one period after the task's creation, on the service's clock.
+            keep_warm=request.keep_warm
+            and replace(request.keep_warm, next_check_at=now + request.keep_warm.every),
             callback_token=request.task_token,
         )
         # A request with a task token or keepWarm starts its own task: answering it with another
