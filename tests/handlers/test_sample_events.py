@@ -204,7 +204,7 @@ def given_state_for(stack: LocalStack, store: DynamoDBTaskStore, event: dict[str
     resource = event.get("resource")
     if resource == "/api/preheat" and event.get("httpMethod") == "GET":  # the listing of SUCCESS tasks
         given_succeeded(stack, store, LISTED_TASK_ID)
-    elif resource == "/api/preheat/{taskId}":
+    elif resource in ("/api/preheat/{taskId}", "/api/preheat/{taskId}/gate"):
         given_running(stack, store, event["pathParameters"]["taskId"])
     elif resource == "/preheats/{id}":
         given_running(stack, store, event["pathParameters"]["id"], dispatched=True)
@@ -261,7 +261,19 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
         check_scheduled_answer(path, event, answer, store)
     elif function == "SweeperFunction":
         # The stack's tasks are younger than a timeout: none is overdue (see the sweeper test below).
-        assert answer == {"ended": [], "skipped": 0, "handedToWorker": [], "complete": True}
+        assert answer == {
+            "ended": [],
+            "skipped": 0,
+            "handedToWorker": [],
+            "complete": True,
+            "keepWarm": {"checked": [], "rewarmed": {}, "stopped": [], "postponed": [], "failed": []},
+        }
+    elif function == "GateFunction":
+        # A RUNNING task: not ready, said with HTTP 412 (rollout tools read the status).
+        assert answer["statusCode"] == 412
+        body = json.loads(answer["body"])
+        assert body["ready"] is False
+        assert body["reason"] == "the preheat task is not SUCCESS: it is still RUNNING"
     elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
         check_harbor_answer(function, event, answer, store)
     else:  # the SQS consumers, with the tasks given_state_for made
