@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             rewarm = row.get("deleted_to_rewarmed_ms")
             extra = f", deleted->re-warmed {rewarm} ms" if rewarm is not None else ""
             print(
-                f"{kind}: sweep {total} AWS calls ({own} keep-warm) {calls}; {row['ms']} ms; ${usd:.8f}{extra}"
+                f"{kind}: sweep {total} AWS calls ({own} keep-warm) {calls}; "
+                f"{row['ms']} ms; ${usd:.8f}{extra}"
             )
     write_result(RESULTS / f"{NAME}.json", result)
     return 0
