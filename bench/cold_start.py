@@ -79,6 +79,7 @@ DOMAIN_FACTORIES: dict[str, tuple[str, ...]] = {
     "CheckFunction": ("supernode_driver",),
     "PreheatFunction": ("preheat_service",),
     "StatusFunction": ("preheat_service",),
+    "LifecycleFunction": ("preheat_service", "lifecycle_service"),
     "WorkerFunction": ("worker",),
     "DeadLetterFunction": (),
     "ScheduledPreheatFunction": ("preheat_service",),

@@ -31,6 +31,13 @@ depends on:
   ip, description}], scheduler_cluster_id}], error, created_at, ttl}]}``. A finished job is removed
   ``job_ttl`` seconds after it finished (6 h by default), then answers 404 ``record not found``.
 
+``get_task`` and ``delete_task`` jobs (``args.task_id``, or ``args.url`` whose id is computed as a
+node does) run on the same refresh schedule. A get_task result lists, per cluster, the peers holding
+the task (``GetTaskResponse``: ``peers[{id, hostname, ip, host_type, created_at, updated_at,
+IsFinished}]``; the seed peer, while its file is in the cache). A delete_task job deletes the task
+from the seed peer at once (its cached file and its record, so a later preheat downloads again), and
+its result (``DeleteTaskResponse``: ``success_tasks[{hostname, ip, host_type}]``) shows on the schedule.
+
 Each URL is really downloaded by a :class:`local.supernode.ReferenceSupernode` standing in for the
 seed peers (with the job's headers; sha256 checked when the URL names a ``.../blobs/sha256:<hex>``
 digest; ``filtered_query_params`` as its filter, so signed URLs of one object are one download), and
@@ -92,7 +99,9 @@ from local.dragonfly2_results import (
     PENDING,
     Job,
     job_state,
+    refresh_offsets,
     rfc3339,
+    start_task_job,
     utcnow,
     without_query,
 )
@@ -101,23 +110,6 @@ from local.supernode import ReferenceSupernode, TaskRecord, task_id_for
 log = logging.getLogger("local.dragonfly2_manager")
 
 DEFAULT_JOB_TTL = 6 * 3600.0
-
-# manager/service/job.go pollingJob(ctx, ..., 30*time.Second, 300*time.Second, 16): retry-go with
-# BackOffDelay, the first try right after the create.
-REFRESH_FIRST_DELAY = 30.0
-REFRESH_MAX_DELAY = 300.0
-REFRESH_TRIES = 16
-
-
-def refresh_offsets() -> tuple[float, ...]:
-    """Seconds after a create at which the manager's poller writes the job's state (16 tries)."""
-    offsets = [0.0]
-    delay = REFRESH_FIRST_DELAY
-    for _ in range(REFRESH_TRIES - 1):
-        offsets.append(offsets[-1] + delay)
-        delay = min(delay * 2, REFRESH_MAX_DELAY)
-    return tuple(offsets)
-
 
 # manager/middlewares/ratelimiter.go: job creates naming scheduler clusters, per cluster.
 DEFAULT_JOB_RATE_LIMIT = 10.0
@@ -395,6 +387,10 @@ class FakeDragonfly2Manager:
             return HTTPStatus.INTERNAL_SERVER_ERROR, {"message": "candidate schedulers not found"}
         seed_tasks: dict[str, str] = {}
         refused: dict[str, str] = {}
+        if request.kind != "preheat":  # get_task, delete_task: no URL, a job on the same schedule
+            with self._lock:
+                seed_id = self._node_tasks.get(request.task_id)
+            seed_tasks = {request.task_id: seed_id} if seed_id else {}
         for url in request.urls:
             if self._knob(url) is not None:
                 continue
@@ -430,15 +426,17 @@ class FakeDragonfly2Manager:
                 refused=refused,
             )
             self._jobs[job_id] = job
+            start_task_job(job, self.seed, seed_tasks.get(request.task_id))
             answer = self._render(job, live=False)
             if not self.answer_at_once:
                 # The poller's first try follows the create at once.
                 heapq.heappush(self._due, (job.started, job_id, 0))
                 self._wake.notify_all()
         log.info(
-            "preheat job %s created for %s in scheduler clusters %s (header names: %s)",
+            "%s job %s created for %s in scheduler clusters %s (header names: %s)",
+            request.kind,
             job_id,
-            ", ".join(without_query(url) for url in request.urls),
+            ", ".join(without_query(url) for url in request.urls) or request.task_id,
             list(cluster_ids),
             sorted(request.headers),
         )
@@ -521,7 +519,7 @@ class FakeDragonfly2Manager:
             "is_del": 0,
             "task_id": job.group_uuid,
             "bio": "",
-            "type": "preheat",
+            "type": job.request.kind,
             "state": state,
             "args": dict(job.request.args),
             "result": result,

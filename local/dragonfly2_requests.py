@@ -55,6 +55,12 @@ def node_task_id(url: str, args: Mapping[str, Any]) -> str:
     )
 
 
+# The jobs that read or delete a task on every peer (manager/types/job.go GetTaskArgs,
+# DeleteTaskArgs): by ``task_id``, or by ``url`` (the id then computed as a node does).
+TASK_JOB_TYPES = ("get_task", "delete_task")
+DEFAULT_GET_TASK_CONCURRENT_PEER_COUNT = 500
+
+
 @dataclass(frozen=True)
 class PreheatJobRequest:
     urls: tuple[str, ...]
@@ -62,6 +68,9 @@ class PreheatJobRequest:
     filters: tuple[str, ...]
     cluster_ids: tuple[int, ...]  # empty: every cluster
     args: dict[str, Any]  # as stored and answered, defaults filled in
+    # "preheat", or one of TASK_JOB_TYPES (whose task is ``task_id``; no URL is downloaded).
+    kind: str = "preheat"
+    task_id: str = ""
 
 
 def parse_create(body: Any, known_clusters: Iterable[int]) -> PreheatJobRequest:
@@ -71,8 +80,14 @@ def parse_create(body: Any, known_clusters: Iterable[int]) -> PreheatJobRequest:
     job_type = body.get("type")
     if not isinstance(job_type, str) or not job_type:
         raise Invalid(_field_error("CreateJobRequest.Type", "required"))
+    if job_type in TASK_JOB_TYPES:
+        return _task_job(
+            job_type, body.get("args"), _cluster_ids(body.get("scheduler_cluster_ids"), known_clusters)
+        )
     if job_type != "preheat":
-        raise Invalid(f"this fake manager runs preheat jobs only, not {job_type!r:.40}")
+        raise Invalid(
+            f"this fake manager runs preheat, get_task and delete_task jobs only, not {job_type!r:.40}"
+        )
     args = _args(body.get("args"))
     urls = _urls(args)
     headers = _headers(args.get("headers"))
@@ -84,6 +99,32 @@ def parse_create(body: Any, known_clusters: Iterable[int]) -> PreheatJobRequest:
         cluster_ids=_cluster_ids(body.get("scheduler_cluster_ids"), known_clusters),
         args=args,
     )
+
+
+def _task_job(job_type: str, raw: Any, cluster_ids: tuple[int, ...]) -> PreheatJobRequest:
+    """A get_task or delete_task job's args, as the manager binds them: ``task_id`` or ``url``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise Invalid("json: cannot unmarshal args into Go struct field of type types.GetTaskArgs")
+    args = dict(raw)
+    for key in ("task_id", "url", "tag", "application", "filtered_query_params"):
+        if args.get(key) is not None and not isinstance(args[key], str):
+            raise Invalid(f"json: cannot unmarshal {key} into Go struct field of type string")
+    if not args.get("filtered_query_params"):
+        args["filtered_query_params"] = DEFAULT_FILTERED_QUERY_PARAMS
+    args.setdefault("timeout", DEFAULT_TIMEOUT_NS)
+    if job_type == "get_task":
+        args.setdefault("concurrent_peer_count", DEFAULT_GET_TASK_CONCURRENT_PEER_COUNT)
+    task_id = str(args.get("task_id") or "")
+    if not task_id and args.get("url"):
+        try:
+            task_id = node_task_id(str(args["url"]), args)
+        except ValueError as exc:
+            raise Invalid(f"invalid params: {exc}") from None
+    if not task_id:
+        raise Invalid("invalid params: task_id or url is required")
+    return PreheatJobRequest((), {}, (), cluster_ids, args, kind=job_type, task_id=task_id)
 
 
 def _args(raw: Any) -> dict[str, Any]:

@@ -21,6 +21,23 @@ STARTED = "STARTED"
 JOB_SUCCESS = "SUCCESS"
 JOB_FAILURE = "FAILURE"
 
+# manager/service/job.go pollingJob(ctx, ..., 30*time.Second, 300*time.Second, 16): retry-go with
+# BackOffDelay, the first try right after the create.
+REFRESH_FIRST_DELAY = 30.0
+REFRESH_MAX_DELAY = 300.0
+REFRESH_TRIES = 16
+
+
+def refresh_offsets() -> tuple[float, ...]:
+    """Seconds after a create at which the manager's poller writes the job's state (16 tries)."""
+    offsets = [0.0]
+    delay = REFRESH_FIRST_DELAY
+    for _ in range(REFRESH_TRIES - 1):
+        offsets.append(offsets[-1] + delay)
+        delay = min(delay * 2, REFRESH_MAX_DELAY)
+    return tuple(offsets)
+
+
 # A test's override for a URL: ("fail" | "drop" | "error", text), or None.
 Knob = Callable[[str], tuple[str, str] | None]
 
@@ -53,6 +70,70 @@ class Job:
     finished_at: float | None = None  # monotonic
     # What the poller last wrote (state, result): all GET answers show. None before its first try.
     written: tuple[str, dict[str, Any] | None] | None = None
+    # A delete_task job: whether the seed peer held the task (finished) when the job deleted it.
+    deleted: bool = False
+
+
+def held(seed: ReferenceSupernode, seed_id: str | None) -> TaskRecord | None:
+    """The seed peer's task ``seed_id`` if it holds it now: running, or finished with its file still
+    in the cache (a file deleted behind its back, or by a delete_task job, is not held)."""
+    record = seed.tasks().get(seed_id or "")
+    if record is None or record.status not in (WAITING, RUNNING, SUCCESS):
+        return None
+    if record.status == SUCCESS and (record.cache_path is None or not record.cache_path.is_file()):
+        return None
+    return record
+
+
+def start_task_job(job: Job, seed: ReferenceSupernode, seed_id: str | None) -> None:
+    """What a delete_task job does as soon as the schedulers get it: every peer holding the task
+    finished deletes it (the seed peer's cached file, and its record, so a later preheat downloads
+    again). The manager learns of it on its refresh schedule, like any job's result."""
+    if job.request.kind != "delete_task" or seed_id is None:
+        return
+    record = held(seed, seed_id)
+    job.deleted = record is not None and record.status == SUCCESS
+    if job.deleted:
+        seed.delete_cached(seed_id)
+        seed.delete(seed_id)
+
+
+def task_job_state(job: Job, index: int, cluster: int, seed: ReferenceSupernode) -> dict[str, Any]:
+    """One scheduler cluster's answer to a get_task job (``GetTaskResponse``: the peers whose
+    dfdaemon has the task, ``IsFinished`` when it finished) or a delete_task job
+    (``DeleteTaskResponse``: the finished peers it deleted the task from)."""
+    hostname, ip = f"seed-peer-{cluster}", "127.0.0.1"
+    stamp = rfc3339(job.created_at)
+    result: dict[str, Any] = {"scheduler_cluster_id": cluster}
+    if job.request.kind == "get_task":
+        record = held(seed, job.seed_tasks.get(job.request.task_id))
+        result["peers"] = (
+            []
+            if record is None
+            else [
+                {
+                    "id": f"{ip}-{hostname}",
+                    "hostname": hostname,
+                    "ip": ip,
+                    "host_type": "super",
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                    "IsFinished": record.status == SUCCESS,
+                }
+            ]
+        )
+    else:
+        deleted = [{"hostname": hostname, "ip": ip, "host_type": "super"}] if job.deleted else []
+        result |= {"success_tasks": deleted, "failure_tasks": []}
+    return {
+        "task_uuid": job.task_uuids[index],
+        "task_name": job.request.kind,
+        "state": JOB_SUCCESS,
+        "results": [result],
+        "error": "",
+        "created_at": stamp,
+        "ttl": 0,
+    }
 
 
 def outcome(
@@ -81,6 +162,8 @@ def job_state(job: Job, index: int, cluster: int, seed: ReferenceSupernode, knob
     As the scheduler does: with ``single_seed_peer`` a URL whose download failed is only logged
     and left out of the result; with ``all_seed_peers``/``all_peers`` it is a failure task, and
     the task fails ("all peers preheat failed") only when no URL succeeded anywhere."""
+    if job.request.kind != "preheat":
+        return task_job_state(job, index, cluster, seed)
     hostname, ip = f"seed-peer-{cluster}", "127.0.0.1"
     task_uuid = job.task_uuids[index]
     single = job.request.args.get("scope") not in SCOPES[1:]

@@ -204,7 +204,7 @@ def given_state_for(stack: LocalStack, store: DynamoDBTaskStore, event: dict[str
     resource = event.get("resource")
     if resource == "/api/preheat" and event.get("httpMethod") == "GET":  # the listing of SUCCESS tasks
         given_succeeded(stack, store, LISTED_TASK_ID)
-    elif resource in ("/api/preheat/{taskId}", "/api/preheat/{taskId}/gate"):
+    elif resource in ("/api/preheat/{taskId}", "/api/preheat/{taskId}/peers", "/api/preheat/{taskId}/gate"):
         given_running(stack, store, event["pathParameters"]["taskId"])
     elif resource == "/preheats/{id}":
         given_running(stack, store, event["pathParameters"]["id"], dispatched=True)
@@ -257,10 +257,22 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
             assert task.url == json.loads(event["body"])["url"]
     elif function == "StatusFunction":
         check_status_answer(event, answer)
+    elif function == "LifecycleFunction":
+        check_lifecycle_answer(event, answer, store)
     elif function == "ScheduledPreheatFunction":
         check_scheduled_answer(path, event, answer, store)
-    elif function == "SweeperFunction":
-        # The stack's tasks are younger than a timeout: none is overdue (see the sweeper test below).
+    elif function in ("SweeperFunction", "GateFunction"):
+        check_keep_warm_and_gate_answer(function, answer)
+    elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
+        check_harbor_answer(function, event, answer, store)
+    else:  # the SQS consumers, with the tasks given_state_for made
+        check_queue_answer(function, event, answer, store)
+
+
+def check_keep_warm_and_gate_answer(function: str, answer: Any) -> None:
+    if function == "SweeperFunction":
+        # The stack's tasks are younger than a timeout (none overdue: see the sweeper test below), and
+        # none is kept warm.
         assert answer == {
             "ended": [],
             "skipped": 0,
@@ -268,16 +280,12 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
             "complete": True,
             "keepWarm": {"checked": [], "rewarmed": {}, "stopped": [], "postponed": [], "failed": []},
         }
-    elif function == "GateFunction":
+    else:
         # A RUNNING task: not ready, said with HTTP 412 (rollout tools read the status).
         assert answer["statusCode"] == 412
         body = json.loads(answer["body"])
         assert body["ready"] is False
         assert body["reason"] == "the preheat task is not SUCCESS: it is still RUNNING"
-    elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
-        check_harbor_answer(function, event, answer, store)
-    else:  # the SQS consumers, with the tasks given_state_for made
-        check_queue_answer(function, event, answer, store)
 
 
 def check_queue_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
@@ -328,6 +336,22 @@ def check_status_answer(event: dict[str, Any], answer: Any) -> None:
         assert body["code"] == 200, body
         assert body["data"]["taskId"] == event["pathParameters"]["taskId"]
         assert body["data"]["status"] == "RUNNING"
+
+
+def check_lifecycle_answer(event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:
+    body = api_body(answer)
+    assert body["code"] == 200, body
+    task_id = event["pathParameters"]["taskId"]
+    if event["httpMethod"] == "GET":  # a verify of a task that sent nothing yet: nothing to ask about
+        assert body["data"]["blobs"] == []
+        assert body["data"]["summary"] == {"layersWarm": 0, "layersTotal": 0, "peersWithEveryLayer": []}
+    else:  # an evict of the RUNNING task given_state_for made: stopped, then recorded
+        assert body["data"]["taskId"] == task_id
+        assert body["data"]["evictedAt"]
+        task = store.get(task_id)
+        assert task is not None
+        assert task.status is TaskStatus.FAIL
+        assert task.evicted_at is not None
 
 
 def check_harbor_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:

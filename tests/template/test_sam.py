@@ -85,6 +85,7 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
         "CheckFunction",
         "PreheatFunction",
         "StatusFunction",
+        "LifecycleFunction",
         "WorkerFunction",
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
@@ -172,6 +173,14 @@ def test_each_function_is_granted_only_what_it_uses():
         "events:PutEvents",
         *CALLBACKS,
     }
+    # Verify and evict: reads the task, stops a running one, records the eviction and announces it
+    # (a stopped task's completion too); the Dragonfly 2 token when a secret is named.
+    assert _policy_actions(template, "LifecycleFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "events:PutEvents",
+        "secretsmanager:GetSecretValue",
+    }
     assert _policy_actions(template, "DeadLetterFunction") == {
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
@@ -236,6 +245,7 @@ def test_completion_events_may_go_to_the_configured_bus_only():
     assert granted == {
         "PreheatFunction",
         "StatusFunction",
+        "LifecycleFunction",
         "WorkerFunction",
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
@@ -465,7 +475,8 @@ def test_only_api_key_mode_creates_the_key_its_plan_and_the_authorizer():
 
 def test_only_the_worker_and_the_check_carry_the_grpc_layer():
     """The Dragonfly 2 scheduler target's gRPC runtime is a layer of its own, added to the shared
-    one by the two functions that talk to schedulers; the others neither carry nor load it."""
+    one by the functions that talk to schedulers (the worker, the check, and verify/evict); the
+    others neither carry nor load it."""
     from local.template import Ref, Template, load_template
 
     template = Template.load(ROOT / "template.yaml")
@@ -474,7 +485,7 @@ def test_only_the_worker_and_the_check_carry_the_grpc_layer():
         for logical_id, spec in template.functions.items()
         if any(isinstance(layer, Ref) and layer.name == "GrpcLayer" for layer in spec.layers)
     }
-    assert carrying == {"WorkerFunction", "CheckFunction"}
+    assert carrying == {"WorkerFunction", "CheckFunction", "LifecycleFunction"}
     for logical_id in carrying:
         assert [layer.name for layer in template.functions[logical_id].layers] == ["SharedLayer", "GrpcLayer"]
     raw = load_template(ROOT / "template.yaml").raw

@@ -24,7 +24,7 @@ from preheat.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BlobSeen", "LifecycleService", "PeerSeen", "Verification"]
+__all__ = ["BlobSeen", "LifecycleService", "PeerSeen", "Verification", "eviction_answer"]
 
 # The msg of a RUNNING task stopped by an eviction (the worker's next step finds it ended).
 # The longest per-blob outcome recorded (a target's reason, already scrubbed by its driver).
@@ -158,6 +158,9 @@ class LifecycleService:
         sequence moved on) so that the worker's next step finds it over and sends nothing more."""
         if task.evicted_at is not None:
             return task
+        # Asked with no blob first, a target kind that cannot evict refuses (NotSupported) before a
+        # RUNNING task is stopped for nothing.
+        self._driver.evict(())
         task = self._stop(task)
         blobs = _askable(task.blobs)
         outcomes = self._driver.evict(blobs) if blobs else []
@@ -217,3 +220,11 @@ def _seen(blob: BlobProgress, holding: Holding) -> BlobSeen:
         warm=None if holding.pending or holding.unreachable else holding.warm,
         error=holding.error,
     )
+
+
+def eviction_answer(task: Task) -> dict[str, Any]:
+    """The DELETE answer's ``data``: the task's status answer with ``evictedAt`` and each blob's
+    outcome per target (its ``evictions``)."""
+    data = task.to_api(detail=True)
+    data.pop("blobs", None)  # the verify answer lists the blobs; this one says what happened to them
+    return data

@@ -229,7 +229,8 @@ class SupernodeDriver(Protocol):
     def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
         """Remove each blob from its target so that a later preheat downloads it again; one
         outcome per blob: ``EVICTED``, or why not (unreachable, refused). NotSupported when this
-        kind of target offers no way to delete (the message names what would)."""
+        kind of target offers no way to delete (the message names what would), even for no blobs:
+        ``evict(())`` is how a caller asks before it changes anything."""
 
 
 class CredentialStore(Protocol):

@@ -145,6 +145,8 @@ class Dragonfly2Driver(HttpTargetDriver):
         self._answers: ExpiringCache[tuple[str, str], _JobAnswer] = ExpiringCache(
             time.monotonic, MAX_CACHED_JOBS
         )
+        # The get_task jobs a verify created, reused by the next verifies (see dragonfly2_lifecycle).
+        self.lifecycle_jobs = dragonfly2_lifecycle.Jobs()
 
     # -- jobs --------------------------------------------------------------------------------------
 
@@ -329,6 +331,23 @@ class Dragonfly2Driver(HttpTargetDriver):
 
     def holders(self, blobs: Sequence[BlobProgress], targeting: Targeting) -> list[Holding]:
         return dragonfly2_lifecycle.holders(self, blobs, targeting)
+
+    def job_call(
+        self, method: str, target: str, path: str, what: str, body: Any = None
+    ) -> tuple[int, Any, str]:
+        """A job API request with the token and the driver's retries (and, for a create, its
+        rate-limit patience): the status, the JSON answer, and what it said, scrubbed of credentials.
+        PermanentFailure when the token is refused."""
+        token = self._token()
+        response = self._send(
+            method, target, path, what, token, **({"json": body} if body is not None else {})
+        )
+        with response:
+            code, answer = response.status_code, json_body(response)
+            message = _message(answer, response, (token, *echoed_secrets(answer)))
+        if code in (401, 403):
+            raise PermanentFailure(_refused(target, code, message))
+        return code, answer, message
 
     def evict(self, blobs: Sequence[BlobProgress]) -> list[str]:
         return dragonfly2_lifecycle.evict(self, blobs)
