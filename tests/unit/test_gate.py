@@ -27,9 +27,12 @@ EVENT = json.loads((Path(__file__).resolve().parents[2] / "events" / "gate.json"
 pytestmark = pytest.mark.timeout(60)
 
 
-def gate(task_id: str, min_peers: str | None = None) -> tuple[int, dict[str, Any]]:
+def gate(task_id: str, min_peers: str | None = None, post: bool = False) -> tuple[int, dict[str, Any]]:
     query = {"minPeers": min_peers} if min_peers is not None else None
     event = EVENT | {
+        "httpMethod": "POST" if post else "GET",
+        # What Flagger's webhooks send (ignored).
+        "body": json.dumps({"name": "app", "namespace": "team", "phase": "Progressing"}) if post else None,
         "path": f"/api/preheat/{task_id}/gate",
         "pathParameters": {"taskId": task_id},
         "queryStringParameters": query,
@@ -69,6 +72,8 @@ def test_the_gate_is_412_until_the_content_is_warm_then_200_then_412_when_a_blob
     assert body["ready"] is True
     assert (body["layersWarm"], body["layersTotal"]) == (1, 1)
     assert body["peersWithEveryLayer"] == [gated.node.url.removeprefix("http://")]
+    # Flagger's webhooks POST: the same answer.
+    assert gate(task_id, post=True) == (status, body)
     # One supernode holds it: one peer is enough, two are not.
     assert gate(task_id, "1")[0] == 200
     status, body = gate(task_id, "2")
@@ -79,6 +84,7 @@ def test_the_gate_is_412_until_the_content_is_warm_then_200_then_412_when_a_blob
     status, body = gate(task_id)
     assert status == 412
     assert body["reason"] == "0 of 1 layer(s) are warm on the peers the task's scope asks for"
+    assert gate(task_id, post=True)[0] == 412
 
 
 @pytest.mark.parametrize(

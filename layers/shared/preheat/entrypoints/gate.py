@@ -28,7 +28,8 @@ def _answer(status: int, body: dict[str, object]) -> Response[str]:
 def gate_routes() -> Router:
     router = Router()
 
-    @router.get("/api/preheat/<task_id>/gate")
+    # POST too: Flagger's webhooks POST a JSON body of their own (ignored here) and read the status.
+    @router.route("/api/preheat/<task_id>/gate", method=["GET", "POST"])
     @tracer.capture_method(capture_response=False)
     def gate(task_id: str) -> Response[str]:
         min_peers = router.current_event.get_query_string_value("minPeers")
