@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from preheat.adapters.eventbridge import EventBridgePublisher
     from preheat.adapters.sqs import SqsTaskQueue
     from preheat.gate import Gate
-    from preheat.keepwarm import KeepWarmer
+    from preheat.keepwarm import KeepWarmer, Rewarmer
     from preheat.lifecycle import LifecycleService
     from preheat.ports import EventPublisher, SupernodeDriver
     from preheat.service import PreheatService
@@ -84,15 +84,22 @@ def gate() -> Gate:
 
 @functools.cache
 def keep_warmer() -> KeepWarmer:
-    from preheat.keepwarm import DriverRewarmer, KeepWarmer
+    """The sweeper's keep-warm checks. The driver (and, for schedulers, gRPC) is built by the first
+    check that is due, not by every sweep: most sweeps find none."""
+    from preheat.keepwarm import KeepWarmer, LazyLifecycle
 
     return KeepWarmer(
         task_store(),
         keep_warm_store(),
-        lifecycle_service(),
-        DriverRewarmer(supernode_driver(), evict_first=get_settings().supernode_api == "dragonfly1"),
+        *LazyLifecycle.of(lifecycle_service, rewarmer),
         eventbridge_publisher(),
     )
+
+
+def rewarmer() -> Rewarmer:
+    from preheat.keepwarm import DriverRewarmer
+
+    return DriverRewarmer(supernode_driver(), evict_first=get_settings().supernode_api == "dragonfly1")
 
 
 @functools.cache

@@ -200,6 +200,27 @@ def _recorded(task: Task, label: str, target: str) -> BlobProgress | None:
     return None
 
 
+class LazyLifecycle:
+    """A verifier and a rewarmer built on their first use, from factories."""
+
+    def __init__(self, verifier: Callable[[], Verifier], rewarmer: Callable[[], Rewarmer]) -> None:
+        self._verifier = verifier
+        self._rewarmer = rewarmer
+
+    @classmethod
+    def of(
+        cls, verifier: Callable[[], Verifier], rewarmer: Callable[[], Rewarmer]
+    ) -> tuple[Verifier, Rewarmer]:
+        lazy = cls(verifier, rewarmer)
+        return lazy, lazy
+
+    def verify(self, task: Task) -> Verification:
+        return self._verifier().verify(task)
+
+    def rewarm(self, task: Task, progress: BlobProgress, blob: Blob) -> BlobState:
+        return self._rewarmer().rewarm(task, progress, blob)
+
+
 class DriverRewarmer:
     """Re-warms through the supernode driver: its create, after its evict where the target needs
     that. A Dragonfly 1 supernode that lost a blob still has its preheat record, and answers a new
