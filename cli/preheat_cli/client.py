@@ -92,6 +92,14 @@ class PreheatClient:
         path = f"/api/preheat/{quote(task_id, safe='')}"
         return self._call("GET", path, params={"detail": "true"} if detail else None)
 
+    def peers(self, task_id: str) -> Envelope:
+        """Verify: which peers hold the task's blobs now."""
+        return self._call("GET", f"/api/preheat/{quote(task_id, safe='')}/peers")
+
+    def evict(self, task_id: str) -> Envelope:
+        """Evict: take the task's blobs out of the cluster."""
+        return self._call("DELETE", f"/api/preheat/{quote(task_id, safe='')}")
+
     def list(
         self, status: str | None = None, type: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> Envelope:

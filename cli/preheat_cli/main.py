@@ -1,4 +1,5 @@
-"""The ``preheat`` command: ``image``, ``file``, ``status`` and ``check`` against the Preheat API.
+"""The ``preheat`` command: ``image``, ``file``, ``status``, ``list``, ``check``, ``peers`` and
+``evict`` against the Preheat API.
 
 Exit codes: 0 success; 1 a FAIL task, an API error answer, a timeout or an unreachable API; 2 bad
 usage; 130 interrupted while waiting (the task itself goes on).
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from preheat_cli import lifecycle
 from preheat_cli.client import ClientError, Envelope, PreheatClient, display_url
 from preheat_cli.endpoint import (
     API_KEY_VARIABLE,
@@ -51,6 +53,8 @@ examples:
       --header "Authorization=Basic $(printf %s "$USER:$PASS" | base64)" --wait
   preheat file https://example.com/model.bin --wait --json
   preheat status 5f0c6b7e-3f0e-4b55-9a43-6c2d4a1e9b10 --detail
+  preheat peers 5f0c6b7e-3f0e-4b55-9a43-6c2d4a1e9b10
+  preheat evict 5f0c6b7e-3f0e-4b55-9a43-6c2d4a1e9b10
 
 endpoint: --endpoint, else ${ENDPOINT_VARIABLE}, else the local stack `make run` started (found
 through .local/stack.json), else {DEFAULT_ENDPOINT}.
@@ -266,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common_options(check, in_subcommand=True)
     check.set_defaults(handler=_check)
+    lifecycle.add_commands(commands, lambda sub: _add_common_options(sub, in_subcommand=True))
     return parser
 
 

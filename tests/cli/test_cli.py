@@ -371,3 +371,33 @@ def test_the_wait_against_the_local_stack_ends_on_the_completion_event(stack: Lo
     # Never a poll's interval waited out: only looks at the events file until the event came.
     assert pauses
     assert max(pauses) <= EVENT_LOOK_SECONDS
+
+
+def test_peers_shows_the_warm_blobs_then_evict_then_peers_shows_them_gone(
+    stack: LocalStack, image: str, capsys: pytest.CaptureFixture[str]
+):
+    code, out, err = run_main(capsys, "--endpoint", stack.api_url, "--json", "image", image, "--wait")
+    assert code == 0, out + err
+    task_id = json.loads(out.splitlines()[-1])["data"]["taskId"]  # --wait --json: the final status last
+
+    code, out, err = run_main(capsys, "--endpoint", stack.api_url, "peers", task_id)
+    assert code == 0, out + err
+    lines = out.splitlines()
+    assert lines[0].split() == ["BLOB", "TARGET", "PEER", "IP", "FINISHED", "WARM"]
+    rows = [line.split() for line in lines[1:5]]
+    assert all(row[-2:] == ["yes", "yes"] for row in rows), out
+    assert "warm: 4 of 4 blobs" in out
+
+    code, out, err = run_main(capsys, "--endpoint", stack.api_url, "evict", task_id)
+    assert code == 0, out + err
+    assert f"task {task_id} evicted at" in out
+    assert "4 of 4 evicted" in out
+
+    code, out, err = run_main(capsys, "--endpoint", stack.api_url, "peers", task_id)
+    assert code == 1  # not warm: a script can gate on it
+    assert "warm: 0 of 4 blobs; peers with every blob: none" in out
+    assert all(line.split()[2:] == ["-", "-", "-", "no"] for line in out.splitlines()[1:5]), out
+
+    code, out, err = run_main(capsys, "--endpoint", stack.api_url, "evict", UNKNOWN_TASK)
+    assert code == 1
+    assert "error 404" in err

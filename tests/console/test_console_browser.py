@@ -288,3 +288,36 @@ def test_the_page_is_served_without_a_key_with_a_strict_content_security_policy(
     assert "unsafe-inline" not in policy
     # Everything else still wants the key.
     assert requests.get(f"{stack.api_url}/api/preheat", timeout=10).status_code == 401
+
+
+def test_check_now_shows_which_peers_hold_the_blobs_then_none_after_an_evict(
+    browser: Any, stack: LocalStack, files: Files, tmp_path: Path
+) -> None:
+    task_id = submit(stack, files.url(f"ok-verify-{secrets.token_hex(4)}.bin"))
+    open_console(browser, stack)
+    wait(browser, lambda d: "SUCCESS" in row_text(d, task_id))
+    row(browser, task_id).click()
+    wait(browser, lambda d: task_id in by_id(d, "detail").text)
+    by_id(browser, "check-now").click()
+    wait(browser, lambda d: "1 of 1 blobs warm" in by_id(d, "verify-summary").text)
+    peers = by_id(browser, "peers").text
+    supernode = stack.supernodes[0].removeprefix("http://")
+    assert supernode in peers
+    assert "yes" in peers
+    # The 2 s refresh of the stored progress leaves the verification on screen.
+    wait(browser, lambda d: "updated" in by_id(d, "updated").text)
+    assert "1 of 1 blobs warm" in by_id(browser, "verify-summary").text
+    browser.execute_script("document.getElementById('verify').scrollIntoView({block: 'center'})")
+    browser.save_screenshot(str(tmp_path / "check-now.png"))
+
+    evicted = requests.delete(
+        f"{stack.api_url}/api/preheat/{task_id}", headers={"x-api-key": API_KEY}, timeout=10
+    )
+    assert evicted.json()["code"] == 200
+    by_id(browser, "check-now").click()
+    wait(browser, lambda d: "0 of 1 blobs warm" in by_id(d, "verify-summary").text)
+    assert "none holds it" in by_id(browser, "peers").text
+    wait(browser, lambda d: "Evicted" in by_id(d, "detail-fields").text)
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    browser.execute_script("document.getElementById('verify').scrollIntoView({block: 'center'})")
+    browser.save_screenshot(str(tmp_path / "check-now-evicted.png"))

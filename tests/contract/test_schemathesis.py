@@ -236,6 +236,34 @@ def test_a_created_task_answers_its_status_as_documented(stack: LocalStack, sche
     assert len(seen) == len(set(seen)) >= 2
 
 
+def test_verify_then_evict_then_verify_answer_as_documented(stack: LocalStack, schema: Any):
+    """The links POST -> GET /peers -> DELETE -> DELETE again -> GET /peers on a real task (it ends
+    FAIL at once against the reference supernode: nothing to ask about, and still evictable)."""
+    headers = {"x-api-key": API_KEY}
+    server = stack.supernodes[0].removeprefix("http://")
+    created = requests.post(
+        f"{stack.api_url}/api/preheat",
+        json={"type": "file", "url": f"http://{server}/files/evicted.bin"},
+        headers=headers,
+        timeout=30,
+    )
+    task_id = created.json()["data"]["taskId"]
+    peers = schema["/api/preheat/{taskId}/peers"]["GET"]
+    evict = schema["/api/preheat/{taskId}"]["DELETE"]
+    answers = []
+    for operation in (peers, evict, evict, peers):
+        case = operation.Case(path_parameters={"taskId": task_id})
+        response = case.call(base_url=stack.api_url, headers=headers, timeout=30)
+        case.validate_response(response, checks=CHECKS)
+        answers.append(response.json())
+    first_verify, evicted, again, last_verify = answers
+    assert first_verify["code"] == 200, first_verify
+    assert evicted["code"] == 200, evicted
+    assert evicted["data"]["evictedAt"]
+    assert again == evicted  # a repeat changes nothing
+    assert last_verify["data"]["summary"]["layersWarm"] == 0
+
+
 def test_without_the_key_every_operation_is_refused_as_documented(stack: LocalStack, schema: Any):
     for result in schema.get_all_operations():
         operation = result.ok()
