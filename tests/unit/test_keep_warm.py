@@ -33,7 +33,7 @@ from preheat.adapters.dynamodb_keepwarm import DynamoDBKeepWarmStore
 from preheat.adapters.eventbridge import EventBridgePublisher
 from preheat.errors import InvalidRequest
 from preheat.keepwarm import CHECKED, SKIPPED, DriverRewarmer, KeepWarmer
-from preheat.lifecycle import LifecycleService
+from preheat.lifecycle import BlobSeen, LifecycleService, Verification
 from preheat.models import Blob, PreheatRequest, Task, TaskStatus, isoformat, utcnow
 from preheat.service import PreheatService
 from preheat.settings import Settings
@@ -300,3 +300,34 @@ def test_good_keep_warm_values_are_taken_in_their_canonical_form():
     assert request.keep_warm is not None
     assert request.keep_warm.to_api()["every"] == "P1DT12H"
     assert replace(request.keep_warm, every=timedelta(minutes=5)).to_api()["every"] == "PT5M"
+
+
+def test_a_check_the_cluster_cannot_answer_yet_is_unknown_and_looked_at_again_next_sweep(world):
+    """A Dragonfly 2 manager answers a verify through jobs its next refresh writes: pending, never
+    "gone". Nothing is re-created; the check comes back at the next sweep, not a period later."""
+    task_id = world.preheated({"every": "PT6H", "until": until_in(world, timedelta(days=2))})
+
+    class Pending:
+        def verify(self, task: Task) -> Verification:
+            [blob] = task.blobs
+            seen = BlobSeen(blob.label, blob.digest, blob.node_task_id, blob.target, (), None, None)
+            return Verification(world.clock.now, (seen,), pending=True, unreachable=())
+
+    keeper = KeepWarmer(
+        world.store,
+        world.schedule,
+        Pending(),
+        DriverRewarmer(world.driver, True),
+        world.publisher,
+        world.clock,
+    )
+    world.clock.advance(timedelta(hours=6).total_seconds())
+
+    result = keeper.run_due()
+
+    assert result.checked == (task_id,)
+    assert result.rewarmed == ()
+    kept = world.task(task_id).to_api()["keepWarm"]
+    assert kept["lastCheck"] == {"at": isoformat(world.clock.now), "result": "unknown", "missing": []}
+    assert kept["nextCheckAt"] == isoformat(world.clock.now + SWEEP_EVERY)
+    assert world.events() == []

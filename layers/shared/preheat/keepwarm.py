@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from preheat.errors import DependencyFailure, PreheatError, TransientFailure
 from preheat.models import Blob, BlobProgress, BlobState, Task, TaskStatus, utcnow
-from preheat.models.keepwarm import PARTIAL, REWARMED, UNKNOWN, WARM, KeepWarm, KeepWarmCheck
+from preheat.models.keepwarm import MIN_EVERY, PARTIAL, REWARMED, UNKNOWN, WARM, KeepWarm, KeepWarmCheck
 from preheat.ports import EVICTED, KeepWarmStore, RewarmPublisher, SupernodeDriver, TaskStore
 
 if TYPE_CHECKING:
@@ -147,6 +147,10 @@ class KeepWarmer:
             result = WARM
         check = KeepWarmCheck(now, result, names)
         after = kept.after(check)
+        if seen.pending and after.next_check_at is not None:
+            # A Dragonfly 2 manager answers a verify through jobs its next refresh writes (about 30 s):
+            # look again at the next sweep rather than a whole period later.
+            after = replace(after, next_check_at=min(after.next_check_at, now + MIN_EVERY))
         if missing:
             try:
                 self._events.task_rewarmed(task, names, not_rewarmed)
