@@ -172,6 +172,9 @@ class KeepWarmer:
             return "evicted"
         if now >= kept.until:
             return "until reached"
+        if task.status.terminal and not task.blobs:
+            # It ended before any blob was sent (an image that could not be resolved): nothing to keep.
+            return "nothing to keep: the task recorded no blobs"
         return None
 
     def _rewarm(self, task: Task, seen: BlobSeen) -> bool:
