@@ -331,3 +331,24 @@ def test_a_check_the_cluster_cannot_answer_yet_is_unknown_and_looked_at_again_ne
     assert kept["lastCheck"] == {"at": isoformat(world.clock.now), "result": "unknown", "missing": []}
     assert kept["nextCheckAt"] == isoformat(world.clock.now + SWEEP_EVERY)
     assert world.events() == []
+
+
+def test_bad_keep_warm_through_the_api_is_code_400_and_writes_nothing(monkeypatch: pytest.MonkeyPatch):
+    from preheat import bootstrap
+    from preheat.entrypoints.api import build_resolver, preheat_routes
+    from tests.support.fakes import FakeTaskStore
+    from tests.support.lambda_context import LambdaContext
+
+    store = FakeTaskStore()
+    monkeypatch.setattr(bootstrap, "preheat_service", lambda: PreheatService(store, FakeQueue(), Settings()))
+    event = json.loads((ROOT / "events" / "preheat-file.json").read_text())
+    body = json.loads(event["body"]) | {"keepWarm": {"every": "PT1M", "until": "2099-01-01T00:00:00Z"}}
+
+    answer = build_resolver(preheat_routes()).resolve(event | {"body": json.dumps(body)}, LambdaContext())
+
+    assert answer["statusCode"] == 200  # the spec's envelope: the outcome is in code
+    assert json.loads(answer["body"]) == {
+        "code": 400,
+        "msg": "'keepWarm.every' 'PT1M' is shorter than the least period, 5 minutes (PT5M)",
+    }
+    assert store.tasks == {}
