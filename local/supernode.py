@@ -306,6 +306,10 @@ class ReferenceSupernode:
         self.stop()
 
     @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the supernode is not started")
@@ -608,6 +612,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
+    def _stopped(self) -> bool:
+        """A stopped supernode is a dead process: a kept-alive connection is dropped unanswered
+        (the handler threads outlive ``stop``), not served as if nothing happened."""
+        if self.server.supernode.stopped:
+            self.close_connection = True
+            return True
+        return False
+
     def _route(self) -> str:
         path = urlsplit(self.path).path
         if path.startswith("/api/v1/"):
@@ -615,6 +627,8 @@ class _Handler(BaseHTTPRequestHandler):
         return path.rstrip("/") or "/"
 
     def do_GET(self) -> None:
+        if self._stopped():
+            return
         path = self._route()
         supernode = self.server.supernode
         if match := _CDN_TASK_PATH_RE.match(urlsplit(self.path).path):
@@ -632,6 +646,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(*_error(HTTPStatus.METHOD_NOT_ALLOWED, "HEAD is not supported"))
 
     def do_POST(self) -> None:
+        if self._stopped():
+            return
         path = self._route()
         if path != "/preheats":
             self._discard_body()
@@ -642,6 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(*self.server.supernode.create(body))
 
     def do_DELETE(self) -> None:
+        if self._stopped():
+            return
         path = self._route()
         if match := _CDN_TASK_PATH_RE.match(urlsplit(self.path).path):
             self._send_json(*self.server.supernode.delete_cached(unquote(match.group(1))))
