@@ -180,6 +180,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:UpdateItem",
         "events:PutEvents",
         "secretsmanager:GetSecretValue",
+        *CALLBACKS,  # a stopped task answers its Step Functions token
     }
     assert _policy_actions(template, "DeadLetterFunction") == {
         "dynamodb:GetItem",
@@ -475,8 +476,8 @@ def test_only_api_key_mode_creates_the_key_its_plan_and_the_authorizer():
 
 def test_only_the_worker_and_the_check_carry_the_grpc_layer():
     """The Dragonfly 2 scheduler target's gRPC runtime is a layer of its own, added to the shared
-    one by the functions that talk to schedulers (the worker, the check, and verify/evict); the
-    others neither carry nor load it."""
+    one by the functions that talk to schedulers (the worker, the check, verify/evict, the gate, and
+    the sweeper's keep-warm checks); the others neither carry nor load it."""
     from local.template import Ref, Template, load_template
 
     template = Template.load(ROOT / "template.yaml")
@@ -485,7 +486,13 @@ def test_only_the_worker_and_the_check_carry_the_grpc_layer():
         for logical_id, spec in template.functions.items()
         if any(isinstance(layer, Ref) and layer.name == "GrpcLayer" for layer in spec.layers)
     }
-    assert carrying == {"WorkerFunction", "CheckFunction", "LifecycleFunction"}
+    assert carrying == {
+        "WorkerFunction",
+        "CheckFunction",
+        "LifecycleFunction",
+        "GateFunction",
+        "SweeperFunction",
+    }
     for logical_id in carrying:
         assert [layer.name for layer in template.functions[logical_id].layers] == ["SharedLayer", "GrpcLayer"]
     raw = load_template(ROOT / "template.yaml").raw
