@@ -182,6 +182,12 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
             pytest.fail(f"the dead-letter queue was not drained within 30 s: {attributes}", pytrace=False)
         time.sleep(0.2)
 
+    # Verify and evict of the task the canary warmed: their answers, records and events are sinks too.
+    warmed = answers[0]["data"]["taskId"]
+    answers.append(requests.get(f"{stack.api_url}/api/preheat/{warmed}/peers", timeout=30).json())
+    assert answers[-1]["data"]["summary"]["layersWarm"] == 3, answers[-1]
+    answers.append(requests.delete(f"{stack.api_url}/api/preheat/{warmed}", timeout=30).json())
+    assert answers[-1]["data"]["evictedAt"], answers[-1]
     # The listing (what the console shows) holds the same tasks.
     listing = requests.get(f"{stack.api_url}/api/preheat", params={"limit": "100"}, timeout=10).json()
     assert len(listing["data"]["tasks"]) >= 3

@@ -128,8 +128,9 @@ def test_only_the_worker_and_the_check_load_grpc_when_the_target_is_a_scheduler(
     loaded = sorted(
         {name for name in modules for root in GRPC if name == root or name.startswith(f"{root}.")}
     )
-    if function.logical_id in ("WorkerFunction", "CheckFunction"):
-        # They build the scheduler driver at cold start, and it is the one place gRPC comes from.
+    if function.logical_id in ("WorkerFunction", "CheckFunction", "LifecycleFunction"):
+        # They build the scheduler driver at cold start (verify asks the schedulers), and it is the
+        # one place gRPC comes from; they alone carry the gRPC layer (tests/template/test_sam.py).
         assert "grpc" in loaded
         assert "preheat.adapters.dragonfly2_scheduler" in loaded
     else:
