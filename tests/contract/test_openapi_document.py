@@ -91,7 +91,15 @@ def test_the_spec_envelope_is_what_the_three_routes_answer(document: dict[str, A
     assert schemas["ErrorAnswer"]["required"] == ["code", "msg"]
     request = schemas["PreheatRequest"]
     targeting = {"scope", "clusterIds", "ips", "count", "percentage"}
-    assert set(request["properties"]) == {"type", "url", "header", "platform", *targeting}
+    assert set(request["properties"]) == {
+        "type",
+        "url",
+        "header",
+        "platform",
+        *targeting,
+        "keepWarm",
+        "taskToken",
+    }
     assert request["required"] == ["type", "url"]
     status = schemas["TaskStatus"]["properties"]
     assert status["status"]["enum"] == ["RUNNING", "SUCCESS", "FAIL"]

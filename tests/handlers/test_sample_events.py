@@ -204,7 +204,7 @@ def given_state_for(stack: LocalStack, store: DynamoDBTaskStore, event: dict[str
     resource = event.get("resource")
     if resource == "/api/preheat" and event.get("httpMethod") == "GET":  # the listing of SUCCESS tasks
         given_succeeded(stack, store, LISTED_TASK_ID)
-    elif resource in ("/api/preheat/{taskId}", "/api/preheat/{taskId}/peers"):
+    elif resource in ("/api/preheat/{taskId}", "/api/preheat/{taskId}/peers", "/api/preheat/{taskId}/gate"):
         given_running(stack, store, event["pathParameters"]["taskId"])
     elif resource == "/preheats/{id}":
         given_running(stack, store, event["pathParameters"]["id"], dispatched=True)
@@ -261,13 +261,31 @@ def test_every_sample_event_is_handled(stack: LocalStack, store: DynamoDBTaskSto
         check_lifecycle_answer(event, answer, store)
     elif function == "ScheduledPreheatFunction":
         check_scheduled_answer(path, event, answer, store)
-    elif function == "SweeperFunction":
-        # The stack's tasks are younger than a timeout: none is overdue (see the sweeper test below).
-        assert answer == {"ended": [], "skipped": 0, "handedToWorker": [], "complete": True}
+    elif function in ("SweeperFunction", "GateFunction"):
+        check_keep_warm_and_gate_answer(function, answer)
     elif function in ("HarborDragonfly1Function", "HarborDragonfly2Function"):
         check_harbor_answer(function, event, answer, store)
     else:  # the SQS consumers, with the tasks given_state_for made
         check_queue_answer(function, event, answer, store)
+
+
+def check_keep_warm_and_gate_answer(function: str, answer: Any) -> None:
+    if function == "SweeperFunction":
+        # The stack's tasks are younger than a timeout (none overdue: see the sweeper test below), and
+        # none is kept warm.
+        assert answer == {
+            "ended": [],
+            "skipped": 0,
+            "handedToWorker": [],
+            "complete": True,
+            "keepWarm": {"checked": [], "rewarmed": {}, "stopped": [], "postponed": [], "failed": []},
+        }
+    else:
+        # A RUNNING task: not ready, said with HTTP 412 (rollout tools read the status).
+        assert answer["statusCode"] == 412
+        body = json.loads(answer["body"])
+        assert body["ready"] is False
+        assert body["reason"] == "the preheat task is not SUCCESS: it is still RUNNING"
 
 
 def check_queue_answer(function: str, event: dict[str, Any], answer: Any, store: DynamoDBTaskStore) -> None:

@@ -97,6 +97,7 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
         "SweeperFunction",
+        "GateFunction",
         "ApiKeyAuthorizerFunction",
         "OpenApiFunction",
     ):
@@ -106,6 +107,10 @@ def test_sam_build_packages_every_function_and_the_layer_for_arm64(tmp_path):
     built = (build_dir / "template.yaml").read_text()
     assert "python3.13" in built
     assert "arm64" in built
+
+
+# A Step Functions task token is answered by whichever function ends its task.
+CALLBACKS = ("states:SendTaskSuccess", "states:SendTaskFailure")
 
 
 def _policies(template: dict, function: str) -> list[dict]:
@@ -143,6 +148,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:Query",
         "secretsmanager:GetSecretValue",
         "events:PutEvents",
+        *CALLBACKS,
     }
     status_statements = template["Resources"]["StatusFunction"]["Properties"]["Policies"][0]["Statement"]
     [query] = [s for s in status_statements if s["Action"] == ["dynamodb:Query"]]
@@ -158,6 +164,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "secretsmanager:GetSecretValue",  # the dedup key
         "sqs:SendMessage",
         "events:PutEvents",  # a task whose message could not be queued ends FAIL, announced
+        *CALLBACKS,  # ... and answers its Step Functions token
     }
     assert _policy_actions(template, "WorkerFunction") == {
         "dynamodb:GetItem",
@@ -171,6 +178,7 @@ def test_each_function_is_granted_only_what_it_uses():
         "ecr:GetDownloadUrlForLayer",
         "secretsmanager:GetSecretValue",
         "events:PutEvents",
+        *CALLBACKS,
     }
     # Verify and evict: reads the task, stops a running one, records the eviction and announces it
     # (a stopped task's completion too); the Dragonfly 2 token when a secret is named.
@@ -179,11 +187,13 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:UpdateItem",
         "events:PutEvents",
         "secretsmanager:GetSecretValue",
+        *CALLBACKS,  # a stopped task answers its Step Functions token
     }
     assert _policy_actions(template, "DeadLetterFunction") == {
         "dynamodb:GetItem",
         "dynamodb:UpdateItem",
         "events:PutEvents",
+        *CALLBACKS,
     }
     # The sweeper finds overdue tasks through the listing index alone, reads and ends each one as a
     # status read does, announces it, and hands the announcement to the worker when PutEvents fails.
@@ -193,10 +203,24 @@ def test_each_function_is_granted_only_what_it_uses():
         "dynamodb:Query",
         "events:PutEvents",
         "sqs:SendMessage",
+        *CALLBACKS,
+        # Keep-warm checks verify and re-create through the driver (a Dragonfly 2 manager's token).
+        "secretsmanager:GetSecretValue",
     }
     sweeper_statements = template["Resources"]["SweeperFunction"]["Properties"]["Policies"][0]["Statement"]
     [query] = [s for s in sweeper_statements if s["Action"] == ["dynamodb:Query"]]
-    assert query["Resource"].args == "${TasksTable.Arn}/index/ListIndex"
+    assert [resource.args for resource in query["Resource"]] == [
+        "${TasksTable.Arn}/index/ListIndex",
+        "${TasksTable.Arn}/index/KeepWarmIndex",
+    ]
+    # The gate reads the task (ending it, announced and answered, past its deadline) and verifies.
+    assert _policy_actions(template, "GateFunction") == {
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "events:PutEvents",
+        *CALLBACKS,
+        "secretsmanager:GetSecretValue",
+    }
     # The authorizer reads only the request (API Gateway holds and checks the keys); the OpenAPI
     # document is a file of the layer.
     assert _policy_actions(template, "ApiKeyAuthorizerFunction") == set()
@@ -234,6 +258,7 @@ def test_completion_events_may_go_to_the_configured_bus_only():
         "DeadLetterFunction",
         "ScheduledPreheatFunction",
         "SweeperFunction",
+        "GateFunction",
         "HarborDragonfly1Function",
         "HarborDragonfly2Function",
     }
@@ -248,7 +273,7 @@ def test_completion_events_may_go_to_the_configured_bus_only():
     assert rule["EventBusName"].name == "EventBusName"
 
 
-def test_only_get_authorization_token_is_granted_on_every_resource():
+def test_only_apis_without_resource_level_permissions_are_granted_on_every_resource():
     from local.template import load_template
 
     loaded = load_template(ROOT / "template.yaml")
@@ -257,8 +282,9 @@ def test_only_get_authorization_token_is_granted_on_every_resource():
         for policy in _policies(template, function):
             for statement in policy.get("Statement", []):
                 if statement["Resource"] == "*":
-                    # That API has no resource-level permissions; everything else names its resources.
-                    assert statement["Action"] == ["ecr:GetAuthorizationToken"], statement
+                    # These APIs have no resource-level permissions (a task token has no ARN);
+                    # everything else names its resources.
+                    assert statement["Action"] in (["ecr:GetAuthorizationToken"], list(CALLBACKS)), statement
 
 
 def test_secrets_are_granted_only_when_named_and_only_that_secret():
@@ -457,8 +483,8 @@ def test_only_api_key_mode_creates_the_key_its_plan_and_the_authorizer():
 
 def test_only_the_worker_and_the_check_carry_the_grpc_layer():
     """The Dragonfly 2 scheduler target's gRPC runtime is a layer of its own, added to the shared
-    one by the functions that talk to schedulers (the worker, the check, and verify/evict); the
-    others neither carry nor load it."""
+    one by the functions that talk to schedulers (the worker, the check, verify/evict, the gate, and
+    the sweeper's keep-warm checks); the others neither carry nor load it."""
     from local.template import Ref, Template, load_template
 
     template = Template.load(ROOT / "template.yaml")
@@ -467,7 +493,13 @@ def test_only_the_worker_and_the_check_carry_the_grpc_layer():
         for logical_id, spec in template.functions.items()
         if any(isinstance(layer, Ref) and layer.name == "GrpcLayer" for layer in spec.layers)
     }
-    assert carrying == {"WorkerFunction", "CheckFunction", "LifecycleFunction"}
+    assert carrying == {
+        "WorkerFunction",
+        "CheckFunction",
+        "LifecycleFunction",
+        "GateFunction",
+        "SweeperFunction",
+    }
     for logical_id in carrying:
         assert [layer.name for layer in template.functions[logical_id].layers] == ["SharedLayer", "GrpcLayer"]
     raw = load_template(ROOT / "template.yaml").raw

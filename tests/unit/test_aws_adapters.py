@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 
 from local.aws import MotoServer, provision
 from local.template import Template
-from preheat.adapters.dynamodb import PEER_CUTS, DynamoDBTaskStore
+from preheat.adapters.dynamodb import DynamoDBTaskStore
+from preheat.adapters.dynamodb_progress import PEER_CUTS
 from preheat.adapters.sqs import SqsTaskQueue
 from preheat.errors import DependencyFailure, ProgressTooLarge
 from preheat.models import (

@@ -18,10 +18,13 @@ from preheat.settings import get_settings
 
 if TYPE_CHECKING:
     from preheat.adapters.dynamodb import DynamoDBTaskStore
+    from preheat.adapters.dynamodb_keepwarm import DynamoDBKeepWarmStore
     from preheat.adapters.eventbridge import EventBridgePublisher
     from preheat.adapters.sqs import SqsTaskQueue
+    from preheat.gate import Gate
+    from preheat.keepwarm import KeepWarmer, Rewarmer
     from preheat.lifecycle import LifecycleService
-    from preheat.ports import SupernodeDriver
+    from preheat.ports import EventPublisher, SupernodeDriver
     from preheat.service import PreheatService
     from preheat.sweeper import Sweeper
     from preheat.worker import Worker
@@ -47,12 +50,56 @@ def task_queue() -> SqsTaskQueue:
 
 
 @functools.cache
-def event_publisher() -> EventBridgePublisher:
-    """Completion events; its client is built on the first event, not at cold start."""
+def eventbridge_publisher() -> EventBridgePublisher:
+    """Completion and re-warm events; its client is built on the first event, not at cold start."""
     from preheat.adapters.eventbridge import EventBridgePublisher
 
     trace_calls("botocore")
     return EventBridgePublisher(get_settings())
+
+
+@functools.cache
+def keep_warm_store() -> DynamoDBKeepWarmStore:
+    from preheat.adapters.dynamodb_keepwarm import DynamoDBKeepWarmStore
+
+    return DynamoDBKeepWarmStore(get_settings())
+
+
+@functools.cache
+def event_publisher() -> EventPublisher:
+    """What every end of a task calls: its completion event, then its Step Functions callback
+    (preheat.callbacks). The Step Functions client is built on the first token answered."""
+    from preheat.adapters.stepfunctions import StepFunctionsCallbacks
+    from preheat.callbacks import CallbackPublisher
+
+    return CallbackPublisher(eventbridge_publisher(), StepFunctionsCallbacks(), keep_warm_store())
+
+
+@functools.cache
+def gate() -> Gate:
+    from preheat.gate import Gate
+
+    return Gate(preheat_service(), lifecycle_service())
+
+
+@functools.cache
+def keep_warmer() -> KeepWarmer:
+    """The sweeper's keep-warm checks. The driver (and, for schedulers, gRPC) is built by the first
+    check that is due, not by every sweep: most sweeps find none."""
+    from preheat.keepwarm import KeepWarmer, LazyLifecycle
+
+    return KeepWarmer(
+        task_store(),
+        keep_warm_store(),
+        *LazyLifecycle.of(lifecycle_service, rewarmer),
+        eventbridge_publisher(),
+    )
+
+
+def rewarmer() -> Rewarmer:
+    from preheat.keepwarm import DriverRewarmer
+
+    return DriverRewarmer(supernode_driver(), evict_first=get_settings().supernode_api == "dragonfly1")
 
 
 @functools.cache
@@ -144,7 +191,11 @@ def reset_execution_environment() -> None:
     for factory in (
         task_store,
         task_queue,
+        eventbridge_publisher,
+        keep_warm_store,
         event_publisher,
+        keep_warmer,
+        gate,
         supernode_driver,
         preheat_service,
         lifecycle_service,

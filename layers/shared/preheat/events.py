@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from preheat.models import Task
 
 SOURCE = "preheat"
 DETAIL_TYPE = "Preheat Task Finished"
+REWARMED_DETAIL_TYPE = "Preheat Task Rewarmed"
 EVICTED_DETAIL_TYPE = "Preheat Task Evicted"
 
 
@@ -27,6 +29,21 @@ def finished_detail(task: Task) -> dict[str, Any]:
     }
     if task.status.value == "FAIL":
         detail["msg"] = answer.get("msg") or "failed"
+    return detail
+
+
+def rewarmed_detail(task: Task, missing: Sequence[str], failed: Sequence[str] = ()) -> dict[str, Any]:
+    """A keep-warm check's event: what it found missing (``<blob>@<target>``) and re-created, and
+    what it could not re-create. Built from the task item, like the completion event."""
+    detail: dict[str, Any] = {
+        "taskId": task.task_id,
+        "type": task.type.value,
+        "url": task.url,
+        "missing": list(missing),
+        "failed": list(failed),
+    }
+    if task.keep_warm is not None:
+        detail["keepWarm"] = task.keep_warm.to_api()
     return detail
 
 

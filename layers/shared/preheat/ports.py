@@ -22,6 +22,7 @@ from preheat.models import (
     TaskQuery,
     WorkerMessage,
 )
+from preheat.models.keepwarm import KeepWarm
 
 
 @dataclass(frozen=True)
@@ -247,3 +248,24 @@ class EventPublisher(Protocol):
     def task_evicted(self, task: Task) -> None:
         """Announce that ``task``'s blobs were taken out of the cluster ("Preheat Task Evicted").
         Raises DependencyFailure when the event could not be put."""
+
+
+class KeepWarmStore(Protocol):
+    """The keep-warm schedule of the tasks kept warm (see preheat.keepwarm)."""
+
+    def due(self, now: datetime, limit: int) -> tuple[str, ...]:
+        """The ids of kept tasks whose next check is at or before ``now`` (at most ``limit``), read
+        through an index, never the table."""
+
+    def claim(self, task_id: str, expected: datetime, following: datetime) -> bool:
+        """Move the task's next check from ``expected`` to ``following``; False when another sweep
+        moved it first (and runs the check)."""
+
+    def record(self, task_id: str, kept: KeepWarm) -> bool:
+        """Record the last check and the next one (none: the task is no longer kept)."""
+
+
+class RewarmPublisher(Protocol):
+    def task_rewarmed(self, task: Task, missing: Sequence[str], failed: Sequence[str] = ()) -> None:
+        """Announce that a keep-warm check found ``missing`` (``<blob>@<target>``) and re-created
+        them (``failed``: those it could not). Raises DependencyFailure when refused."""

@@ -122,8 +122,15 @@ class PreheatService:
             deadline=now + timedelta(seconds=self._settings.task_timeout_seconds),
             platforms=platforms,
             targeting=request.targeting,
+            # The first check one period after the task's creation, on the service's clock.
+            keep_warm=request.keep_warm
+            and replace(request.keep_warm, next_check_at=now + request.keep_warm.every),
+            callback_token=request.task_token,
         )
-        existing = self._create_unless_running(task, self._claim_for(request, platforms))
+        # A request with a task token or keepWarm starts its own task: answering it with another
+        # task would leave its execution waiting forever, or its content unkept.
+        own = request.task_token is not None or request.keep_warm is not None
+        existing = self._create_unless_running(task, None if own else self._claim_for(request, platforms))
         if existing is not None:
             return existing
         try:

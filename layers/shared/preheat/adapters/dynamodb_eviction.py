@@ -3,7 +3,7 @@ that the store's main module stays within its size.
 
 The per-blob outcomes travel as compressed JSON rows ``[label, target, outcome]``, like the blob
 progress, bounded so that the item stays under DynamoDB's 400 KB limit beside that progress
-(``dynamodb.MAX_BLOBS_BYTES``): outcomes are cut shorter, then rows dropped from the end, while
+(``dynamodb_progress.MAX_BLOBS_BYTES``): outcomes are cut shorter, then rows dropped from the end, while
 they do not fit (the event and the answer say how many there were).
 """
 

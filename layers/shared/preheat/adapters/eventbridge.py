@@ -1,9 +1,10 @@
-"""Task events on EventBridge: one PutEvents entry per finished (or evicted) task."""
+"""Task events on EventBridge: one PutEvents entry per finished (or evicted) task, and per re-warm."""
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from preheat.adapters import aws
 from preheat.errors import DependencyFailure
-from preheat.events import DETAIL_TYPE, EVICTED_DETAIL_TYPE, SOURCE, evicted_detail, finished_detail
+from preheat.events import (
+    DETAIL_TYPE,
+    EVICTED_DETAIL_TYPE,
+    REWARMED_DETAIL_TYPE,
+    SOURCE,
+    evicted_detail,
+    finished_detail,
+    rewarmed_detail,
+)
 from preheat.models import Task
 from preheat.settings import Settings
 
@@ -30,6 +39,9 @@ class EventBridgePublisher:
 
     def task_evicted(self, task: Task) -> None:
         self._put(EVICTED_DETAIL_TYPE, evicted_detail(task), task.evicted_at, "eviction")
+
+    def task_rewarmed(self, task: Task, missing: Sequence[str], failed: Sequence[str] = ()) -> None:
+        self._put(REWARMED_DETAIL_TYPE, rewarmed_detail(task, missing, failed), None, "re-warm")
 
     def _put(self, detail_type: str, detail: dict[str, Any], time: datetime | None, what: str) -> None:
         entry: dict[str, Any] = {

@@ -59,6 +59,8 @@ def task_answer(task: Task, detail: bool = False) -> dict[str, Any]:
         }
     if task.message:
         data["msg"] = task.message
+    if task.keep_warm is not None:
+        data["keepWarm"] = task.keep_warm.to_api()
     if task.evicted_at is not None:
         data["evictedAt"] = isoformat(task.evicted_at)
         if detail:

@@ -10,8 +10,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from preheat.errors import InvalidRequest
-from preheat.models.common import Credentials, PreheatType
+from preheat.models.common import Credentials, PreheatType, utcnow
 from preheat.models.image import ImageReference, Platform, parse_platforms
+from preheat.models.keepwarm import KeepWarm, TaskToken
 
 MAX_URL_LENGTH = 2048
 MAX_HEADERS = 32
@@ -129,6 +130,9 @@ class PreheatRequest:
     image: ImageReference | None = None
     platforms: tuple[Platform, ...] = ()
     targeting: Targeting = field(default_factory=Targeting)
+    keep_warm: KeepWarm | None = None
+    # A Step Functions task token to answer when the task ends: a credential (see TaskToken).
+    task_token: TaskToken | None = None
 
     @classmethod
     def parse(cls, body: Any) -> PreheatRequest:
@@ -152,12 +156,15 @@ class PreheatRequest:
         headers = _parse_headers(body.get("header"))
         platforms = parse_platforms(body.get("platform"))
         targeting = Targeting.parse(body)
+        keep_warm = KeepWarm.parse(body.get("keepWarm"), utcnow())
+        token = TaskToken.parse(body.get("taskToken"))
         if preheat_type is PreheatType.IMAGE:
-            return cls(preheat_type, url, headers, ImageReference.parse(url), platforms, targeting)
+            image = ImageReference.parse(url)
+            return cls(preheat_type, url, headers, image, platforms, targeting, keep_warm, token)
         if platforms:
             raise InvalidRequest("'platform' applies to images only; leave it out for a file")
         _check_file_url(url)
-        return cls(preheat_type, url, headers, targeting=targeting)
+        return cls(preheat_type, url, headers, targeting=targeting, keep_warm=keep_warm, task_token=token)
 
 
 def _describe(value: Any) -> str:

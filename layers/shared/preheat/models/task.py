@@ -9,6 +9,7 @@ from typing import Any
 
 from preheat.models.answers import LayerCounts, blob_answer, task_answer
 from preheat.models.common import BlobState, Credentials, PreheatType, TaskStatus
+from preheat.models.keepwarm import KeepWarm, TaskToken
 from preheat.models.request import Targeting
 
 
@@ -139,6 +140,10 @@ class Task:
     targeting: Targeting = field(default_factory=Targeting)
     # The counts alone, when the blobs were not read (a listing reads a summary, not the progress).
     layer_counts: LayerCounts | None = None
+    # Checked and re-warmed on a schedule when the request asked (see preheat.keepwarm).
+    keep_warm: KeepWarm | None = None
+    # Answered when the task ends, then forgotten (see preheat.callbacks); never in an answer.
+    callback_token: TaskToken | None = None
     # When the task's blobs were taken out of the cluster (DELETE), and what happened to each.
     evicted_at: datetime | None = None
     evictions: tuple[BlobEviction, ...] = ()
