@@ -4,18 +4,22 @@ import hashlib
 import threading
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 
 from preheat.errors import PermanentFailure, ProgressTooLarge, TransientFailure
 from preheat.models import (
     Blob,
+    BlobProgress,
     BlobState,
     Credentials,
     ImageResolution,
     LayerCounts,
     PreheatRequest,
+    PreheatType,
     Step,
+    Task,
     TaskStatus,
 )
 from preheat.ports import UNBOUNDED
@@ -631,6 +635,31 @@ def test_a_task_failing_until_its_deadline_ends_fail_naming_what_it_waited_for_a
     assert message.startswith("timed out: still RUNNING at the deadline")
     assert f"waiting for the registry to resolve {IMAGE}" in message
     assert message.endswith("last error: registry h.io answered HTTP 503: UNAVAILABLE")
+
+
+def test_a_start_failing_after_handing_some_blobs_over_still_names_the_registry_at_its_deadline():
+    # What a failed start step had handed over is recorded for its retry (nothing is created twice),
+    # but the task waits for its resolution, not for "its next step".
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    sent = BlobProgress(label="sha256:" + "a" * 64, target=TWO_NODES[0], state=BlobState.SUCCESS)
+    task = Task(
+        task_id="00000000-0000-4000-8000-000000000001",
+        type=PreheatType.IMAGE,
+        url=IMAGE,
+        status=TaskStatus.RUNNING,
+        created_at=now,
+        deadline=now,
+        blobs=(sent,),
+        message="retrying after: could not resolve the blob sha256:b: timed out after 1s",
+    )
+
+    message = task.timed_out_message()
+
+    assert f"waiting for the registry to resolve {IMAGE} (1 already handed over)" in message
+    assert message.endswith("last error: could not resolve the blob sha256:b: timed out after 1s")
+    # A start step still watching what it sent waits for the supernodes, dispatched or not.
+    watching = replace(task, blobs=(replace(sent, state=BlobState.PENDING),), message=None)
+    assert "waiting for the supernodes; still pending: sha256:aaaa" in watching.timed_out_message()
 
 
 def test_a_check_timing_out_names_the_pending_blobs_and_the_last_failed_look(world):

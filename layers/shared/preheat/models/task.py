@@ -153,10 +153,13 @@ class Task:
 
     def waiting_for(self) -> str:
         """What a RUNNING task is waiting for, as the end of a message."""
-        if not self.dispatched and not self.blobs:
-            source = "the registry" if self.type is PreheatType.IMAGE else "the file's server"
-            return f"waiting for {source} to resolve {self.url}"
         pending = sorted({blob.label for blob in self.blobs if blob.state is BlobState.PENDING})
+        if not self.dispatched and not pending:
+            # A start step still resolving; what it had handed over when it failed is recorded for
+            # its retry, and is not what the task waits for.
+            source = "the registry" if self.type is PreheatType.IMAGE else "the file's server"
+            sent = f" ({len(self.blobs)} already handed over)" if self.blobs else ""
+            return f"waiting for {source} to resolve {self.url}{sent}"
         if not pending:
             return "waiting for its next step"
         shown = ", ".join(pending[:10]) + (f" and {len(pending) - 10} more" if len(pending) > 10 else "")
