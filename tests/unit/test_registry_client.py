@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from preheat.adapters import fail_fast, registry_manifests
 from preheat.adapters import registry as registry_module
-from preheat.adapters import registry_manifests
 from preheat.adapters.registry import PROBE_RANGE, HttpRegistryClient
 from preheat.adapters.registry_manifests import (
     DOCKER_MANIFEST,
@@ -833,13 +833,13 @@ def test_an_index_fetches_its_manifests_4_at_a_time(
         entries.append((image, {"architecture": f"arch{number}", "os": "linux"}))
     fake.add_index("wide", entries)
     pools: list[int] = []
-    real_pool = registry_module.ThreadPoolExecutor
+    real_pool = fail_fast.ThreadPoolExecutor
 
     def pool(max_workers: int, **kwargs: Any) -> Any:
         pools.append(max_workers)
         return real_pool(max_workers, **kwargs)
 
-    monkeypatch.setattr(registry_module, "ThreadPoolExecutor", pool)
+    monkeypatch.setattr(fail_fast, "ThreadPoolExecutor", pool)
 
     # When it is resolved (blob URLs probed on the client's 64 threads)
     resolution = client.resolve_image(fake.image("wide"), Credentials())

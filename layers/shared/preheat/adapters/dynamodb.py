@@ -31,7 +31,6 @@ from preheat.adapters.dynamodb_keepwarm import keep_warm_from_item, lifecycle_at
 from preheat.adapters.dynamodb_progress import blobs_from_binary, cut, set_progress
 from preheat.errors import ClaimHeld, DependencyFailure
 from preheat.models import (
-    LayerCounts,
     PreheatType,
     Task,
     TaskQuery,

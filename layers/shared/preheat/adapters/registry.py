@@ -34,11 +34,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
+from preheat.adapters.fail_fast import map_fail_fast
 from preheat.adapters.http import (
     GuardedPoolManager,
     HttpClient,
@@ -71,7 +71,7 @@ from preheat.adapters.registry_target import (
     origin_of,
 )
 from preheat.adapters.storage_signatures import signature_params
-from preheat.errors import PermanentFailure, PreheatError, TransientFailure
+from preheat.errors import PermanentFailure, TransientFailure
 from preheat.handover import peer_credentials
 from preheat.models import Blob, Credentials, ImageReference, ImageResolution, Platform
 from preheat.network import AddressRefused, OutboundPolicy, Resolver, find_refusal
@@ -545,20 +545,8 @@ class HttpRegistryClient:
         """``function`` over ``items`` on a pool of at most ``workers`` threads (the client's
         ``max_workers`` by default); the first failure is raised, and the items not started yet are
         dropped (those running stop retrying)."""
-        if len(items) <= 1:
-            return [function(item) for item in items]
-        size = min(self._max_workers, workers or self._max_workers, len(items))
-        pool = ThreadPoolExecutor(size, thread_name_prefix="registry")
-        try:
-            futures: list[Future[R]] = [pool.submit(function, item) for item in items]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future in done and future.exception() is not None:
-                    target.cancelled.set()
-                    raise _first_failure(futures, done)
-            return [future.result() for future in futures]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        size = min(self._max_workers, workers or self._max_workers)
+        return map_fail_fast(function, items, size, target.cancelled, "registry")
 
     def _failure(
         self, target: Target, response: Response, what: str, url: str | None = None
@@ -593,18 +581,3 @@ def _release(response: Response) -> None:
             # On failure the connection is merely not reused.
             with contextlib.suppress(RequestError):
                 _ = response.content
-
-
-def _first_failure(futures: list[Future[Any]], done: set[Future[Any]]) -> BaseException:
-    """The first failed future in submission order, preferring a permanent failure: retrying the
-    whole task cannot help while one blob is missing for good."""
-    errors = [f.exception() for f in futures if f in done and f.exception() is not None]
-    for error in errors:
-        if isinstance(error, PermanentFailure):
-            return error
-    for error in errors:
-        if isinstance(error, PreheatError):
-            return error
-    first = errors[0]
-    assert first is not None
-    return first
