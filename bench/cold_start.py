@@ -45,10 +45,12 @@ template's variables (the default target, Dragonfly 1), and as "<name> (schedule
 factories build the gRPC driver (``bootstrap.supernode_driver``; a channel connects lazily, so no
 scheduler is needed). Their floor and "+powertools" processes are the same as the default rows':
 the gRPC runtime is not a toolkit every function pays but the scheduler target's own cost, so it is
-in "own"; a process importing only what the driver imports (``grpc``, ``dragonfly_api``'s
-scheduler bindings, ``grpc_health``) is timed alongside, and its median shown, to split "own" into
-the gRPC import and the rest. (Locally gRPC comes from the virtual environment; in Lambda, from the
-GrpcLayer.) ``--targets dragonfly1`` leaves these rows out.
+in "own". To split "own" into the gRPC import and the rest, each run also times, in a process of
+the row's "+powertools" (under its variables), what the driver imports (``grpc``, ``dragonfly_api``'s
+scheduler bindings, ``grpc_health``) imported after it: the clock starts once the toolkit is built,
+so the figure is the gRPC import's marginal cost where the function pays it (the standard library
+modules powertools has loaded already are not counted again). (Locally gRPC comes from the virtual
+environment; in Lambda, from the GrpcLayer.) ``--targets dragonfly1`` leaves these rows out.
 
 Results go to ``bench/results/cold_start.json``; each figure is ``{value, target, met, ...}``.
 """
@@ -103,12 +105,11 @@ DEFAULT_TARGET = "dragonfly1"
 SCHEDULER_TARGET = "dragonfly2-scheduler"
 TARGETS = (DEFAULT_TARGET, SCHEDULER_TARGET)
 SCHEDULER_ENVIRONMENT = {"PREHEAT_SUPERNODE_API": SCHEDULER_TARGET, "PREHEAT_SUPERNODES": "127.0.0.1:1"}
-# What the gRPC driver imports (preheat.adapters.dragonfly2_scheduler), alone: the scheduler target's
-# own share of a cold start.
-GRPC_SCRIPT = (
-    "import time as _time\n_started = _time.perf_counter()\nimport sys as _sys\n"
+# What the gRPC driver imports (preheat.adapters.dragonfly2_scheduler): the scheduler target's own
+# share of a cold start, timed after a function's toolkit (grpc_script).
+GRPC_IMPORTS = (
     "import grpc\nfrom dragonfly_api import scheduler_pb2, scheduler_pb2_grpc\n"
-    "from grpc_health.v1 import health_pb2, health_pb2_grpc\n_imported = _time.perf_counter()\n"
+    "from grpc_health.v1 import health_pb2, health_pb2_grpc\n"
 )
 # The adapters' botocore config (preheat.adapters.dynamodb / sqs): the floor builds its clients alike.
 CLIENT_CONFIG = "Config(retries={'mode': 'standard', 'max_attempts': 3}, connect_timeout=2, read_timeout=5)"
@@ -202,6 +203,19 @@ def toolkit_script(services: Sequence[str], loaded: Sequence[str]) -> str:
         code for piece, code in POWERTOOLS_PIECES.items() if piece in loaded and piece not in skip
     )
     return floor_script(services).removesuffix(_CHILD_REPORT) + "\n" + pieces + _CHILD_REPORT
+
+
+def grpc_script(services: Sequence[str], loaded: Sequence[str]) -> str:
+    """A function's toolkit (:func:`toolkit_script`), then the gRPC driver's imports, the clock
+    started once the toolkit is built: what importing gRPC adds where the function imports it."""
+    toolkit = toolkit_script(services, loaded).removesuffix(_CHILD_REPORT)
+    return (
+        toolkit
+        + "\n_started = _time.perf_counter()\n"
+        + GRPC_IMPORTS
+        + "_imported = _time.perf_counter()\n"
+        + _CHILD_REPORT
+    )
 
 
 def floor_script(services: Sequence[str]) -> str:
@@ -401,7 +415,8 @@ class Measured:
     by_floor: dict[str, list[Sample]]
     by_toolkit: dict[str, list[Sample]]  # by function: its floor and the powertools it loaded
     loaded: dict[str, tuple[str, ...]]  # by function
-    grpc: list[Sample] = field(default_factory=list)  # the gRPC driver's imports alone
+    # By scheduler row: the gRPC driver's imports after the row's toolkit (grpc_script).
+    grpc: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 def measure(functions: Sequence[Function], runs: int) -> Measured:
@@ -422,7 +437,6 @@ def measure(functions: Sequence[Function], runs: int) -> Measured:
         {function.key: [] for function in functions},
         loaded,
     )
-    with_grpc = any(function.scheduler for function in functions)
     for _ in range(runs):
         for function in functions:
             script = function_script(function.spec, function.layer_dirs, function.factories)
@@ -433,9 +447,10 @@ def measure(functions: Sequence[Function], runs: int) -> Measured:
             toolkit = toolkit_script(function.services, loaded[function.key])
             sample, _ = run_child(toolkit, lambda_environment(function), PROJECT_ROOT)
             measured.by_toolkit[function.key].append(sample)
-        if with_grpc:
-            sample, _ = run_child(GRPC_SCRIPT + _CHILD_REPORT, floor_env, PROJECT_ROOT)
-            measured.grpc.append(sample)
+            if function.scheduler:
+                script = grpc_script(function.services, loaded[function.key])
+                sample, _ = run_child(script, lambda_environment(function), PROJECT_ROOT)
+                measured.grpc.setdefault(function.key, []).append(sample)
         for key, services in floors.items():
             sample, _ = run_child(floor_script(services), floor_env, PROJECT_ROOT)
             measured.by_floor[key].append(sample)
@@ -479,7 +494,6 @@ def report(
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    grpc_ms = median(s.seconds for s in measured.grpc) * 1000 if measured.grpc else None
     for function in functions:
         samples = measured.by_function[function.key]
         floor = measured.by_floor[function.floor_key]
@@ -514,12 +528,13 @@ def report(
             "runs_ms": [round(s.seconds * 1000, 1) for s in samples],
         }
         grpc_note = ""
-        if function.scheduler and grpc_ms is not None:
+        if function.scheduler and measured.grpc.get(function.key):
+            grpc_ms = median(s.seconds for s in measured.grpc[function.key]) * 1000
             details[function.key]["grpc_import_ms"] = round(grpc_ms, 1)
             details[function.key]["own_code_less_grpc_ms"] = round(own_ms - grpc_ms, 1)
             grpc_note = (
-                f"; own includes the gRPC driver's imports ({grpc_ms:.0f} ms alone: the scheduler "
-                "target's own cost, in no floor)"
+                f"; own includes the gRPC driver's imports ({grpc_ms:.0f} ms after its toolkit: "
+                "the scheduler target's own cost, in no floor)"
             )
         name = function.label
         figures[f"{function.key}_vs_toolkit"] = figure(
@@ -561,7 +576,6 @@ def report(
             ),
             "tracing": "on (Lambda's variables set, as with Tracing: Active)",
             "targets": sorted({function.target for function in functions}),
-            "grpc_import_median_ms": None if grpc_ms is None else round(grpc_ms, 1),
         },
         "functions": details,
         "figures": figures,
@@ -587,12 +601,13 @@ def render(result: Mapping[str, Any]) -> str:
             f"{item['ratio_to_toolkit']:>6.2f}x {item['own_code_ms']:>5.0f}ms "
             f"{item['peak_rss_mib']:>6.1f} MiB {item['floor_peak_rss_mib']:>6.1f} MiB"
         )
-    grpc_ms = result["setup"].get("grpc_import_median_ms")
-    if grpc_ms is not None:
-        lines.append(
-            f"@{SCHEDULER_TARGET}: with PREHEAT_SUPERNODE_API={SCHEDULER_TARGET}; their own time includes "
-            f"the gRPC driver's imports, {grpc_ms:g} ms alone (grpc, dragonfly_api, grpc_health)"
-        )
+    for key, item in result["functions"].items():
+        if "grpc_import_ms" in item:
+            lines.append(
+                f"{key}: PREHEAT_SUPERNODE_API={SCHEDULER_TARGET}; its own time includes the gRPC "
+                f"driver's imports, {item['grpc_import_ms']:g} ms after its toolkit (grpc, dragonfly_api, "
+                f"grpc_health), {item['own_code_less_grpc_ms']:g} ms without them"
+            )
     for logical_id, item in result["functions"].items():
         heavy = item.get("heavy_imports")
         if heavy:

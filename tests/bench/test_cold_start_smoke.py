@@ -181,7 +181,7 @@ def test_a_scheduler_row_counts_the_grpc_import_as_its_own_and_says_so():
         {worker.floor_key: _samples(200)},
         {key: _samples(270)},
         {key: ()},
-        grpc=_samples(100),
+        grpc={key: _samples(100)},
     )
 
     result = cold_start.report([worker], measured, 3, diagnose_all=False, diagnosis_runs=0)
@@ -193,3 +193,14 @@ def test_a_scheduler_row_counts_the_grpc_import_as_its_own_and_says_so():
     assert "gRPC" in result["figures"][f"{key}_own_code"]["detail"]
     label = result["figures"][f"{key}_vs_toolkit"]["label"]
     assert label == "cold start Worker (scheduler) / (floor + its powertools)"
+
+
+def test_the_grpc_import_is_timed_after_the_function_s_toolkit():
+    script = cold_start.grpc_script(("dynamodb", "sqs"), ("aws_xray_sdk.core",))
+
+    toolkit = cold_start.toolkit_script(("dynamodb", "sqs"), ("aws_xray_sdk.core",))
+    assert script.startswith(toolkit.removesuffix(cold_start._CHILD_REPORT))
+    # The clock restarts after the toolkit is built, then the driver's imports alone are timed.
+    assert script.rindex("_started = _time.perf_counter()") < script.index("import grpc")
+    assert script.index("Tracer(") < script.index("import grpc")
+    compile(script, "grpc", "exec")
