@@ -36,6 +36,9 @@ from bench.common import GOALS, machine, machine_line, now_iso, shown, target_te
 ORDER = (
     "registry_resolve",
     "completion_notice",
+    "completion_notice_scheduler",
+    "scheduler_calls",
+    "node_hits",
     "latency",
     "aws_calls",
     "cold_start",

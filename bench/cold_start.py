@@ -39,6 +39,19 @@ target. For a function that misses a time target, three more runs under ``python
 (and three of its floor; medians) name what it imports beyond the floor, by the module through
 which the project's code reaches it: where the time goes.
 
+The functions that carry the gRPC layer (the worker and the check) are measured twice: with the
+template's variables (the default target, Dragonfly 1), and as "<name> (scheduler)" with
+``PREHEAT_SUPERNODE_API=dragonfly2-scheduler`` and ``PREHEAT_SUPERNODES=127.0.0.1:1``, where their
+factories build the gRPC driver (``bootstrap.supernode_driver``; a channel connects lazily, so no
+scheduler is needed). Their floor and "+powertools" processes are the same as the default rows':
+the gRPC runtime is not a toolkit every function pays but the scheduler target's own cost, so it is
+in "own". To split "own" into the gRPC import and the rest, each run also times, in a process of
+the row's "+powertools" (under its variables), what the driver imports (``grpc``, ``dragonfly_api``'s
+scheduler bindings, ``grpc_health``) imported after it: the clock starts once the toolkit is built,
+so the figure is the gRPC import's marginal cost where the function pays it (the standard library
+modules powertools has loaded already are not counted again). (Locally gRPC comes from the virtual
+environment; in Lambda, from the GrpcLayer.) ``--targets dragonfly1`` leaves these rows out.
+
 Results go to ``bench/results/cold_start.json``; each figure is ``{value, target, met, ...}``.
 """
 
@@ -52,14 +65,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import LAYER, RESULTS
 from bench._import_times import heavy_imports
 from bench.common import figure, figure_rows, median, table, write_result
-from local.template import FunctionSpec, PhysicalResource, Resolver, Template, TemplateError
+from local.template import FunctionSpec, PhysicalResource, Ref, Resolver, Template, TemplateError
 
 NAME = "cold_start"
 PROJECT_ROOT = LAYER.parent.parent
@@ -86,6 +99,19 @@ DOMAIN_FACTORIES: dict[str, tuple[str, ...]] = {
     "SweeperFunction": ("sweeper",),
 }
 CLIENT_FACTORIES = {"dynamodb": "task_store._client", "sqs": "task_queue._client"}
+# The functions carrying this layer also run against Dragonfly 2 schedulers: rows of their own, with
+# these variables (a channel to the address is made lazily: nothing listens there, nothing needs to).
+GRPC_LAYER = "GrpcLayer"
+DEFAULT_TARGET = "dragonfly1"
+SCHEDULER_TARGET = "dragonfly2-scheduler"
+TARGETS = (DEFAULT_TARGET, SCHEDULER_TARGET)
+SCHEDULER_ENVIRONMENT = {"PREHEAT_SUPERNODE_API": SCHEDULER_TARGET, "PREHEAT_SUPERNODES": "127.0.0.1:1"}
+# What the gRPC driver imports (preheat.adapters.dragonfly2_scheduler): the scheduler target's own
+# share of a cold start, timed after a function's toolkit (grpc_script).
+GRPC_IMPORTS = (
+    "import grpc\nfrom dragonfly_api import scheduler_pb2, scheduler_pb2_grpc\n"
+    "from grpc_health.v1 import health_pb2, health_pb2_grpc\n"
+)
 # The adapters' botocore config (preheat.adapters.dynamodb / sqs): the floor builds its clients alike.
 CLIENT_CONFIG = "Config(retries={'mode': 'standard', 'max_attempts': 3}, connect_timeout=2, read_timeout=5)"
 
@@ -180,6 +206,19 @@ def toolkit_script(services: Sequence[str], loaded: Sequence[str]) -> str:
     return floor_script(services).removesuffix(_CHILD_REPORT) + "\n" + pieces + _CHILD_REPORT
 
 
+def grpc_script(services: Sequence[str], loaded: Sequence[str]) -> str:
+    """A function's toolkit (:func:`toolkit_script`), then the gRPC driver's imports, the clock
+    started once the toolkit is built: what importing gRPC adds where the function imports it."""
+    toolkit = toolkit_script(services, loaded).removesuffix(_CHILD_REPORT)
+    return (
+        toolkit
+        + "\n_started = _time.perf_counter()\n"
+        + GRPC_IMPORTS
+        + "_imported = _time.perf_counter()\n"
+        + _CHILD_REPORT
+    )
+
+
 def floor_script(services: Sequence[str]) -> str:
     """The floor of a function: what any Python Lambda doing the same must load. With AWS clients,
     botocore and the same clients built from one session (what the adapters use; boto3 would add its
@@ -223,10 +262,25 @@ class Function:
     services: tuple[str, ...]
     factories: tuple[str, ...]
     environment: dict[str, str]
+    target: str = DEFAULT_TARGET
 
     @property
     def floor_key(self) -> str:
         return "+".join(self.services) or "none"
+
+    @property
+    def key(self) -> str:
+        """The row's name in the results: the logical id, ``<id>@<target>`` for a target's row."""
+        return self.logical_id if self.target == DEFAULT_TARGET else f"{self.logical_id}@{self.target}"
+
+    @property
+    def label(self) -> str:
+        name = self.logical_id.removesuffix("Function")
+        return name if self.target == DEFAULT_TARGET else f"{name} (scheduler)"
+
+    @property
+    def scheduler(self) -> bool:
+        return self.target == SCHEDULER_TARGET
 
 
 def aws_services(template: Template, logical_id: str) -> tuple[str, ...]:
@@ -262,7 +316,15 @@ def dummy_resolver(template: Template) -> Resolver:
     return Resolver(template, parameters, resources, REGION, ACCOUNT)
 
 
-def functions_of(template: Template, wanted: Sequence[str] | None) -> list[Function]:
+def carries_grpc(spec: FunctionSpec) -> bool:
+    return any(isinstance(layer, Ref) and layer.name == GRPC_LAYER for layer in spec.layers)
+
+
+def functions_of(
+    template: Template, wanted: Sequence[str] | None, targets: Sequence[str] = (DEFAULT_TARGET,)
+) -> list[Function]:
+    """Every function (or the ``wanted``) with the template's variables; with the scheduler target in
+    ``targets``, those carrying the gRPC layer again with its variables, right after."""
     resolver = dummy_resolver(template)
     functions = []
     for logical_id, spec in template.functions.items():
@@ -278,9 +340,12 @@ def functions_of(template: Template, wanted: Sequence[str] | None) -> list[Funct
                 environment[name] = resolved
         services = aws_services(template, logical_id)
         factories = DOMAIN_FACTORIES.get(logical_id, ()) + tuple(CLIENT_FACTORIES[s] for s in services)
-        functions.append(
-            Function(logical_id, spec, template.layer_dirs(spec), services, factories, environment)
-        )
+        function = Function(logical_id, spec, template.layer_dirs(spec), services, factories, environment)
+        if DEFAULT_TARGET in targets:
+            functions.append(function)
+        if SCHEDULER_TARGET in targets and carries_grpc(spec):
+            variables = {**environment, **SCHEDULER_ENVIRONMENT}
+            functions.append(replace(function, environment=variables, target=SCHEDULER_TARGET))
     return functions
 
 
@@ -351,6 +416,8 @@ class Measured:
     by_floor: dict[str, list[Sample]]
     by_toolkit: dict[str, list[Sample]]  # by function: its floor and the powertools it loaded
     loaded: dict[str, tuple[str, ...]]  # by function
+    # By scheduler row: the gRPC driver's imports after the row's toolkit (grpc_script).
+    grpc: dict[str, list[Sample]] = field(default_factory=dict)
 
 
 def measure(functions: Sequence[Function], runs: int) -> Measured:
@@ -358,7 +425,7 @@ def measure(functions: Sequence[Function], runs: int) -> Measured:
     floor_env = base_environment()
     # A first run of each function, not counted, names the powertools utilities it loads.
     loaded = {
-        function.logical_id: run_child(
+        function.key: run_child(
             function_script(function.spec, function.layer_dirs, function.factories),
             lambda_environment(function),
             function.spec.code_uri,
@@ -366,21 +433,25 @@ def measure(functions: Sequence[Function], runs: int) -> Measured:
         for function in functions
     }
     measured = Measured(
-        {function.logical_id: [] for function in functions},
+        {function.key: [] for function in functions},
         {key: [] for key in floors},
-        {function.logical_id: [] for function in functions},
+        {function.key: [] for function in functions},
         loaded,
     )
     for _ in range(runs):
         for function in functions:
             script = function_script(function.spec, function.layer_dirs, function.factories)
             sample, _ = run_child(script, lambda_environment(function), function.spec.code_uri)
-            measured.by_function[function.logical_id].append(sample)
+            measured.by_function[function.key].append(sample)
             # Under the function's variables: outside Lambda, X-Ray's recorder builds a sampler
             # with a client of its own, which no function pays.
-            toolkit = toolkit_script(function.services, loaded[function.logical_id])
+            toolkit = toolkit_script(function.services, loaded[function.key])
             sample, _ = run_child(toolkit, lambda_environment(function), PROJECT_ROOT)
-            measured.by_toolkit[function.logical_id].append(sample)
+            measured.by_toolkit[function.key].append(sample)
+            if function.scheduler:
+                script = grpc_script(function.services, loaded[function.key])
+                sample, _ = run_child(script, lambda_environment(function), PROJECT_ROOT)
+                measured.grpc.setdefault(function.key, []).append(sample)
         for key, services in floors.items():
             sample, _ = run_child(floor_script(services), floor_env, PROJECT_ROOT)
             measured.by_floor[key].append(sample)
@@ -425,18 +496,19 @@ def report(
     figures: dict[str, Any] = {}
     details: dict[str, Any] = {}
     for function in functions:
-        samples = measured.by_function[function.logical_id]
+        samples = measured.by_function[function.key]
         floor = measured.by_floor[function.floor_key]
         seconds = median(s.seconds for s in samples)
         floor_seconds = median(s.seconds for s in floor)
-        toolkit_seconds = median(s.seconds for s in measured.by_toolkit[function.logical_id])
+        toolkit_seconds = median(s.seconds for s in measured.by_toolkit[function.key])
         rss = max(s.maxrss_mib for s in samples)
         floor_rss = max(s.maxrss_mib for s in floor)
         ratio = seconds / floor_seconds
         own_ratio = seconds / toolkit_seconds
         own_ms = (seconds - toolkit_seconds) * 1000
         clients = ", ".join(function.services) or "no AWS client"
-        details[function.logical_id] = {
+        details[function.key] = {
+            "target": function.target,
             "handler": f"{function.spec.code_uri.relative_to(PROJECT_ROOT)}/{function.spec.handler}",
             "factories": list(function.factories),
             "floor": floor_text(function.services),
@@ -446,7 +518,7 @@ def report(
             "floor_median_ms": round(floor_seconds * 1000, 1),
             "floor_median_wall_ms": round(median(s.wall_seconds for s in floor) * 1000, 1),
             "ratio": round(ratio, 3),
-            "powertools_loaded": list(measured.loaded[function.logical_id]),
+            "powertools_loaded": list(measured.loaded[function.key]),
             "toolkit_median_ms": round(toolkit_seconds * 1000, 1),
             "toolkit_ratio": round(toolkit_seconds / floor_seconds, 3),
             "ratio_to_toolkit": round(own_ratio, 3),
@@ -456,25 +528,34 @@ def report(
             "memory_size_mb": function.spec.memory_size,
             "runs_ms": [round(s.seconds * 1000, 1) for s in samples],
         }
-        name = function.logical_id.removesuffix("Function")
-        figures[f"{function.logical_id}_vs_toolkit"] = figure(
+        grpc_note = ""
+        if function.scheduler and measured.grpc.get(function.key):
+            grpc_ms = median(s.seconds for s in measured.grpc[function.key]) * 1000
+            details[function.key]["grpc_import_ms"] = round(grpc_ms, 1)
+            details[function.key]["own_code_less_grpc_ms"] = round(own_ms - grpc_ms, 1)
+            grpc_note = (
+                f"; own includes the gRPC driver's imports ({grpc_ms:.0f} ms after its toolkit: "
+                "the scheduler target's own cost, in no floor)"
+            )
+        name = function.label
+        figures[f"{function.key}_vs_toolkit"] = figure(
             round(own_ratio, 3),
             TARGET_TOOLKIT_RATIO,
             "at most",
             "x",
             label=f"cold start {name} / (floor + its powertools)",
             detail=f"{seconds * 1000:.0f} ms vs {toolkit_seconds * 1000:.0f} ms ({clients}); "
-            f"{ratio:.2f}x the bare floor ({floor_seconds * 1000:.0f} ms), no target",
+            f"{ratio:.2f}x the bare floor ({floor_seconds * 1000:.0f} ms), no target{grpc_note}",
         )
-        figures[f"{function.logical_id}_own_code"] = figure(
+        figures[f"{function.key}_own_code"] = figure(
             round(own_ms, 1),
             TARGET_OWN_CODE_MS,
             "at most",
             "ms",
             label=f"cold start {name}, own code",
-            detail="the function less its floor + powertools",
+            detail="the function less its floor + powertools" + grpc_note,
         )
-        figures[f"{function.logical_id}_peak_rss"] = figure(
+        figures[f"{function.key}_peak_rss"] = figure(
             round(rss, 1),
             function.spec.memory_size,
             "below",
@@ -484,7 +565,7 @@ def report(
         )
         missed = own_ratio > TARGET_TOOLKIT_RATIO or own_ms > TARGET_OWN_CODE_MS
         if diagnosis_runs > 0 and (diagnose_all or missed):
-            details[function.logical_id]["heavy_imports"] = diagnose(function, diagnosis_runs)
+            details[function.key]["heavy_imports"] = diagnose(function, diagnosis_runs)
     return {
         "benchmark": NAME,
         "command": "python -m bench.cold_start",
@@ -495,6 +576,7 @@ def report(
                 "from the child's first statement to its clients built (interpreter start-up excluded)"
             ),
             "tracing": "on (Lambda's variables set, as with Tracing: Active)",
+            "targets": sorted({function.target for function in functions}),
         },
         "functions": details,
         "figures": figures,
@@ -502,7 +584,7 @@ def report(
 
 
 def render(result: Mapping[str, Any]) -> str:
-    width = max(len("function"), *(len(logical_id) for logical_id in result["functions"]))
+    width = max(len("function"), *(len(key) for key in result["functions"]))
     lines = [
         f"cold start: import the handler and build its clients, median of {result['setup']['runs']} "
         "fresh processes",
@@ -520,6 +602,13 @@ def render(result: Mapping[str, Any]) -> str:
             f"{item['ratio_to_toolkit']:>6.2f}x {item['own_code_ms']:>5.0f}ms "
             f"{item['peak_rss_mib']:>6.1f} MiB {item['floor_peak_rss_mib']:>6.1f} MiB"
         )
+    for key, item in result["functions"].items():
+        if "grpc_import_ms" in item:
+            lines.append(
+                f"{key}: PREHEAT_SUPERNODE_API={SCHEDULER_TARGET}; its own time includes the gRPC "
+                f"driver's imports, {item['grpc_import_ms']:g} ms after its toolkit (grpc, dragonfly_api, "
+                f"grpc_health), {item['own_code_less_grpc_ms']:g} ms without them"
+            )
     for logical_id, item in result["functions"].items():
         heavy = item.get("heavy_imports")
         if heavy:
@@ -538,6 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="fresh processes per function (default 10)")
     parser.add_argument("--functions", default="", help="comma-separated logical ids (default: all)")
     parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated: {DEFAULT_TARGET} (the template's variables), {SCHEDULER_TARGET} "
+        f"(the functions carrying {GRPC_LAYER} again, driving schedulers); default both",
+    )
+    parser.add_argument(
         "--importtime",
         action="store_true",
         help="name the heavy imports of every function, not only slow ones",
@@ -555,7 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(wanted) - set(template.functions)
     if unknown:
         parser.error(f"no such function in {args.template.name}: {', '.join(sorted(unknown))}")
-    functions = functions_of(template, wanted)
+    targets = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if not targets or set(targets) - set(TARGETS):
+        parser.error(f"--targets: one or both of {', '.join(TARGETS)}")
+    functions = functions_of(template, wanted, targets)
+    if not functions:
+        parser.error("no function to measure (the scheduler target only has those carrying the gRPC layer)")
     result = report(
         functions,
         measure(functions, args.runs),

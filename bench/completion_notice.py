@@ -33,8 +33,19 @@ then reads every 20 ms.
 
     .venv/bin/python -m bench.completion_notice --target manager --delays 5,40,180 --runs 1
 
+``--target scheduler`` measures the Dragonfly 2 scheduler path (``PREHEAT_SUPERNODE_API=
+dragonfly2-scheduler``): the worker drives the reference scheduler of ``local/`` over gRPC, with the
+service's default scope and task-id mode, and the file server holds each blob's bytes the seconds its
+URL asks for, so the peer the scope asks for finishes it then. The notice is taken from the last
+required peer finishing (``ReferenceScheduler.finished_at``, the latest of the peers that held the
+task) to the first status answer saying SUCCESS; the watch is the service's own (its look schedule,
+no manager refresh in between).
+
+    .venv/bin/python -m bench.completion_notice --target scheduler --delays 5,40,180 --runs 3 --long-runs 1
+
 Results go to ``bench/results/completion_notice.json`` (``completion_notice_manager.json`` for the
-manager); each figure is ``{value, target, met}``.
+manager, ``completion_notice_scheduler.json`` for the scheduler); each figure is
+``{value, target, met}``.
 """
 
 from __future__ import annotations
@@ -45,8 +56,9 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +78,7 @@ from bench.common import (
     write_result,
 )
 from local.dragonfly2_manager import FakeDragonfly2Manager, refresh_offsets
+from local.dragonfly2_scheduler import ReferenceScheduler
 from local.stack import LocalStack
 from local.supernode import ReferenceSupernode
 from local.template import Template
@@ -74,6 +87,10 @@ from preheat.settings import Settings
 
 RESULTS = Path(__file__).parent / "results" / "completion_notice.json"
 MANAGER_RESULTS = Path(__file__).parent / "results" / "completion_notice_manager.json"
+SCHEDULER_RESULTS = Path(__file__).parent / "results" / "completion_notice_scheduler.json"
+TARGETS = ("supernode", "manager", "scheduler")
+# A scheduler peer's read timeout: longer than the longest blob the file server is asked to hold.
+SCHEDULER_DOWNLOAD_TIMEOUT = 600.0
 MANAGER_TOKEN = "bench-completion-notice-token"
 MEDIAN_TARGET_SECONDS = 1.0
 WORST_TARGET_SECONDS = 2.0
@@ -98,12 +115,20 @@ QUICK_ARGS = ["--delays", "3", "--runs", "6"]
 MEASURED_SLACK = 1.2
 
 
-def serve_file(root: Path) -> http.server.ThreadingHTTPServer:
+def serve_file(root: Path, *, hold: bool = False) -> http.server.ThreadingHTTPServer:
+    """A file server of ``blob.bin``; with ``hold``, each GET answers the seconds its URL's
+    ``finish`` asks for after it arrives (how the scheduler's peers are made to take that long)."""
     (root / "blob.bin").write_bytes(b"x" * 4096)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            if hold:
+                [delay] = parse_qs(urlsplit(self.path).query).get("finish", ["0"])
+                time.sleep(float(delay))
+            super().do_GET()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -131,13 +156,14 @@ def first_refresh_after(delay: float) -> float:
 
 def one_run(
     stack: LocalStack,
-    supernode: ReferenceSupernode,
+    finished_of: Callable[[str], datetime],
     url: str,
     delay: float,
     manager: FakeDragonfly2Manager | None = None,
 ) -> tuple[float, float]:
-    """(seconds from the supernode's finish to SUCCESS shown; through a manager, also seconds from
-    the job's create to it, else from the submit)."""
+    """(seconds from the blob's finish (``finished_of(url)``: the supernode's, or the last required
+    scheduler peer's) to SUCCESS shown; through a manager, also seconds from the job's create to it,
+    else from the submit)."""
     http = requests.Session()
     submitted = datetime.now(UTC)
     answer = http.post(f"{stack.api_url}/api/preheat", json={"type": "file", "url": url}, timeout=10).json()
@@ -156,23 +182,55 @@ def one_run(
         raise RuntimeError(f"task {task_id} still RUNNING {delay + 120:g} s after it started")
     if status != "SUCCESS":
         raise RuntimeError(f"task {task_id} ended {status}")
-    [record] = [task for task in supernode.tasks().values() if task.url == url]
-    assert record.finish_time is not None
     created = manager.created_at(url) if manager is not None else None
-    return (seen - record.finish_time).total_seconds(), (seen - (created or submitted)).total_seconds()
+    return (seen - finished_of(url)).total_seconds(), (seen - (created or submitted)).total_seconds()
+
+
+def supernode_finish(supernode: ReferenceSupernode) -> Callable[[str], datetime]:
+    def finished_of(url: str) -> datetime:
+        [record] = [task for task in supernode.tasks().values() if task.url == url]
+        assert record.finish_time is not None
+        return record.finish_time
+
+    return finished_of
+
+
+def scheduler_finish(scheduler: ReferenceScheduler) -> Callable[[str], datetime]:
+    """When the last peer holding the URL's task finished it: only the peers the scope asked for
+    download it, so the latest of them is the last required one."""
+
+    def finished_of(url: str) -> datetime:
+        finished = scheduler.finished_at(scheduler.task_id(url))
+        if not finished:
+            raise RuntimeError(f"SUCCESS shown, but no peer of the scheduler finished {url}")
+        return datetime.fromtimestamp(max(finished.values()), UTC)
+
+    return finished_of
 
 
 def target_stack(
     target: str, root: Path, runs: int
-) -> tuple[ReferenceSupernode, FakeDragonfly2Manager | None, LocalStack]:
-    """The timed supernode (a fake manager's seed peer for ``manager``), started, and the stack
-    driving it (leaving the stack's ``with`` block stops neither: stop them with ``with`` too)."""
-    supernode = TimedSupernode(root / "cache", max_concurrent_downloads=runs)
+) -> tuple[AbstractContextManager[Any], FakeDragonfly2Manager | None, LocalStack, Callable[[str], datetime]]:
+    """What the service drives (the timed supernode; a fake manager with it as seed peer for
+    ``manager``; the reference scheduler for ``scheduler``), started, the stack driving it (leaving
+    the stack's ``with`` block stops neither: stop the first with ``with`` too), and when a URL's
+    blob finished there."""
     # Lambda runs as many environments as there are batches; so many pollers here.
     options: dict[str, Any] = {"cache_dir": root / "unused", "poller_concurrency": runs}
+    if target == "scheduler":
+        scheduler = ReferenceScheduler(download_timeout=SCHEDULER_DOWNLOAD_TIMEOUT).start()
+        stack = LocalStack(
+            target="dragonfly2-scheduler",
+            supernodes=[scheduler.address],
+            extra_env=QUIET_FUNCTIONS,
+            **options,
+        )
+        return scheduler, None, stack, scheduler_finish(scheduler)
+    supernode = TimedSupernode(root / "cache", max_concurrent_downloads=runs)
     if target != "manager":
         supernode.start()
-        return supernode, None, LocalStack(supernodes=[supernode.url], extra_env=QUIET_FUNCTIONS, **options)
+        stack = LocalStack(supernodes=[supernode.url], extra_env=QUIET_FUNCTIONS, **options)
+        return supernode, None, stack, supernode_finish(supernode)
     # On the real schedule (not answer_at_once): what a real manager lets the service see.
     manager = FakeDragonfly2Manager(root / "manager", MANAGER_TOKEN, max_concurrent_downloads=runs)
     manager.seed = supernode  # its seed peer finishes each blob as the URL asks
@@ -183,7 +241,7 @@ def target_stack(
         extra_env={**QUIET_FUNCTIONS, "PREHEAT_DRAGONFLY2_TOKEN": MANAGER_TOKEN},
         **options,
     )
-    return supernode, manager, stack
+    return manager, manager, stack, supernode_finish(supernode)
 
 
 def measure(delays: Sequence[float], runs: int, long_runs: int, target: str = "supernode") -> dict[str, Any]:
@@ -192,13 +250,13 @@ def measure(delays: Sequence[float], runs: int, long_runs: int, target: str = "s
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         (root / "files").mkdir()
-        files = serve_file(root / "files")
+        files = serve_file(root / "files", hold=target == "scheduler")
         base = f"http://127.0.0.1:{files.server_address[1]}"
-        supernode, manager, stack_of_target = target_stack(target, root, len(plan))
+        driven, manager, stack_of_target, finished_of = target_stack(target, root, len(plan))
         try:
             with (
                 InvocationTimer() as timer,
-                manager if manager is not None else supernode,
+                driven,
                 stack_of_target as stack,
                 ThreadPoolExecutor(max_workers=len(plan)) as pool,
             ):
@@ -208,7 +266,7 @@ def measure(delays: Sequence[float], runs: int, long_runs: int, target: str = "s
                 futures = []
                 for delay, n in plan:
                     url = f"{base}/blob.bin?finish={delay:g}&run={n}-{time.time_ns()}"
-                    futures.append((delay, pool.submit(one_run, stack, supernode, url, delay, manager)))
+                    futures.append((delay, pool.submit(one_run, stack, finished_of, url, delay, manager)))
                     time.sleep(0.1)  # staggered a little, as real submissions are
                 notices: dict[float, list[float]] = {delay: [] for delay in delays}
                 since_submit: dict[float, list[float]] = {delay: [] for delay in delays}
@@ -308,6 +366,8 @@ def report(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     if measured.get("target") == "manager":
         figures = manager_figures(delays, measured)
+    path = "scheduler path " if measured.get("target") == "scheduler" else ""
+    finisher = "last required peer" if path else "supernode"
     for delay in delays if measured.get("target") != "manager" else ():
         notices = measured["notices"][delay]
         name = f"{delay:g}s"
@@ -316,15 +376,15 @@ def report(delays: Sequence[float], measured: dict[str, Any]) -> dict[str, Any]:
             MEDIAN_TARGET_SECONDS,
             "at most",
             "s",
-            label=f"completion notice, {delay:g} s blob (median)",
-            detail=f"supernode done to SUCCESS shown; {len(notices)} runs",
+            label=f"{path}completion notice, {delay:g} s blob (median)",
+            detail=f"{finisher} done to SUCCESS shown; {len(notices)} runs",
         )
         figures[f"notice_{name}_worst_seconds"] = figure(
             round(max(notices), 3),
             WORST_TARGET_SECONDS,
             "at most",
             "s",
-            label=f"completion notice, {delay:g} s blob (worst)",
+            label=f"{path}completion notice, {delay:g} s blob (worst)",
             detail=f"{len(notices)} runs; the systems replaced poll every 10 s or slower",
         )
     price = watching_price(measured)
@@ -377,9 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-runs", type=int, default=None, help="runs of delays of 2 minutes and more")
     parser.add_argument(
         "--target",
-        choices=("supernode", "manager"),
+        choices=TARGETS,
         default="supernode",
-        help="the reference supernode (Dragonfly 1), or the fake Dragonfly 2 manager on its real schedule",
+        help="the reference supernode (Dragonfly 1), the fake Dragonfly 2 manager on its real schedule, "
+        "or the reference Dragonfly 2 scheduler over gRPC",
     )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -393,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['elapsed_seconds']} s)"
     )
     print(table(figure_rows(result["figures"])))
-    output = args.output or (MANAGER_RESULTS if args.target == "manager" else RESULTS)
+    outputs = {"manager": MANAGER_RESULTS, "scheduler": SCHEDULER_RESULTS}
+    output = args.output or outputs.get(args.target, RESULTS)
     write_result(output, result)
     return 0
 

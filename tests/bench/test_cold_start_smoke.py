@@ -146,3 +146,61 @@ def test_the_toolkit_of_a_function_is_its_floor_and_the_powertools_it_loaded():
     )
     assert "APIGatewayRestResolver" not in script
     compile(script, "toolkit", "exec")
+
+
+def test_the_functions_carrying_grpc_get_a_scheduler_row_with_the_scheduler_variables():
+    template = Template.load(cold_start.TEMPLATE)
+    both = (cold_start.DEFAULT_TARGET, cold_start.SCHEDULER_TARGET)
+
+    functions = cold_start.functions_of(template, [], both)
+
+    rows = [function.key for function in functions]
+    assert "WorkerFunction@dragonfly2-scheduler" in rows
+    assert "CheckFunction@dragonfly2-scheduler" in rows
+    scheduler_rows = [function for function in functions if function.scheduler]
+    # Only the functions the template gives the gRPC layer.
+    assert {function.logical_id for function in scheduler_rows} == {
+        logical_id for logical_id, spec in template.functions.items() if cold_start.carries_grpc(spec)
+    }
+    for function in scheduler_rows:
+        assert function.environment["PREHEAT_SUPERNODE_API"] == "dragonfly2-scheduler"
+        assert function.environment["PREHEAT_SUPERNODES"] == "127.0.0.1:1"
+        assert function.label.endswith("(scheduler)")
+    [default_worker] = [f for f in functions if f.key == "WorkerFunction"]
+    assert "PREHEAT_SUPERNODE_API" not in default_worker.environment or (
+        default_worker.environment["PREHEAT_SUPERNODE_API"] != "dragonfly2-scheduler"
+    )
+
+
+def test_a_scheduler_row_counts_the_grpc_import_as_its_own_and_says_so():
+    template = Template.load(cold_start.TEMPLATE)
+    [worker] = cold_start.functions_of(template, ["WorkerFunction"], (cold_start.SCHEDULER_TARGET,))
+    key = "WorkerFunction@dragonfly2-scheduler"
+    measured = cold_start.Measured(
+        {key: _samples(400)},
+        {worker.floor_key: _samples(200)},
+        {key: _samples(270)},
+        {key: ()},
+        grpc={key: _samples(100)},
+    )
+
+    result = cold_start.report([worker], measured, 3, diagnose_all=False, diagnosis_runs=0)
+
+    details = result["functions"][key]
+    assert details["own_code_ms"] == 130
+    assert details["grpc_import_ms"] == 100
+    assert details["own_code_less_grpc_ms"] == 30
+    assert "gRPC" in result["figures"][f"{key}_own_code"]["detail"]
+    label = result["figures"][f"{key}_vs_toolkit"]["label"]
+    assert label == "cold start Worker (scheduler) / (floor + its powertools)"
+
+
+def test_the_grpc_import_is_timed_after_the_function_s_toolkit():
+    script = cold_start.grpc_script(("dynamodb", "sqs"), ("aws_xray_sdk.core",))
+
+    toolkit = cold_start.toolkit_script(("dynamodb", "sqs"), ("aws_xray_sdk.core",))
+    assert script.startswith(toolkit.removesuffix(cold_start._CHILD_REPORT))
+    # The clock restarts after the toolkit is built, then the driver's imports alone are timed.
+    assert script.rindex("_started = _time.perf_counter()") < script.index("import grpc")
+    assert script.index("Tracer(") < script.index("import grpc")
+    compile(script, "grpc", "exec")
