@@ -1,6 +1,6 @@
 """Calls a Dragonfly 2 scheduler receives per second of a watched task, in both task-id modes.
 
-    .venv/bin/python -m bench.scheduler_calls [--layers 1,10,100] [--hold 20] [--modes url,blob-digest]
+    .venv/bin/python -m bench.scheduler_calls [--layers 1,10,100] [--hold 10] [--modes url,blob-digest]
 
 What it runs: a real registry (``docker-registry``, images pushed with ``skopeo``) holding an image
 of each size (one config blob plus ``--layers`` layers), the local stack (real handlers, moto, the
@@ -136,7 +136,7 @@ def report(layer_counts: Sequence[int], hold: float, results: dict[str, dict[int
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m bench.{NAME}", description=__doc__.split("\n")[0])
     parser.add_argument("--layers", default="1,10,100", help="layers of each image, comma-separated")
-    parser.add_argument("--hold", type=float, default=20.0, help="seconds every peer holds each blob")
+    parser.add_argument("--hold", type=float, default=10.0, help="seconds every peer holds each blob")
     parser.add_argument("--modes", default=",".join(MODES), help="task-id modes, comma-separated")
     parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json", help="where the JSON goes")
     args = parser.parse_args(argv)
