@@ -96,11 +96,18 @@ def test_a_stand_in_build_is_zipped_split_and_its_bundled_sdk_traced(stand_in_bu
     # jmespath stays: powertools needs it too.
     assert result["only_for_the_sdk"]["SharedLayer"]["distributions"] == ["botocore", "python-dateutil"]
     assert figures["largest_unzipped"]["met"] is True
-    # Only the two functions that talk to schedulers carry the gRPC layer, and count it.
+    # Only the functions that may talk to schedulers carry the gRPC layer, and count it: the worker
+    # and the check, and those that verify, evict and re-warm (lifecycle, gate, sweeper).
     grpc_layer = result["layers"]["GrpcLayer"]
     assert {part["name"] for part in grpc_layer["distributions"]} == {"grpcio", "dragonfly-api"}
     carrying = {name for name, item in result["functions"].items() if "GrpcLayer" in item["layers"]}
-    assert carrying == {"WorkerFunction", "CheckFunction"}
+    assert carrying == {
+        "WorkerFunction",
+        "CheckFunction",
+        "LifecycleFunction",
+        "GateFunction",
+        "SweeperFunction",
+    }
 
 
 @pytest.mark.slow

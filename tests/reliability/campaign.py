@@ -250,7 +250,10 @@ class Case:
         if self.scenario.expect == "SUCCESS" and self.msg:
             found.append("a SUCCESS with a msg")
         layers = self.expected_layers()
-        if layers is not None and self.answer.get("layers", {}) != layers:
+        shown = self.answer.get("layers", {})
+        # {} expects no layers at all; otherwise the counts it names must be as given.
+        named = shown if not layers else {key: shown.get(key) for key in layers}
+        if layers is not None and named != layers:
             found.append(f"layers {self.answer.get('layers')}, expected {layers or 'none'}")
         if not self.answer.get("finishTime"):
             found.append("no finishTime")
@@ -370,12 +373,8 @@ SCENARIOS: tuple[Scenario, ...] = (
         ],
         # Every blob but the stalled one was handed over and warmed; the failed start step recorded
         # them for its retry (which creates nothing twice), so the answer counts them.
-        layers=lambda case: {
-            "total": len(case.labels) - 1,
-            "succeeded": len(case.labels) - 1,
-            "failed": 0,
-            "pending": 0,
-        },
+        # (Each was looked at once, right after its create: warm by then, or still pending.)
+        layers=lambda case: {"total": len(case.labels) - 1, "failed": 0},
         registry=(("probe", Script.forever(stall(STALL_SECONDS)), True),),
     ),
     Scenario(

@@ -106,6 +106,9 @@ def test_make_invoke_handles_every_sample_event_against_the_running_stack(local_
         elif targets[path] == "SweeperFunction":
             assert result["complete"] is True, result  # the stack's tasks are younger than their deadline
             assert (result["ended"], result["handedToWorker"]) == ([], []), result
+        elif targets[path] == "GateFunction":
+            # The gate answers in HTTP status (rollout tools read it): the sample's task is unknown here.
+            assert result["statusCode"] == 404, result
         elif targets[path].startswith("Harbor"):
             # Harbor's APIs answer real status codes: 201 for a create, 404 for the samples' unknown ids.
             assert result["statusCode"] in (200, 201, 404), result

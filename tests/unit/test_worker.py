@@ -657,8 +657,12 @@ def test_a_start_failing_after_handing_some_blobs_over_still_names_the_registry_
 
     assert f"waiting for the registry to resolve {IMAGE} (1 already handed over)" in message
     assert message.endswith("last error: could not resolve the blob sha256:b: timed out after 1s")
-    # A start step still watching what it sent waits for the supernodes, dispatched or not.
-    watching = replace(task, blobs=(replace(sent, state=BlobState.PENDING),), message=None)
+    # What it had handed over may have been pending when it failed: it still waits for the registry.
+    pending = replace(task, blobs=(replace(sent, state=BlobState.PENDING),))
+    expected = f"waiting for the registry to resolve {IMAGE} (1 already handed over)"
+    assert expected in pending.timed_out_message()
+    # A start step still watching what it sent (no retry under way) waits for the supernodes.
+    watching = replace(pending, message=None)
     assert "waiting for the supernodes; still pending: sha256:aaaa" in watching.timed_out_message()
 
 

@@ -154,9 +154,10 @@ class Task:
     def waiting_for(self) -> str:
         """What a RUNNING task is waiting for, as the end of a message."""
         pending = sorted({blob.label for blob in self.blobs if blob.state is BlobState.PENDING})
-        if not self.dispatched and not pending:
-            # A start step still resolving; what it had handed over when it failed is recorded for
-            # its retry, and is not what the task waits for.
+        retrying = bool(self.message and self.message.startswith(RETRYING_PREFIX))
+        if not self.dispatched and (retrying or not pending):
+            # A start step still resolving; what it had handed over when it failed (looked at last
+            # then, pending or not) is recorded for its retry, and is not what the task waits for.
             source = "the registry" if self.type is PreheatType.IMAGE else "the file's server"
             sent = f" ({len(self.blobs)} already handed over)" if self.blobs else ""
             return f"waiting for {source} to resolve {self.url}{sent}"
