@@ -242,7 +242,9 @@ def test_the_canary_reaches_only_the_registry_and_the_supernode(
     sent = stack.supernode.requests_seen
     blobs = [create for create in sent if create["url"].startswith(f"{secured_registry.url}/v2/canary/")]
     files = [create for create in sent if create["url"] == "http://127.0.0.1:9/never.bin"]
-    assert len(blobs) == 3, sent  # the config and two layers of the one successful task
+    # The config and two layers of the one successful task: each once, or again when SQS delivered
+    # its start step twice (at least once: a supernode joins a repeated create).
+    assert len({create["url"] for create in blobs}) == 3, sent
     assert files, sent  # the file server is unreachable from the supernode too
     assert len(blobs) + len(files) == len(sent), sent
     assert all(create["headers"] == good for create in blobs), blobs
