@@ -181,6 +181,8 @@ def measure(runs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    # `python -m bench` names where each benchmark's JSON goes.
+    parser.add_argument("--output", type=Path, default=RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
     quiet_logs()
     result = measure(args.runs)
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{kind}: sweep {total} AWS calls ({own} keep-warm) {calls}; "
                 f"{row['ms']} ms; ${usd:.8f}{extra}"
             )
-    write_result(RESULTS / f"{NAME}.json", result)
+    write_result(args.output, result)
     return 0
 
 
